@@ -1,0 +1,1 @@
+"""Reading, generating and validating transaction tables."""

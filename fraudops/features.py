@@ -1,0 +1,218 @@
+"""The one feature function shared by training and serving, and the entity statistics it needs.
+
+Entity features describe a transaction by the history of its device, IP, card or account: how many *other*
+transactions and *other* accounts used the same value, and how its amount compares with theirs. The history is
+the training window; its statistics are fitted once (`FeatureState.fit`), saved with the model and used again
+by the scoring service, so that one transaction is featurised exactly as during training. Training rows are
+part of that history, so their own contribution is removed (``exclude_self=True``, leave-one-out): a training
+row then sees the same kind of value as a transaction the model has never seen.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fraudops.schema import DatasetSpec
+
+MISSING = "__missing__"
+STATE_FILE = "feature_state.json"
+
+
+def to_times(values: pd.Series, kind: str, time_format: str | None = None) -> pd.Series:
+    """Parse a time column: ``datetime`` -> naive UTC datetime64, ``seconds`` -> float; bad values -> NaT/NaN."""
+    if kind == "seconds":
+        return pd.to_numeric(values, errors="coerce").astype("float64")
+    if pd.api.types.is_datetime64_any_dtype(values):
+        parsed = values
+    else:
+        parsed = pd.to_datetime(values, errors="coerce", format=time_format or "mixed", utc=True)
+    if getattr(parsed.dt, "tz", None) is not None:
+        parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
+    return parsed.astype("datetime64[ns]")
+
+
+# A text column whose non-empty values are at least this share numbers holds numbers (with some bad values).
+NUMERIC_SHARE = 0.95
+
+
+def looks_numeric(values: pd.Series) -> bool:
+    """True for numeric columns and for text columns whose values are (almost all) numbers."""
+    if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+        return True
+    if pd.api.types.is_datetime64_any_dtype(values):
+        return False
+    present = values.dropna()
+    return len(present) > 0 and pd.to_numeric(present, errors="coerce").notna().mean() >= NUMERIC_SHARE
+
+
+def time_kind_of(values: pd.Series) -> str:
+    """``seconds`` for numeric time columns (offsets such as IEEE-CIS TransactionDT), else ``datetime``."""
+    return "seconds" if looks_numeric(values) else "datetime"
+
+
+def _seconds(values: pd.Series, kind: str) -> np.ndarray:
+    if kind == "seconds":
+        return values.to_numpy(dtype="float64")
+    stamps = values.to_numpy(dtype="datetime64[ns]")
+    return np.where(np.isnat(stamps), np.nan, stamps.astype("int64") / 1e9)
+
+
+_WHOLE_FLOAT = r"^(-?\d+)\.0$"
+
+
+def _keys(values: pd.Series) -> pd.Series:
+    """Entity values as strings (missing -> MISSING), so that 1, 1.0 and "1" are one entity."""
+    out = values.astype("string")
+    if pd.api.types.is_float_dtype(values):
+        out = out.str.removesuffix(".0")
+    elif values.dtype == object:
+        out = out.str.replace(_WHOLE_FLOAT, r"\1", regex=True)
+    return out.fillna(MISSING)
+
+
+def _pair_hash(entity_keys: pd.Series, account_keys: pd.Series) -> np.ndarray:
+    return pd.util.hash_array((entity_keys + "\x1f" + account_keys).to_numpy(dtype=object))
+
+
+@dataclass
+class FeatureState:
+    """Everything the feature function needs besides the transaction itself; fitted on the training window."""
+
+    spec: DatasetSpec
+    time_kind: str
+    numeric: list[str]
+    entity_stats: dict[str, pd.DataFrame] = field(default_factory=dict)
+    account_pairs: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def entity_columns(self) -> list[str]:
+        """Columns with entity features: the entities, then the account if it is not one of them."""
+        cols = list(self.spec.entities)
+        if self.spec.account and self.spec.account not in cols:
+            cols.append(self.spec.account)
+        return cols
+
+    @property
+    def categorical_features(self) -> list[str]:
+        """Model inputs that CatBoost treats as native categories."""
+        return list(self.spec.categorical)
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Model inputs, in the order the model sees them."""
+        names = [*self.spec.categorical, *self.numeric]
+        if self.spec.timestamp:
+            names += ["hour", "day_of_week"]
+        if self.spec.timestamp and self.spec.signup_time:
+            names.append("seconds_since_signup")
+        for col in self.entity_columns:
+            names.append(f"{col}__txn_count")
+            if self.spec.account and col != self.spec.account:
+                names.append(f"{col}__account_count")
+            if self.spec.amount:
+                names.append(f"{col}__amount_ratio")
+        return names
+
+    @property
+    def input_columns(self) -> list[str]:
+        """Raw columns the feature function reads (a transaction may omit the others)."""
+        cols = [*self.spec.categorical, *self.numeric, *self.spec.time_columns, *self.entity_columns]
+        if self.spec.amount:
+            cols.append(self.spec.amount)
+        return list(dict.fromkeys(cols))
+
+    @classmethod
+    def fit(cls, history: pd.DataFrame, spec: DatasetSpec, numeric: list[str]) -> FeatureState:
+        """Learn entity statistics from the training window (a validated, typed frame)."""
+        kind = time_kind_of(history[spec.timestamp]) if spec.timestamp else "datetime"
+        state = cls(spec=spec, time_kind=kind, numeric=list(numeric))
+        amount = history[spec.amount].astype("float64") if spec.amount else None
+        for col in state.entity_columns:
+            keys = _keys(history[col])
+            frame = pd.DataFrame({"key": keys.to_numpy(dtype=object)})
+            agg: dict[str, tuple[str, str]] = {"txn_count": ("key", "size")}
+            if amount is not None:
+                frame["amount"] = amount.to_numpy()
+                agg["amount_sum"] = ("amount", "sum")
+            if spec.account and col != spec.account:
+                frame["account"] = _keys(history[spec.account]).to_numpy(dtype=object)
+                agg["account_count"] = ("account", "nunique")
+                pairs = _pair_hash(keys, _keys(history[spec.account]))
+                state.account_pairs[col] = np.unique(pairs)
+            state.entity_stats[col] = frame.groupby("key", sort=True).agg(**agg)
+        return state
+
+    def transform(self, frame: pd.DataFrame, *, exclude_self: bool = False) -> pd.DataFrame:
+        """The model's input features for raw transactions (missing optional columns become missing values).
+
+        ``exclude_self`` is for the rows the state was fitted on (the training window), see the module doc.
+        """
+        spec, n = self.spec, len(frame)
+
+        def column(name: str) -> pd.Series:
+            return frame[name] if name in frame else pd.Series([None] * n, index=frame.index, dtype=object)
+
+        out: dict[str, pd.Series | np.ndarray] = {}
+        for col in spec.categorical:
+            out[col] = _keys(column(col))
+        for col in self.numeric:
+            out[col] = pd.to_numeric(column(col), errors="coerce").astype("float64")
+        if spec.timestamp:
+            ts = _seconds(to_times(column(spec.timestamp), self.time_kind, spec.time_format), self.time_kind)
+            out["hour"] = np.floor(ts / 3600.0) % 24
+            out["day_of_week"] = np.floor(ts / 86400.0 + (0 if self.time_kind == "seconds" else 3)) % 7
+            if spec.signup_time:
+                signup = to_times(column(spec.signup_time), self.time_kind, spec.time_format)
+                out["seconds_since_signup"] = ts - _seconds(signup, self.time_kind)
+        amount = (
+            pd.to_numeric(column(spec.amount), errors="coerce").to_numpy(dtype="float64") if spec.amount else None
+        )
+        self_weight = 1.0 if exclude_self else 0.0
+        for col in self.entity_columns:
+            keys = _keys(column(col))
+            stats = self.entity_stats[col].reindex(keys.to_numpy(dtype=object))
+            count = stats["txn_count"].fillna(0).to_numpy(dtype="float64") - self_weight
+            out[f"{col}__txn_count"] = count
+            if spec.account and col != spec.account:
+                pairs = self.account_pairs[col]
+                hashed = _pair_hash(keys, _keys(column(spec.account)))
+                pos = np.minimum(np.searchsorted(pairs, hashed), max(len(pairs) - 1, 0))
+                known = (pairs[pos] == hashed) if len(pairs) else np.zeros(n, dtype=bool)
+                out[f"{col}__account_count"] = stats["account_count"].fillna(0).to_numpy(dtype="float64") - known
+            if amount is not None:
+                other_sum = stats["amount_sum"].fillna(0).to_numpy(dtype="float64") - self_weight * amount
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    mean_other = np.where(count > 0, other_sum / np.maximum(count, 1), np.nan)
+                    out[f"{col}__amount_ratio"] = np.where(mean_other > 0, amount / mean_other, np.nan)
+        features = pd.DataFrame(out, index=frame.index)
+        return features[self.feature_names]
+
+    def save(self, directory: str | Path) -> None:
+        """Write the state as JSON plus one Parquet file per entity."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        meta = {"spec": self.spec.model_dump(mode="json"), "time_kind": self.time_kind, "numeric": self.numeric}
+        (directory / STATE_FILE).write_text(json.dumps(meta, indent=2))
+        for col, stats in self.entity_stats.items():
+            stats.to_parquet(directory / f"entity__{col}.parquet")
+        for col, pairs in self.account_pairs.items():
+            np.save(directory / f"pairs__{col}.npy", pairs)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> FeatureState:
+        """Read a state written by `save`."""
+        directory = Path(directory)
+        meta = json.loads((directory / STATE_FILE).read_text())
+        state = cls(spec=DatasetSpec.model_validate(meta["spec"]), time_kind=meta["time_kind"],
+                    numeric=list(meta["numeric"]))
+        for col in state.entity_columns:
+            state.entity_stats[col] = pd.read_parquet(directory / f"entity__{col}.parquet")
+            pairs_file = directory / f"pairs__{col}.npy"
+            if pairs_file.exists():
+                state.account_pairs[col] = np.load(pairs_file)
+        return state

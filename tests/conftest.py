@@ -1,0 +1,82 @@
+"""Small shared helpers for the tests (no autouse fixtures, nothing global)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+SYNTHETIC_COLUMNS = (
+    "transaction_id", "user_id", "signup_time", "purchase_time", "amount", "device_id", "ip_address",
+    "country", "source", "browser", "category", "payment_method", "is_fraud",
+)
+
+
+def make_transactions(n: int = 2000, *, seed: int = 0, fraud_rate: float = 0.08,
+                      start: str = "2026-01-01", days: float = 30.0) -> pd.DataFrame:
+    """A small labelled transaction table with the columns of `schema.SYNTHETIC` and a learnable fraud signal.
+
+    Fraud rows often buy seconds after signing up, spend more, come more often from ``Affiliate`` traffic,
+    use ``gift_cards`` and share a few devices across many accounts; most legit rows signed up days earlier.
+    The signal is deliberately noisy, so a one-split model is clearly worse than a small boosted model. Rows are
+    in purchase-time order, fraud is spread evenly over time (so every time window has both classes).
+    """
+    rng = np.random.default_rng(seed)
+    start_ts = pd.Timestamp(start)
+    offsets = np.sort(rng.integers(0, int(days * 86_400), size=n))
+    purchase = start_ts + pd.to_timedelta(offsets, unit="s")
+    fraud = rng.random(n) < fraud_rate
+    # make sure both classes are present even for tiny frames
+    fraud[0], fraud[1] = False, True
+
+    n_users = max(n // 3, 2)
+    user = rng.integers(0, n_users, size=n)
+    fraud_user = n_users + np.arange(n)  # account ids never used by legit rows
+    user = np.where(fraud & (rng.random(n) < 0.4), fraud_user, user)  # some fraud from fresh accounts
+    instant = np.where(fraud, rng.random(n) < 0.5, rng.random(n) < 0.03)
+    gap = np.where(instant, rng.integers(1, 120, size=n), rng.integers(86_400, 90 * 86_400, size=n))
+    signup = purchase - pd.to_timedelta(gap, unit="s")
+
+    amount = np.round(np.where(fraud, rng.lognormal(5.0, 0.6, n), rng.lognormal(4.0, 0.8, n)), 2)
+    legit_devices = np.array([f"D{i:05d}" for i in range(n_users)], dtype=object)
+    ring_devices = np.array([f"RING{i}" for i in range(5)], dtype=object)
+    device = np.where(fraud & (rng.random(n) < 0.4), ring_devices[rng.integers(0, 5, n)],
+                      legit_devices[user % n_users])
+    ip_int = np.where(fraud & (rng.random(n) < 0.4), rng.integers(1, 20, n) * 1_000_000 + 16_777_216,
+                      (user % n_users) * 7919 + 33_554_432)
+    ip = np.array([f"{(v >> 24) & 255}.{(v >> 16) & 255}.{(v >> 8) & 255}.{v & 255}" for v in ip_int],
+                  dtype=object)
+
+    def pick(options: tuple[str, ...], legit_p: list[float], fraud_p: list[float]) -> np.ndarray:
+        legit_choice = rng.choice(options, size=n, p=legit_p)
+        fraud_choice = rng.choice(options, size=n, p=fraud_p)
+        return np.where(fraud, fraud_choice, legit_choice).astype(object)
+
+    frame = pd.DataFrame({
+        "transaction_id": np.array([f"t{i:06d}" for i in range(n)], dtype=object),
+        "user_id": np.array([f"u{u}" for u in user], dtype=object),
+        "signup_time": signup,
+        "purchase_time": purchase,
+        "amount": amount,
+        "device_id": device,
+        "ip_address": ip,
+        "country": pick(("US", "GB", "DE", "NG"), [0.6, 0.2, 0.18, 0.02], [0.3, 0.1, 0.1, 0.5]),
+        "source": pick(("SEO", "Ads", "Direct", "Affiliate"), [0.4, 0.3, 0.25, 0.05], [0.2, 0.2, 0.1, 0.5]),
+        "browser": pick(("Chrome", "Safari", "Firefox"), [0.5, 0.3, 0.2], [0.6, 0.1, 0.3]),
+        "category": pick(("electronics", "fashion", "gift_cards"), [0.3, 0.6, 0.1], [0.4, 0.1, 0.5]),
+        "payment_method": pick(("card", "paypal", "wallet"), [0.6, 0.3, 0.1], [0.8, 0.05, 0.15]),
+        "is_fraud": fraud.astype("int64"),
+    })
+    return frame
+
+
+@pytest.fixture(scope="session")
+def transactions():
+    """The factory `make_transactions` (call it with the size and seed a test needs)."""
+    return make_transactions
+
+
+@pytest.fixture
+def small_frame() -> pd.DataFrame:
+    """2000 labelled transactions with a learnable fraud signal."""
+    return make_transactions(2000, seed=0)

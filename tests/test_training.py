@@ -1,0 +1,255 @@
+"""Splits, CatBoost training, the decision threshold and the model bundle on disk."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from pydantic import ValidationError
+
+from fraudops.bundle import META_FILE, MODEL_FILE, STATE_DIR, ModelBundle
+from fraudops.errors import DataError, RegistryError
+from fraudops.evaluation import cost_threshold
+from fraudops.schema import SYNTHETIC
+from fraudops.training import TrainConfig, featurize, fit, split
+from fraudops.validation import validate
+
+N = 2000
+CONFIG = TrainConfig(iterations=30, threads=2)
+
+
+@pytest.fixture(scope="module")
+def validated(transactions):
+    result = validate(transactions(N, seed=11), SYNTHETIC)
+    return result.clean, result.spec, result.numeric
+
+
+@pytest.fixture(scope="module")
+def prepared(validated):
+    clean, spec, numeric = validated
+    splits = split(clean, spec, CONFIG)
+    state, x_train, x_valid, x_test = featurize(splits, spec, numeric)
+    return splits, state, x_train, x_valid, x_test
+
+
+@pytest.fixture(scope="module")
+def bundle(prepared):
+    splits, state, x_train, x_valid, _ = prepared
+    return fit(state, x_train, splits.train["is_fraud"], x_valid, splits.valid["is_fraud"], CONFIG)
+
+
+@pytest.fixture(scope="module")
+def saved_bundle(bundle, tmp_path_factory):
+    return bundle.save(tmp_path_factory.mktemp("bundle") / "model")
+
+
+def test_config_validation():
+    with pytest.raises(ValidationError, match="at least 10%"):
+        TrainConfig(test_fraction=0.5, valid_fraction=0.45)
+    with pytest.raises(ValidationError):
+        TrainConfig(itertions=5)
+    with pytest.raises(ValidationError):
+        TrainConfig(iterations=0)
+
+
+def test_time_split_order_and_sizes(validated, prepared):
+    clean, _, _ = validated
+    splits = prepared[0]
+    n_test, n_valid = int(N * CONFIG.test_fraction), int(N * CONFIG.valid_fraction)
+    assert (len(splits.train), len(splits.valid), len(splits.test)) == (N - n_test - n_valid, n_valid, n_test)
+    assert splits.train["purchase_time"].max() <= splits.valid["purchase_time"].min()
+    assert splits.valid["purchase_time"].max() <= splits.test["purchase_time"].min()
+    everything = pd.concat([splits.train, splits.valid, splits.test])
+    assert sorted(everything["transaction_id"]) == sorted(clean["transaction_id"])
+    for part in (splits.train, splits.valid, splits.test):
+        assert part.index.tolist() == list(range(len(part)))
+    windows = splits.windows("purchase_time")
+    assert windows["train"]["rows"] == len(splits.train)
+    assert windows["test"]["end"] == str(clean["purchase_time"].max())
+    assert windows["train"]["start"] == str(clean["purchase_time"].min())
+
+
+def test_time_split_sorts_unsorted_input(validated):
+    clean, spec, _ = validated
+    shuffled = clean.sample(frac=1.0, random_state=0)
+    splits = split(shuffled, spec, CONFIG)
+    assert splits.train["purchase_time"].max() <= splits.valid["purchase_time"].min()
+    assert splits.valid["purchase_time"].max() <= splits.test["purchase_time"].min()
+
+
+def test_random_split_is_stratified(validated):
+    clean, spec, _ = validated
+    config = TrainConfig(iterations=30, split="random", seed=3)
+    splits = split(clean, spec, config)
+    n_test, n_valid = int(N * config.test_fraction), int(N * config.valid_fraction)
+    assert (len(splits.train), len(splits.valid), len(splits.test)) == (N - n_test - n_valid, n_valid, n_test)
+    n_fraud = clean["is_fraud"].sum()
+    for part in (splits.train, splits.valid, splits.test):
+        expected = n_fraud * len(part) / N
+        assert abs(part["is_fraud"].sum() - expected) <= 1.0
+        assert part["purchase_time"].is_monotonic_increasing
+    everything = pd.concat([splits.train, splits.valid, splits.test])
+    assert sorted(everything["transaction_id"]) == sorted(clean["transaction_id"])
+    # windows overlap in time: this is not a time split
+    assert splits.train["purchase_time"].max() > splits.test["purchase_time"].min()
+    # seeded
+    again = split(clean, spec, config)
+    assert again.test["transaction_id"].tolist() == splits.test["transaction_id"].tolist()
+
+
+def test_too_few_rows(validated):
+    clean, spec, _ = validated
+    with pytest.raises(DataError, match="100 rows are too few"):
+        split(clean.iloc[:100], spec, CONFIG)
+
+
+def test_window_without_fraud(validated):
+    clean, spec, _ = validated
+    frame = clean.copy()
+    frame.loc[frame.index[-400:], "is_fraud"] = 0  # no fraud in the last (test) window
+    with pytest.raises(DataError, match="test window has no fraud"):
+        split(frame, spec, CONFIG)
+
+
+def test_featurize_uses_leave_one_out_for_training_rows(prepared):
+    splits, state, x_train, x_valid, x_test = prepared
+    pd.testing.assert_frame_equal(x_train, state.transform(splits.train, exclude_self=True))
+    pd.testing.assert_frame_equal(x_valid, state.transform(splits.valid))
+    pd.testing.assert_frame_equal(x_test, state.transform(splits.test))
+    # the state only knows the training window
+    assert state.entity_stats["user_id"]["txn_count"].sum() == len(splits.train)
+
+
+def test_fit_threshold_minimises_valid_cost(bundle, prepared):
+    splits, _, _, x_valid, _ = prepared
+    y = splits.valid["is_fraud"].to_numpy()
+    scores = bundle.score_features(x_valid)
+    assert ((scores >= 0) & (scores <= 1)).all()
+    assert bundle.threshold == cost_threshold(y, scores, CONFIG.cost_fn, CONFIG.cost_fp)
+
+    def cost(t):
+        flagged = scores >= t
+        return CONFIG.cost_fn * ((~flagged) & (y == 1)).sum() + CONFIG.cost_fp * (flagged & (y == 0)).sum()
+
+    assert cost(bundle.threshold) == min(cost(t) for t in np.unique(scores))
+
+
+def test_fit_records_meta(bundle):
+    assert bundle.meta["params"] == CONFIG.model_dump()
+    assert 0 <= bundle.meta["best_iteration"] < CONFIG.iterations
+    assert bundle.model.get_params()["thread_count"] == 2
+    assert list(bundle.model.feature_names_) == bundle.feature_names
+
+
+def test_model_learns_something(bundle, prepared):
+    from sklearn.metrics import average_precision_score
+
+    splits, _, _, _, x_test = prepared
+    y = splits.test["is_fraud"].to_numpy()
+    assert average_precision_score(y, bundle.score_features(x_test)) > 3 * y.mean()
+
+
+def test_same_seed_same_scores(bundle, prepared):
+    splits, state, x_train, x_valid, x_test = prepared
+    again = fit(state, x_train, splits.train["is_fraud"], x_valid, splits.valid["is_fraud"], CONFIG)
+    np.testing.assert_array_equal(again.score_features(x_test), bundle.score_features(x_test))
+    assert again.threshold == bundle.threshold
+
+
+def test_single_thread_and_progress(prepared):
+    splits, state, x_train, x_valid, x_test = prepared
+    config = TrainConfig(iterations=20, threads=1, seed=5, class_weights="Balanced")
+    calls: list[tuple[int, int]] = []
+    one = fit(state, x_train, splits.train["is_fraud"], x_valid, splits.valid["is_fraud"], config,
+              progress=lambda i, total: calls.append((i, total)))
+    assert one.model.get_params()["thread_count"] == 1
+    assert one.model.get_params()["random_seed"] == 5
+    assert one.model.get_params()["auto_class_weights"] == "Balanced"
+    assert calls and all(total == 20 for _, total in calls)
+    assert len(one.score_features(x_test)) == len(x_test)
+
+
+def test_fit_without_class_weights(prepared):
+    splits, state, x_train, x_valid, x_test = prepared
+    config = TrainConfig(iterations=10, class_weights="none")
+    bundle = fit(state, x_train, splits.train["is_fraud"], x_valid, splits.valid["is_fraud"], config)
+    assert len(bundle.score_features(x_test)) == len(x_test)
+
+
+def test_bundle_round_trip_scores_raw_rows(bundle, saved_bundle, prepared):
+    splits = prepared[0]
+    loaded = ModelBundle.load(saved_bundle)
+    raw = splits.test.drop(columns=["is_fraud"])
+    np.testing.assert_array_equal(loaded.score(raw), bundle.score(raw))
+    assert loaded.threshold == bundle.threshold
+    assert loaded.feature_names == bundle.feature_names
+    assert loaded.meta["params"] == CONFIG.model_dump()
+    assert loaded.reference is None
+    # a single raw transaction, as the scoring service sends it, gets the score it had in the batch
+    one = raw.iloc[[7]].reset_index(drop=True)
+    assert loaded.score(one)[0] == pytest.approx(bundle.score(raw)[7], abs=1e-12)
+
+
+def test_bundle_round_trip_with_reference(bundle, tmp_path):
+    bundle.reference = pd.DataFrame({"score": [0.1, 0.9], "label": [0, 1]})
+    try:
+        loaded = ModelBundle.load(bundle.save(tmp_path / "with_ref"))
+    finally:
+        bundle.reference = None
+    pd.testing.assert_frame_equal(loaded.reference, pd.DataFrame({"score": [0.1, 0.9], "label": [0, 1]}))
+
+
+@pytest.mark.parametrize("name", [MODEL_FILE, META_FILE, STATE_DIR])
+def test_load_incomplete_bundle_names_the_file(saved_bundle, tmp_path, name):
+    copy = shutil.copytree(saved_bundle, tmp_path / "copy")
+    target = copy / name
+    shutil.rmtree(target) if target.is_dir() else target.unlink()
+    with pytest.raises(RegistryError, match=f"incomplete: {name} is missing"):
+        ModelBundle.load(copy)
+
+
+def test_load_bundle_missing_entity_file(saved_bundle, tmp_path):
+    copy = shutil.copytree(saved_bundle, tmp_path / "copy")
+    (copy / STATE_DIR / "entity__device_id.parquet").unlink()
+    with pytest.raises(RegistryError, match=r"entity__device_id\.parquet"):
+        ModelBundle.load(copy)
+
+
+def test_load_bundle_corrupt_state(saved_bundle, tmp_path):
+    copy = shutil.copytree(saved_bundle, tmp_path / "copy")
+    (copy / STATE_DIR / "entity__ip_address.parquet").write_bytes(b"not parquet")
+    with pytest.raises(RegistryError, match="unreadable"):
+        ModelBundle.load(copy)
+
+
+def test_load_bundle_corrupt_meta_raises_registry_error(saved_bundle, tmp_path):
+    copy = shutil.copytree(saved_bundle, tmp_path / "copy")
+    (copy / META_FILE).write_text("{not json")
+    with pytest.raises(RegistryError, match="unreadable"):
+        ModelBundle.load(copy)
+
+
+def test_load_bundle_corrupt_meta_names_the_file(saved_bundle, tmp_path):
+    copy = shutil.copytree(saved_bundle, tmp_path / "copy")
+    (copy / META_FILE).write_text("{not json")
+    with pytest.raises(RegistryError, match=META_FILE):
+        ModelBundle.load(copy)
+
+
+def test_load_bundle_corrupt_model(saved_bundle, tmp_path):
+    copy = shutil.copytree(saved_bundle, tmp_path / "copy")
+    (copy / MODEL_FILE).write_bytes(b"garbage")
+    with pytest.raises(RegistryError, match=MODEL_FILE):
+        ModelBundle.load(copy)
+
+
+def test_load_inconsistent_bundle(saved_bundle, tmp_path):
+    copy = shutil.copytree(saved_bundle, tmp_path / "copy")
+    meta = json.loads((copy / META_FILE).read_text())
+    meta["feature_names"] = meta["feature_names"][::-1]
+    (copy / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(RegistryError, match="inconsistent"):
+        ModelBundle.load(copy)
