@@ -2,13 +2,25 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# The demo keeps its model store, runs and logs in ./.fraudops (delete it to start over).
+# The demo keeps its model store, runs, logs and reports in ./.fraudops/demo (replaced on each run).
 DEMO_HOME ?= $(CURDIR)/.fraudops
 export BENTOML_DO_NOT_TRACK := True
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install system-deps demo test test-fast lint bench clean kind-up kind-e2e kind-down
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed system-deps
+
+# Prometheus, Alertmanager (the embedded loop, rule tests) and shellcheck (script tests), from Debian/Ubuntu.
+SYSTEM_TOOLS := prometheus prometheus-alertmanager promtool amtool shellcheck
+system-deps:
+	@missing=$$(for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || echo $$t; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && apt-get install -y -qq --no-install-recommends \
+	      prometheus prometheus-alertmanager shellcheck >/dev/null; \
+	  else echo "missing: $$missing; run: sudo apt-get install prometheus prometheus-alertmanager shellcheck" >&2; \
+	    exit 1; fi; \
+	fi
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +29,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 demo: install
-	BENTOML_HOME=$(DEMO_HOME)/bentoml $(BIN)/fraudops pipeline run --local --root $(DEMO_HOME)/runs
-	BENTOML_HOME=$(DEMO_HOME)/bentoml $(BIN)/fraudops models list
+	$(BIN)/fraudops demo --home $(DEMO_HOME)/demo
 
 test: install
 	$(BIN)/pytest
@@ -34,3 +45,13 @@ bench: install
 
 clean:
 	rm -rf $(DEMO_HOME) fraudops-runs catboost_info .pytest_cache
+
+# A local Kubernetes cluster (needs Docker, kind, kubectl, helm): build, load, install, test, remove.
+kind-up:
+	scripts/kind-up.sh
+
+kind-e2e:
+	scripts/kind-e2e.sh
+
+kind-down:
+	scripts/kind-down.sh
