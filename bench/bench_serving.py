@@ -1,0 +1,453 @@
+#!/usr/bin/env python
+"""Serving benchmark: the fraudops scoring service against in-process scoring and a minimal Starlette server.
+
+One run (loopback only, bounded in requests and time) measures and prints as markdown tables:
+
+1. single-transaction latency p50/p99 at fixed open-loop rates (50, 100, 200 req/s; latency counts from the
+   scheduled send time, so queueing is included) and throughput in rows/s at batch sizes 1, 100 and 1000, for
+   (a) in-process ``bundle.score`` on a DataFrame (no HTTP; one thread), (b) the fraudops BentoML service,
+   (c) a minimal reference server (Starlette + uvicorn, one process, the same model and ``bundle.score``), plus
+   (a') the service's own logic in-process (``Scorer.score``: validation, features, log, metrics; no HTTP);
+2. a load test of the service: N requests at concurrency 32, counting 5xx, then SIGTERM and a check that every
+   accepted prediction is in the prediction log;
+3. peak RSS of each server's process tree (psutil, sampled).
+
+Usage::
+
+    .venv/bin/python bench/bench_serving.py            # ~5 minutes on 2 cores
+    .venv/bin/python bench/bench_serving.py --quick    # ~1.5 minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script: make `bench.common` importable
+    sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import psutil  # noqa: E402
+
+from bench.common import MIB, fmt, fmt_ratio, machine_info, markdown_table, package_versions  # noqa: E402
+
+BENTOML = Path(sys.executable).with_name("bentoml")
+RATES = (50, 100, 200)
+BATCHES = (1, 100, 1000)
+
+
+# -- a lean keep-alive HTTP/1.1 client (httpx costs ~0.5 ms of client CPU per request on this machine) ---------
+class Connection:
+    """One keep-alive connection sending JSON POSTs."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        assert self.reader is not None
+        self.writer.write(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                          f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+        data = await self.reader.readexactly(int(length.group(1))) if length else b""
+        if re.search(rb"(?i)\r\nconnection: *close", head):
+            self.writer.close()
+            self.writer = None
+        return int(head[9:12]), data
+
+
+async def _pool(port: int, size: int) -> asyncio.Queue[Connection]:
+    pool: asyncio.Queue[Connection] = asyncio.Queue()
+    for _ in range(size):
+        pool.put_nowait(Connection(port))
+    return pool
+
+
+async def _send(pool: asyncio.Queue[Connection], body: bytes) -> tuple[int, bytes]:
+    conn = await pool.get()
+    try:
+        return await conn.post("/score", body)
+    except (OSError, asyncio.IncompleteReadError):
+        conn.writer = None
+        return 599, b""
+    finally:
+        pool.put_nowait(conn)
+
+
+def open_loop(port: int, bodies: list[bytes], rate: float, seconds: float) -> tuple[list[float], int]:
+    """Send ``rate`` req/s for ``seconds`` whatever the responses do: latencies from the scheduled send time and
+    the number of failed requests (errors, or unanswered ``grace(seconds)`` after the first was due)."""
+
+    async def run() -> tuple[list[float], int]:
+        pool = await _pool(port, 64)
+        loop = asyncio.get_running_loop()
+        start = loop.time() + 0.2
+        latencies: list[float] = []
+        failed = 0
+
+        async def one(due: float, body: bytes) -> None:
+            nonlocal failed
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            status, _ = await _send(pool, body)
+            latencies.append(loop.time() - due)
+            failed += status != 200
+
+        tasks = [asyncio.ensure_future(one(start + i / rate, bodies[i % len(bodies)]))
+                 for i in range(int(rate * seconds))]
+        _, pending = await asyncio.wait(tasks, timeout=grace(seconds))
+        for task in pending:
+            task.cancel()
+        return latencies, failed + len(pending)
+
+    return asyncio.run(run())
+
+
+def grace(seconds: float) -> float:
+    """How long a fixed-rate run may take before unanswered requests count as failed."""
+    return 3 * seconds + 10
+
+
+def closed_loop(port: int, bodies: list[bytes], requests: int, concurrency: int) -> dict[str, Any]:
+    """``requests`` requests from ``concurrency`` senders back to back: status counts, latencies, responses."""
+
+    async def run() -> dict[str, Any]:
+        pool = await _pool(port, concurrency)
+        counter = itertools.count()
+        statuses: list[int] = []
+        latencies: list[float] = []
+        accepted: list[bytes] = []
+
+        async def sender() -> None:
+            while (i := next(counter)) < requests:
+                started = time.perf_counter()
+                status, data = await _send(pool, bodies[i % len(bodies)])
+                latencies.append(time.perf_counter() - started)
+                statuses.append(status)
+                if status == 200:
+                    accepted.append(data)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(sender() for _ in range(concurrency)))
+        return {"seconds": time.perf_counter() - started, "statuses": statuses, "latencies": latencies,
+                "accepted": accepted}
+
+    return asyncio.run(run())
+
+
+# -- servers ------------------------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """A server process tree with a sampler of its summed RSS; `stop` sends SIGTERM (SIGKILL after 30 s)."""
+
+    def __init__(self, cmd: list[str], env: dict[str, str], log: Path) -> None:
+        self.port = int(cmd[cmd.index("--port") + 1])
+        self.log = log
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        self.peak_rss = 0
+        self._done = threading.Event()
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+        self._sampler.start()
+
+    def _sample(self) -> None:
+        root = psutil.Process(self.proc.pid)
+        while not self._done.wait(0.1):
+            try:
+                members = [root, *root.children(recursive=True)]
+            except psutil.Error:
+                return
+            total = 0
+            for member in members:
+                try:
+                    total += member.memory_info().rss
+                except psutil.Error:
+                    continue
+            self.peak_rss = max(self.peak_rss, total)
+
+    def wait_ready(self, path: str = "/readyz", timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited:\n{self.log.read_text()[-3000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
+                    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+                    if sock.recv(64)[9:12] == b"200":
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"{path} not ready after {timeout}s:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._done.set()
+        self._sampler.join()
+        return self.proc.returncode
+
+
+def reference_server(model_dir: str, port: int) -> None:
+    """The minimal reference: Starlette + uvicorn, JSON in, ``bundle.score`` on a DataFrame, JSON out."""
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from fraudops.bundle import ModelBundle
+
+    bundle = ModelBundle.load(model_dir)
+
+    async def score(request: Request) -> Response:
+        rows = (await request.json())["transactions"]
+        scores = bundle.score(pd.DataFrame(rows)).tolist()
+        return Response(json.dumps({"scores": scores}), media_type="application/json")
+
+    async def ready(_: Request) -> Response:
+        return Response("ok")
+
+    app = Starlette(routes=[Route("/score", score, methods=["POST"]), Route("/readyz", ready)])
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+# -- measurements -------------------------------------------------------------------------------------------------
+def in_process_open_loop(fn: Callable[[Any], Any], items: list[Any], rate: float, seconds: float
+                         ) -> tuple[list[float], int]:
+    """One thread serving arrivals at ``rate``: latency from arrival to completion, queueing included; arrivals
+    not served within ``grace(seconds)`` count as failed."""
+    start = time.perf_counter() + 0.05
+    latencies = []
+    total = int(rate * seconds)
+    for i in range(total):
+        due = start + i / rate
+        if (wait := due - time.perf_counter()) > 0:
+            time.sleep(wait)
+        if time.perf_counter() - start > grace(seconds):
+            return latencies, total - i
+        fn(items[i % len(items)])
+        latencies.append(time.perf_counter() - due)
+    return latencies, 0
+
+
+def in_process_throughput(fn: Callable[[Any], Any], batches: list[Any], calls: int, size: int) -> float:
+    fn(batches[0])
+    started = time.perf_counter()
+    for i in range(calls):
+        fn(batches[i % len(batches)])
+    return calls * size / (time.perf_counter() - started)
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) * 1000 if values else float("nan")
+
+
+def measure(name: str, single: Callable[[float], tuple[list[float], int]],
+            throughput: Callable[[int], float]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for rate in RATES:
+        latencies, failed = single(rate)
+        out[f"p50@{rate}"], out[f"p99@{rate}"], out[f"failed@{rate}"] = pct(latencies, 50), pct(latencies, 99), failed
+        print(f"  {name}: {rate} req/s p50 {out[f'p50@{rate}']:.2f} ms p99 {out[f'p99@{rate}']:.2f} ms "
+              f"failed {failed}", flush=True)
+    for size in BATCHES:
+        out[f"rows/s@{size}"] = throughput(size)
+        print(f"  {name}: batch {size}: {out[f'rows/s@{size}']:.0f} rows/s", flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="shorter runs and a smaller model")
+    parser.add_argument("--rate-seconds", type=float, help="seconds per fixed rate (default 10; quick 3)")
+    parser.add_argument("--load-requests", type=int, help="requests in the load test (default 20000; quick 2000)")
+    parser.add_argument("--workers", type=int, default=1, help="BentoML workers of the service")
+    parser.add_argument("--out", type=Path, help="also write the tables to this markdown file")
+    args = parser.parse_args(argv)
+    seconds = args.rate_seconds or (3.0 if args.quick else 10.0)
+    load_requests = args.load_requests or (2000 if args.quick else 20_000)
+    scale = 0.2 if args.quick else 1.0
+    calls = {1: int(1500 * scale), 100: int(200 * scale), 1000: max(int(40 * scale), 5)}
+
+    from prometheus_client import CollectorRegistry
+
+    from fraudops import steps
+    from fraudops.data.synthetic import generate_transactions
+    from fraudops.predlog import LogWriter, read_predictions
+    from fraudops.registry import Registry
+    from fraudops.serving import ModelSource, Scorer, ScorerMetrics, ServingConfig
+    from fraudops.training import TrainConfig
+
+    facts = machine_info()
+    work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    try:
+        home = work / "home"
+        rows_n, iterations = (5000, 60) if args.quick else (20_000, 300)
+        print(f"training a model on {rows_n} synthetic rows ({iterations} iterations) ...", flush=True)
+        generate_transactions(rows_n, seed=11).to_parquet(work / "train.parquet")
+        registry = Registry(home=home, remote="")
+        tag = steps.train_to_directory(str(work / "train.parquet"), work / "model", None,
+                                       TrainConfig(iterations=iterations), registry=registry)["tag"]
+        if registry.champion() != tag:
+            registry.promote(tag, reason="benchmark")
+        bundle = registry.load(tag)
+        traffic = generate_transactions(6000, seed=12, start="2026-02-01", days=20).drop(columns=["is_fraud"])
+        requests = json.loads(traffic.to_json(orient="records", date_format="iso"))
+        batches = {size: [requests[i: i + size] for i in range(0, len(requests) - size + 1, size)][:20]
+                   for size in BATCHES}
+        single_bodies = [json.dumps({"transactions": [r]}).encode() for r in requests[:2000]]
+        batch_bodies = {size: [json.dumps({"transactions": b}).encode() for b in batches[size]] for size in BATCHES}
+        results: dict[str, dict[str, Any]] = {}
+
+        print("(a) in-process bundle.score", flush=True)
+        results["a"] = measure(
+            "a", lambda rate: in_process_open_loop(lambda rows: bundle.score(pd.DataFrame(rows)),
+                                                   [[r] for r in requests], rate, seconds),
+            lambda size: in_process_throughput(lambda rows: bundle.score(pd.DataFrame(rows)), batches[size],
+                                               calls[size], size))
+
+        print("(a') in-process Scorer.score", flush=True)
+        scorer = Scorer(ServingConfig(prediction_log=str(work / "inproc-log"), max_batch=1000),
+                        ModelSource(registry=registry), LogWriter(str(work / "inproc-log")),
+                        ScorerMetrics(CollectorRegistry()))
+        scorer.reload()
+        results["a2"] = measure(
+            "a'", lambda rate: in_process_open_loop(scorer.score, [[r] for r in requests], rate, seconds),
+            lambda size: in_process_throughput(scorer.score, batches[size], calls[size], size))
+        scorer.close()
+
+        def http(port: int) -> tuple[Callable[[float], tuple[list[float], int]], Callable[[int], float]]:
+            def single(rate: float) -> tuple[list[float], int]:
+                return open_loop(port, single_bodies, rate, seconds)
+
+            def throughput(size: int) -> float:
+                closed_loop(port, batch_bodies[size][:2], 4, 2)  # warm-up
+                run = closed_loop(port, batch_bodies[size], calls[size], 8 if size == 1 else 2)
+                ok = sum(s == 200 for s in run["statuses"])
+                return ok * size / run["seconds"]
+
+            return single, throughput
+
+        print("(b) fraudops service", flush=True)
+        log_root = work / "service-log"
+        env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True", "FRAUDOPS_REGISTRY_URL": "",
+               "FRAUDOPS_PREDICTION_LOG": str(log_root), "FRAUDOPS_WORKERS": str(args.workers),
+               "FRAUDOPS_POLL_SECONDS": "30"}
+        port = free_port()
+        service = Server([str(BENTOML), "serve", "services.scorer:FraudScorer", "--host", "127.0.0.1", "--port",
+                          str(port)], env, work / "service.log")
+        try:
+            service.wait_ready()
+            closed_loop(port, single_bodies, 200, 4)  # warm-up
+            results["b"] = measure("b", *http(port))
+            print(f"load test: {load_requests} requests at concurrency 32", flush=True)
+            load = closed_loop(port, single_bodies, load_requests, 32)
+        finally:
+            exit_code = service.stop()
+        accepted = [json.loads(body) for body in load["accepted"]]
+        logged = read_predictions(str(log_root))
+        load_ids = {r["request_id"] for r in accepted}
+        statuses = pd.Series(load["statuses"]).value_counts().to_dict()
+        load_result = {
+            "requests": load_requests, "seconds": load["seconds"], "rps": load_requests / load["seconds"],
+            "p50": pct(load["latencies"], 50), "p99": pct(load["latencies"], 99),
+            "5xx": sum(n for s, n in statuses.items() if s >= 500), "other": sum(n for s, n in statuses.items()
+                                                                               if 200 < s < 500),
+            "accepted": len(accepted), "in_log": int(logged["request_id"].isin(load_ids).sum()),
+            "corrupt": logged.attrs["corrupt_parts"], "exit": exit_code}
+        results["b"]["rss"] = service.peak_rss
+
+        print("(c) Starlette + uvicorn reference", flush=True)
+        port = free_port()
+        reference = Server([sys.executable, __file__, "--reference", str(registry.path(tag)), "--port", str(port)],
+                           {**os.environ}, work / "reference.log")
+        try:
+            reference.wait_ready()
+            closed_loop(port, single_bodies, 200, 4)  # warm-up
+            results["c"] = measure("c", *http(port))
+        finally:
+            reference.stop()
+        results["c"]["rss"] = reference.peak_rss
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    a, a2, b, c = results["a"], results["a2"], results["b"], results["c"]
+    rows = []
+    for rate in RATES:
+        for q in ("p50", "p99"):
+            key = f"{q}@{rate}"
+            cells = [fmt(r[key], 2) + (f" ({r[f'failed@{rate}']} failed)" if r[f"failed@{rate}"] else "")
+                     for r in (a, a2, b, c)]
+            rows.append([f"1 transaction, {q} at {rate} req/s (ms)", *cells, fmt_ratio(b[key], a[key]),
+                         fmt_ratio(b[key], c[key])])
+    for size in BATCHES:
+        key = f"rows/s@{size}"
+        rows.append([f"throughput, batches of {size} (rows/s)", fmt(a[key], 0), fmt(a2[key], 0), fmt(b[key], 0),
+                     fmt(c[key], 0), fmt_ratio(b[key], a[key]), fmt_ratio(b[key], c[key])])
+    rows.append(["peak RSS of the server process tree (MiB)", "—", "—", fmt(b["rss"] / MIB, 0),
+                 fmt(c["rss"] / MIB, 0), "—", fmt_ratio(b["rss"], c["rss"])])
+    main_table = markdown_table(
+        ["measure", "(a) in-process bundle.score", "(a') in-process Scorer.score", "(b) fraudops service",
+         "(c) Starlette + bundle.score", "b/a", "b/c"], rows)
+    lr = load_result
+    load_table = markdown_table(
+        ["requests", "concurrency", "seconds", "req/s", "p50 (ms)", "p99 (ms)", "5xx", "other non-200",
+         "accepted", "accepted rows in the log", "corrupt log parts", "exit code after SIGTERM"],
+        [[lr["requests"], 32, fmt(lr["seconds"], 1), fmt(lr["rps"], 0), fmt(lr["p50"], 2), fmt(lr["p99"], 2),
+          lr["5xx"], lr["other"], lr["accepted"], lr["in_log"], lr["corrupt"], lr["exit"]]])
+    versions = package_versions(["bentoml", "catboost", "uvicorn", "starlette", "pandas"])
+    text = "\n\n".join([
+        "## Serving benchmark",
+        "Machine: " + "; ".join(f"{k}: {v}" for k, v in facts.items()),
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
+        f"Settings: {'--quick, ' if args.quick else ''}{seconds:g} s per rate (open loop, latency from the scheduled "
+        f"send time), model of {iterations} iterations on {rows_n} rows, {args.workers} service worker(s); "
+        "b/a and b/c: latency ratios above 1 and throughput ratios below 1 mean the service is slower.",
+        main_table,
+        "### Load test of the service (single transactions), then SIGTERM",
+        load_table,
+    ])
+    print("\n" + text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    return 0 if lr["5xx"] == 0 and lr["in_log"] == lr["accepted"] else 1
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--reference":
+        reference_server(sys.argv[2], int(sys.argv[sys.argv.index("--port") + 1]))
+    else:
+        sys.exit(main())

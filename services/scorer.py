@@ -1,0 +1,133 @@
+"""BentoML entry point of the fraud-scoring service: ``bentoml serve services.scorer:FraudScorer``.
+
+Endpoints: ``POST /score`` ``{"transactions": [...], "explain": false}``, ``POST /feedback`` ``{"labels": [...]}``,
+``POST /reload``; BentoML's ``/readyz`` (fails until a model is loaded), ``/livez``, ``/healthz``, ``/metrics``,
+``/docs.json``. Settings are FRAUDOPS_* environment variables (`fraudops.serving.ENV_VARS`); the logic lives in
+`fraudops.serving`, this module only adapts it to BentoML. ``/reload`` reaches the one worker that takes the
+request: with ``FRAUDOPS_WORKERS`` > 1 the others switch at their next champion poll (``FRAUDOPS_POLL_SECONDS``).
+
+Metrics on ``/metrics`` besides BentoML's own ``bentoml_service_*``:
+
+| Metric | Type | Labels | Meaning |
+|---|---|---|---|
+| `fraudops_scorer_requests_total` | counter | `endpoint`, `outcome` | requests: ok, invalid, unavailable, error |
+| `fraudops_scorer_rows_scored_total` | counter | | transactions scored |
+| `fraudops_scorer_request_latency_seconds` | histogram | `endpoint` | handler time, validation to response |
+| `fraudops_scorer_score` | histogram | | fraud scores returned |
+| `fraudops_scorer_decisions_total` | counter | `decision` | approve, review, decline |
+| `fraudops_scorer_validation_errors_total` | counter | `reason` | problems found in rejected requests (below) |
+| `fraudops_scorer_model_info` | gauge | `model_tag`, `trained_at` | 1 for the model serving, 0 once replaced |
+| `fraudops_scorer_model_loads_total` | counter | `outcome` | model (re)load attempts: ok, failed |
+| `fraudops_scorer_predlog_rows_written_total` | counter | `log` | rows written to the log: predictions, feedback |
+| `fraudops_scorer_predlog_write_failures_total` | counter | `log` | failed log writes (rows kept, retried) |
+| `fraudops_scorer_feedback_labels_total` | counter | `source` | labels recorded: chargeback, manual_review, ... |
+
+Validation reasons: missing, wrong_type, not_finite, negative, bad_time, time_order, not_object, unknown_field,
+bad_format, not_allowed, batch_empty, batch_too_large. Malformed JSON and a wrong top-level shape are rejected
+by BentoML before the handler runs (400, counted in ``bentoml_service_request_total{http_response_code="400"}``);
+HTTP-level latency is ``bentoml_service_request_duration_seconds``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Annotated, Any
+
+import anyio
+import bentoml
+from pydantic import Field, StrictBool
+from starlette.responses import Response
+
+from fraudops.predlog import LogUnavailableError
+from fraudops.serving import (
+    FeedbackResponse,
+    ModelLoadError,
+    NotReadyError,
+    ReloadResponse,
+    RequestError,
+    Scorer,
+    ScoreResponse,
+    ServingConfig,
+    packaged_model_tag,
+)
+
+CONFIG = ServingConfig.from_env()
+# The model `bentoml build` packages; when serving a Bento it names the Bento's own copy (used without a registry).
+PACKAGED_TAG = packaged_model_tag(CONFIG.model_tag)
+
+_EXAMPLE = {"transaction_id": "t-1", "user_id": "u123", "signup_time": "2026-01-02T10:00:00Z",
+            "purchase_time": "2026-01-31T12:00:00Z", "amount": 59.9, "device_id": "ABCDEFGHIJKLM",
+            "ip_address": "81.2.69.160", "country": "GB", "source": "Ads", "browser": "Chrome",
+            "category": "electronics", "payment_method": "card"}
+
+
+def _json(body: dict[str, Any], status: int = 200) -> Any:
+    """A finished JSON response: BentoML passes Response objects through (the methods' return annotations
+    document the success bodies for /docs.json)."""
+    return Response(json.dumps(body), status_code=status, media_type="application/json")
+
+
+def _error(message: str, status: int) -> Any:
+    return _json({"error": message}, status)
+
+
+@bentoml.service(name="fraud_scorer", workers=CONFIG.workers, traffic={"timeout": 60})
+class FraudScorer:
+    """Scores e-commerce transactions with the champion fraud model."""
+
+    if PACKAGED_TAG:
+        packaged_model = bentoml.models.BentoModel(PACKAGED_TAG)
+
+    def __init__(self) -> None:
+        logging.getLogger("fraudops").setLevel(logging.INFO)  # model switches in the log (BentoML's root: WARNING)
+        self.scorer = Scorer.from_config(CONFIG, packaged=PACKAGED_TAG)
+        self.scorer.start()
+
+    async def __is_ready__(self) -> bool:
+        return self.scorer.ready
+
+    @bentoml.api(route="/score")
+    async def score(
+        self,
+        transactions: Annotated[list[Any], Field(description="1..FRAUDOPS_MAX_BATCH raw transactions (the training "
+                                                 "schema; optional fields may be absent)", examples=[[_EXAMPLE]])],
+        explain: Annotated[StrictBool, Field(description="add the top reason codes (SHAP)")] = False,
+    ) -> ScoreResponse:
+        """Fraud score, decision and (with explain) reason codes for each transaction."""
+        try:
+            return _json(self.scorer.score(transactions, explain))
+        except RequestError as exc:
+            return _json(exc.body(), exc.status)
+        except (NotReadyError, LogUnavailableError) as exc:
+            return _error(str(exc), 503)
+
+    @bentoml.api(route="/feedback")
+    async def feedback(
+        self,
+        labels: Annotated[list[Any], Field(description="confirmed labels: request_id, row, is_fraud, source, ...",
+                                           examples=[[{"request_id": "0" * 32, "row": 0, "is_fraud": True,
+                                                       "source": "chargeback"}]])],
+    ) -> FeedbackResponse:
+        """Record confirmed labels (chargebacks, manual reviews) against the request ids /score returned."""
+        try:
+            return _json(self.scorer.feedback(labels))
+        except RequestError as exc:
+            return _json(exc.body(), exc.status)
+        except LogUnavailableError as exc:
+            return _error(str(exc), 503)
+
+    @bentoml.api(route="/reload")
+    async def reload(self) -> ReloadResponse:
+        """Switch to the model FRAUDOPS_MODEL_TAG points at now (409, old model kept, if it cannot be served)."""
+        try:
+            result = await anyio.to_thread.run_sync(self.scorer.reload)
+        except ModelLoadError as exc:
+            model = self.scorer.model
+            return _json({"error": str(exc), "model_tag": model.tag if model else None}, 409)
+        return _json(result)
+
+    @bentoml.on_shutdown
+    def shutdown(self) -> None:
+        """Stop polling and write every logged row before the worker exits."""
+        self.scorer.close()

@@ -1,0 +1,480 @@
+"""Scoring logic without HTTP: settings, validation, features, decisions, reason codes, model swap, log, metrics."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from catboost import Pool
+from prometheus_client import CollectorRegistry
+
+from fraudops import steps
+from fraudops.bundle import ModelBundle
+from fraudops.data.synthetic import generate_transactions
+from fraudops.errors import ConfigError, RegistryError
+from fraudops.predlog import LogWriter, read_feedback, read_predictions
+from fraudops.registry import Registry
+from fraudops.schema import SYNTHETIC, DatasetSpec
+from fraudops.serving import (
+    Bands,
+    FastFeatures,
+    ModelLoadError,
+    ModelSource,
+    NotReadyError,
+    RequestError,
+    Scorer,
+    ScoreResponse,
+    ScorerMetrics,
+    ServedModel,
+    ServingConfig,
+    packaged_model_tag,
+    reason_codes,
+)
+from fraudops.training import TrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def as_requests(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows as a client sends them: JSON types, ISO 8601 times, no label."""
+    return json.loads(frame.drop(columns=["is_fraud"]).to_json(orient="records", date_format="iso"))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict[str, Any]:
+    """A registry with model A (champion) and model B (registered), plus new traffic as raw requests."""
+    root = tmp_path_factory.mktemp("serving")
+    registry = Registry(home=root / "home")
+    tags = []
+    for name, seed, config in (("a", 3, TrainConfig(iterations=60)), ("b", 4, TrainConfig(iterations=40, depth=4))):
+        generate_transactions(4000, seed=seed).to_parquet(root / f"{name}.parquet")
+        result = steps.train_to_directory(str(root / f"{name}.parquet"), root / name, None, config, registry=registry)
+        tags.append(result["tag"])
+    if registry.champion() != tags[0]:
+        registry.promote(tags[0], reason="tests start from model A")
+    history = generate_transactions(4000, seed=3)
+    new = generate_transactions(1500, seed=5, start="2026-01-20", days=15)
+    return {"home": root / "home", "a": tags[0], "b": tags[1], "requests": as_requests(new),
+            "history": as_requests(history)}
+
+
+@pytest.fixture
+def home(trained, tmp_path) -> Path:
+    """A private copy of the registry (tests move the champion pointer)."""
+    return Path(shutil.copytree(trained["home"], tmp_path / "home"))
+
+
+def make_scorer(home: Path, tmp_path: Path, registry: CollectorRegistry | None = None, **settings: Any) -> Scorer:
+    config = ServingConfig(prediction_log=str(tmp_path / "log"), poll_seconds=settings.pop("poll_seconds", 0),
+                           **settings)
+    writer = LogWriter(config.prediction_log, flush_seconds=60)
+    return Scorer(config, ModelSource(registry=Registry(home=home)), writer, ScorerMetrics(registry or
+                                                                                          CollectorRegistry()))
+
+
+@pytest.fixture
+def scorer(home, tmp_path):
+    scorer = make_scorer(home, tmp_path)
+    scorer.reload()
+    yield scorer
+    scorer.close()
+
+
+def valid(**changes: Any) -> dict[str, Any]:
+    row = {"transaction_id": "t-1", "user_id": "u1", "signup_time": "2026-01-02T10:00:00Z",
+           "purchase_time": "2026-01-31T12:00:00+01:00", "amount": 59.9, "device_id": "DEV", "ip_address": "1.2.3.4",
+           "country": "GB", "source": "Ads", "browser": "Chrome", "category": "electronics", "payment_method": "card"}
+    row.update(changes)
+    return {k: v for k, v in row.items() if v is not ...}
+
+
+# -- settings and decisions ---------------------------------------------------------------------------------------
+def test_settings_come_from_the_environment():
+    config = ServingConfig.from_env({"FRAUDOPS_MAX_BATCH": "50", "FRAUDOPS_REVIEW_FACTOR": "0.25",
+                                     "FRAUDOPS_POLL_SECONDS": "0", "FRAUDOPS_MODEL_TAG": " ", "OTHER": "x"})
+    assert (config.max_batch, config.review_factor, config.poll_seconds, config.model_tag) == (50, 0.25, 0, "champion")
+    with pytest.raises(ConfigError, match="FRAUDOPS_MAX_BATCH: Input should be greater than or equal to 1"):
+        ServingConfig.from_env({"FRAUDOPS_MAX_BATCH": "0"})
+    with pytest.raises(ConfigError, match="FRAUDOPS_POLL_SECONDS: Input should be a valid number"):
+        ServingConfig.from_env({"FRAUDOPS_POLL_SECONDS": "often"})
+    with pytest.raises(ConfigError, match=r"review_factor \(0.9\) must not exceed decline_factor \(0.8\)"):
+        ServingConfig.from_env({"FRAUDOPS_REVIEW_FACTOR": "0.9", "FRAUDOPS_DECLINE_FACTOR": "0.8"})
+    with pytest.raises(ConfigError, match="cannot read dataset config"):
+        ServingConfig(dataset="/no/such/schema.yaml").service_spec()
+
+
+def test_decision_bands_around_the_threshold():
+    bands = Bands.around(0.6, review_factor=0.5, decline_factor=1.0)
+    assert (bands.review, bands.decline) == (0.3, 0.6)
+    assert bands.decide([0.0, 0.29, 0.3, 0.59, 0.6, 1.0]) == ["approve", "approve", "review", "review", "decline",
+                                                              "decline"]
+    assert Bands.around(0.6, 1.0, 1.0).decide([0.59, 0.6]) == ["approve", "decline"]  # no review band
+
+
+# -- validation -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("row", "field", "reason", "problem"), [
+    (valid(amount=...), "amount", "missing", "is required"),
+    (valid(purchase_time=...), "purchase_time", "missing", "is required"),
+    (valid(amount="12.5"), "amount", "wrong_type", "must be a number"),
+    (valid(amount=True), "amount", "wrong_type", "must be a number"),
+    (valid(amount=math.nan), "amount", "not_finite", "must be a finite number"),
+    (valid(amount=math.inf), "amount", "not_finite", "must be a finite number"),
+    (valid(amount=-0.01), "amount", "negative", "must not be negative"),
+    (valid(purchase_time="31/01/2026"), "purchase_time", "bad_time", "cannot be read as an ISO 8601 date-time"),
+    (valid(purchase_time=1767225600), "purchase_time", "bad_time", "must be an ISO 8601 date-time string"),
+    (valid(signup_time="3026-01-01T00:00:00"), "signup_time", "bad_time", "is outside the supported years"),
+    (valid(signup_time="2026-02-01T00:00:00Z"), "signup_time", "time_order", "must not be after purchase_time"),
+    (valid(country=["GB"]), "country", "wrong_type", "must be a string"),
+    (valid(device_id=False), "device_id", "wrong_type", "must be a string"),
+    ("not a transaction", None, "not_object", "must be a JSON object"),
+])
+def test_each_invalid_field_is_named_with_its_row_and_problem(scorer, row, field, reason, problem):
+    with pytest.raises(RequestError) as caught:
+        scorer.score([valid(), valid(), row])
+    (found,) = caught.value.problems
+    assert (found.row, found.field, found.reason) == (2, field, reason)
+    assert problem in found.problem
+    body = caught.value.body()
+    assert caught.value.status == 400
+    assert body["detail"][0]["row"] == 2 and body["detail"][0]["field"] == field
+    assert f"row 2{' ' + field if field else ''}: {problem}" in body["error"]
+
+
+def test_every_problem_is_reported_and_counted(home, tmp_path):
+    metrics = CollectorRegistry()
+    scorer = make_scorer(home, tmp_path, metrics)
+    scorer.reload()
+    bad = [valid(amount=-1, country={"code": "GB"}), valid(purchase_time=...)] * 40
+    with pytest.raises(RequestError) as caught:
+        scorer.score(bad)
+    scorer.close()
+    assert len(caught.value.problems) == 120
+    body = caught.value.body()
+    assert len(body["detail"]) == 50 and body["omitted"] == 70
+    assert body["error"].startswith("invalid request: row 0 country: must be a string (or an integer id) (got {")
+    assert body["error"].endswith("and 117 more")
+
+    def sample(name: str, **labels: str) -> float | None:
+        return metrics.get_sample_value(name, labels)
+
+    assert sample("fraudops_scorer_validation_errors_total", reason="negative") == 40
+    assert sample("fraudops_scorer_validation_errors_total", reason="wrong_type") == 40
+    assert sample("fraudops_scorer_validation_errors_total", reason="missing") == 40
+    assert sample("fraudops_scorer_requests_total", endpoint="score", outcome="invalid") == 1
+
+
+@pytest.mark.parametrize(("batch", "status", "reason"), [([], 400, "batch_empty"), ([valid()] * 6, 413,
+                                                                                     "batch_too_large"),
+                                                         ({"amount": 1}, 400, "wrong_type")])
+def test_batch_size_limits(home, tmp_path, batch, status, reason):
+    scorer = make_scorer(home, tmp_path, max_batch=5)
+    scorer.reload()
+    with pytest.raises(RequestError) as caught:
+        scorer.score(batch)
+    scorer.close()
+    (problem,) = caught.value.problems
+    assert (caught.value.status, problem.row, problem.field, problem.reason) == (status, None, "transactions", reason)
+    if reason == "batch_too_large":
+        assert "holds 6 items, more than the limit of 5 (FRAUDOPS_MAX_BATCH)" in str(caught.value)
+
+
+def test_unknown_categories_extra_fields_integer_ids_and_missing_optionals_are_valid(scorer):
+    rows = [valid(country="Atlantis", browser="NetscapeNavigator", channel="kiosk", user_id=12345, device_id=7.0),
+            {"purchase_time": "2026-01-31T12:00:00", "signup_time": "2026-01-31", "amount": 0}]
+    body = scorer.score(rows)
+    ScoreResponse.model_validate(body)
+    assert [r["row"] for r in body["results"]] == [0, 1]
+    assert body["results"][0]["transaction_id"] == "t-1" and "transaction_id" not in body["results"][1]
+    normalised = scorer.model.schema.validate(rows)
+    assert [normalised[0][c] for c in ("user_id", "device_id", "country")] == ["12345", "7", "Atlantis"]
+    assert "country" not in normalised[1] and "channel" not in normalised[0]
+
+
+# -- features and scores --------------------------------------------------------------------------------------
+def test_fast_features_equal_the_canonical_feature_function(scorer, trained):
+    bundle = scorer.model.bundle
+    rng = np.random.default_rng(0)
+    rows = trained["requests"] + trained["history"][:1500]  # new entities and ones seen in training (known pairs)
+    for i, row in enumerate(rows[:400]):  # optional fields missing, odd spellings of keys and times
+        if i % 4 == 0:
+            row.pop(["country", "device_id", "user_id", "browser"][i % 16 // 4], None)
+        if i % 4 == 1:
+            row["device_id"] = ["7.0", 7, -3.0, "", None][int(rng.integers(5))]
+        if i % 4 == 2:
+            row["purchase_time"] = pd.Timestamp(row["purchase_time"]).tz_localize("UTC").tz_convert(
+                "Asia/Kolkata").isoformat()
+    validated = scorer.model.schema.validate(rows)
+    fast = FastFeatures(bundle.state).rows(validated)
+    canonical = bundle.features(pd.DataFrame(rows))
+    for j, name in enumerate(bundle.feature_names):
+        column = [row[j] for row in fast]
+        if name in bundle.state.categorical_features:
+            assert column == canonical[name].astype(str).tolist(), name
+        else:
+            np.testing.assert_array_equal(np.array(column, dtype="float64"), canonical[name].to_numpy("float64"),
+                                          err_msg=name)
+    assert canonical["device_id__account_count"].gt(0).any()  # the rows did exercise known entity/account pairs
+
+
+@pytest.mark.parametrize("kind", ["time_format", "seconds"])
+def test_models_with_formatted_or_second_offset_times_are_served_like_the_canonical_function(tmp_path, kind):
+    frame = generate_transactions(2500, seed=8)
+    spec = SYNTHETIC.model_dump()
+    if kind == "time_format":
+        spec.update(name="formatted", time_format="%m/%d/%Y %H:%M")
+        for col in ("purchase_time", "signup_time"):
+            frame[col] = frame[col].dt.strftime(spec["time_format"])
+    else:  # like IEEE-CIS: seconds from an undisclosed origin, no signup time
+        spec.update(name="seconds", signup_time=None)
+        frame["purchase_time"] = (frame["purchase_time"] - pd.Timestamp("2025-12-01")).dt.total_seconds()
+        frame = frame.drop(columns=["signup_time"])
+    spec = DatasetSpec.model_validate(spec)
+    frame.to_parquet(tmp_path / "data.parquet")
+    steps.train_to_directory(str(tmp_path / "data.parquet"), tmp_path / "out", spec, TrainConfig(iterations=30))
+    bundle = ModelBundle.load(tmp_path / "out" / "model")
+    served = ServedModel.build("m:1", bundle, ServingConfig(), spec)
+    assert served.fast is not None and served.schema.seconds == (kind == "seconds")
+    rows = as_requests(frame.tail(400))
+    fast = served.fast.rows(served.schema.validate(rows))
+    np.testing.assert_array_equal(
+        bundle.model.predict_proba(Pool(fast, cat_features=bundle.state.categorical_features,
+                                        feature_names=bundle.feature_names))[:, 1],
+        bundle.score(pd.DataFrame(rows)))
+    with pytest.raises(RequestError, match="purchase_time: "):
+        served.schema.validate([{**rows[0], "purchase_time": "2026-01-31T12:00:00Z" if kind == "seconds"
+                                 else "2026-01-31T12:00:00"}])
+
+
+def test_service_scores_equal_the_bundle_scores(scorer, trained):
+    rows = trained["requests"][:900]
+    expected = scorer.model.bundle.score(pd.DataFrame(rows))
+    got = [r["score"] for r in scorer.score(rows)["results"]]
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
+    single = [scorer.score([row])["results"][0]["score"] for row in rows[:20]]
+    np.testing.assert_allclose(single, expected[:20], rtol=0, atol=1e-12)
+
+
+def test_canonical_features_are_used_when_the_fast_path_disagrees(home, tmp_path, trained, monkeypatch, caplog):
+    original = FastFeatures.rows
+
+    def skewed(self: FastFeatures, rows: list[dict[str, Any]]) -> list[list[Any]]:
+        out = original(self, rows)
+        for row in out:
+            row[-1] = 0.0  # a last feature that drifted from FeatureState.transform
+        return out
+
+    monkeypatch.setattr(FastFeatures, "rows", skewed)
+    scorer = make_scorer(home, tmp_path)
+    scorer.reload()
+    assert scorer.model.fast is None
+    assert "fast feature path disagrees with FeatureState.transform (user_id__amount_ratio)" in caplog.text
+    rows = trained["requests"][:30]
+    got = [r["score"] for r in scorer.score(rows)["results"]]
+    scorer.close()
+    np.testing.assert_allclose(got, scorer.model.bundle.score(pd.DataFrame(rows)), rtol=0, atol=1e-12)
+
+
+def test_reason_codes_rank_contributions():
+    contributions = np.array([[0.1, -2.0, 0.7, 0.3], [-0.5, -0.1, -0.2, -0.3]])
+    features = {"a": ["x", "y"], "b": [1.0, math.nan], "c": [2.0, 3.0], "d": [np.float64(4.0), 5.0]}
+    codes = reason_codes(contributions, ["a", "b", "c", "d"], features, k=2)
+    assert codes[0] == [{"feature": "c", "value": 2.0, "contribution": 0.7},
+                        {"feature": "d", "value": 4.0, "contribution": 0.3}]
+    assert [c["feature"] for c in codes[1]] == ["b", "c"] and codes[1][0]["value"] is None
+
+
+def test_explain_adds_the_top_reasons_from_shap_values(home, tmp_path, trained):
+    scorer = make_scorer(home, tmp_path, reasons=4)
+    scorer.reload()
+    rows = trained["requests"][:50]
+    body = scorer.score(rows, explain=True)
+    plain = scorer.score(rows)
+    scorer.close()
+    ScoreResponse.model_validate(body)
+    names = set(scorer.model.feature_names)
+    for item, same in zip(body["results"], plain["results"], strict=True):
+        assert item["score"] == same["score"] and "reasons" not in same
+        contributions = [r["contribution"] for r in item["reasons"]]
+        assert len(contributions) == 4 and contributions == sorted(contributions, reverse=True)
+        assert {r["feature"] for r in item["reasons"]} <= names
+    flagged = [i for i in body["results"] if i["decision"] != "approve"]
+    assert flagged and all(i["reasons"][0]["contribution"] > 0 for i in flagged)
+
+
+# -- model lifecycle --------------------------------------------------------------------------------------------
+def test_swap_under_load_fails_no_request(home, tmp_path, trained):
+    scorer = make_scorer(home, tmp_path)
+    scorer.reload()
+    rows = trained["requests"]
+    seen: list[tuple[float, str]] = []
+    failures: list[Exception] = []
+    stop = threading.Event()
+
+    def hammer(offset: int) -> None:
+        i = offset
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                seen.append((started, scorer.score(rows[i % len(rows): i % len(rows) + 3])["model_tag"]))
+            except Exception as exc:
+                failures.append(exc)
+            i += 7
+
+    threads = [threading.Thread(target=hammer, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.3)
+    Registry(home=home).promote(trained["b"], reason="test")
+    result = scorer.reload()
+    switched = time.monotonic()
+    time.sleep(0.3)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    scorer.close()
+    assert failures == []
+    assert result == {"model_tag": trained["b"], "previous": trained["a"], "changed": True}
+    assert {tag for _, tag in seen} == {trained["a"], trained["b"]}
+    assert {tag for started, tag in seen if started > switched} == {trained["b"]}
+    assert scorer.reload()["changed"] is False
+
+
+def test_a_model_that_fails_to_load_leaves_the_current_one_serving(home, tmp_path, trained, caplog):
+    metrics = CollectorRegistry()
+    scorer = make_scorer(home, tmp_path, metrics)
+    scorer.reload()
+    registry = Registry(home=home)
+    (registry.path(trained["b"]) / "model.cbm").write_bytes(b"corrupt")
+    registry.promote(trained["b"], reason="test")
+    with pytest.raises(ModelLoadError, match=f"cannot serve model {trained['b']}"):
+        scorer.reload()
+    assert scorer.model.tag == trained["a"] and scorer.ready
+    assert scorer.score([valid()])["model_tag"] == trained["a"]
+    assert f"still serving {trained['a']}" in caplog.text
+    assert metrics.get_sample_value("fraudops_scorer_model_loads_total", {"outcome": "failed"}) == 1
+    assert metrics.get_sample_value("fraudops_scorer_model_info", {"model_tag": trained["a"],
+                                                                   "trained_at": scorer.model.trained_at}) == 1
+    scorer.close()
+
+
+def test_without_a_model_the_scorer_is_unready_until_one_is_promoted(tmp_path, trained, caplog):
+    empty = tmp_path / "empty-home"
+    scorer = make_scorer(empty, tmp_path)
+    scorer.start()
+    assert not scorer.ready
+    assert "there is no champion yet" in scorer.error and "the service stays unready" in caplog.text
+    with pytest.raises(NotReadyError, match="no model is loaded"):
+        scorer.score([valid()])
+    shutil.copytree(trained["home"], empty, dirs_exist_ok=True)
+    scorer.reload()
+    assert scorer.ready and scorer.error is None
+    scorer.close()
+
+
+def test_a_model_for_another_schema_is_refused(home, tmp_path):
+    scorer = make_scorer(home, tmp_path, dataset="ecommerce")
+    with pytest.raises(ModelLoadError, match=r"does not match the service's \(ecommerce, FRAUDOPS_SCHEMA\): "
+                                             r"amount: model 'amount', service 'purchase_value'"):
+        scorer.reload()
+    assert not scorer.ready
+    scorer.close()
+
+
+def test_the_poll_follows_the_champion_pointer(home, tmp_path, trained):
+    scorer = make_scorer(home, tmp_path, poll_seconds=0.1)
+    scorer.start()
+    assert scorer.model.tag == trained["a"]
+    Registry(home=home).promote(trained["b"], reason="test")
+    deadline = time.monotonic() + 10
+    while scorer.model.tag != trained["b"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    scorer.close()
+    assert scorer.model.tag == trained["b"]
+
+
+def test_model_sources(home, tmp_path, trained):
+    assert packaged_model_tag(registry=Registry(home=home)) == trained["a"]
+    assert packaged_model_tag(trained["b"], registry=Registry(home=home)) == trained["b"]
+    assert packaged_model_tag(registry=Registry(home=tmp_path / "empty")) is None
+    tag, path = ModelSource(registry=Registry(home=home)).locate()
+    assert tag == trained["a"] and (path / "model.cbm").exists()
+    with pytest.raises(RegistryError, match="there is no champion yet"):
+        ModelSource(registry=Registry(home=tmp_path / "empty")).locate()
+    with pytest.raises(RegistryError, match=f"{trained['a']} is in neither the registry nor BentoML's model store"):
+        ModelSource(registry=Registry(home=tmp_path / "empty"), packaged=trained["a"]).locate()
+
+
+# -- log and metrics --------------------------------------------------------------------------------------------
+def test_every_scored_row_and_every_label_is_logged(home, tmp_path, trained):
+    scorer = make_scorer(home, tmp_path)
+    scorer.reload()
+    first = scorer.score(trained["requests"][:250])
+    second = scorer.score(trained["requests"][250:251], explain=True)
+    scorer.feedback([{"request_id": first["request_id"], "row": 3, "is_fraud": True, "source": "chargeback",
+                      "observed_at": "2026-02-20T10:00:00Z"},
+                     {"request_id": second["request_id"], "is_fraud": False, "source": "manual_review",
+                      "note": "customer confirmed"}])
+    with pytest.raises(RequestError) as caught:
+        scorer.feedback([{"request_id": "abc", "is_fraud": "yes", "source": "rumour", "extra": 1}])
+    scorer.close()
+    assert sorted((p.row, p.field, p.reason) for p in caught.value.problems) == [
+        (0, "extra", "unknown_field"), (0, "is_fraud", "wrong_type"), (0, "request_id", "bad_format"),
+        (0, "source", "not_allowed")]
+
+    log = read_predictions(str(tmp_path / "log"))
+    assert len(log) == 251 and log.attrs["corrupt_parts"] == 0
+    assert log.groupby("request_id").size().to_dict() == {first["request_id"]: 250, second["request_id"]: 1}
+    mine = log[log["request_id"] == first["request_id"]].sort_values("row")
+    np.testing.assert_array_equal(mine["score"], [r["score"] for r in first["results"]])
+    assert mine["decision"].tolist() == [r["decision"] for r in first["results"]]
+    assert set(scorer.model.feature_names) <= set(log.columns)
+    assert json.loads(mine["input"].iloc[0]) == trained["requests"][0]
+    assert mine["transaction_id"].iloc[0] == trained["requests"][0]["transaction_id"]
+    assert mine["purchase_time"].iloc[0] == pd.Timestamp(trained["requests"][0]["purchase_time"])
+    assert (mine["model_tag"] == trained["a"]).all()
+
+    labels = read_feedback(str(tmp_path / "log"))
+    assert labels[["row", "is_fraud", "source"]].values.tolist() == [[3, True, "chargeback"], [0, False,
+                                                                                                "manual_review"]]
+    assert labels["observed_at"].iloc[0] == pd.Timestamp("2026-02-20T10:00:00Z")
+
+
+def test_metrics_count_requests_rows_scores_and_decisions(home, tmp_path, trained):
+    metrics = CollectorRegistry()
+    scorer = make_scorer(home, tmp_path, metrics)
+    scorer.reload()
+    body = scorer.score(trained["requests"][:120])
+    scorer.close()
+    decisions = pd.Series([r["decision"] for r in body["results"]]).value_counts()
+
+    def sample(name: str, **labels: str) -> float | None:
+        return metrics.get_sample_value(name, labels)
+
+    assert sample("fraudops_scorer_rows_scored_total") == 120
+    assert sample("fraudops_scorer_score_count") == 120
+    assert sample("fraudops_scorer_requests_total", endpoint="score", outcome="ok") == 1
+    assert sample("fraudops_scorer_request_latency_seconds_count", endpoint="score") == 1
+    for decision in ("approve", "review", "decline"):
+        assert sample("fraudops_scorer_decisions_total", decision=decision) == decisions.get(decision, 0)
+    assert sample("fraudops_scorer_model_info", model_tag=trained["a"], trained_at=scorer.model.trained_at) == 1
+
+
+def test_the_metric_table_lists_exactly_the_metrics_defined():
+    documented = set(re.findall(r"^\| `(fraudops_scorer_\w+)`", (REPO / "services" / "scorer.py").read_text(),
+                                flags=re.MULTILINE))
+    metrics = ScorerMetrics(CollectorRegistry())
+    defined = set()
+    for value in vars(metrics).values():
+        name = value._name
+        kind = value._type
+        defined.add(f"{name}_total" if kind == "counter" else name)
+    assert documented == defined
