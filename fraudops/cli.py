@@ -69,6 +69,10 @@ def train_options(func: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option("--split", type=click.Choice(["time", "random"]), default="time", show_default=True,
                      help="Hold out the latest rows (time) or a stratified random share."),
+        click.option("--test-fraction", type=float, default=0.2, show_default=True,
+                     help="Share of rows held out for evaluation and the gate (the latest ones with --split time)."),
+        click.option("--valid-fraction", type=float, default=0.15, show_default=True,
+                     help="Share of rows for early stopping and the threshold (just before the test window)."),
         click.option("--iterations", type=int, default=800, show_default=True, help="Maximum boosting rounds."),
         click.option("--learning-rate", type=float, default=0.08, show_default=True),
         click.option("--depth", type=int, default=6, show_default=True),
@@ -113,7 +117,7 @@ def main(verbose: bool) -> None:
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
                         handlers=[RichHandler(console=console, show_path=False)])
-    for noisy in ("bentoml", "kfp", "botocore", "s3fs", "aiobotocore", "matplotlib"):
+    for noisy in ("bentoml", "kfp", "botocore", "s3fs", "aiobotocore", "matplotlib", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -130,13 +134,16 @@ def data() -> None:
 @click.option("--start", default="2026-01-01", show_default=True, help="First day of the traffic (UTC).")
 @click.option("--days", type=float, default=30.0, show_default=True, help="Length of the time window.")
 @click.option("--fraud-rate", type=float, default=0.03, show_default=True)
+@click.option("--population-seed", type=int, default=None,
+              help="Shared customer base: files with the same population seed share customers, devices and IPs.")
 @click.option("--amount-shift", type=float, default=0.0, help="Drift: log-shift of amounts.")
 @click.option("--category-mix", type=float, default=0.0, help="Drift: 0..1 shift of the category mix.")
 @click.option("--new-pattern", is_flag=True, help="Drift: add account-takeover fraud.")
 @click.option("--fraud-rate-multiplier", type=float, default=1.0, help="Drift: scale the fraud rate.")
 @friendly_errors
 def data_generate(rows: int, seed: int, output: str, start: str, days: float, fraud_rate: float,
-                  amount_shift: float, category_mix: float, new_pattern: bool, fraud_rate_multiplier: float) -> None:
+                  population_seed: int | None, amount_shift: float, category_mix: float, new_pattern: bool,
+                  fraud_rate_multiplier: float) -> None:
     """Write synthetic e-commerce transactions with fraud patterns (and optional drift)."""
     from fraudops.data.io import write_table
     from fraudops.data.synthetic import DriftConfig, generate_transactions
@@ -144,7 +151,8 @@ def data_generate(rows: int, seed: int, output: str, start: str, days: float, fr
     drift = DriftConfig(amount_shift=amount_shift, category_mix=category_mix, new_pattern=new_pattern,
                         fraud_rate_multiplier=fraud_rate_multiplier)
     with console.status(f"generating {rows:,} transactions"):
-        frame = generate_transactions(rows, seed=seed, start=start, days=days, fraud_rate=fraud_rate, drift=drift)
+        frame = generate_transactions(rows, seed=seed, start=start, days=days, fraud_rate=fraud_rate, drift=drift,
+                                      population_seed=population_seed)
         Path(output).parent.mkdir(parents=True, exist_ok=True)
         write_table(frame, output)
     out.print(f"wrote {len(frame):,} transactions ({frame['is_fraud'].mean():.2%} fraud) to {output}")
@@ -398,3 +406,208 @@ def models_history(registry: Any) -> None:
     for event in registry.history():
         table.add_row(*(str(event.get(k) or "") for k in ("at", "action", "tag", "previous", "actor", "reason")))
     out.print(table)
+
+
+# -- serve --------------------------------------------------------------------------------------------------
+@main.command()
+@click.option("--model", "model_tag", default="champion", show_default=True,
+              help="Model tag to serve; 'champion' follows the champion pointer.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=3000, show_default=True)
+@click.option("--poll-seconds", type=float, default=None, help="Champion pointer poll interval (0: off).")
+@click.option("--prediction-log", default=None, help="Prediction log root (path or URL).")
+def serve(model_tag: str, host: str, port: int, poll_seconds: float | None, prediction_log: str | None) -> None:
+    """Start the BentoML scoring service (same as `bentoml serve services.scorer:FraudScorer`)."""
+    env = {"FRAUDOPS_MODEL_TAG": model_tag}
+    if poll_seconds is not None:
+        env["FRAUDOPS_POLL_SECONDS"] = str(poll_seconds)
+    if prediction_log:
+        env["FRAUDOPS_PREDICTION_LOG"] = prediction_log
+    os.environ.update(env)
+    bentoml = str(Path(sys.executable).with_name("bentoml"))
+    os.execv(bentoml, [bentoml, "serve", "services.scorer:FraudScorer", "--host", host, "--port", str(port)])
+
+
+# -- monitor ------------------------------------------------------------------------------------------------
+@main.group()
+def monitor() -> None:
+    """Drift jobs and the drift metrics exporter."""
+
+
+def _registry(registry_url: str | None) -> Any:
+    from fraudops.registry import Registry
+
+    return Registry(remote=registry_url)
+
+
+@monitor.command("drift")
+@click.option("--window", default="1h", show_default=True, help="How far back to read the prediction log.")
+@click.option("--reference", "reference_tag", default=None, help="Model whose reference to use (default: champion).")
+@click.option("--policy", "policy_file", type=click.Path(dir_okay=False), default=None, help="Drift policy YAML.")
+@click.option("--log-root", default=None, help="Prediction log root (default: $FRAUDOPS_PREDICTION_LOG).")
+@click.option("--monitor-root", default=None, help="Where reports go (default: $FRAUDOPS_MONITOR_DIR).")
+@click.option("--registry-url", default=None, help="Object-store registry (default: $FRAUDOPS_REGISTRY_URL).")
+@friendly_errors
+def monitor_drift(window: str, reference_tag: str | None, policy_file: str | None, log_root: str | None,
+                  monitor_root: str | None, registry_url: str | None) -> None:
+    """Run the drift job once: reference sample of the serving model against the last WINDOW of traffic."""
+    from fraudops.monitoring.drift import DriftPolicy
+    from fraudops.monitoring.job import parse_window, run_drift_job
+
+    policy = DriftPolicy.from_file(policy_file) if policy_file else DriftPolicy()
+    with console.status("comparing live traffic with the reference"):
+        result = run_drift_job(window=parse_window(window), registry=_registry(registry_url), log_root=log_root,
+                               monitor_root=monitor_root, policy=policy, reference_tag=reference_tag)
+    out.print(f"model {result['model']}: [bold]{result['verdict']}[/] ({result['rows']} rows, "
+              f"{result['labelled_rows']} labelled; {result['share_drifted_features']:.0%} of features drifted, "
+              f"score drift {result['score_drift']:.3f})")
+    for reason in result["reasons"]:
+        out.print(f"  - {reason}")
+    if result["report_html"]:
+        out.print(f"report: {result['report_html']}")
+    out.print(f"summary: {result['summary_json']}")
+
+
+@monitor.command("exporter")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=9108, show_default=True)
+@click.option("--monitor-root", default=None, help="Where drift summaries are (default: $FRAUDOPS_MONITOR_DIR).")
+@click.option("--all-models", is_flag=True, help="Export every monitored model, not only the champion.")
+@click.option("--registry-url", default=None, help="Object-store registry (default: $FRAUDOPS_REGISTRY_URL).")
+@friendly_errors
+def monitor_exporter(host: str, port: int, monitor_root: str | None, all_models: bool,
+                     registry_url: str | None) -> None:
+    """Serve the latest drift summaries as Prometheus metrics (GET /metrics)."""
+    import uvicorn
+
+    from fraudops.monitoring.exporter import create_app
+    from fraudops.monitoring.job import default_monitor_root
+
+    registry = _registry(registry_url)
+
+    def champion_only() -> set[str] | None:
+        champion = registry.champion()
+        return {champion} if champion else set()
+
+    app = create_app(monitor_root or default_monitor_root(), (lambda: None) if all_models else champion_only)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+@monitor.command("export-labelled")
+@click.option("--window", default="7d", show_default=True, help="How far back to read the prediction log.")
+@click.option("--output", required=True, help="Parquet file (path or URL) in the training schema.")
+@click.option("--label-column", default="is_fraud", show_default=True)
+@click.option("--log-root", default=None, help="Prediction log root (default: $FRAUDOPS_PREDICTION_LOG).")
+@friendly_errors
+def monitor_export_labelled(window: str, output: str, label_column: str, log_root: str | None) -> None:
+    """Write recent scored transactions that have confirmed labels, for retraining."""
+    from datetime import UTC, datetime
+
+    from fraudops.monitoring.job import export_labelled, parse_window
+    from fraudops.predlog import default_root
+
+    end = datetime.now(UTC)
+    rows = export_labelled(log_root or default_root(), end - parse_window(window), end, output, label_column)
+    out.print(f"wrote {rows} labelled transactions to {output}")
+
+
+# -- trigger ------------------------------------------------------------------------------------------------
+@main.group()
+def trigger() -> None:
+    """The retrain trigger (Alertmanager webhook)."""
+
+
+@trigger.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8080, show_default=True)
+@click.option("--backend", type=click.Choice(["local", "kfp", "job"]), default="local", show_default=True)
+@click.option("--token-file", type=click.Path(dir_okay=False), default=None,
+              help="File holding the bearer token (default: $FRAUDOPS_TRIGGER_TOKEN).")
+@click.option("--state-dir", type=click.Path(file_okay=False), default=None,
+              help="Where the trigger keeps its state (default: $BENTOML_HOME/fraudops/trigger).")
+@click.option("--cooldown", default="6h", show_default=True, help="Least time between retrains of one model.")
+@click.option("--base-data", default="", help="Original training data to retrain with (path or URL).")
+@click.option("--recent-window", default="7d", show_default=True, help="Recent labelled traffic to add.")
+@click.option("--export-root", default=None, help="Where recent traffic is exported (default: <state-dir>/exports).")
+@click.option("--log-root", default=None, help="Prediction log root (default: $FRAUDOPS_PREDICTION_LOG).")
+@click.option("--registry-url", default="", help="Object-store registry for the retraining run.")
+@click.option("--kfp-host", default="", help="Kubeflow Pipelines API (backend kfp).")
+@click.option("--image", default=None, help="Project image for kfp and job backends.")
+@click.option("--namespace", default="", help="Namespace for Jobs (default: the pod's own).")
+@click.option("--s3-secret", default="", help="Secret with object-store credentials for runs.")
+@click.option("--s3-endpoint", default="", help="Object-store endpoint for runs.")
+@click.option("--service-account", default="", help="Service account of retraining Jobs.")
+@click.option("--pipeline-arg", "pipeline_args", multiple=True,
+              help="Extra 'fraudops pipeline run' argument for local and job runs (repeatable).")
+@friendly_errors
+def trigger_serve(host: str, port: int, backend: str, token_file: str | None, state_dir: str | None, cooldown: str,
+                  base_data: str, recent_window: str, export_root: str | None, log_root: str | None,
+                  registry_url: str, kfp_host: str, image: str | None, namespace: str, s3_secret: str,
+                  s3_endpoint: str, service_account: str, pipeline_args: tuple[str, ...]) -> None:
+    """Start the retrain trigger: POST /alerts (Alertmanager), GET /runs, GET /metrics, GET /healthz."""
+    import uvicorn
+
+    from fraudops.monitoring.backends import make_backend
+    from fraudops.monitoring.job import export_labelled, parse_window
+    from fraudops.monitoring.trigger import TOKEN_ENV, RetrainTrigger, TriggerConfig, create_app
+    from fraudops.predlog import default_root
+    from fraudops.registry import default_home
+    from fraudops.storage import join
+    from pipelines.training import DEFAULT_IMAGE
+
+    token = Path(token_file).read_text().strip() if token_file else os.environ.get(TOKEN_ENV, "")
+    if not token:
+        raise ConfigError(f"the trigger needs a bearer token: --token-file or ${TOKEN_ENV}")
+    state = Path(state_dir) if state_dir else default_home() / "fraudops" / "trigger"
+    config = TriggerConfig(state_dir=state, cooldown=parse_window(cooldown), base_data=base_data,
+                           recent_window=parse_window(recent_window), registry_url=registry_url,
+                           pipeline_args=pipeline_args)
+    runner = make_backend(backend, workdir=state / "runs", kfp_host=kfp_host, image=image or DEFAULT_IMAGE,
+                          namespace=namespace, s3_secret=s3_secret, s3_endpoint=s3_endpoint,
+                          service_account=service_account)
+    logs, exports = log_root or default_root(), export_root or str(state / "exports")
+    registry = _registry(registry_url or None)
+
+    def exporter(run_id: str, start: Any, end: Any) -> str | None:
+        """Recent labelled traffic in the serving model's schema (its label column)."""
+        target = join(exports, f"{run_id}.parquet")
+        label = registry.info("champion").metadata["spec"]["target"]
+        return target if export_labelled(logs, start, end, target, label) else None
+
+    app = create_app(RetrainTrigger(config, runner, exporter), token)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+# -- demo ---------------------------------------------------------------------------------------------------
+@main.command()
+@click.option("--home", type=click.Path(file_okay=False), default=".fraudops/demo", show_default=True,
+              help="Where the demo keeps its model store, logs and reports (replaced on each run).")
+@click.option("--train-rows", type=int, default=16_000, show_default=True)
+@click.option("--traffic-rows", type=int, default=4_000, show_default=True,
+              help="Transactions of normal traffic (twice as many drifted ones follow).")
+@click.option("--iterations", type=int, default=300, show_default=True)
+@click.option("--seed", type=int, default=7, show_default=True)
+@friendly_errors
+def demo(home: str, train_rows: int, traffic_rows: int, iterations: int, seed: int) -> None:
+    """Run the whole loop on this machine and print its timeline: train, serve, traffic, drift, alert,
+    retrain, gate, switch."""
+    import shutil
+
+    from fraudops.demo import DemoSettings, Timeline, run_demo
+
+    path = Path(home)
+    if path.exists():
+        shutil.rmtree(path)
+    timeline = Timeline(echo=lambda at, event, detail: out.print(f"[dim]{at:7.1f}s[/] [bold]{event}[/]: {detail}",
+                                                                 highlight=False, soft_wrap=True))
+    settings = DemoSettings(train_rows=train_rows, traffic_rows=traffic_rows, drifted_rows=2 * traffic_rows,
+                            iterations=iterations, seed=seed)
+    result = run_demo(path, settings, timeline)
+    table = Table(title="fraudops loop")
+    for name in ("t (s)", "event", "detail"):
+        table.add_column(name, overflow="fold")
+    for at, event, detail in timeline.events:
+        table.add_row(f"{at:.1f}", event, detail)
+    out.print(table)
+    out.print(f"champion now: {result['champion']} (first model {result['first_model']}); "
+              f"retrains launched: {len(result['runs'])}; process logs in {result['logs']}")

@@ -739,7 +739,7 @@ def test_alertmanager_config_routes_retrain_alerts_to_the_trigger(chart: Any) ->
 SCORER_METRICS = {"fraudops_scorer_requests_total", "fraudops_scorer_rows_scored_total",
                   "fraudops_scorer_request_latency_seconds_bucket", "fraudops_scorer_score_bucket",
                   "fraudops_scorer_decisions_total", "fraudops_scorer_validation_errors_total",
-                  "fraudops_scorer_model_info", "fraudops_scorer_prediction_log_write_failures_total"}
+                  "fraudops_scorer_model_info", "fraudops_scorer_predlog_write_failures_total"}
 DRIFT_METRICS = {"fraudops_drift_share_drifted_features", "fraudops_drift_detected", "fraudops_drift_score_drift",
                  "fraudops_drift_feature_drift", "fraudops_drift_decision_rate", "fraudops_drift_rows",
                  "fraudops_drift_labelled_rows", "fraudops_drift_pr_auc", "fraudops_drift_recall_at_1pct_fpr",
@@ -757,8 +757,8 @@ def test_grafana_dashboard(chart: Any) -> None:
     dashboard = json.loads(config_map["data"]["fraudops.json"])
     assert dashboard == json.loads((CHART_DIR / "files" / "grafana-dashboard.json").read_text())
     titles = {p["title"] for p in dashboard["panels"]}
-    for wanted in ("Score distribution", "Decisions", "Latency p50 / p99", "Request rate by status",
-                   "Error ratio (5xx)", "Share of drifted features", "Score drift", "Retrains"):
+    for wanted in ("Score distribution", "Decisions", "Latency p50 / p99", "Request rate by outcome",
+                   "Error ratio (server-side failures)", "Share of drifted features", "Score drift", "Retrains"):
         assert wanted in titles
     exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
     used = {m for e in exprs for m in re.findall(r"\bfraudops_[a-z0-9_]+", e)}

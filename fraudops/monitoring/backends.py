@@ -1,0 +1,210 @@
+"""Where a retraining runs: ``local`` (the KFP pipeline with kfp.local in a child process), ``kfp`` (a run on a
+Kubeflow Pipelines API) or ``job`` (a Kubernetes Job running the pipeline in the project image)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from fraudops.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+RUNNING, SUCCEEDED, FAILED = "running", "succeeded", "failed"
+
+
+@dataclass(frozen=True)
+class RetrainRequest:
+    """What to train on: the base data (optional) plus the exported recent labelled traffic."""
+
+    run_id: str
+    data_uri: str
+    extra_uris: tuple[str, ...]
+    registry_url: str = ""
+    extra_args: tuple[str, ...] = ()
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+    def cli_args(self) -> list[str]:
+        """``fraudops pipeline run --local`` arguments for this request."""
+        args = ["pipeline", "run", "--local"]
+        if self.data_uri:
+            args += ["--data", self.data_uri]
+        for uri in self.extra_uris:
+            args += ["--extra-data", uri]
+        if self.registry_url:
+            args += ["--registry-url", self.registry_url]
+        return [*args, *self.extra_args]
+
+
+class Backend(Protocol):
+    """Launches retraining runs and reports their state."""
+
+    name: str
+
+    def launch(self, request: RetrainRequest) -> str:
+        """Start a run; returns the backend's id for it."""
+
+    def status(self, external_id: str) -> str:
+        """``running``, ``succeeded`` or ``failed``."""
+
+
+class LocalBackend:
+    """Runs ``fraudops pipeline run --local`` as a child process of the trigger (this machine)."""
+
+    name = "local"
+
+    def __init__(self, workdir: str | Path, env: dict[str, str] | None = None) -> None:
+        self.workdir = Path(workdir)
+        self.env = env
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    def launch(self, request: RetrainRequest) -> str:
+        """Start the pipeline in a child process whose output goes to ``<workdir>/<run id>.log``."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log_file = (self.workdir / f"{request.run_id}.log").open("wb")
+        command = [sys.executable, "-m", "fraudops", *request.cli_args(), "--root", str(self.workdir / "runs")]
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   env={**os.environ, **(self.env or {})})
+        log_file.close()
+        self.processes[str(process.pid)] = process
+        return str(process.pid)
+
+    def status(self, external_id: str) -> str:
+        """State of the child process; a pid this trigger did not start (e.g. before a restart) is failed."""
+        process = self.processes.get(external_id)
+        if process is None:
+            return FAILED
+        code = process.poll()
+        return RUNNING if code is None else SUCCEEDED if code == 0 else FAILED
+
+
+class KfpBackend:
+    """Creates runs of the training pipeline on a Kubeflow Pipelines API with ``kfp.Client``."""
+
+    name = "kfp"
+
+    def __init__(self, client: Any, image: str, experiment: str = "fraudops-retrain", s3_secret: str = "",
+                 s3_endpoint: str = "") -> None:
+        self.client, self.image, self.experiment = client, image, experiment
+        self.s3_secret, self.s3_endpoint = s3_secret, s3_endpoint
+
+    def launch(self, request: RetrainRequest) -> str:
+        """Submit one run; the parameters are validated before anything is sent."""
+        from fraudops.orchestration import pipeline_arguments, submit
+
+        arguments = pipeline_arguments(data_uri=request.data_uri, extra_uris=request.extra_uris,
+                                       registry_url=request.registry_url, **request.parameters)
+        return submit(self.client, arguments, image=self.image, experiment=self.experiment,
+                      run_name=f"fraudops-retrain-{request.run_id}", s3_secret=self.s3_secret,
+                      s3_endpoint=self.s3_endpoint)
+
+    def status(self, external_id: str) -> str:
+        """Map KFP run states onto running/succeeded/failed."""
+        from fraudops.orchestration import FINAL_STATES, run_state
+
+        state = run_state(self.client, external_id)
+        if state == "SUCCEEDED":
+            return SUCCEEDED
+        return FAILED if state in FINAL_STATES else RUNNING
+
+
+class JobBackend:
+    """Creates a Kubernetes Job that runs the pipeline (``kfp.local`` inside the project image)."""
+
+    name = "job"
+
+    def __init__(self, batch_api: Any, namespace: str, image: str, *, service_account: str = "",
+                 env_from_secret: str = "", env: dict[str, str] | None = None, ttl_seconds: int = 86_400,
+                 resources: dict[str, dict[str, str]] | None = None) -> None:
+        self.api, self.namespace, self.image = batch_api, namespace, image
+        self.service_account, self.env_from_secret = service_account, env_from_secret
+        self.env = env or {}
+        self.ttl_seconds = ttl_seconds
+        self.resources = resources or {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "4Gi"}}
+
+    def manifest(self, request: RetrainRequest) -> dict[str, Any]:
+        """The Job object for a request (what `launch` sends to the API)."""
+        name = f"fraudops-retrain-{request.run_id}".lower()[:63].rstrip("-")
+        container: dict[str, Any] = {
+            "name": "retrain", "image": self.image, "args": [*request.cli_args(), "--root", "/tmp/runs"],
+            "env": [{"name": k, "value": v} for k, v in sorted(self.env.items())],
+            "resources": self.resources,
+            "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "allowPrivilegeEscalation": False,
+                                "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}},
+            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"},
+                             {"name": "bentoml", "mountPath": "/var/lib/fraudops/bentoml"}],
+        }
+        if self.env_from_secret:
+            container["envFrom"] = [{"secretRef": {"name": self.env_from_secret}}]
+        pod: dict[str, Any] = {
+            "restartPolicy": "Never", "containers": [container],
+            "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}, "fsGroup": 10001},
+            "volumes": [{"name": "tmp", "emptyDir": {}}, {"name": "bentoml", "emptyDir": {}}],
+            "automountServiceAccountToken": False,
+        }
+        if self.service_account:
+            pod["serviceAccountName"] = self.service_account
+        labels = {"app.kubernetes.io/name": "fraudops", "app.kubernetes.io/component": "retrain",
+                  "fraudops.io/run-id": request.run_id}
+        return {"apiVersion": "batch/v1", "kind": "Job",
+                "metadata": {"name": name, "namespace": self.namespace, "labels": labels},
+                "spec": {"backoffLimit": 0, "ttlSecondsAfterFinished": self.ttl_seconds,
+                         "template": {"metadata": {"labels": labels}, "spec": pod}}}
+
+    def launch(self, request: RetrainRequest) -> str:
+        """Create the Job; returns its name."""
+        body = self.manifest(request)
+        self.api.create_namespaced_job(namespace=self.namespace, body=body)
+        return body["metadata"]["name"]
+
+    def status(self, external_id: str) -> str:
+        """Map the Job's status onto running/succeeded/failed."""
+        job = self.api.read_namespaced_job_status(name=external_id, namespace=self.namespace)
+        status = job.status
+        if status.succeeded:
+            return SUCCEEDED
+        conditions = status.conditions or []
+        if status.failed or any(c.type == "Failed" and c.status == "True" for c in conditions):
+            return FAILED
+        return RUNNING
+
+
+def make_backend(name: str, *, workdir: str | Path, kfp_host: str = "", image: str = "", namespace: str = "",
+                 s3_secret: str = "", s3_endpoint: str = "", service_account: str = "") -> Backend:
+    """Build a backend from the trigger's flags; fails early with what is missing."""
+    if name == "local":
+        return LocalBackend(workdir)
+    if name == "kfp":
+        if not kfp_host:
+            raise ConfigError("the kfp backend needs --kfp-host (the Kubeflow Pipelines API address)")
+        from fraudops.orchestration import kfp_client
+
+        return KfpBackend(kfp_client(kfp_host, token=os.environ.get("KFP_TOKEN")), image, s3_secret=s3_secret,
+                          s3_endpoint=s3_endpoint)
+    if name == "job":
+        from kubernetes import client, config
+
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            try:
+                config.load_kube_config()
+            except config.ConfigException as exc:
+                raise ConfigError(f"the job backend needs a Kubernetes API (in-cluster or kubeconfig): {exc}"
+                                  ) from None
+        namespace = namespace or _pod_namespace()
+        env = {k: v for k, v in os.environ.items() if k in ("FRAUDOPS_REGISTRY_URL", "FRAUDOPS_S3_ENDPOINT",
+                                                              "FRAUDOPS_PREDICTION_LOG")}
+        return JobBackend(client.BatchV1Api(), namespace, image, service_account=service_account,
+                          env_from_secret=s3_secret, env=env)
+    raise ConfigError(f"unknown backend {name!r}; choose local, kfp or job")
+
+
+def _pod_namespace() -> str:
+    path = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+    return path.read_text().strip() if path.exists() else "default"

@@ -1,0 +1,337 @@
+"""The retrain trigger: an Alertmanager webhook that starts at most one retraining per alert, per model cooldown
+and at a time, and remembers what it did across restarts.
+
+Alertmanager retries a notification until it gets a 2xx and an HA pair sends each notification twice, so every
+firing alert instance is keyed on ``fingerprint`` + ``startsAt`` and handled once: a repeat is a duplicate, not a
+new retrain. State (alert keys, runs) lives in SQLite in the state directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import json
+import logging
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fraudops.monitoring.backends import FAILED, RUNNING, SUCCEEDED, Backend, RetrainRequest
+
+log = logging.getLogger(__name__)
+
+TOKEN_ENV = "FRAUDOPS_TRIGGER_TOKEN"
+
+
+# -- Alertmanager webhook payload (version 4) -----------------------------------------------------------------
+class Alert(BaseModel):
+    """One alert of a notification."""
+
+    model_config = ConfigDict(extra="allow")
+
+    status: Literal["firing", "resolved"]
+    labels: dict[str, str]
+    annotations: dict[str, str] = Field(default_factory=dict)
+    startsAt: datetime
+    endsAt: datetime | None = None
+    fingerprint: str = Field(min_length=1)
+
+
+class Notification(BaseModel):
+    """Alertmanager's webhook body."""
+
+    model_config = ConfigDict(extra="allow")
+
+    version: Literal["4"]
+    groupKey: str = Field(min_length=1)
+    status: Literal["firing", "resolved"]
+    receiver: str
+    groupLabels: dict[str, str] = Field(default_factory=dict)
+    commonLabels: dict[str, str] = Field(default_factory=dict)
+    alerts: list[Alert] = Field(min_length=1)
+
+
+def payload_problems(exc: ValidationError) -> str:
+    """One line naming every bad field."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
+
+
+# -- state ----------------------------------------------------------------------------------------------------
+class TriggerState:
+    """Seen alert instances and launched runs, in SQLite (safe across restarts and threads)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.lock = threading.RLock()
+        self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self.db.row_factory = sqlite3.Row
+        self.db.executescript("""
+            PRAGMA journal_mode=WAL;
+            CREATE TABLE IF NOT EXISTS alerts (
+                key TEXT PRIMARY KEY, group_key TEXT, alertname TEXT, model TEXT, received_at TEXT, outcome TEXT);
+            CREATE TABLE IF NOT EXISTS runs (
+                id TEXT PRIMARY KEY, backend TEXT, external_id TEXT, model TEXT, reason TEXT, alerts TEXT,
+                state TEXT, created_at TEXT, finished_at TEXT, detail TEXT);
+        """)
+
+    def close(self) -> None:
+        """Close the database."""
+        with self.lock:
+            self.db.close()
+
+    def seen(self, keys: list[str]) -> set[str]:
+        """Which of ``keys`` were handled before."""
+        with self.lock:
+            rows = self.db.execute(f"SELECT key FROM alerts WHERE key IN ({','.join('?' * len(keys))})", keys)
+            return {r["key"] for r in rows}
+
+    def remember(self, keys: list[str], group_key: str, alertname: str, model: str, outcome: str) -> None:
+        """Record alert instances as handled with their outcome."""
+        now = datetime.now(UTC).isoformat()
+        with self.lock:
+            self.db.executemany("INSERT OR IGNORE INTO alerts VALUES (?, ?, ?, ?, ?, ?)",
+                                [(k, group_key, alertname, model, now, outcome) for k in keys])
+
+    def add_run(self, run_id: str, backend: str, model: str, reason: str, alerts: list[str]) -> None:
+        """Record a run before it is launched (state ``pending``)."""
+        with self.lock:
+            self.db.execute("INSERT INTO runs VALUES (?, ?, NULL, ?, ?, ?, 'pending', ?, NULL, NULL)",
+                            (run_id, backend, model, reason, json.dumps(alerts), datetime.now(UTC).isoformat()))
+
+    def update_run(self, run_id: str, only_if_state: str | None = None, **values: Any) -> bool:
+        """Set columns of a run (only while it is in ``only_if_state``, if given); False if nothing changed."""
+        columns = ", ".join(f"{k} = ?" for k in values)
+        query, args = f"UPDATE runs SET {columns} WHERE id = ?", [*values.values(), run_id]
+        if only_if_state is not None:
+            query += " AND state = ?"
+            args.append(only_if_state)
+        with self.lock:
+            return self.db.execute(query, args).rowcount > 0
+
+    def runs(self, states: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+        """Runs, newest first (optionally only in ``states``)."""
+        query, args = "SELECT * FROM runs", []
+        if states:
+            query += f" WHERE state IN ({','.join('?' * len(states))})"
+            args = list(states)
+        with self.lock:
+            return [dict(r) for r in self.db.execute(query + " ORDER BY created_at DESC", args)]
+
+    def last_run_for(self, model: str) -> dict[str, Any] | None:
+        """The newest run started for ``model`` that did not fail (a failed run does not start a cooldown)."""
+        with self.lock:
+            found = self.db.execute("SELECT * FROM runs WHERE model = ? AND state != ? ORDER BY created_at DESC "
+                                    "LIMIT 1", (model, FAILED)).fetchone()
+        return dict(found) if found else None
+
+
+# -- the trigger ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TriggerConfig:
+    """Trigger settings (flags of ``fraudops trigger serve``)."""
+
+    state_dir: Path
+    cooldown: timedelta = timedelta(hours=6)
+    base_data: str = ""
+    recent_window: timedelta = timedelta(days=7)
+    registry_url: str = ""
+    poll_seconds: float = 5.0
+    pipeline_args: tuple[str, ...] = ()
+
+
+class TriggerMetrics:
+    """The trigger's own Prometheus metrics."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.received = Counter("fraudops_trigger_alerts_received", "Alert notifications received", ["status"],
+                                registry=r)
+        self.deduplicated = Counter("fraudops_trigger_alerts_deduplicated", "Alert instances seen before",
+                                    registry=r)
+        self.suppressed = Counter("fraudops_trigger_alerts_suppressed", "New alerts that started no retrain",
+                                  ["reason"], registry=r)
+        self.launched = Counter("fraudops_trigger_retrains_launched", "Retraining runs launched", registry=r)
+        self.succeeded = Counter("fraudops_trigger_retrains_succeeded", "Retraining runs that succeeded",
+                                 registry=r)
+        self.failed = Counter("fraudops_trigger_retrains_failed", "Retraining runs that failed", registry=r)
+        self.active = Gauge("fraudops_trigger_retrains_active", "Retraining runs in progress", registry=r)
+        self.rejected = Counter("fraudops_trigger_requests_rejected", "Webhook requests refused", ["reason"],
+                                registry=r)
+
+
+class RetrainTrigger:
+    """Decides what each notification does and follows the runs it launched."""
+
+    def __init__(self, config: TriggerConfig, backend: Backend,
+                 exporter: Callable[[str, datetime, datetime], str | None] | None = None) -> None:
+        self.config, self.backend = config, backend
+        self.state = TriggerState(config.state_dir / "trigger.db")
+        self.metrics = TriggerMetrics()
+        self.exporter = exporter
+        self.lock = threading.Lock()
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        for run in self.state.runs(("pending",)):  # a previous process stopped before launching these
+            self.state.update_run(run["id"], only_if_state="pending", state=FAILED,
+                                  finished_at=datetime.now(UTC).isoformat(),
+                                  detail="the trigger stopped before launching this run")
+
+    # Alertmanager notifications ---------------------------------------------------------------------------
+    def handle(self, notification: Notification) -> tuple[int, dict[str, Any]]:
+        """Process one notification; returns the HTTP status and the body."""
+        self.metrics.received.labels(notification.status).inc()
+        firing = [a for a in notification.alerts if a.status == "firing"]
+        if notification.status == "resolved" or not firing:
+            return 200, {"action": "ignored", "reason": "resolved notification"}
+        with self.lock:  # one decision at a time: concurrent duplicates from an HA pair must not both launch
+            keys = [f"{a.fingerprint}@{a.startsAt.astimezone(UTC).isoformat()}" for a in firing]
+            new_keys = [k for k in keys if k not in self.state.seen(keys)]
+            self.metrics.deduplicated.inc(len(keys) - len(new_keys))
+            if not new_keys:
+                return 200, {"action": "duplicate", "reason": "every alert in this notification was handled before"}
+            first = firing[keys.index(new_keys[0])]
+            model = first.labels.get("model") or notification.commonLabels.get("model", "")
+            alertname = first.labels.get("alertname", "")
+            blocked = self._blocked(model)
+            if blocked:
+                self.state.remember(new_keys, notification.groupKey, alertname, model, blocked)
+                self.metrics.suppressed.labels(blocked.split(":")[0]).inc()
+                return 200, {"action": "suppressed", "reason": blocked}
+            run_id = f"{datetime.now(UTC).strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:6]}"
+            reason = f"{alertname} for {model or 'all models'}: {first.annotations.get('summary', '')}".strip(": ")
+            self.state.add_run(run_id, self.backend.name, model, reason, new_keys)
+            self.state.remember(new_keys, notification.groupKey, alertname, model, f"launched:{run_id}")
+        threading.Thread(target=self._launch, args=(run_id,), name=f"launch-{run_id}", daemon=True).start()
+        self.metrics.launched.inc()
+        return 202, {"action": "launched", "run_id": run_id, "reason": reason}
+
+    def _blocked(self, model: str) -> str | None:
+        """Why no retrain may start now, or None."""
+        self.refresh()
+        active = self.state.runs((RUNNING, "pending"))
+        if active:
+            return f"busy: retraining {active[0]['id']} is still {active[0]['state']}"
+        last = self.state.last_run_for(model)
+        if last is not None:
+            started = datetime.fromisoformat(last["created_at"])
+            if datetime.now(UTC) - started < self.config.cooldown:
+                return (f"cooldown: {model or 'this model'} was retrained at {last['created_at']}, less than "
+                        f"{self.config.cooldown} ago")
+        return None
+
+    def _launch(self, run_id: str) -> None:
+        end = datetime.now(UTC)
+        try:
+            extra: tuple[str, ...] = ()
+            if self.exporter is not None:
+                exported = self.exporter(run_id, end - self.config.recent_window, end)
+                extra = (exported,) if exported else ()
+            if not self.config.base_data and not extra:
+                raise RuntimeError("no training data: no --base-data and no labelled recent traffic to export")
+            request = RetrainRequest(run_id=run_id, data_uri=self.config.base_data or extra[0],
+                                     extra_uris=extra if self.config.base_data else extra[1:],
+                                     registry_url=self.config.registry_url, extra_args=self.config.pipeline_args)
+            external = self.backend.launch(request)
+            self.state.update_run(run_id, external_id=external, state=RUNNING,
+                                  detail=f"training on {request.data_uri} + {list(request.extra_uris)}")
+            self.metrics.active.inc()
+            log.info("retraining %s launched on %s as %s", run_id, self.backend.name, external)
+        except Exception as exc:  # a failed launch is recorded, never lost
+            log.exception("retraining %s could not be launched", run_id)
+            self.state.update_run(run_id, state=FAILED, finished_at=datetime.now(UTC).isoformat(),
+                                  detail=f"launch failed: {exc}")
+            self.metrics.failed.inc()
+
+    # Following runs ---------------------------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Ask the backend about every running run and record the ones that ended."""
+        for run in self.state.runs((RUNNING,)):
+            try:
+                state = self.backend.status(run["external_id"])
+            except Exception as exc:  # the backend's API may be down for a while: keep the run running
+                log.warning("cannot get the state of run %s: %s", run["id"], exc)
+                continue
+            if state == RUNNING:
+                continue
+            # conditional: the watcher, GET /runs and the webhook all refresh; only one may count the end
+            if not self.state.update_run(run["id"], only_if_state=RUNNING, state=state,
+                                         finished_at=datetime.now(UTC).isoformat()):
+                continue
+            self.metrics.active.dec()
+            (self.metrics.succeeded if state == SUCCEEDED else self.metrics.failed).inc()
+            log.info("retraining %s %s", run["id"], state)
+
+    def start(self) -> None:
+        """Follow runs in the background; runs left running by a previous process are picked up."""
+        self.metrics.active.set(len(self.state.runs((RUNNING,))))
+
+        def loop() -> None:
+            while not self._stop.wait(self.config.poll_seconds):
+                self.refresh()
+
+        self._watcher = threading.Thread(target=loop, name="trigger-watch", daemon=True)
+        self._watcher.start()
+
+    def stop(self) -> None:
+        """Stop following runs and close the state."""
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=5)
+        self.state.close()
+
+
+# -- HTTP -----------------------------------------------------------------------------------------------------
+def create_app(trigger: RetrainTrigger, token: str) -> Any:
+    """The Starlette app: ``POST /alerts``, ``GET /runs``, ``GET /metrics``, ``GET /healthz``."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    expected = f"Bearer {token}".encode()
+
+    async def alerts(request: Request) -> JSONResponse:
+        given = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(given, expected):
+            trigger.metrics.rejected.labels("unauthorized").inc()
+            return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401,
+                                headers={"WWW-Authenticate": "Bearer"})
+        try:
+            notification = Notification.model_validate_json(await request.body())
+        except ValidationError as exc:
+            trigger.metrics.rejected.labels("invalid").inc()
+            return JSONResponse({"error": f"invalid Alertmanager payload: {payload_problems(exc)}"}, status_code=400)
+        status, body = trigger.handle(notification)
+        return JSONResponse(body, status_code=status)
+
+    async def runs(_: Request) -> JSONResponse:
+        trigger.refresh()
+        return JSONResponse({"runs": trigger.state.runs()})
+
+    async def metrics(_: Request) -> Response:
+        return Response(generate_latest(trigger.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def healthz(_: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok", "backend": trigger.backend.name, "time": time.time()})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        trigger.start()
+        try:
+            yield
+        finally:
+            trigger.stop()
+
+    return Starlette(routes=[Route("/alerts", alerts, methods=["POST"]), Route("/runs", runs),
+                             Route("/metrics", metrics), Route("/healthz", healthz)], lifespan=lifespan)

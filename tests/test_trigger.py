@@ -1,0 +1,456 @@
+"""The retrain trigger over HTTP: authentication, payload validation, at most one retrain per alert instance
+(repeats and concurrent HA deliveries), busy and cooldown suppression, run tracking, restarts, the exporter and
+launch failures. The backend is a small in-test class implementing the Backend protocol."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from starlette.testclient import TestClient
+
+from fraudops.monitoring.backends import FAILED, RUNNING, SUCCEEDED, RetrainRequest
+from fraudops.monitoring.trigger import Notification, RetrainTrigger, TriggerConfig, TriggerState, create_app
+
+TOKEN = "s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+MODEL = "fraud-detector:champion001"
+BASE = "s3://fraud-data/base/transactions.parquet"
+
+
+class RecordingBackend:
+    """Records every launch; the test decides each run's state."""
+
+    name = "recording"
+
+    def __init__(self) -> None:
+        self.launches: list[RetrainRequest] = []
+        self.states: dict[str, str] = {}
+        self.error: Exception | None = None
+        self.lock = threading.Lock()
+
+    def launch(self, request: RetrainRequest) -> str:
+        with self.lock:
+            if self.error is not None:
+                raise self.error
+            self.launches.append(request)
+            external = f"ext-{len(self.launches)}"
+            self.states[external] = RUNNING
+            return external
+
+    def status(self, external_id: str) -> str:
+        return self.states[external_id]
+
+    def finish(self, state: str) -> None:
+        """End the newest run with ``state``."""
+        self.states[f"ext-{len(self.launches)}"] = state
+
+
+def notification(*, fingerprint: str = "a1b2c3d4e5f60718", starts: str = "2026-03-01T10:00:00.123456789Z",
+                 status: str = "firing", model: str = MODEL, alertname: str = "FraudModelDrift") -> dict[str, Any]:
+    """An Alertmanager webhook body (version 4) with one alert, as Alertmanager sends it."""
+    labels = {"alertname": alertname, "model": model, "severity": "warning"}
+    return {
+        "version": "4", "groupKey": f'{{}}/{{severity="warning"}}:{{alertname="{alertname}"}}', "truncatedAlerts": 0,
+        "status": status, "receiver": "retrain-trigger", "groupLabels": {"alertname": alertname},
+        "commonLabels": labels, "commonAnnotations": {"summary": "drift on amount"},
+        "externalURL": "http://alertmanager:9093",
+        "alerts": [{"status": status, "labels": labels, "annotations": {"summary": "drift on amount"},
+                    "startsAt": starts,
+                    "endsAt": "0001-01-01T00:00:00Z" if status == "firing" else "2026-03-01T11:00:00Z",
+                    "generatorURL": "http://prometheus:9090/graph", "fingerprint": fingerprint}],
+    }
+
+
+@contextlib.contextmanager
+def serve(state_dir: Path, backend: Any, *, cooldown: timedelta = timedelta(hours=1), base_data: str = BASE,
+          exporter: Callable[[str, datetime, datetime], str | None] | None = None
+          ) -> Iterator[tuple[RetrainTrigger, TestClient]]:
+    config = TriggerConfig(state_dir=state_dir, cooldown=cooldown, base_data=base_data,
+                           recent_window=timedelta(days=7), registry_url="s3://fraud-registry/prod",
+                           poll_seconds=3600, pipeline_args=("--iterations", "300"))
+    trigger = RetrainTrigger(config, backend, exporter)
+    with TestClient(create_app(trigger, TOKEN)) as client:
+        yield trigger, client
+
+
+def post(client: TestClient, body: dict[str, Any]) -> Any:
+    return client.post("/alerts", json=body, headers=AUTH)
+
+
+def runs(client: TestClient) -> list[dict[str, Any]]:
+    response = client.get("/runs")
+    assert response.status_code == 200
+    return response.json()["runs"]
+
+
+def wait_launched(client: TestClient, run_id: str, timeout: float = 10.0) -> dict[str, Any]:
+    """Poll /runs until the background launch of ``run_id`` has finished (the run left ``pending``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        run = next(r for r in runs(client) if r["id"] == run_id)
+        if run["state"] != "pending":
+            return run
+        assert time.monotonic() < deadline, f"run {run_id} still pending after {timeout} s"
+        time.sleep(0.01)
+
+
+def metrics(client: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = client.get("/metrics").text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def metric(client: TestClient, name: str, **labels: str) -> float:
+    return metrics(client).get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def launch(client: TestClient, **kwargs: Any) -> dict[str, Any]:
+    """Send a new firing alert, expect a launch, wait for it; returns the run."""
+    response = post(client, notification(**kwargs))
+    assert response.status_code == 202, response.text
+    assert response.json()["action"] == "launched"
+    return wait_launched(client, response.json()["run_id"])
+
+
+# -- requests ---------------------------------------------------------------------------------------------------
+def test_requests_without_the_right_token_are_refused(tmp_path: Path) -> None:
+    backend = RecordingBackend()
+    with serve(tmp_path, backend) as (_, client):
+        body = notification()
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN},
+                        {"Authorization": f"Basic {TOKEN}"}):
+            response = client.post("/alerts", json=body, headers=headers)
+            assert response.status_code == 401
+            assert response.headers["www-authenticate"] == "Bearer"
+        assert metric(client, "fraudops_trigger_requests_rejected_total", reason="unauthorized") == 4
+        assert metric(client, "fraudops_trigger_alerts_received_total", status="firing") == 0
+    assert backend.launches == []
+
+
+def _without_group_key(body: dict) -> None:
+    del body["groupKey"]
+
+
+def _set(path: tuple, value: Any) -> Callable[[dict], None]:
+    def change(body: dict) -> None:
+        target = body
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+    return change
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    (_set(("version",), "3"), "version"),
+    (_without_group_key, "groupKey"),
+    (_set(("alerts",), []), "alerts"),
+    (_set(("alerts", 0, "startsAt"), "yesterday"), "alerts.0.startsAt"),
+    (_set(("alerts", 0, "status"), "pending"), "alerts.0.status"),
+    (_set(("alerts", 0, "fingerprint"), ""), "alerts.0.fingerprint"),
+    (_set(("status",), "weird"), "status"),
+])
+def test_bad_payloads_are_refused_naming_the_field(tmp_path: Path, change: Callable[[dict], None],
+                                                   field: str) -> None:
+    backend = RecordingBackend()
+    body = copy.deepcopy(notification())
+    change(body)
+    with serve(tmp_path, backend) as (_, client):
+        response = post(client, body)
+        assert response.status_code == 400
+        error = response.json()["error"]
+        assert error.startswith("invalid Alertmanager payload: ") and f"{field}:" in error
+        assert metric(client, "fraudops_trigger_requests_rejected_total", reason="invalid") == 1
+    assert backend.launches == []
+
+
+def test_non_json_body_is_refused(tmp_path: Path) -> None:
+    backend = RecordingBackend()
+    with serve(tmp_path, backend) as (_, client):
+        response = client.post("/alerts", content=b"{not json", headers={**AUTH, "Content-Type": "application/json"})
+        assert response.status_code == 400 and "invalid Alertmanager payload" in response.json()["error"]
+        assert "body" in response.json()["error"]
+    assert backend.launches == []
+
+
+def test_resolved_notifications_are_ignored(tmp_path: Path) -> None:
+    backend = RecordingBackend()
+    with serve(tmp_path, backend) as (_, client):
+        response = post(client, notification(status="resolved"))
+        assert response.status_code == 200 and response.json()["action"] == "ignored"
+        # a firing group whose only alert has resolved is ignored as well
+        mixed = notification()
+        mixed["alerts"][0]["status"] = "resolved"
+        assert post(client, mixed).json()["action"] == "ignored"
+        assert runs(client) == []
+        assert metric(client, "fraudops_trigger_alerts_received_total", status="resolved") == 1
+    assert backend.launches == []
+
+
+# -- launching and following runs ---------------------------------------------------------------------------
+def test_firing_alert_launches_one_run_and_follows_it(tmp_path: Path) -> None:
+    backend = RecordingBackend()
+    with serve(tmp_path, backend) as (trigger, client):
+        response = post(client, notification())
+        assert response.status_code == 202
+        body = response.json()
+        assert body["action"] == "launched" and "FraudModelDrift" in body["reason"] and MODEL in body["reason"]
+        run = wait_launched(client, body["run_id"])
+        assert run["state"] == RUNNING and run["external_id"] == "ext-1" and run["backend"] == "recording"
+        assert run["model"] == MODEL and run["finished_at"] is None
+        assert json.loads(run["alerts"]) == ["a1b2c3d4e5f60718@2026-03-01T10:00:00.123456+00:00"]
+        assert len(backend.launches) == 1
+        request = backend.launches[0]
+        assert request.run_id == body["run_id"] and request.data_uri == BASE and request.extra_uris == ()
+        assert request.registry_url == "s3://fraud-registry/prod"
+        assert request.extra_args == ("--iterations", "300")
+        assert metric(client, "fraudops_trigger_retrains_active") == 1
+
+        backend.finish(SUCCEEDED)
+        trigger.refresh()
+        (run,) = runs(client)
+        assert run["state"] == SUCCEEDED and run["finished_at"] is not None
+        assert metric(client, "fraudops_trigger_retrains_launched_total") == 1
+        assert metric(client, "fraudops_trigger_retrains_succeeded_total") == 1
+        assert metric(client, "fraudops_trigger_retrains_failed_total") == 0
+        assert metric(client, "fraudops_trigger_retrains_active") == 0
+        health = client.get("/healthz").json()
+        assert health["status"] == "ok" and health["backend"] == "recording"
+
+
+def test_the_same_notification_fifty_times_launches_once(tmp_path: Path) -> None:
+    backend = RecordingBackend()
+    with serve(tmp_path, backend) as (_, client):
+        responses = [post(client, notification()) for _ in range(50)]
+        assert [r.status_code for r in responses] == [202] + [200] * 49
+        assert {r.json()["action"] for r in responses[1:]} == {"duplicate"}
+        wait_launched(client, responses[0].json()["run_id"])
+        # the same instant written with another offset is the same alert instance
+        assert post(client, notification(starts="2026-03-01T11:00:00.123456+01:00")).json()["action"] == "duplicate"
+        assert len(backend.launches) == 1 and len(runs(client)) == 1
+        assert metric(client, "fraudops_trigger_alerts_received_total", status="firing") == 51
+        assert metric(client, "fraudops_trigger_alerts_deduplicated_total") == 50
+        assert metric(client, "fraudops_trigger_retrains_launched_total") == 1
+
+
+def test_concurrent_deliveries_from_an_ha_pair_launch_once(tmp_path: Path) -> None:
+    backend = RecordingBackend()
+    threads = 16
+    start = threading.Barrier(threads)
+    with serve(tmp_path, backend) as (_, client):
+        def deliver(_: int) -> tuple[int, str]:
+            start.wait(timeout=10)
+            response = post(client, notification())
+            return response.status_code, response.json()["action"]
+
+        with ThreadPoolExecutor(threads) as pool:
+            results = list(pool.map(deliver, range(threads)))
+        assert sorted(results) == [(200, "duplicate")] * (threads - 1) + [(202, "launched")]
+        (run,) = runs(client)
+        wait_launched(client, run["id"])
+        assert len(backend.launches) == 1
+        assert metric(client, "fraudops_trigger_alerts_deduplicated_total") == threads - 1
+        assert metric(client, "fraudops_trigger_alerts_received_total", status="firing") == threads
+        assert metric(client, "fraudops_trigger_retrains_launched_total") == 1
+
+
+def test_concurrent_handling_outside_the_event_loop_launches_once(tmp_path: Path) -> None:
+    """The same decision from many threads at once (a server with several worker threads)."""
+    backend = RecordingBackend()
+    threads = 16
+    start = threading.Barrier(threads)
+    with serve(tmp_path, backend) as (trigger, client):
+        message = Notification.model_validate(notification(fingerprint="0badc0de"))
+
+        def handle(_: int) -> str:
+            start.wait(timeout=10)
+            return trigger.handle(message)[1]["action"]
+
+        with ThreadPoolExecutor(threads) as pool:
+            actions = sorted(pool.map(handle, range(threads)))
+        assert actions == ["duplicate"] * (threads - 1) + ["launched"]
+        (run,) = runs(client)
+        wait_launched(client, run["id"])
+    assert len(backend.launches) == 1
+
+
+def test_new_alert_while_a_run_is_active_is_suppressed_busy(tmp_path: Path) -> None:
+    backend = RecordingBackend()
+    with serve(tmp_path, backend) as (_, client):
+        first = launch(client)
+        response = post(client, notification(starts="2026-03-01T10:30:00Z"))
+        assert response.status_code == 200
+        assert response.json()["action"] == "suppressed"
+        assert response.json()["reason"].startswith(f"busy: retraining {first['id']} is still running")
+        # another model's alert waits as well: one retraining at a time
+        other = post(client, notification(fingerprint="ffff0000", model="fraud-detector:other"))
+        assert other.json()["action"] == "suppressed" and other.json()["reason"].startswith("busy")
+        # the suppressed instance was handled: its repeats are duplicates, even once the run is over
+        backend.finish(SUCCEEDED)
+        assert post(client, notification(starts="2026-03-01T10:30:00Z")).json()["action"] == "duplicate"
+        assert len(backend.launches) == 1
+        assert metric(client, "fraudops_trigger_alerts_suppressed_total", reason="busy") == 2
+
+
+def test_cooldown_after_success_then_launch_after_it(tmp_path: Path) -> None:
+    backend = RecordingBackend()
+    cooldown = timedelta(seconds=2)
+    with serve(tmp_path, backend, cooldown=cooldown) as (trigger, client):
+        first = launch(client)
+        backend.finish(SUCCEEDED)
+        trigger.refresh()
+        response = post(client, notification(starts="2026-03-01T10:30:00Z"))
+        assert response.json()["action"] == "suppressed"
+        assert response.json()["reason"].startswith(f"cooldown: {MODEL} was retrained at {first['created_at']}")
+        assert metric(client, "fraudops_trigger_alerts_suppressed_total", reason="cooldown") == 1
+        # the cooldown is per model
+        launch(client, fingerprint="ffff0000", model="fraud-detector:other")
+        backend.finish(SUCCEEDED)
+        trigger.refresh()
+        # once the cooldown has passed, a new alert instance retrains again
+        ends = datetime.fromisoformat(first["created_at"]) + cooldown
+        time.sleep(max(0.0, (ends - datetime.now(UTC)).total_seconds()) + 0.05)
+        third = launch(client, starts="2026-03-01T10:45:00Z")
+        assert third["state"] == RUNNING and len(backend.launches) == 3
+
+
+def test_failed_run_starts_no_cooldown(tmp_path: Path) -> None:
+    backend = RecordingBackend()
+    with serve(tmp_path, backend, cooldown=timedelta(hours=6)) as (trigger, client):
+        first = launch(client)
+        backend.finish(FAILED)
+        trigger.refresh()
+        assert next(r for r in runs(client) if r["id"] == first["id"])["state"] == FAILED
+        assert metric(client, "fraudops_trigger_retrains_failed_total") == 1
+        assert metric(client, "fraudops_trigger_retrains_active") == 0
+        second = launch(client, starts="2026-03-01T10:30:00Z")
+        assert second["state"] == RUNNING and len(backend.launches) == 2
+
+
+def test_restart_remembers_alerts_and_runs(tmp_path: Path) -> None:
+    backend = RecordingBackend()  # the backend's runs outlive the trigger process, as KFP runs or Jobs do
+    with serve(tmp_path, backend) as (_, client):
+        first = launch(client)
+    with serve(tmp_path, backend) as (trigger, client):
+        assert post(client, notification()).json()["action"] == "duplicate"
+        (run,) = runs(client)
+        assert run["id"] == first["id"] and run["state"] == RUNNING
+        assert metric(client, "fraudops_trigger_retrains_active") == 1  # picked up on start
+        assert post(client, notification(starts="2026-03-01T10:30:00Z")).json()["reason"].startswith("busy")
+        backend.finish(SUCCEEDED)
+        trigger.refresh()
+        assert runs(client)[0]["state"] == SUCCEEDED
+        assert metric(client, "fraudops_trigger_retrains_succeeded_total") == 1
+        assert metric(client, "fraudops_trigger_retrains_active") == 0
+    assert len(backend.launches) == 1
+
+
+def test_run_left_pending_by_a_dead_process_does_not_block_forever(tmp_path: Path) -> None:
+    state = TriggerState(tmp_path / "trigger.db")  # what a trigger killed between recording and launching leaves
+    state.add_run("20260301100000-dead01", "recording", MODEL, "FraudModelDrift", ["old@2026-03-01T09:00:00+00:00"])
+    state.close()
+    backend = RecordingBackend()
+    with serve(tmp_path, backend) as (_, client):
+        response = post(client, notification())
+        assert response.status_code == 202, response.json()
+    assert len(backend.launches) == 1
+
+
+# -- training data and launch failures ----------------------------------------------------------------------
+def test_exporter_supplies_the_recent_labelled_traffic(tmp_path: Path) -> None:
+    calls: list[tuple[str, datetime, datetime]] = []
+
+    def exporter(run_id: str, start: datetime, end: datetime) -> str | None:
+        calls.append((run_id, start, end))
+        return f"s3://fraud-data/exports/{run_id}.parquet"
+
+    backend = RecordingBackend()
+    with serve(tmp_path / "a", backend, exporter=exporter) as (_, client):
+        run = launch(client)
+    (run_id, start, end), request = calls[0], backend.launches[0]
+    assert run_id == run["id"] and end - start == timedelta(days=7)
+    assert abs((datetime.now(UTC) - end).total_seconds()) < 60
+    assert request.data_uri == BASE and request.extra_uris == (f"s3://fraud-data/exports/{run_id}.parquet",)
+
+    # without base data the export is the training data
+    with serve(tmp_path / "b", backend, base_data="", exporter=exporter) as (_, client):
+        run = launch(client)
+    assert backend.launches[1].data_uri == f"s3://fraud-data/exports/{run['id']}.parquet"
+    assert backend.launches[1].extra_uris == ()
+
+    # nothing exported (no labelled traffic): train on the base data alone
+    with serve(tmp_path / "c", backend, exporter=lambda *_: None) as (_, client):
+        launch(client)
+    assert backend.launches[2].data_uri == BASE and backend.launches[2].extra_uris == ()
+
+
+def test_launch_failure_is_recorded_as_failed_not_lost(tmp_path: Path) -> None:
+    backend = RecordingBackend()
+    backend.error = RuntimeError("cluster API unreachable")
+    with serve(tmp_path, backend) as (_, client):
+        run = launch(client)
+        assert run["state"] == FAILED and run["finished_at"] is not None
+        assert run["detail"] == "launch failed: cluster API unreachable"
+        assert metric(client, "fraudops_trigger_retrains_launched_total") == 1
+        assert metric(client, "fraudops_trigger_retrains_failed_total") == 1
+        assert metric(client, "fraudops_trigger_retrains_active") == 0
+        # the failure neither blocks nor cools down: the next alert instance launches
+        backend.error = None
+        again = launch(client, starts="2026-03-01T10:30:00Z")
+        assert again["state"] == RUNNING and len(backend.launches) == 1
+
+
+def test_exporter_failure_or_no_data_fails_the_run(tmp_path: Path) -> None:
+    def broken(*_: Any) -> str | None:
+        raise OSError("log store unreachable")
+
+    backend = RecordingBackend()
+    with serve(tmp_path / "a", backend, exporter=broken) as (_, client):
+        run = launch(client)
+        assert run["state"] == FAILED and run["detail"] == "launch failed: log store unreachable"
+    with serve(tmp_path / "b", backend, base_data="", exporter=lambda *_: None) as (_, client):
+        run = launch(client)
+        assert run["state"] == FAILED and "no training data" in run["detail"]
+    with serve(tmp_path / "c", backend, base_data="") as (_, client):
+        assert launch(client)["state"] == FAILED
+    assert backend.launches == []
+
+
+class SlowStatusBackend(RecordingBackend):
+    """A backend whose status API is slow: once armed, status calls wait (up to 5 s) for each other."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.barrier: threading.Barrier | None = None
+
+    def status(self, external_id: str) -> str:
+        if self.barrier is not None:
+            with contextlib.suppress(threading.BrokenBarrierError):
+                self.barrier.wait()
+        return super().status(external_id)
+
+
+def test_concurrent_refreshes_count_a_finished_run_once(tmp_path: Path) -> None:
+    backend = SlowStatusBackend()
+    with serve(tmp_path, backend) as (trigger, client):
+        launch(client)
+        backend.finish(SUCCEEDED)
+        backend.barrier = threading.Barrier(2, timeout=5.0)
+        workers = [threading.Thread(target=trigger.refresh) for _ in range(2)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=10)
+        backend.barrier = None
+        assert metric(client, "fraudops_trigger_retrains_succeeded_total") == 1
+        assert metric(client, "fraudops_trigger_retrains_active") == 0
