@@ -11,8 +11,10 @@ row then sees the same kind of value as a transaction the model has never seen.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -216,3 +218,130 @@ class FeatureState:
             if pairs_file.exists():
                 state.account_pairs[col] = np.load(pairs_file)
         return state
+
+
+@dataclass(frozen=True)
+class _Entity:
+    column: str
+    index: pd.Index
+    txn: np.ndarray
+    accounts: np.ndarray | None
+    amount_sum: np.ndarray | None
+    pairs: np.ndarray | None
+
+
+class FastFeatures:
+    """Row-by-row twin of `FeatureState.transform` for small batches of new transactions (the scorer's path).
+
+    `FeatureState.transform` is the definition; it costs ~8 ms per call in pandas overhead whatever the row count,
+    this twin tens of microseconds per row, reading the same fitted statistics. Rows come validated and
+    normalised by `fraudops.serving.RowSchema` (text keys, floats, times as UTC nanoseconds or seconds). The
+    scorer compares both on probe rows at every model load and serves with `transform` alone if any value
+    differs; tests check them equal on many rows. Change both together.
+    """
+
+    def __init__(self, state: FeatureState) -> None:
+        spec = state.spec
+        self.categorical = list(spec.categorical)
+        self.numeric = list(state.numeric)
+        self.timestamp = spec.timestamp
+        self.signup = spec.signup_time if spec.timestamp else None
+        self.seconds = state.time_kind == "seconds"
+        self.amount = spec.amount
+        self.account = spec.account
+        self.entities = []
+        names = [*self.categorical, *self.numeric]
+        names += ["hour", "day_of_week"] if self.timestamp else []
+        names += ["seconds_since_signup"] if self.signup else []
+        for col in state.entity_columns:
+            stats = state.entity_stats[col]
+            if not stats.index.is_unique:
+                raise ValueError(f"entity statistics of {col!r} have duplicate keys")
+            paired = bool(spec.account) and col != spec.account
+            self.entities.append(_Entity(
+                column=col, index=stats.index, txn=stats["txn_count"].to_numpy(dtype="float64"),
+                accounts=stats["account_count"].to_numpy(dtype="float64") if paired else None,
+                amount_sum=stats["amount_sum"].to_numpy(dtype="float64") if spec.amount else None,
+                pairs=state.account_pairs[col] if paired else None))
+            names += [f"{col}__txn_count", *([f"{col}__account_count"] if paired else []),
+                      *([f"{col}__amount_ratio"] if spec.amount else [])]
+        if names != state.feature_names:
+            raise ValueError(f"feature order {names} differs from the feature state's {state.feature_names}")
+
+    def _known_pairs(self, rows: list[dict[str, Any]], positions: list[list[int]]) -> np.ndarray:
+        """known[i, j]: row i's (entity, account) pair was seen in training, for the j-th entity with pairs.
+
+        Only pairs whose entity was seen are hashed: a pair with an unseen entity cannot be among the training
+        pairs (barring a 64-bit hash collision), and new devices and IPs are the common case.
+        """
+        paired = [(e, where) for e, where in zip(self.entities, positions, strict=True) if e.pairs is not None]
+        known = np.zeros((len(rows), len(paired)), dtype=bool)
+        seen = [(i, j) for j, (_, where) in enumerate(paired) for i, pos in enumerate(where) if pos >= 0]
+        if not seen:
+            return known
+        texts = [f"{_text(rows[i].get(paired[j][0].column))}\x1f{_text(rows[i].get(self.account or ''))}"
+                 for i, j in seen]
+        hashed = pd.util.hash_array(np.array(texts, dtype=object), categorize=False)
+        at_row, at_col = np.array(seen).T
+        for j, (entity, _) in enumerate(paired):
+            pairs, mine = entity.pairs, at_col == j
+            if pairs is not None and len(pairs) and mine.any():
+                pos = np.minimum(np.searchsorted(pairs, hashed[mine]), len(pairs) - 1)
+                known[at_row[mine], j] = pairs[pos] == hashed[mine]
+        return known
+
+    @staticmethod
+    def _positions(entity: _Entity, rows: list[dict[str, Any]]) -> list[int]:
+        """Row of each transaction's key in the entity statistics (-1: unseen in training)."""
+        keys = [_text(row.get(entity.column)) for row in rows]
+        if len(keys) > 8:  # one vectorised lookup beats per-key calls from here on
+            return entity.index.get_indexer(np.array(keys, dtype=object)).tolist()
+        positions = []
+        for key in keys:
+            try:
+                positions.append(entity.index.get_loc(key))
+            except KeyError:
+                positions.append(-1)
+        return positions
+
+    def rows(self, rows: list[dict[str, Any]]) -> list[list[Any]]:
+        """Feature rows (in `FeatureState.feature_names` order) for validated transactions."""
+        positions = [self._positions(entity, rows) for entity in self.entities]
+        known = self._known_pairs(rows, positions)
+        out = []
+        for i, row in enumerate(rows):
+            values: list[Any] = [_text(row.get(c)) for c in self.categorical]
+            values += [math.nan if (v := row.get(c)) is None else float(v) for c in self.numeric]
+            if self.timestamp:
+                ts = self._seconds(row[self.timestamp])
+                values += [float(math.floor(ts / 3600.0) % 24),
+                           float(math.floor(ts / 86400.0 + (0 if self.seconds else 3)) % 7)]
+                if self.signup:
+                    values.append(ts - self._seconds(row[self.signup]))
+            amount = math.nan if not self.amount or row.get(self.amount) is None else float(row[self.amount])
+            paired = 0
+            for entity, where in zip(self.entities, positions, strict=True):
+                pos = where[i]
+                count = 0.0 if pos < 0 else float(entity.txn[pos])
+                values.append(count)
+                if entity.accounts is not None:
+                    accounts = 0.0 if pos < 0 else _zero_if_nan(entity.accounts[pos])
+                    values.append(accounts - float(known[i, paired]))
+                    paired += 1
+                if entity.amount_sum is not None:
+                    other_sum = 0.0 if pos < 0 else _zero_if_nan(entity.amount_sum[pos])
+                    mean_other = other_sum / max(count, 1.0) if count > 0 else math.nan
+                    values.append(amount / mean_other if mean_other > 0 else math.nan)
+            out.append(values)
+        return out
+
+    def _seconds(self, value: float | int) -> float:
+        return float(value) if self.seconds else value / 1e9
+
+
+def _text(value: str | None) -> str:
+    return MISSING if value is None else value
+
+
+def _zero_if_nan(value: float) -> float:
+    return 0.0 if value != value else float(value)

@@ -21,12 +21,12 @@ from fraudops import steps
 from fraudops.bundle import ModelBundle
 from fraudops.data.synthetic import generate_transactions
 from fraudops.errors import ConfigError, RegistryError
+from fraudops.features import FastFeatures
 from fraudops.predlog import LogWriter, read_feedback, read_predictions
 from fraudops.registry import Registry
 from fraudops.schema import SYNTHETIC, DatasetSpec
 from fraudops.serving import (
     Bands,
-    FastFeatures,
     ModelLoadError,
     ModelSource,
     NotReadyError,
