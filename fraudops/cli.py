@@ -18,7 +18,7 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from fraudops.errors import ConfigError, FraudopsError
+from fraudops.errors import ConfigError, FraudopsError, problems
 
 console = Console(stderr=True)
 # Tables keep their columns when the output is a pipe or a file (rich would otherwise assume 80 columns).
@@ -26,8 +26,7 @@ out = Console(width=None if sys.stdout.isatty() else 160)
 
 
 def _config_error(exc: ValidationError, what: str) -> ConfigError:
-    problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or what}: {e['msg']}" for e in exc.errors())
-    return ConfigError(f"invalid {what}: {problems}")
+    return ConfigError(f"invalid {what}: {problems(exc, what)}")
 
 
 def friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 
 class FraudopsError(Exception):
     """Base class: the message names what is wrong and, where possible, what to do."""
@@ -17,3 +23,11 @@ class DataError(FraudopsError):
 
 class RegistryError(FraudopsError):
     """The model store or champion pointer cannot do what was asked."""
+
+
+def problems(exc: ValidationError, whole: str = "value", name: Callable[[tuple], str] | None = None) -> str:
+    """Pydantic's errors as one line, ``field: message; ...`` (``whole`` names errors without a field)."""
+    def where(loc: tuple) -> str:
+        return (name(loc) if name else ".".join(map(str, loc))) if loc else whole
+
+    return "; ".join(f"{where(tuple(e['loc']))}: {e['msg']}" for e in exc.errors())

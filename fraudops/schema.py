@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from fraudops.errors import ConfigError
+from fraudops.errors import ConfigError, problems
 
 
 class DatasetSpec(BaseModel):
@@ -120,10 +120,7 @@ def _build(data: dict[str, Any], source: str) -> DatasetSpec:
     try:
         return DatasetSpec.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'spec'}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"invalid dataset config in {source}: {problems}") from None
+        raise ConfigError(f"invalid dataset config in {source}: {problems(exc, 'spec')}") from None
 
 
 def load_dataset_config(path: str | Path) -> DatasetSpec:

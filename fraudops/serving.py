@@ -36,7 +36,7 @@ from pydantic_core import PydanticCustomError
 from typing_extensions import TypedDict  # pydantic needs typing_extensions' TypedDict before Python 3.12
 
 from fraudops.bundle import ModelBundle
-from fraudops.errors import ConfigError, FraudopsError, RegistryError
+from fraudops.errors import ConfigError, FraudopsError, RegistryError, problems
 from fraudops.features import FastFeatures, FeatureState
 from fraudops.predlog import FEEDBACK, PREDICTIONS, LogChunk, LogUnavailableError, LogWriter, default_root
 from fraudops.registry import MODEL_NAME, Registry
@@ -97,10 +97,8 @@ class ServingConfig(BaseModel):
         try:
             return cls.model_validate(values)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{ENV_VARS[str(e['loc'][0])] if e['loc'] else 'settings'}: {e['msg']}" for e in exc.errors()
-            )
-            raise ConfigError(f"invalid scoring service settings: {problems}") from None
+            detail = problems(exc, "settings", name=lambda loc: ENV_VARS[str(loc[0])])
+            raise ConfigError(f"invalid scoring service settings: {detail}") from None
 
     def service_spec(self) -> DatasetSpec:
         """The transaction schema the service accepts (a preset name or a dataset config file)."""

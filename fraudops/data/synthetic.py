@@ -465,26 +465,8 @@ def _legit(w: _World, n: int) -> dict[str, np.ndarray]:
     follow[1:] = same_user & (rng.random(same_user.shape) < 0.2)
     t[by_user[follow]] = np.minimum(t[by_user[np.flatnonzero(follow) - 1]] + rng.exponential(180.0, follow.sum()),
                                     np.nextafter(w.span, 0))
-    dev = device[u]
-    other = (second[u] >= 0) & (rng.random(n) < 0.35)
-    dev[other] = second[u[other]]
-    country, ip = group_country[group[u]], group_ip[group[u]]
-    mobile = rng.random(n) < 0.12
-    ip[mobile] = w.ips(country[mobile])
-    travel = rng.random(n) < 0.015
-    country[travel] = w.choice(_HOME_COUNTRY_P, int(travel.sum()))
-    ip[travel] = w.ips(country[travel])
-    category = w.choice(w.category_p, n)
-    amount = w.amounts(category)
-    top_up = gamer[u] & (rng.random(n) < 0.8)
-    category[top_up] = CATEGORIES.index("digital_goods")
-    amount[top_up] = w.lognormal(4.0, 0.8, int(top_up.sum()))
-    return {
-        "user": users[u], "t": t, "amount": amount, "device": dev, "ip": ip, "country": country,
-        "source": np.where(rng.random(n) < 0.65, source_u[u], w.choice(_LEGIT_SOURCE_P, n)),
-        "category": category,
-        "payment": np.where(rng.random(n) < 0.75, payment_u[u], w.choice(_LEGIT_PAYMENT_P, n)),
-    }
+    return _purchases(w, u, t, users, device, second, group_country[group], group_ip[group], source_u, payment_u,
+                      gamer, None)
 
 
 def _legit_shared(w: _World, n: int) -> dict[str, np.ndarray]:
@@ -553,6 +535,15 @@ def _legit_shared(w: _World, n: int) -> dict[str, np.ndarray]:
     habit = np.exp(0.3 * _normal(c.keys, 26))  # spends a little more or less than most
     users = w.known_users(c.keys, c.arrival)
 
+    return _purchases(w, u, t, users, device, second, home_country, home_ip, source_u, payment_u, gamer, habit)
+
+
+def _purchases(w: _World, u: np.ndarray, t: np.ndarray, users: np.ndarray, device: np.ndarray, second: np.ndarray,
+               home_country: np.ndarray, home_ip: np.ndarray, source_u: np.ndarray, payment_u: np.ndarray,
+               gamer: np.ndarray, habit: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Legit purchases by customers ``u`` at times ``t``: mostly from home (device, IP, country), sometimes on a
+    second device, mobile or travelling; the customer's usual source and payment; amounts scaled by ``habit``."""
+    rng, n = w.rng, len(u)
     dev = device[u]
     other = (second[u] >= 0) & (rng.random(n) < 0.35)
     dev[other] = second[u[other]]
@@ -563,7 +554,7 @@ def _legit_shared(w: _World, n: int) -> dict[str, np.ndarray]:
     country[travel] = w.choice(_HOME_COUNTRY_P, int(travel.sum()))
     ip[travel] = w.ips(country[travel])
     category = w.choice(w.category_p, n)
-    amount = w.amounts(category) * habit[u]
+    amount = w.amounts(category) if habit is None else w.amounts(category) * habit[u]
     top_up = gamer[u] & (rng.random(n) < 0.8)
     category[top_up] = CATEGORIES.index("digital_goods")
     amount[top_up] = w.lognormal(4.0, 0.8, int(top_up.sum()))

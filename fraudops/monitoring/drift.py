@@ -11,7 +11,7 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from fraudops.errors import ConfigError
+from fraudops.errors import ConfigError, problems
 from fraudops.evaluation import fraud_metrics
 from fraudops.monitoring.evidently_adapter import DriftResult, column_drift
 
@@ -54,8 +54,7 @@ class DriftPolicy(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-            raise ConfigError(f"invalid drift policy {path}: {problems}") from None
+            raise ConfigError(f"invalid drift policy {path}: {problems(exc, 'policy')}") from None
 
 
 @dataclass

@@ -25,6 +25,7 @@ from typing import Any, Literal
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from fraudops.errors import problems
 from fraudops.monitoring.backends import FAILED, RUNNING, SUCCEEDED, Backend, RetrainRequest
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ class Notification(BaseModel):
 
 def payload_problems(exc: ValidationError) -> str:
     """One line naming every bad field."""
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
+    return problems(exc, "body")
 
 
 # -- state ----------------------------------------------------------------------------------------------------
