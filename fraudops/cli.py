@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,9 @@ def main(verbose: bool) -> None:
                         handlers=[RichHandler(console=console, show_path=False)])
     for noisy in ("bentoml", "kfp", "botocore", "s3fs", "aiobotocore", "matplotlib", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # the KFP client resets urllib3's level; a filter survives that: retries are reported once, in our own error
+    logging.getLogger("urllib3.connectionpool").addFilter(lambda record: not record.getMessage().startswith("Retry"))
+    warnings.filterwarnings("ignore", message="This client only works with Kubeflow Pipeline", category=FutureWarning)
 
 
 # -- data ---------------------------------------------------------------------------------------------------
@@ -316,10 +320,8 @@ def pipeline_submit(host: str, image: str | None, experiment: str, run_name: str
         client = kfp_client(host, namespace, os.environ.get(token_env))
         run_id = submit(client, arguments, image=image or DEFAULT_IMAGE, experiment=experiment, run_name=run_name,
                         s3_secret=s3_secret, s3_endpoint=s3_endpoint)
-    except (OSError, ValueError) as exc:
-        raise FraudopsError(f"cannot submit to the KFP API at {host}: {exc}") from None
-    except Exception as exc:  # kfp_server_api raises ApiException/MaxRetryError subclasses of Exception
-        raise FraudopsError(f"KFP API at {host} refused the run: {str(exc).splitlines()[0]}") from None
+    except Exception as exc:  # kfp and kfp_server_api raise ApiException, MaxRetryError, ValueError, ...
+        raise FraudopsError(f"cannot submit to the KFP API at {host}: {str(exc).splitlines()[0]}") from None
     out.print(f"submitted run {run_id} to {host}")
     if wait:
         with console.status(f"waiting for run {run_id}"):
