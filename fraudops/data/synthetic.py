@@ -458,13 +458,7 @@ def _legit(w: _World, n: int) -> dict[str, np.ndarray]:
     activity = np.cumsum(rng.gamma(0.35, size=n_users))
     u = np.minimum(np.searchsorted(activity / activity[-1], rng.random(n)), n_users - 1)
     t = w.times(n, _LEGIT_HOURS)
-    # Shopping sessions: some purchases follow the user's previous one within minutes.
-    by_user = np.lexsort((t, u))
-    same_user = u[by_user][1:] == u[by_user][:-1]
-    follow = np.zeros(n, dtype=bool)
-    follow[1:] = same_user & (rng.random(same_user.shape) < 0.2)
-    t[by_user[follow]] = np.minimum(t[by_user[np.flatnonzero(follow) - 1]] + rng.exponential(180.0, follow.sum()),
-                                    np.nextafter(w.span, 0))
+    _sessions(w, u, t)
     return _purchases(w, u, t, users, device, second, group_country[group], group_ip[group], source_u, payment_u,
                       gamer, None)
 
@@ -508,13 +502,7 @@ def _legit_shared(w: _World, n: int) -> dict[str, np.ndarray]:
     c, lo, hi = customers.take(chosen), lo[chosen], hi[chosen]
     n_users = len(c)
     t = np.concatenate([first_t, w.times_between(lo[u[len(newcomer):]], hi[u[len(newcomer):]], _LEGIT_HOURS)])
-    # Shopping sessions: some purchases follow the user's previous one within minutes.
-    by_user = np.lexsort((t, u))
-    same_user = u[by_user][1:] == u[by_user][:-1]
-    follow = np.zeros(n, dtype=bool)
-    follow[1:] = same_user & (rng.random(same_user.shape) < 0.2)
-    t[by_user[follow]] = np.minimum(t[by_user[np.flatnonzero(follow) - 1]] + rng.exponential(180.0, follow.sum()),
-                                    np.nextafter(w.span, 0))
+    _sessions(w, u, t)
 
     # The customers' fixed traits. Home IP: own line (82%), household (14%, 2-4 accounts signing up within a
     # month) or office NAT (4%); households and offices share a family/office computer a quarter of the time.
@@ -536,6 +524,17 @@ def _legit_shared(w: _World, n: int) -> dict[str, np.ndarray]:
     users = w.known_users(c.keys, c.arrival)
 
     return _purchases(w, u, t, users, device, second, home_country, home_ip, source_u, payment_u, gamer, habit)
+
+
+def _sessions(w: _World, u: np.ndarray, t: np.ndarray) -> None:
+    """Shopping sessions: some purchases follow the same customer's previous one within minutes (``t`` in place)."""
+    rng, n = w.rng, len(u)
+    by_user = np.lexsort((t, u))
+    same_user = u[by_user][1:] == u[by_user][:-1]
+    follow = np.zeros(n, dtype=bool)
+    follow[1:] = same_user & (rng.random(same_user.shape) < 0.2)
+    t[by_user[follow]] = np.minimum(t[by_user[np.flatnonzero(follow) - 1]] + rng.exponential(180.0, follow.sum()),
+                                    np.nextafter(w.span, 0))
 
 
 def _purchases(w: _World, u: np.ndarray, t: np.ndarray, users: np.ndarray, device: np.ndarray, second: np.ndarray,
