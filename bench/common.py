@@ -90,6 +90,8 @@ class ProcessResult:
     """Largest RSS any one process of the tree reached (bytes; its VmHWM high-water mark, read while polling)."""
     stdout: str
     stderr: str
+    cpu_s: float = float("nan")
+    """User + system CPU seconds of the child and its reaped descendants (wait4 rusage)."""
 
     @property
     def peak_rss(self) -> int:
@@ -139,10 +141,10 @@ def run_measured(cmd: Sequence[str], *, env: dict[str, str] | None = None, cwd: 
 
     Two measures, both from polling every ``poll_s`` with psutil and ``/proc``: the tree's summed RSS (may miss
     a spike shorter than the interval) and the largest per-process high-water mark (``VmHWM``, exact for every
-    process still alive at a poll). ``getrusage(RUSAGE_CHILDREN)``/``wait4`` are not used: on Linux a forked
-    child's ``ru_maxrss`` starts from the *parent's* resident size, which is large here (the benchmark holds
-    data frames), so it would overstate a child's peak. Output goes to files in ``log_dir`` (or a temporary
-    directory) so that a chatty child cannot block on a full pipe.
+    process still alive at a poll). The ``ru_maxrss`` of ``getrusage(RUSAGE_CHILDREN)``/``wait4`` is not used:
+    on Linux a forked child's ``ru_maxrss`` starts from the *parent's* resident size, which is large here (the
+    benchmark holds data frames), so it would overstate a child's peak; its CPU times are exact and reported.
+    Output goes to files in ``log_dir`` (or a temporary directory) so that a chatty child cannot block on a full pipe.
     """
     import tempfile
 
@@ -169,13 +171,14 @@ def run_measured(cmd: Sequence[str], *, env: dict[str, str] | None = None, cwd: 
 
             poller = threading.Thread(target=sample, daemon=True)
             poller.start()
-            returncode = proc.wait()
+            _, status, usage = os.wait4(proc.pid, 0)  # CPU times of the whole (reaped) tree
             wall = time.perf_counter() - start
+            returncode = proc.returncode = os.waitstatus_to_exitcode(status)
             done.set()
             poller.join()
         return ProcessResult(cmd=cmd, returncode=returncode, wall_s=wall, peak_tree_rss=peak["tree"],
                              max_single_rss=peak["single"], stdout=out_path.read_text(errors="replace"),
-                             stderr=err_path.read_text(errors="replace"))
+                             stderr=err_path.read_text(errors="replace"), cpu_s=usage.ru_utime + usage.ru_stime)
 
 
 # -- formatting ---------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from bench.common import fmt_ratio, markdown_table, parse_markdown_tables, parse
 SCRIPT = REPO / "bench" / "bench_training.py"
 DATA_DIR = REPO.parent / "shared" / "data"
 
-COST_COLUMNS = ["data", "rows", "wall s", "peak RSS MiB", "rows/s", "aim met?"]
+COST_COLUMNS = ["data", "rows", "wall s", "peak RSS MiB", "rows/s", "aim met?", "CPU s (user+sys)", "CPU s / cores"]
 QUALITY_COLUMNS = ["dataset", "split", "model", "rows train/test", "PR-AUC", "ROC-AUC", "recall@1%FPR",
                    "published ROC-AUC", "aim met?"]
 
@@ -53,7 +53,7 @@ def test_quick_cost_section_prints_a_parseable_table(tmp_path: Path) -> None:
     [row] = tables[0]
     assert list(row) == COST_COLUMNS
     assert parse_number(row["rows"]) == 5000
-    for column in ("wall s", "peak RSS MiB", "rows/s"):
+    for column in ("wall s", "peak RSS MiB", "rows/s", "CPU s (user+sys)", "CPU s / cores"):
         value = parse_number(row[column])
         assert value is not None and value > 0, (column, row[column])
     assert row["aim met?"].split()[0] in {"yes", "NO"}
