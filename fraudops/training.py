@@ -10,7 +10,6 @@ from typing import Any, Literal
 import pandas as pd
 from catboost import CatBoostClassifier
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from sklearn.model_selection import train_test_split
 
 from fraudops.bundle import ModelBundle
 from fraudops.errors import DataError
@@ -73,6 +72,8 @@ def split(frame: pd.DataFrame, spec: DatasetSpec, config: TrainConfig) -> Splits
     if n_test < 20 or n_valid < 20 or n - n_test - n_valid < 50:
         raise DataError(f"{n} rows are too few to split into train/valid/test; need at least a few hundred")
     if config.split == "random":
+        from sklearn.model_selection import train_test_split
+
         rest, test = train_test_split(frame, test_size=n_test, stratify=frame[spec.target],
                                       random_state=config.seed)
         train, valid = train_test_split(rest, test_size=n_valid, stratify=rest[spec.target],
