@@ -18,6 +18,7 @@ from fraudops.predlog import (
     LogChunk,
     LogUnavailableError,
     LogWriter,
+    combined_table,
     read_feedback,
     read_log,
     read_predictions,
@@ -194,3 +195,36 @@ def test_object_store_log(monkeypatch):
         assert len(read_predictions("s3://predlog/scorer", T0 + timedelta(hours=1))) == 2
     finally:
         server.stop()
+
+
+def test_combined_table_equals_joining_one_table_per_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pyarrow as pa
+
+    at = [T0 + timedelta(seconds=i) for i in range(4)]
+    def seen(rows: int) -> np.ndarray:
+        return np.array(["2026-03-01T09:00"] * rows, "M8[ns]")
+
+    joined = [  # numpy columns of one dtype, lists, columns some chunks lack, shared and JSON values
+        chunk(2, at[0], seen=seen(2)),
+        chunk(1, at[1], seen=seen(1), decision=["approve"], purchase_time=[1_700_000_000]),
+        chunk(3, at[2], seen=seen(3), decision=["review", None, "decline"], amount=[1.5, float("nan"), 3.0]),
+        LogChunk(PREDICTIONS, at[3], 0, columns={"row": np.arange(0, dtype="int32"), "score": [], "seen": seen(0)}),
+    ]
+    by_table = [*joined[:3], LogChunk(PREDICTIONS, at[3], 1, columns={"row": np.arange(1, dtype="int64"),
+                                                                      "score": [0.1]})]  # int32 + int64, no seen
+    for chunks in (joined, by_table):
+        expected = pa.concat_tables([c.to_table() for c in chunks], promote_options="permissive")
+        got = combined_table(chunks)
+        assert got.schema == expected.schema
+        assert got.to_pandas().equals(expected.to_pandas())
+    monkeypatch.setattr(LogChunk, "to_table", lambda self: pytest.fail("joined table by table"))
+    assert combined_table(joined).column("decision").to_pylist() == [None, None, "approve", "review", None, "decline"]
+
+
+def test_combined_table_joins_pandas_valued_chunks_table_by_table() -> None:
+    stamps = pd.to_datetime(["2026-03-01T09:00:00Z", "2026-03-01T10:00:00Z"], utc=True)
+    chunks = [LogChunk(FEEDBACK, T0, 2, columns={"transaction_id": ["a", "b"], "observed_at": stamps}),
+              LogChunk(FEEDBACK, T0, 1, columns={"transaction_id": ["c"], "observed_at": stamps[:1]})]
+    got = combined_table(chunks)
+    assert got.column("observed_at").to_pylist() == [*stamps.to_pydatetime(), stamps[0].to_pydatetime()]
+    assert got.schema.field("observed_at").type.tz == "UTC"
