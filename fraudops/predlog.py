@@ -8,6 +8,7 @@ import logging
 import os
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -53,6 +54,9 @@ class LogChunk:
     columns: dict[str, Sequence[Any] | np.ndarray] = field(default_factory=dict)
     shared: dict[str, Any] = field(default_factory=dict)
     json_columns: dict[str, Sequence[Any]] = field(default_factory=dict)
+    table: pa.Table | None = None
+    """Rows already joined into one Arrow table (by the writer; then the other fields other than ``kind``,
+    ``at`` and ``rows`` are empty)."""
 
     def partition(self) -> str:
         """``date=YYYY-MM-DD/hour=HH`` of the logging time (UTC)."""
@@ -60,6 +64,8 @@ class LogChunk:
 
     def to_table(self) -> pa.Table:
         """The chunk as an Arrow table with the ``logged_at`` column first."""
+        if self.table is not None:
+            return self.table
         at = pd.Timestamp(self.at).tz_convert("UTC")
         data: dict[str, pa.Array] = {TIME_COLUMN: pa.array([at] * self.rows, pa.timestamp("us", tz="UTC"))}
         for name, value in self.shared.items():
@@ -75,19 +81,22 @@ class LogWriter:
     """Appends chunks to ``<root>/<kind>/date=YYYY-MM-DD/hour=HH/part-<time>-<id>.parquet``.
 
     `append` only queues; a background thread writes one Parquet file per log and hour when ``flush_rows`` rows
-    are waiting or every ``flush_seconds``. Failed writes keep their rows and are retried (``on_error`` is told);
-    `close` (also run at interpreter exit) writes what is left and, if the storage still fails, spills it to a
-    local directory instead of dropping it. Beyond ``max_pending_rows`` unwritten rows, `append` raises
-    `LogUnavailableError` so that callers can refuse work they could not log.
+    are waiting or every ``flush_seconds``, and in between, every ``compact_seconds``, joins the rows queued so far
+    into Arrow tables, so that no single step of the thread holds the GIL long enough to stall request threads.
+    Failed writes keep their rows and are retried (``on_error`` is told); `close` (also run at interpreter exit)
+    writes what is left and, if the storage still fails, spills it to a local directory instead of dropping it.
+    Beyond ``max_pending_rows`` unwritten rows, `append` raises `LogUnavailableError` so that callers can refuse
+    work they could not log.
     """
 
     def __init__(self, root: str, *, flush_rows: int = 10_000, flush_seconds: float = 10.0,
-                 max_pending_rows: int = 500_000, spill_dir: str | Path | None = None,
+                 compact_seconds: float = 0.5, max_pending_rows: int = 500_000, spill_dir: str | Path | None = None,
                  on_written: Callable[[str, int], None] | None = None,
                  on_error: Callable[[str, Exception], None] | None = None) -> None:
         self.root = root.rstrip("/")
         self.flush_rows = flush_rows
         self.flush_seconds = flush_seconds
+        self.compact_seconds = compact_seconds
         self.max_pending_rows = max_pending_rows
         self.spill_dir = Path(spill_dir or os.environ.get(SPILL_ENV) or
                               Path(tempfile.gettempdir()) / "fraudops-predlog-spill")
@@ -164,18 +173,41 @@ class LogWriter:
         os.replace(tmp, path)
         return url
 
+    def compact(self) -> None:
+        """Join the queued chunks into one table per log and hour (they stay queued until written)."""
+        with self._write_lock:
+            with self._cond:
+                if sum(c.table is None for c in self._pending) == 0:
+                    return
+                chunks, self._pending = self._pending, []
+            try:
+                joined = [LogChunk(kind, group[0].at, sum(c.rows for c in group), table=combined_table(group))
+                          for (kind, _), group in _groups(chunks).items()]
+            except Exception as exc:  # rows that cannot be joined fail again at the write, which reports it
+                log.warning("cannot join %d queued log chunks: %s", len(chunks), exc)
+                joined = chunks
+            with self._cond:
+                self._pending[:0] = joined
+
     def _run(self) -> None:
         ok = True
+        deadline = time.monotonic() + self.flush_seconds
         while True:
             with self._cond:
                 if ok:
+                    wait = min(self.compact_seconds, deadline - time.monotonic())
                     self._cond.wait_for(lambda: self._closed or self._pending_rows >= self.flush_rows,
-                                        timeout=self.flush_seconds)
+                                        timeout=max(wait, 0.0))
                 else:  # back off after a failed write instead of retrying in a loop
                     self._cond.wait(timeout=self.flush_seconds)
                 if self._closed:
                     return
-            ok = self.flush()
+                due = not ok or self._pending_rows >= self.flush_rows or time.monotonic() >= deadline
+            if due:
+                ok = self.flush()
+                deadline = time.monotonic() + self.flush_seconds
+            else:
+                self.compact()
 
     def close(self, attempts: int = 3) -> None:
         """Stop the thread and write everything left; spill to the local spill directory if storage fails."""
@@ -208,6 +240,19 @@ def combined_table(chunks: list[LogChunk]) -> pa.Table:
     lists (missing ones become nulls) or all are NumPy arrays of one numeric, string or datetime dtype; otherwise
     the chunks are joined table by table, with the same type promotion.
     """
+    if any(c.table is not None for c in chunks):  # join each run of loose chunks, then the tables
+        tables: list[pa.Table] = []
+        loose: list[LogChunk] = []
+        for chunk in [*chunks, None]:
+            if chunk is not None and chunk.table is None:
+                loose.append(chunk)
+                continue
+            if loose:
+                tables.append(combined_table(loose))
+                loose = []
+            if chunk is not None:
+                tables.append(chunk.table)
+        return pa.concat_tables(tables, promote_options="permissive")
     names = list(dict.fromkeys(n for c in chunks for n in (*c.shared, *c.columns, *c.json_columns)))
     data = {TIME_COLUMN: pa.array([pd.Timestamp(c.at).tz_convert("UTC") for c in chunks for _ in range(c.rows)],
                                   pa.timestamp("us", tz="UTC"))}

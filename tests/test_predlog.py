@@ -228,3 +228,28 @@ def test_combined_table_joins_pandas_valued_chunks_table_by_table() -> None:
     got = combined_table(chunks)
     assert got.column("observed_at").to_pylist() == [*stamps.to_pydatetime(), stamps[0].to_pydatetime()]
     assert got.schema.field("observed_at").type.tz == "UTC"
+
+
+def test_queued_chunks_are_joined_between_flushes_without_changing_what_is_written(tmp_path):
+    later = T0 + timedelta(hours=1)
+    first = [chunk(2, T0), chunk(1, later), chunk(3, T0, decision=["a", "b", "c"])]
+    second = [chunk(1, T0), chunk(2, later, decision=["d", "e"])]
+    expected = {}
+    for name, compact_seconds in (("plain", 3600.0), ("joined", 0.05)):
+        root = tmp_path / name
+        writer = LogWriter(str(root), flush_seconds=3600, compact_seconds=compact_seconds)
+        try:
+            for c in first:
+                writer.append(c)
+            if name == "joined":  # the thread joins the queue into one table per hour; nothing is written yet
+                assert wait_for(lambda: len(writer._pending) == 2)  # noqa: B023
+                assert parts(root) == [] and writer.pending_rows == 6
+            for c in second:
+                writer.append(c)
+            assert writer.flush() and writer.pending_rows == 0
+        finally:
+            writer.close()
+        expected[name] = {p.parent.name: pd.read_parquet(p) for p in parts(root)}
+    assert sorted(expected["joined"]) == ["hour=09", "hour=10"]
+    for hour, frame in expected["plain"].items():
+        pd.testing.assert_frame_equal(expected["joined"][hour], frame)
