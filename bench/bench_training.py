@@ -494,9 +494,9 @@ def bench_cost(opts: Options) -> Section:
         f"Command: `fraudops train --data FILE --output DIR --threads {opts.threads} --seed {SEED}` (CLI defaults: "
         "time split 65/15/20, 800 iterations with early stopping); data read, validation, features, training, "
         "evaluation, PR curve and model card included; interpreter start-up included; data generation not timed.",
-        "CPU s / cores: the CPU time spread over all cores, roughly the wall time the run would take with the "
-        "cores to itself (the cores are shared with other jobs here, so wall time > CPU s / cores means waiting "
-        "for a core).",
+        "CPU s / cores: the CPU time divided by the cores the run may use, the wall time of a perfectly parallel "
+        "run with the cores to itself; wall time above it is single-threaded work (reading, features, evaluation) "
+        "and, when other jobs share the cores, waiting for a core.",
         "Peak RSS: the largest sum of RSS over the process tree sampled every 50 ms (psutil), or the largest "
         "per-process high-water mark (/proc VmHWM) if larger.",
     ]
