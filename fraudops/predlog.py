@@ -177,7 +177,7 @@ class LogWriter:
         """Join the queued chunks into one table per log and hour (they stay queued until written)."""
         with self._write_lock:
             with self._cond:
-                if sum(c.table is None for c in self._pending) == 0:
+                if all(c.table is not None for c in self._pending):
                     return
                 chunks, self._pending = self._pending, []
             try:
