@@ -254,8 +254,8 @@ def combined_table(chunks: list[LogChunk]) -> pa.Table:
                 tables.append(chunk.table)
         return pa.concat_tables(tables, promote_options="permissive")
     names = list(dict.fromkeys(n for c in chunks for n in (*c.shared, *c.columns, *c.json_columns)))
-    data = {TIME_COLUMN: pa.array([pd.Timestamp(c.at).tz_convert("UTC") for c in chunks for _ in range(c.rows)],
-                                  pa.timestamp("us", tz="UTC"))}
+    times = [at for c in chunks for at in [pd.Timestamp(c.at).tz_convert("UTC")] * c.rows]  # one per chunk
+    data = {TIME_COLUMN: pa.array(times, pa.timestamp("us", tz="UTC"))}
     for name in names:
         pieces = [_values(c, name) for c in chunks]
         if all(isinstance(p, list) for p in pieces):
