@@ -444,13 +444,20 @@ class ModelSource:
 
 def packaged_model_tag(tag: str = "champion", registry: Registry | None = None) -> str | None:
     """The model to declare on the BentoML service (what `bentoml build` packages): ``tag`` resolved in the
-    registry, else a model of that name in BentoML's active store (a Bento's own models); None if neither."""
+    registry if the registry's own store holds it, else a model of that name in BentoML's active store (a Bento's
+    own models); None if neither.
+
+    A model that only an object-store registry holds (a fresh pod) is not declared: BentoML would look for it in
+    its own store or cloud at start-up and fail; the scorer imports it from the registry itself."""
     import bentoml
 
+    registry = registry or Registry()
     try:
-        return (registry or Registry()).resolve(tag)
+        resolved = registry.resolve(tag)
+        registry.store.get(resolved)
+        return resolved
     except Exception:  # the service module must import even when no model or registry is reachable
-        log.debug("no model %r in the registry to declare on the service", tag, exc_info=True)
+        log.debug("no model %r in the local registry to declare on the service", tag, exc_info=True)
     try:
         return str(bentoml.models.get(MODEL_NAME if tag == "champion" else tag).tag)
     except bentoml.exceptions.BentoMLException:

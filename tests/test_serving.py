@@ -405,6 +405,13 @@ def test_model_sources(home, tmp_path, trained):
     assert packaged_model_tag(registry=Registry(home=home)) == trained["a"]
     assert packaged_model_tag(trained["b"], registry=Registry(home=home)) == trained["b"]
     assert packaged_model_tag(registry=Registry(home=tmp_path / "empty")) is None
+    # a champion only the object store holds (a new scorer pod) is not declared: BentoML could not find it
+    published = Registry(home=home, remote=str(tmp_path / "bucket"))
+    published._upload(trained["a"])
+    published.promote(trained["a"], reason="publish")
+    fresh = Registry(home=tmp_path / "fresh", remote=str(tmp_path / "bucket"))
+    assert fresh.resolve("champion") == trained["a"]
+    assert packaged_model_tag(registry=fresh) is None
     tag, path = ModelSource(registry=Registry(home=home)).locate()
     assert tag == trained["a"] and (path / "model.cbm").exists()
     with pytest.raises(RegistryError, match="there is no champion yet"):
