@@ -15,11 +15,18 @@ import fsspec
 
 
 def storage_options(url: str) -> dict[str, Any]:
-    """fsspec options for ``url`` (the S3 endpoint for ``s3://``; nothing for local paths)."""
+    """fsspec options for ``url`` (for ``s3://``: the endpoint, and no listings cache; nothing for local paths).
+
+    s3fs caches directory listings for the life of the process by default: a long-running reader (the drift
+    exporter, the trigger, a scorer) would never see the summaries, models and log parts that other pods write
+    after its first listing."""
     if not url.startswith(("s3://", "s3a://")):
         return {}
+    options: dict[str, Any] = {"use_listings_cache": False}
     endpoint = os.environ.get("FRAUDOPS_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL")
-    return {"client_kwargs": {"endpoint_url": endpoint}} if endpoint else {}
+    if endpoint:
+        options["client_kwargs"] = {"endpoint_url": endpoint}
+    return options
 
 
 def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import uuid
 
@@ -244,6 +245,43 @@ def test_remote_registry_is_shared(remote, tmp_path, trained):
 
     # A can load B's model from the remote store too
     np.testing.assert_array_equal(a.load(second).score(raw), loaded.score(raw))
+
+
+def test_a_long_running_reader_sees_what_other_processes_write_later(s3_server, monkeypatch, tmp_path, trained):
+    """The drift exporter and the trigger run for days; drift jobs and training pods write beside them."""
+    import bentoml
+    import boto3
+    from bentoml._internal.models.model import ModelStore
+
+    from fraudops.monitoring.job import latest_summaries
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("FRAUDOPS_S3_ENDPOINT", s3_server)
+    bucket = f"shared-{uuid.uuid4().hex[:12]}"
+    other_process = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
+    other_process.create_bucket(Bucket=bucket)
+    writer_home = tmp_path / "writer"
+
+    def publish(model: int) -> str:
+        """What another pod does: register a model and write a drift summary for it."""
+        tag = Registry(home=writer_home).register(trained[0])
+        export = tmp_path / f"{model}.bentomodel"
+        bentoml.models.export_model(tag, str(export), _model_store=ModelStore(writer_home / "models"))
+        name, version = tag.split(":")
+        other_process.upload_file(str(export), bucket, f"registry/models/{name}/{version}.bentomodel")
+        other_process.put_object(Bucket=bucket, Key=f"monitor/latest/{model}.json",
+                                 Body=json.dumps({"model": tag, "verdict": "ok"}).encode())
+        return tag
+
+    reader = Registry(home=tmp_path / "reader", remote=f"s3://{bucket}/registry")
+    first = publish(1)
+    assert [m.tag for m in reader.list()] == [first]
+    assert [s["model"] for s in latest_summaries(f"s3://{bucket}/monitor")] == [first]
+    second = publish(2)
+    assert {m.tag for m in reader.list()} == {first, second}
+    assert [s["model"] for s in latest_summaries(f"s3://{bucket}/monitor")] == [first, second]
 
 
 def test_remote_model_missing_everywhere(remote, tmp_path):
