@@ -285,6 +285,24 @@ def test_export_labelled_writes_training_rows(model, traffic, tmp_path) -> None:
     np.testing.assert_allclose(table["amount"].to_numpy(dtype=float), expected)
 
 
+def test_export_labelled_keeps_one_row_per_transaction_scored_twice(model, traffic, tmp_path) -> None:
+    # ten transactions of request A scored again later in the window (a client's retry) and labelled otherwise
+    a = traffic["requests"]["a"]
+    again = {**{k: v[:10] for k, v in a.items() if k in ("frame", "features", "scores", "decisions", "inputs")},
+             "request_id": uuid.uuid4().hex}
+    flipped = [not x for x in traffic["truth"][a["request_id"]][:10]]
+    write_log(traffic["root"], [prediction_chunk(again, START + timedelta(minutes=50), traffic["tag"]),
+                                feedback_chunk(again["request_id"], list(range(10)), flipped,
+                                               END + timedelta(minutes=20))])
+    every = export_labelled(str(traffic["root"]), START, END, str(tmp_path / "every.parquet"), "is_fraud")
+    once = export_labelled(str(traffic["root"]), START, END, str(tmp_path / "once.parquet"), "is_fraud",
+                           "transaction_id")
+    table = read_table(tmp_path / "once.parquet")
+    assert every == 560 and once == len(table) == 550 and table["transaction_id"].is_unique
+    ids = again["frame"]["transaction_id"].tolist()
+    assert table.set_index("transaction_id").loc[ids, "is_fraud"].tolist() == [int(x) for x in flipped]
+
+
 def test_export_labelled_with_no_labels_writes_an_empty_table(traffic, tmp_path) -> None:
     output = tmp_path / "none.parquet"
     assert export_labelled(str(traffic["root"]), START - timedelta(hours=3), START - timedelta(hours=2),

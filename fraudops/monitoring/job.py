@@ -21,7 +21,7 @@ import pandas as pd
 from fraudops import storage
 from fraudops.errors import ConfigError
 from fraudops.monitoring.drift import LABEL, SCORE, DriftPolicy, compute_drift
-from fraudops.predlog import read_feedback, read_predictions
+from fraudops.predlog import TIME_COLUMN, read_feedback, read_predictions
 from fraudops.registry import Registry, default_home
 
 log = logging.getLogger(__name__)
@@ -145,17 +145,24 @@ def latest_summaries(monitor_root: str | None = None) -> list[dict[str, Any]]:
     return documents
 
 
-def export_labelled(log_root: str, start: datetime, end: datetime, output: str, label_column: str
-                    ) -> int:
+def export_labelled(log_root: str, start: datetime, end: datetime, output: str, label_column: str,
+                    id_column: str | None = None) -> int:
     """Write the labelled transactions of a window in the training schema (the logged input fields plus the
-    label column) so that a retraining run can train on recent traffic; returns the row count."""
+    label column) so that a retraining run can train on recent traffic; returns the row count.
+
+    A transaction scored more than once (a client's retry, a replay) is one training row: with ``id_column``,
+    the newest scoring of each id and its label are kept."""
     frame = labelled_window(log_root, start, end)
     if "input" not in frame:
         frame = frame.assign(input=pd.Series(dtype=object))
     labelled = frame[frame[LABEL].notna()]
+    if TIME_COLUMN in labelled:
+        labelled = labelled.sort_values(TIME_COLUMN, kind="stable")
     rows = [json.loads(text) for text in labelled["input"]]
     table = pd.DataFrame(rows)
     table[label_column] = labelled[LABEL].astype("int64").to_numpy()
+    if id_column and id_column in table:
+        table = table.drop_duplicates(id_column, keep="last").reset_index(drop=True)
     fs, path = storage.filesystem(output)
     parent = path.rsplit("/", 1)[0]
     if parent:
