@@ -150,13 +150,15 @@ def data_generate(rows: int, seed: int, output: str, start: str, days: float, fr
     """Write synthetic e-commerce transactions with fraud patterns (and optional drift)."""
     from fraudops.data.io import write_table
     from fraudops.data.synthetic import DriftConfig, generate_transactions
+    from fraudops.storage import is_remote
 
     drift = DriftConfig(amount_shift=amount_shift, category_mix=category_mix, new_pattern=new_pattern,
                         fraud_rate_multiplier=fraud_rate_multiplier)
     with console.status(f"generating {rows:,} transactions"):
         frame = generate_transactions(rows, seed=seed, start=start, days=days, fraud_rate=fraud_rate, drift=drift,
                                       population_seed=population_seed)
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        if not is_remote(output):
+            Path(output).parent.mkdir(parents=True, exist_ok=True)
         write_table(frame, output)
     out.print(f"wrote {len(frame):,} transactions ({frame['is_fraud'].mean():.2%} fraud) to {output}")
 
@@ -331,6 +333,76 @@ def pipeline_submit(host: str, image: str | None, experiment: str, run_name: str
             sys.exit(1)
 
 
+def _replayed_options(ctx: click.Context, names: set[str]) -> list[str]:
+    """The options among ``names`` that the user gave, as command-line arguments (for a run elsewhere)."""
+    from click.core import ParameterSource
+
+    args: list[str] = []
+    for param in ctx.command.params:
+        if param.name not in names or ctx.get_parameter_source(param.name) == ParameterSource.DEFAULT:
+            continue
+        assert isinstance(param, click.Option)
+        value = ctx.params[param.name]
+        if param.is_flag:
+            args.append(param.opts[0] if value else param.secondary_opts[0])
+            continue
+        for item in value if param.multiple else [value]:
+            args += [param.opts[0], str(item)]
+    return args
+
+
+@pipeline.command("job")
+@click.option("--namespace", required=True, help="Namespace of the Job.")
+@click.option("--image", required=True, help="Project image the Job runs (a version tag, not latest).")
+@click.option("--service-account", default="", help="Service account of the Job's pod (default: the namespace's).")
+@click.option("--s3-secret", default="", help="Secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY for the registry.")
+@click.option("--s3-endpoint", default="", help="Object-store endpoint for the registry.")
+@click.option("--cpu", default="1", show_default=True, help="CPU the Job requests.")
+@click.option("--memory", default="2Gi", show_default=True, help="Memory the Job requests and may use.")
+@click.option("--kubeconfig", type=click.Path(dir_okay=False), default=None,
+              help="kubeconfig of the cluster (default: in-cluster, then $KUBECONFIG).")
+@click.option("--wait/--no-wait", default=False, help="Follow the Job until it ends and print its output.")
+@click.option("--timeout", type=float, default=3600, show_default=True, help="Seconds to wait with --wait.")
+@pipeline_options
+@click.pass_context
+@friendly_errors
+def pipeline_job(ctx: click.Context, namespace: str, image: str, service_account: str, s3_secret: str,
+                 s3_endpoint: str, cpu: str, memory: str, kubeconfig: str | None, wait: bool, timeout: float,
+                 **kwargs: Any) -> None:
+    """Run the training pipeline in a Kubernetes Job (kfp.local inside the project image), the way the retrain
+    trigger's job backend does, without Kubeflow Pipelines."""
+    import uuid
+    from datetime import UTC, datetime
+
+    from fraudops.monitoring.backends import SUCCEEDED, JobBackend, RetrainRequest, kubernetes_api
+
+    if image.endswith(":latest") or ":" not in image.rsplit("/", 1)[-1]:
+        raise ConfigError(f"--image {image!r} needs a version tag (not latest)")
+    remote_args = _replayed_options(ctx, set(kwargs))
+    _pipeline_arguments(dict(kwargs))  # refuse bad parameters here, before a pod fails on them
+    client = kubernetes_api(kubeconfig, purpose="fraudops pipeline job")
+    backend = JobBackend(client.BatchV1Api(), namespace, image, purpose="train", service_account=service_account,
+                         env_from_secret=s3_secret, env={"FRAUDOPS_S3_ENDPOINT": s3_endpoint} if s3_endpoint else {},
+                         resources={"requests": {"cpu": cpu, "memory": memory}, "limits": {"memory": memory}})
+    run_id = f"{datetime.now(UTC).strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    try:
+        name = backend.launch(RetrainRequest(run_id=run_id, data_uri="", extra_uris=(),
+                                             extra_args=tuple(remote_args)))
+    except client.exceptions.ApiException as exc:
+        raise FraudopsError(f"cannot create the Job in namespace {namespace}: {exc.status} {exc.reason}: "
+                            f"{json.loads(exc.body or '{}').get('message', '')}") from None
+    out.print(f"created job {namespace}/{name}")
+    if wait:
+        with console.status(f"waiting for job {name}"):
+            state = backend.wait(name, timeout)
+        output = backend.logs(client.CoreV1Api(), name)
+        if output:
+            out.print(output.rstrip(), markup=False, highlight=False)
+        out.print(f"job {name}: {state}")
+        if state != SUCCEEDED:
+            sys.exit(1)
+
+
 # -- models -------------------------------------------------------------------------------------------------
 @main.group()
 @click.option("--registry-url", default=None, help="Object-store registry (default: $FRAUDOPS_REGISTRY_URL).")
@@ -498,9 +570,12 @@ def monitor_exporter(host: str, port: int, monitor_root: str | None, all_models:
 @click.option("--window", default="7d", show_default=True, help="How far back to read the prediction log.")
 @click.option("--output", required=True, help="Parquet file (path or URL) in the training schema.")
 @click.option("--label-column", default="is_fraud", show_default=True)
+@click.option("--id-column", default="transaction_id", show_default=True,
+              help="Transaction id: a transaction scored twice is exported once ('' keeps every scoring).")
 @click.option("--log-root", default=None, help="Prediction log root (default: $FRAUDOPS_PREDICTION_LOG).")
 @friendly_errors
-def monitor_export_labelled(window: str, output: str, label_column: str, log_root: str | None) -> None:
+def monitor_export_labelled(window: str, output: str, label_column: str, id_column: str, log_root: str | None
+                            ) -> None:
     """Write recent scored transactions that have confirmed labels, for retraining."""
     from datetime import UTC, datetime
 
@@ -508,7 +583,8 @@ def monitor_export_labelled(window: str, output: str, label_column: str, log_roo
     from fraudops.predlog import default_root
 
     end = datetime.now(UTC)
-    rows = export_labelled(log_root or default_root(), end - parse_window(window), end, output, label_column)
+    rows = export_labelled(log_root or default_root(), end - parse_window(window), end, output, label_column,
+                           id_column or None)
     out.print(f"wrote {rows} labelled transactions to {output}")
 
 
@@ -538,13 +614,15 @@ def trigger() -> None:
 @click.option("--s3-secret", default="", help="Secret with object-store credentials for runs.")
 @click.option("--s3-endpoint", default="", help="Object-store endpoint for runs.")
 @click.option("--service-account", default="", help="Service account of retraining Jobs.")
+@click.option("--job-resources", default="", help="Resources of retraining Jobs, as a JSON ResourceRequirements "
+              "object (default: 1 CPU and 2Gi requested, 4Gi limit).")
 @click.option("--pipeline-arg", "pipeline_args", multiple=True,
               help="Extra 'fraudops pipeline run' argument for local and job runs (repeatable).")
 @friendly_errors
 def trigger_serve(host: str, port: int, backend: str, token_file: str | None, state_dir: str | None, cooldown: str,
                   base_data: str, recent_window: str, export_root: str | None, log_root: str | None,
                   registry_url: str, kfp_host: str, image: str | None, namespace: str, s3_secret: str,
-                  s3_endpoint: str, service_account: str, pipeline_args: tuple[str, ...]) -> None:
+                  s3_endpoint: str, service_account: str, job_resources: str, pipeline_args: tuple[str, ...]) -> None:
     """Start the retrain trigger: POST /alerts (Alertmanager), GET /runs, GET /metrics, GET /healthz."""
     import uvicorn
 
@@ -563,17 +641,23 @@ def trigger_serve(host: str, port: int, backend: str, token_file: str | None, st
     config = TriggerConfig(state_dir=state, cooldown=parse_window(cooldown), base_data=base_data,
                            recent_window=parse_window(recent_window), registry_url=registry_url,
                            pipeline_args=pipeline_args)
+    try:
+        resources = json.loads(job_resources) if job_resources else None
+    except ValueError as exc:
+        raise ConfigError(f"--job-resources is not JSON: {exc}") from None
+    if resources is not None and not (isinstance(resources, dict) and set(resources) <= {"requests", "limits"}):
+        raise ConfigError("--job-resources must be an object with 'requests' and/or 'limits'")
     runner = make_backend(backend, workdir=state / "runs", kfp_host=kfp_host, image=image or DEFAULT_IMAGE,
                           namespace=namespace, s3_secret=s3_secret, s3_endpoint=s3_endpoint,
-                          service_account=service_account)
+                          service_account=service_account, job_resources=resources)
     logs, exports = log_root or default_root(), export_root or str(state / "exports")
     registry = _registry(registry_url or None)
 
     def exporter(run_id: str, start: Any, end: Any) -> str | None:
         """Recent labelled traffic in the serving model's schema (its label column)."""
         target = join(exports, f"{run_id}.parquet")
-        label = registry.info("champion").metadata["spec"]["target"]
-        return target if export_labelled(logs, start, end, target, label) else None
+        spec = registry.info("champion").metadata["spec"]
+        return target if export_labelled(logs, start, end, target, spec["target"], spec.get("id_column")) else None
 
     app = create_app(RetrainTrigger(config, runner, exporter), token)
     uvicorn.run(app, host=host, port=port, log_level="warning")

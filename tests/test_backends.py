@@ -134,7 +134,7 @@ def test_fakes_match_the_real_client_signatures() -> None:
     real.bind(None, pipeline_func=None, arguments={}, experiment_name="e", run_name="r", enable_caching=None)
     inspect.signature(kfp.Client.get_run).bind(None, "run-id")
     inspect.signature(k8s.BatchV1Api.create_namespaced_job).bind(None, namespace="ns", body={})
-    inspect.signature(k8s.BatchV1Api.read_namespaced_job_status).bind(None, name="job", namespace="ns")
+    inspect.signature(k8s.BatchV1Api.read_namespaced_job).bind(None, name="job", namespace="ns")
 
 
 def test_kfp_launch_submits_the_pipeline_with_validated_arguments(tmp_path: Path) -> None:
@@ -196,7 +196,7 @@ class FakeBatchApi:
         self.created.append((namespace, body))
         return k8s.V1Job(metadata=k8s.V1ObjectMeta(name=body["metadata"]["name"], namespace=namespace))
 
-    def read_namespaced_job_status(self, name: str, namespace: str) -> k8s.V1Job:
+    def read_namespaced_job(self, name: str, namespace: str) -> k8s.V1Job:
         return k8s.V1Job(metadata=k8s.V1ObjectMeta(name=name, namespace=namespace), status=self.statuses[name])
 
 

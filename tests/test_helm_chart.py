@@ -297,8 +297,7 @@ def test_matrix_renders_valid_objects_for_kubernetes_1_29_to_1_34(chart: Any, ca
 
 def test_kind_values_render_valid_objects(chart: Any) -> None:
     kind_values = yaml.safe_load((CHART_DIR / "values-kind.yaml").read_text())
-    monitoring = yaml.safe_load((CHART_DIR / "values-kind-monitoring.yaml").read_text())
-    docs = objects(chart, merge(merge(kind_values, monitoring), {"image": {"tag": "0.1.0"}}))
+    docs = objects(chart, merge(kind_values, {"image": {"tag": "0.1.0"}}))
     assert validation_errors(docs) == [] and policy_violations(docs) == []
     service = one(docs, "Service", "fraudops-scorer")
     assert service["spec"]["type"] == "NodePort" and service["spec"]["ports"][0]["nodePort"] == 30080
@@ -307,7 +306,15 @@ def test_kind_values_render_valid_objects(chart: Any) -> None:
     assert 30080 in host_ports, "kind-config.yaml must map the scorer NodePort"
     (trigger,) = find(docs, "Deployment", "fraudops-trigger")
     args = trigger["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert args[args.index("--backend") + 1] == "kfp"
+    assert args[args.index("--backend") + 1] == "job"
+    assert json.loads(args[args.index("--job-resources") + 1]) == kind_values["trigger"]["job"]["resources"]
+    assert args[args.index("--base-data") + 1] == "s3://fraudops/data/base.parquet"
+    # every monitoring object of the Prometheus Operator add-on
+    assert {d["kind"] for d in docs} >= {"ServiceMonitor", "PrometheusRule", "AlertmanagerConfig"}
+    # a terminating scorer keeps serving for a moment (zero failed requests during a rollout)
+    (scorer,) = find(docs, "Deployment", "fraudops-scorer")
+    container = scorer["spec"]["template"]["spec"]["containers"][0]
+    assert container["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "5"]
 
 
 def test_validators_are_not_no_ops(chart: Any) -> None:
@@ -331,8 +338,7 @@ def test_validators_are_not_no_ops(chart: Any) -> None:
 
 @pytest.mark.parametrize("kube_version", [f"v{v}.0" for v in KUBE_VERSIONS])
 def test_lint_is_clean_in_strict_mode(kube_version: str) -> None:
-    kind_values = merge(yaml.safe_load((CHART_DIR / "values-kind.yaml").read_text()),
-                        yaml.safe_load((CHART_DIR / "values-kind-monitoring.yaml").read_text()))
+    kind_values = yaml.safe_load((CHART_DIR / "values-kind.yaml").read_text())
     for values in ({}, MATRIX["everything"], PVC, kind_values):
         report = helm_python.lint(CHART_DIR, values, strict=True, kube_version=kube_version, namespace=NAMESPACE)
         assert report["errors"] == []
@@ -585,7 +591,10 @@ def test_trigger_job_backend_gets_least_privilege_rbac(chart: Any) -> None:
                                  "--token-file", "/var/run/secrets/fraudops-trigger/token",
                                  "--cooldown", "6h", "--recent-window", "7d",
                                  "--registry-url", "s3://fraudops/registry", "--image", "fraudops:0.1.0",
-                                 "--namespace", NAMESPACE, "--service-account", "fraudops"]
+                                 "--namespace", NAMESPACE, "--service-account", "fraudops",
+                                 "--job-resources", json.dumps({"limits": {"memory": "4Gi"},
+                                                                "requests": {"cpu": "1", "memory": "2Gi"}},
+                                                               separators=(",", ":"))]
     token = next(v for v in pod["volumes"] if v["name"] == "token")
     assert token["secret"]["secretName"] == "fraudops-trigger-token"
     assert token["secret"]["items"] == [{"key": "token", "path": "token"}]

@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -118,10 +119,11 @@ class JobBackend:
 
     name = "job"
 
-    def __init__(self, batch_api: Any, namespace: str, image: str, *, service_account: str = "",
-                 env_from_secret: str = "", env: dict[str, str] | None = None, ttl_seconds: int = 86_400,
-                 resources: dict[str, dict[str, str]] | None = None) -> None:
-        self.api, self.namespace, self.image = batch_api, namespace, image
+    def __init__(self, batch_api: Any, namespace: str, image: str, *, purpose: str = "retrain",
+                 service_account: str = "", env_from_secret: str = "", env: dict[str, str] | None = None,
+                 ttl_seconds: int = 86_400, resources: dict[str, dict[str, str]] | None = None) -> None:
+        """``purpose`` (retrain, train) names the Job, its container and its component label."""
+        self.api, self.namespace, self.image, self.purpose = batch_api, namespace, image, purpose
         self.service_account, self.env_from_secret = service_account, env_from_secret
         self.env = env or {}
         self.ttl_seconds = ttl_seconds
@@ -129,9 +131,9 @@ class JobBackend:
 
     def manifest(self, request: RetrainRequest) -> dict[str, Any]:
         """The Job object for a request (what `launch` sends to the API)."""
-        name = f"fraudops-retrain-{request.run_id}".lower()[:63].rstrip("-")
+        name = f"fraudops-{self.purpose}-{request.run_id}".lower()[:63].rstrip("-")
         container: dict[str, Any] = {
-            "name": "retrain", "image": self.image, "args": [*request.cli_args(), "--root", "/tmp/runs"],
+            "name": self.purpose, "image": self.image, "args": [*request.cli_args(), "--root", "/tmp/runs"],
             "env": [{"name": k, "value": v} for k, v in sorted(self.env.items())],
             "resources": self.resources,
             "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "allowPrivilegeEscalation": False,
@@ -149,7 +151,7 @@ class JobBackend:
         }
         if self.service_account:
             pod["serviceAccountName"] = self.service_account
-        labels = {"app.kubernetes.io/name": "fraudops", "app.kubernetes.io/component": "retrain",
+        labels = {"app.kubernetes.io/name": "fraudops", "app.kubernetes.io/component": self.purpose,
                   "fraudops.io/run-id": request.run_id}
         return {"apiVersion": "batch/v1", "kind": "Job",
                 "metadata": {"name": name, "namespace": self.namespace, "labels": labels},
@@ -162,9 +164,25 @@ class JobBackend:
         self.api.create_namespaced_job(namespace=self.namespace, body=body)
         return body["metadata"]["name"]
 
+    def wait(self, external_id: str, timeout: float, poll: float = 5.0) -> str:
+        """Follow a Job until it succeeds or fails; ``running`` when ``timeout`` seconds pass first."""
+        deadline = time.monotonic() + timeout
+        while (state := self.status(external_id)) == RUNNING and time.monotonic() < deadline:
+            time.sleep(poll)
+        return state
+
+    def logs(self, core_api: Any, external_id: str, tail_lines: int = 40) -> str:
+        """The last lines of the output of the Job's newest pod ('' when it has none yet)."""
+        pods = core_api.list_namespaced_pod(self.namespace, label_selector=f"job-name={external_id}").items
+        if not pods:
+            return ""
+        newest = max(pods, key=lambda pod: pod.metadata.creation_timestamp)
+        return core_api.read_namespaced_pod_log(newest.metadata.name, self.namespace, tail_lines=tail_lines)
+
     def status(self, external_id: str) -> str:
         """Map the Job's status onto running/succeeded/failed."""
-        job = self.api.read_namespaced_job_status(name=external_id, namespace=self.namespace)
+        # the Job object carries its status; reading the jobs/status subresource would need one more RBAC rule
+        job = self.api.read_namespaced_job(name=external_id, namespace=self.namespace)
         status = job.status
         if status.succeeded:
             return SUCCEEDED
@@ -174,8 +192,27 @@ class JobBackend:
         return RUNNING
 
 
+def kubernetes_api(kubeconfig: str | None = None, purpose: str = "the job backend") -> Any:
+    """The ``kubernetes`` client configured for this pod's cluster, else the kubeconfig (``kubeconfig`` or
+    $KUBECONFIG); fails with what is missing and what needed it."""
+    from kubernetes import client, config
+
+    try:
+        if kubeconfig:
+            config.load_kube_config(config_file=kubeconfig)
+        else:
+            try:
+                config.load_incluster_config()
+            except config.ConfigException:
+                config.load_kube_config()
+    except (config.ConfigException, OSError) as exc:
+        raise ConfigError(f"{purpose} needs a Kubernetes API (in-cluster or kubeconfig): {exc}") from None
+    return client
+
+
 def make_backend(name: str, *, workdir: str | Path, kfp_host: str = "", image: str = "", namespace: str = "",
-                 s3_secret: str = "", s3_endpoint: str = "", service_account: str = "") -> Backend:
+                 s3_secret: str = "", s3_endpoint: str = "", service_account: str = "",
+                 job_resources: dict[str, dict[str, str]] | None = None) -> Backend:
     """Build a backend from the trigger's flags; fails early with what is missing."""
     if name == "local":
         return LocalBackend(workdir)
@@ -187,21 +224,13 @@ def make_backend(name: str, *, workdir: str | Path, kfp_host: str = "", image: s
         return KfpBackend(kfp_client(kfp_host, token=os.environ.get("KFP_TOKEN")), image, s3_secret=s3_secret,
                           s3_endpoint=s3_endpoint)
     if name == "job":
-        from kubernetes import client, config
-
-        try:
-            config.load_incluster_config()
-        except config.ConfigException:
-            try:
-                config.load_kube_config()
-            except config.ConfigException as exc:
-                raise ConfigError(f"the job backend needs a Kubernetes API (in-cluster or kubeconfig): {exc}"
-                                  ) from None
-        namespace = namespace or _pod_namespace()
+        client = kubernetes_api()
         env = {k: v for k, v in os.environ.items() if k in ("FRAUDOPS_REGISTRY_URL", "FRAUDOPS_S3_ENDPOINT",
                                                               "FRAUDOPS_PREDICTION_LOG")}
-        return JobBackend(client.BatchV1Api(), namespace, image, service_account=service_account,
-                          env_from_secret=s3_secret, env=env)
+        if s3_endpoint:
+            env["FRAUDOPS_S3_ENDPOINT"] = s3_endpoint
+        return JobBackend(client.BatchV1Api(), namespace or _pod_namespace(), image, service_account=service_account,
+                          env_from_secret=s3_secret, env=env, resources=job_resources)
     raise ConfigError(f"unknown backend {name!r}; choose local, kfp or job")
 
 
