@@ -3,8 +3,8 @@
 #   pause, CoreDNS          the local provider's pod sandbox and cluster DNS (Go and C builds of scripts/local/build.sh)
 #   SeaweedFS               the in-cluster S3 object store of models, prediction logs and drift reports
 #   Prometheus Operator     operator, config reloader and Prometheus (Go builds), Alertmanager (Debian's package)
-# Every image but pause (a static binary alone) starts from the Debian base that scripts/image.sh makes offline,
-# and runs as a non-root user. Images already in the engine are kept.
+# Every image but pause (a static binary alone) starts from the Debian bookworm base of scripts/image.sh, and runs
+# as a non-root user. Images already in the engine are kept.
 #
 #   scripts/cluster-images.sh [--with-local]    # --with-local: also pause and CoreDNS
 set -euo pipefail
@@ -17,7 +17,13 @@ with_local=0
 if [[ "${1:-}" == "--with-local" ]]; then
   with_local=1
 fi
-docker image inspect "$DEBIAN_IMAGE" > /dev/null 2>&1 || die "no $DEBIAN_IMAGE: run IMAGE_BASE=offline scripts/image.sh"
+# The base: the Debian image scripts/image.sh made offline, else the pinned public python image it pulled (Debian
+# bookworm too) when there is a registry.
+base="$DEBIAN_IMAGE"
+if ! docker image inspect "$base" > /dev/null 2>&1; then
+  base="$(sed -n 's/^ARG PYTHON_IMAGE=\(.*\)$/\1/p' "$ROOT/Dockerfile")"
+  docker image inspect "$base" > /dev/null 2>&1 || die "neither $DEBIAN_IMAGE nor $base is there: run scripts/image.sh"
+fi
 
 build_log="$CACHE_DIR/cluster-images.log"
 : > "$build_log"
@@ -38,7 +44,7 @@ binary_image() {
   cp "$binary" "$context/"
   entrypoint="$(printf '"%s", ' "/usr/bin/$(basename "$binary")" "$@")"
   docker build -t "$image" -f - "$context" >> "$build_log" 2>&1 <<DOCKERFILE || die "building $image failed: see $build_log"
-FROM $DEBIAN_IMAGE
+FROM $base
 COPY $(basename "$binary") /usr/bin/
 USER $user
 ENTRYPOINT [${entrypoint%, }]
@@ -55,7 +61,7 @@ debian_image() {
     return 0
   fi
   docker build --network host -t "$ADDON_REGISTRY/$name:build" -f - "$ROOT/docker" >> "$build_log" 2>&1 <<DOCKERFILE ||
-FROM $DEBIAN_IMAGE
+FROM $base
 RUN apt-get update \\
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $package \\
  && apt-get clean && rm -rf /var/lib/apt/lists/*
