@@ -148,19 +148,22 @@ ensure_docker() {
   die "the private Docker engine did not start: see $PRIVATE_DOCKER_DIR/dockerd.log"
 }
 
+# terminate PID SECONDS: SIGTERM, then SIGKILL if the process is still there after SECONDS
+terminate() {
+  local pid="$1" seconds="$2" _
+  kill -0 "$pid" 2> /dev/null || return 0
+  kill "$pid"
+  for _ in $(seq "$((seconds * 2))"); do
+    kill -0 "$pid" 2> /dev/null || return 0
+    sleep 0.5
+  done
+  kill -9 "$pid" 2> /dev/null || true
+}
+
 stop_private_docker() {
   private_docker_running || return 0
   log "stopping the private Docker engine"
-  local pid _
-  pid="$(cat "$PRIVATE_DOCKER_DIR/run/dockerd.pid")"
-  kill "$pid"
-  for _ in $(seq 30); do
-    kill -0 "$pid" 2> /dev/null || break
-    sleep 1
-  done
-  if kill -0 "$pid" 2> /dev/null; then
-    kill -9 "$pid"
-  fi
+  terminate "$(cat "$PRIVATE_DOCKER_DIR/run/dockerd.pid")" 30
   # the engine leaves its default network namespace mounted under its exec root
   { findmnt -rn -o TARGET | grep -F "$PRIVATE_DOCKER_DIR/run/" || true; } | sort -r | xargs -r umount
   rm -rf "$PRIVATE_DOCKER_DIR/run"

@@ -16,19 +16,9 @@ fi
 log "removing local cluster $CLUSTER_NAME ($STATE_DIR)"
 
 stop() {
-  local name="$1" pid _
+  local name="$1"
   [[ -f "$PIDS/$name.pid" ]] || return 0
-  pid="$(cat "$PIDS/$name.pid")"
-  if kill -0 "$pid" 2> /dev/null; then
-    kill "$pid"
-    for _ in $(seq 20); do
-      kill -0 "$pid" 2> /dev/null || break
-      sleep 0.5
-    done
-    if kill -0 "$pid" 2> /dev/null; then
-      kill -9 "$pid"
-    fi
-  fi
+  terminate "$(cat "$PIDS/$name.pid")" 10
   rm -f "$PIDS/$name.pid"
 }
 
