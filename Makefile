@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 DEMO_HOME ?= $(CURDIR)/.fraudops
 export BENTOML_DO_NOT_TRACK := True
 
-.PHONY: install system-deps demo test test-fast lint bench clean image cluster-deps kind-up kind-e2e kind-reload kind-down
+.PHONY: install system-deps demo test test-fast lint bench clean image kind-up kind-e2e kind-reload kind-down
 
 install: $(VENV)/.installed system-deps
 
@@ -47,29 +47,16 @@ clean:
 	rm -rf $(DEMO_HOME) fraudops-runs catboost_info .pytest_cache
 
 # The project image, fraudops:<version>: from the pinned public python image, or without a registry from a base
-# made here (IMAGE_BASE=auto|public|offline; scripts/image.sh).
-image: cluster-deps
+# made here (IMAGE_BASE=auto|public|offline; scripts/image.sh, which installs Debian's docker.io and debootstrap
+# as root when they are missing).
+image:
 	scripts/image.sh
 
-# What the image and the local cluster need from Debian (as root): a Docker engine started privately, containerd
-# and runc for the node, the CNI plugins, nftables (to leave the host's packet filter as it was), debootstrap for
-# the offline base image. Go (1.24 or newer, which
-# Debian bookworm does not package) builds the cluster's binaries: scripts/local/build.sh checks it.
-CLUSTER_TOOLS := dockerd containerd runc iptables nft debootstrap
-cluster-deps:
-	@missing=$$(for t in $(CLUSTER_TOOLS); do command -v $$t >/dev/null || echo $$t; done; \
-	  test -x /usr/lib/cni/bridge || echo containernetworking-plugins); \
-	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update -qq && apt-get install -y -qq --no-install-recommends \
-	      docker.io containerd runc iptables nftables containernetworking-plugins debootstrap >/dev/null; \
-	  else echo "missing: $$missing; run: sudo apt-get install docker.io containerd runc iptables \
-	    nftables containernetworking-plugins debootstrap" >&2; exit 1; fi; \
-	fi
-
 # A single-node Kubernetes with the chart installed (scripts/kind-up.sh; CLUSTER_PROVIDER=auto|local|kind), its
-# end-to-end test, and its removal. Builds are cached under ~/.cache/fraudops.
-kind-up: install cluster-deps
+# end-to-end test, and its removal. Builds are cached under ~/.cache/fraudops. The local provider (root) installs
+# the Debian packages it needs (containerd, runc, CNI plugins, nftables, docker.io, debootstrap); Go 1.24+ builds
+# the cluster's binaries.
+kind-up: install
 	scripts/kind-up.sh
 
 kind-e2e: install

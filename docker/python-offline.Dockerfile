@@ -4,10 +4,12 @@
 ARG DEBIAN_IMAGE=fraudops-debian:bookworm
 FROM ${DEBIAN_IMAGE}
 
-# debootstrap configures the release alone: add its security and point-release updates, then upgrade.
+# debootstrap configures the release alone: add its security and point-release updates, then upgrade. The mirror
+# is the one debootstrap used (the security archive is Debian's own).
+ARG DEBIAN_MIRROR=http://deb.debian.org/debian
 RUN printf '%s\n' \
-      'deb http://deb.debian.org/debian bookworm main' \
-      'deb http://deb.debian.org/debian bookworm-updates main' \
+      "deb ${DEBIAN_MIRROR} bookworm main" \
+      "deb ${DEBIAN_MIRROR} bookworm-updates main" \
       'deb http://deb.debian.org/debian-security bookworm-security main' > /etc/apt/sources.list \
  && apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get upgrade -y \

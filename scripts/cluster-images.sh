@@ -55,7 +55,9 @@ DOCKERFILE
 # debian_image NAME PACKAGE BINARY USER: Debian's package in the base image, tagged with the program's version
 debian_image() {
   local name="$1" package="$2" binary="$3" user="$4" version
-  version="$(docker images --format '{{.Tag}}' "$ADDON_REGISTRY/$name" | head -n 1)"
+  # a `build` tag is what a failed earlier run left; a version tag is a finished image
+  docker rmi "$ADDON_REGISTRY/$name:build" > /dev/null 2>&1 || true
+  version="$(docker images --format '{{.Tag}}' "$ADDON_REGISTRY/$name" | { grep '^v' || true; } | head -n 1)"
   if [[ -n "$version" ]]; then
     printf '%s\n' "$ADDON_REGISTRY/$name:$version"
     return 0

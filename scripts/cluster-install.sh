@@ -64,11 +64,13 @@ JSON
   ) > /dev/null
   kube -n "$NAMESPACE" delete secret fraudops-s3 --ignore-not-found > /dev/null
 fi
+# (secret values go through files, never on a command line other users could read)
 if ! kube -n "$NAMESPACE" get secret fraudops-s3 > /dev/null 2>&1; then
   s3_json="$(kube -n "$INFRA_NAMESPACE" get secret seaweedfs-s3 -o jsonpath='{.data.s3\.json}' | base64 -d)"
-  kube -n "$NAMESPACE" create secret generic fraudops-s3 \
-    --from-literal=AWS_ACCESS_KEY_ID="$(sed -n 's/.*"accessKey": "\([^"]*\)".*/\1/p' <<< "$s3_json")" \
-    --from-literal=AWS_SECRET_ACCESS_KEY="$(sed -n 's/.*"secretKey": "\([^"]*\)".*/\1/p' <<< "$s3_json")" > /dev/null
+  kube -n "$NAMESPACE" create secret generic fraudops-s3 --from-env-file=<(
+    printf 'AWS_ACCESS_KEY_ID=%s\nAWS_SECRET_ACCESS_KEY=%s\n' \
+      "$(sed -n 's/.*"accessKey": "\([^"]*\)".*/\1/p' <<< "$s3_json")" \
+      "$(sed -n 's/.*"secretKey": "\([^"]*\)".*/\1/p' <<< "$s3_json")") > /dev/null
 fi
 render "$ROOT/scripts/addons/object-store.yaml" NAMESPACE="$INFRA_NAMESPACE" IMAGE="$(addon_image seaweedfs)" |
   kube apply -f - > /dev/null
@@ -78,6 +80,7 @@ kube -n "$NAMESPACE" delete job fraudops-seed --ignore-not-found > /dev/null
 "$ROOT/scripts/addons/seed-job.sh" "$image" | kube -n "$NAMESPACE" apply -f - > /dev/null
 kube -n "$NAMESPACE" wait --for=condition=Complete job/fraudops-seed --timeout=600s > /dev/null ||
   die "seeding the object store failed: $(kube -n "$NAMESPACE" logs job/fraudops-seed --tail=20 2>&1)"
+champion="$(kube -n "$NAMESPACE" logs job/fraudops-seed | sed -n 's/^champion: //p')"
 kube -n "$NAMESPACE" delete job fraudops-seed > /dev/null
 
 # --- 3. Prometheus Operator ----------------------------------------------------------------------------------------
@@ -113,16 +116,19 @@ wait_for_statefulset alertmanager-fraudops
 
 # --- 4. the trigger's bearer token ---------------------------------------------------------------------------------
 if ! kube -n "$NAMESPACE" get secret fraudops-trigger-token > /dev/null 2>&1; then
-  kube -n "$NAMESPACE" create secret generic fraudops-trigger-token --from-literal=token="$(random_key)" > /dev/null
+  kube -n "$NAMESPACE" create secret generic fraudops-trigger-token --from-file=token=<(random_key) > /dev/null
 fi
 
 # --- 5. a first champion (the scorer is not ready without one) ---------------------------------------------------
-if ! helm_cmd -n "$NAMESPACE" status "$RELEASE" > /dev/null 2>&1; then
+[[ -n "$champion" ]] || die "the seed Job did not report the registry's champion"
+if [[ "$champion" == none ]]; then
   log "training the first model in a Job (fraudops pipeline job)"
   "$fraudops" pipeline job --kubeconfig "$KIND_KUBECONFIG" --namespace "$NAMESPACE" --image "$image" \
     --s3-secret fraudops-s3 --s3-endpoint "http://seaweedfs.$INFRA_NAMESPACE.svc.cluster.local:8333" \
     --registry-url s3://fraudops/registry --data s3://fraudops/data/base.parquet --cpu 500m --memory 1Gi \
     --iterations 300 --wait --timeout 1800 | tail -n 4
+else
+  log "the registry's champion is $champion"
 fi
 
 # --- 6. the chart --------------------------------------------------------------------------------------------------

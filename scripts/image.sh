@@ -15,7 +15,6 @@ set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-require docker
 IMAGE_BASE="${IMAGE_BASE:-auto}"
 PUBLIC_PYTHON_IMAGE="$(sed -n 's/^ARG PYTHON_IMAGE=\(.*\)$/\1/p' "$ROOT/Dockerfile")"
 [[ -n "$PUBLIC_PYTHON_IMAGE" ]] || die "no ARG PYTHON_IMAGE default in $ROOT/Dockerfile"
@@ -44,8 +43,10 @@ debian_mirror() {
 # fraudops-debian:bookworm from a debootstrap root filesystem (made once, kept in the cache).
 debian_base() {
   docker image inspect "$DEBIAN_IMAGE" > /dev/null 2>&1 && return 0
-  require debootstrap
   [[ "$(id -u)" == 0 ]] || die "debootstrap needs root to make the offline base image"
+  if ! command -v debootstrap > /dev/null 2>&1; then
+    apt_install debootstrap
+  fi
   local rootfs="$CACHE_DIR/base/bookworm-rootfs" tarball="$CACHE_DIR/base/bookworm-rootfs.tar"
   if [[ ! -f "$tarball" ]]; then
     log "making a Debian bookworm root filesystem with debootstrap ($(debian_mirror))"
@@ -66,7 +67,8 @@ debian_base() {
 offline_python_base() {
   debian_base
   log "building $OFFLINE_PYTHON_IMAGE (Debian's python3)"
-  docker build --network host --build-arg DEBIAN_IMAGE="$DEBIAN_IMAGE" -t "$OFFLINE_PYTHON_IMAGE" \
+  docker build --network host --build-arg DEBIAN_IMAGE="$DEBIAN_IMAGE" --build-arg DEBIAN_MIRROR="$(debian_mirror)" \
+    -t "$OFFLINE_PYTHON_IMAGE" \
     -f "$ROOT/docker/python-offline.Dockerfile" "$ROOT/docker" > "$CACHE_DIR/python-base-build.log" 2>&1 ||
     { tail -n 30 "$CACHE_DIR/python-base-build.log" >&2; die "building $OFFLINE_PYTHON_IMAGE failed"; }
 }

@@ -9,9 +9,15 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 provider="$(cat "$PROVIDER_FILE" 2> /dev/null || echo "$CLUSTER_PROVIDER")"
+# a local cluster whose provider file is gone (an interrupted kind-up or kind-down) is still found
+if [[ "$provider" == auto && -d "${LOCAL_STATE_DIR:-/var/lib/fraudops-local/$CLUSTER_NAME}" ]]; then
+  provider=local
+fi
+# every step runs even when an earlier one reports a problem; the exit status says whether one did
+status=0
 case "$provider" in
   local)
-    "$ROOT/scripts/local/down.sh"
+    "$ROOT/scripts/local/down.sh" || status=$?
     ;;
   kind)
     require kind
@@ -29,6 +35,10 @@ case "$provider" in
 esac
 if [[ -f "$ROOT/.kind/private-docker" ]]; then
   stop_private_docker
+  rm -f "$ROOT/.kind/private-docker"
 fi
-rm -f "$KIND_KUBECONFIG" "$PROVIDER_FILE" "$ROOT/.kind/private-docker"
+if ((status != 0)); then
+  die "the $provider cluster is not completely removed: run make kind-down again"
+fi
+rm -f "$KIND_KUBECONFIG" "$PROVIDER_FILE"
 rmdir "$ROOT/.kind" 2> /dev/null || true

@@ -11,6 +11,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 provider="$(cat "$PROVIDER_FILE")"
 image="$(image_ref)"
 ensure_docker
+if [[ "$DOCKER_STARTED_HERE" == 1 ]]; then
+  touch "$ROOT/.kind/private-docker"  # kind-down stops it
+fi
 if [[ "$provider" == local ]]; then
   IMAGE_BASE="${IMAGE_BASE:-offline}" "$ROOT/scripts/image.sh"
   # shellcheck source=scripts/local/lib.sh
@@ -19,7 +22,7 @@ if [[ "$provider" == local ]]; then
   docker save "$image" | ctr_k8s images import - > /dev/null
 else
   "$ROOT/scripts/image.sh"
-  kind load docker-image "$image" --name "$CLUSTER_NAME"
+  load_into_kind "$image"
 fi
 kube -n "$NAMESPACE" rollout restart deployment > /dev/null
 for deployment in $(kube -n "$NAMESPACE" get deployment -o name); do

@@ -38,8 +38,13 @@ phase() {
 # --- builds (cached) ---------------------------------------------------------------------------------------------
 phase "building (cached in $CACHE_DIR)"
 if [[ "$provider" == local ]]; then
+  [[ "$(id -u)" == 0 ]] || die "the local provider needs root (CLUSTER_PROVIDER=kind uses your Docker and kind)"
+  # shellcheck source=scripts/local/lib.sh
+  source "$ROOT/scripts/local/lib.sh"
+  ensure_packages
   "$ROOT/scripts/local/build.sh"
 else
+  require docker kind go
   "$ROOT/scripts/local/build.sh" helm seaweedfs prometheus prometheus-operator
 fi
 # the private Docker engine (if one is started) stays up until kind-down: the add-on images are built and loaded
@@ -57,7 +62,8 @@ image_options=()
 if [[ "$provider" == local ]]; then
   image_options=(--with-local)
 fi
-mapfile -t addons < <("$ROOT/scripts/cluster-images.sh" "${image_options[@]}")
+addon_list="$("$ROOT/scripts/cluster-images.sh" "${image_options[@]}")"
+mapfile -t addons <<< "$addon_list"
 images=("$(image_ref)" "${addons[@]}")
 
 # --- the cluster -------------------------------------------------------------------------------------------------
@@ -77,9 +83,7 @@ else
     kind create cluster --name "$CLUSTER_NAME" --config "$ROOT/kind-config.yaml" --kubeconfig "$KIND_KUBECONFIG" \
       --wait 180s
   fi
-  for image in "${images[@]}"; do
-    kind load docker-image "$image" --name "$CLUSTER_NAME"
-  done
+  load_into_kind "${images[@]}"
 fi
 
 # --- fraudops ----------------------------------------------------------------------------------------------------

@@ -76,6 +76,19 @@ image_ref() {
   printf '%s:%s\n' "$IMAGE_NAME" "$(project_version)"
 }
 
+# load_into_kind IMAGE...: images from the Docker engine into the kind cluster's node, through an archive
+# (`kind load docker-image` fails when Docker keeps images in its containerd store: kind issue #3795)
+load_into_kind() {
+  local image archive
+  archive="$(mktemp --suffix=.tar)"
+  for image in "$@"; do
+    log "loading $image into kind cluster $CLUSTER_NAME"
+    docker save -o "$archive" "$image"
+    kind load image-archive "$archive" --name "$CLUSTER_NAME"
+  done
+  rm -f "$archive"
+}
+
 # The Prometheus release of its Go module version: v0.305.0 is Prometheus v3.5.0.
 prometheus_release() {
   local minor="${PROMETHEUS_VERSION#v0.}"
@@ -102,6 +115,16 @@ helm_cmd() {
   "$HELM" --kubeconfig "$KIND_KUBECONFIG" "$@"
 }
 
+# apt_install PACKAGE...: Debian packages a script needs, installed when it runs as root on Debian/Ubuntu
+apt_install() {
+  if [[ "$(id -u)" != 0 ]] || ! command -v apt-get > /dev/null 2>&1; then
+    die "missing: $*; install them (Debian/Ubuntu: sudo apt-get install --no-install-recommends $*)"
+  fi
+  log "installing $* (Debian packages)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" > /dev/null
+}
+
 # --- Docker engine ---------------------------------------------------------------------------------------------
 # Images are built with the Docker engine DOCKER_HOST names, or one a user already runs; without either (this
 # kind of machine), with a private engine that these scripts start: its own data root in the cache (so built
@@ -109,8 +132,16 @@ helm_cmd() {
 PRIVATE_DOCKER_DIR="$CACHE_DIR/docker"
 PRIVATE_DOCKER_HOST="unix://$PRIVATE_DOCKER_DIR/run/docker.sock"
 
+# the private engine's pid, if that process is still a dockerd (a pid file can outlive a reboot)
+private_docker_pid() {
+  local pid
+  pid="$(cat "$PRIVATE_DOCKER_DIR/run/dockerd.pid" 2> /dev/null)" || return 1
+  [[ "$(basename "$(readlink "/proc/$pid/exe" 2> /dev/null)")" == dockerd ]] || return 1
+  echo "$pid"
+}
+
 private_docker_running() {
-  [[ -f "$PRIVATE_DOCKER_DIR/run/dockerd.pid" ]] && kill -0 "$(cat "$PRIVATE_DOCKER_DIR/run/dockerd.pid")" 2> /dev/null
+  private_docker_pid > /dev/null
 }
 
 # Point DOCKER_HOST at a working engine; sets DOCKER_STARTED_HERE=1 when it started the private one.
@@ -128,7 +159,9 @@ ensure_docker() {
     return 0
   fi
   [[ "$(id -u)" == 0 ]] || die "no Docker engine answers; start one or run as root to use a private engine"
-  require dockerd
+  if ! command -v dockerd > /dev/null 2>&1; then
+    apt_install docker.io
+  fi
   log "starting a private Docker engine ($PRIVATE_DOCKER_DIR)"
   mkdir -p "$PRIVATE_DOCKER_DIR/data" "$PRIVATE_DOCKER_DIR/run/exec"
   setsid dockerd --data-root "$PRIVATE_DOCKER_DIR/data" --exec-root "$PRIVATE_DOCKER_DIR/run/exec" \
@@ -136,8 +169,8 @@ ensure_docker() {
     --bridge=none --iptables=false --ip6tables=false --ip-forward=false --ip-masq=false \
     --containerd-namespace fraudops-docker --containerd-plugins-namespace fraudops-docker-plugins \
     > "$PRIVATE_DOCKER_DIR/dockerd.log" 2>&1 < /dev/null &
+  local engine=$! _
   export DOCKER_HOST="$PRIVATE_DOCKER_HOST"
-  local _
   for _ in $(seq 60); do
     if docker info > /dev/null 2>&1; then
       DOCKER_STARTED_HERE=1
@@ -145,14 +178,15 @@ ensure_docker() {
     fi
     sleep 1
   done
-  die "the private Docker engine did not start: see $PRIVATE_DOCKER_DIR/dockerd.log"
+  terminate "$engine" 30
+  stop_private_docker
+  die "the private Docker engine did not start within 60 s: see $PRIVATE_DOCKER_DIR/dockerd.log"
 }
 
 # terminate PID SECONDS: SIGTERM, then SIGKILL if the process is still there after SECONDS
 terminate() {
   local pid="$1" seconds="$2" _
-  kill -0 "$pid" 2> /dev/null || return 0
-  kill "$pid"
+  kill "$pid" 2> /dev/null || return 0
   for _ in $(seq "$((seconds * 2))"); do
     kill -0 "$pid" 2> /dev/null || return 0
     sleep 0.5
@@ -161,9 +195,12 @@ terminate() {
 }
 
 stop_private_docker() {
-  private_docker_running || return 0
-  log "stopping the private Docker engine"
-  terminate "$(cat "$PRIVATE_DOCKER_DIR/run/dockerd.pid")" 30
+  local pid
+  if pid="$(private_docker_pid)"; then
+    log "stopping the private Docker engine"
+    terminate "$pid" 30
+  fi
+  [[ -d "$PRIVATE_DOCKER_DIR/run" ]] || return 0
   # the engine leaves its default network namespace mounted under its exec root
   { findmnt -rn -o TARGET | grep -F "$PRIVATE_DOCKER_DIR/run/" || true; } | sort -r | xargs -r umount
   rm -rf "$PRIVATE_DOCKER_DIR/run"

@@ -419,13 +419,17 @@ def test_drift_cronjob_completes_and_the_exporter_serves_its_gauges(kube: Any) -
         send_feedback(client, labels)
     # the prediction log is written in batches: give the scorers' flush interval time to pass
     time.sleep(15)
+    started = time.time()
     run_drift_job(kube)
 
-    def gauges_of_the_champion() -> str | None:
+    def gauges_of_this_run() -> str | None:
+        """The exporter's metrics once they show a drift run of the champion that ended after `started`."""
         metrics = exporter_metrics()
-        return metrics if f'model="{champion}"' in metrics else None
+        last = re.search(rf'^fraudops_drift_last_run_timestamp_seconds\{{[^}}]*model="{re.escape(champion)}"[^}}]*\}} '
+                         r"(\S+)$", metrics, re.M)
+        return metrics if last and float(last[1]) >= started else None
 
-    metrics = wait_for("drift gauges for the champion", gauges_of_the_champion, 120)
+    metrics = wait_for("drift gauges of this run", gauges_of_this_run, 120)
     for gauge in ("fraudops_drift_share_drifted_features", "fraudops_drift_detected", "fraudops_drift_rows",
                   "fraudops_drift_last_run_timestamp_seconds"):
         assert re.search(rf'^{gauge}\{{[^}}]*model="{re.escape(champion)}"', metrics, re.M), gauge

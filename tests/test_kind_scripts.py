@@ -116,6 +116,23 @@ def test_build_translates_replace_directives_for_a_wrapper_module(tmp_path: Path
     ]
 
 
+def test_a_stale_pid_file_never_names_another_program(tmp_path: Path) -> None:
+    """After a reboot or a crash a recorded pid may belong to another program: kind-down must not signal it."""
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        pids = tmp_path / "state" / "pids"
+        pids.mkdir(parents=True)
+        (pids / "etcd.pid").write_text(f"{sleeper.pid} /usr/local/bin/etcd\n")  # the pid is a sleep now
+        (pids / "sleeper.pid").write_text(f"{sleeper.pid} {os.path.realpath(shutil.which('sleep'))}\n")
+        result = bash("source scripts/local/lib.sh; pid_of etcd || echo stale; pid_of sleeper; pid_of absent || "
+                      "echo absent", LOCAL_STATE_DIR=str(tmp_path / "state"))
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split() == ["stale", str(sleeper.pid), "absent"]
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
 # --- the local provider's certificates -----------------------------------------------------------------------------
 
 def _openssl(*args: str) -> str:
@@ -190,9 +207,7 @@ def _render_addon(path: str, fields: dict[str, str]) -> list[dict[str, Any]]:
 def _pod_specs(docs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
     specs = []
     for doc in docs:
-        if doc["kind"] in ("Deployment", "StatefulSet", "DaemonSet"):
-            specs.append((doc["metadata"]["name"], doc["spec"]["template"]["spec"]))
-        elif doc["kind"] == "Job":
+        if doc["kind"] in ("Deployment", "StatefulSet", "DaemonSet") or doc["kind"] == "Job":
             specs.append((doc["metadata"]["name"], doc["spec"]["template"]["spec"]))
         elif doc["kind"] in ("Prometheus", "Alertmanager"):
             specs.append((doc["metadata"]["name"], {"securityContext": doc["spec"]["securityContext"],

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Print a Job manifest that prepares the object store for fraudops with the fraudops image: it creates the bucket
-# (s3fs) and writes the base training table, synthetic transactions from the project's seeded generator, to
-# s3://<bucket>/data/base.parquet (the first model and every retraining train on it). Credentials come from Secret
-# fraudops-s3.
+# (s3fs), writes the base training table, synthetic transactions from the project's seeded generator, to
+# s3://<bucket>/data/base.parquet (the first model and every retraining train on it), and prints the registry's
+# champion ("champion: none" on a new store). Credentials come from Secret fraudops-s3.
 #   scripts/addons/seed-job.sh fraudops:<version> | kubectl -n fraudops apply -f -
 set -euo pipefail
 
@@ -44,6 +44,10 @@ spec:
               print("bucket $bucket ready:", fs.exists("$bucket"))'
               fraudops data generate --rows $rows --seed 7 --population-seed 7 --start 2026-01-01 --days 30 \
                 --output s3://$bucket/data/base.parquet
+              python -c '
+              from fraudops.registry import Registry
+              print("champion:", Registry(home="/tmp/bentoml", remote="s3://$bucket/registry").champion() or "none")'
+
           env:
             - name: FRAUDOPS_S3_ENDPOINT
               value: $endpoint

@@ -1,25 +1,35 @@
 #!/usr/bin/env bash
 # Remove the local cluster of scripts/local/up.sh and everything it made on the host: its processes and
 # containers, mounts, network interfaces, packet filter chains and tables, cgroups, sysctl changes and $STATE_DIR.
-# Ends by comparing the host's packet filter rules with the ones saved before the cluster came up; exits non-zero
-# when anything differs. Safe to run twice.
+# Then check: no process or mount of the cluster is left, and the host's packet filter rules and sysctls equal the
+# copy saved before the cluster came up. Anything left or different is reported, the state directory is kept (it
+# holds that copy) and the exit status is 1, so that a second run can finish the job.
 set -euo pipefail
 
 # shellcheck source=scripts/local/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 [[ "$(id -u)" == 0 ]] || die "removing the local cluster needs root"
-if [[ ! -d "$STATE_DIR" ]] && ! ip link show "$NODE_IFACE" > /dev/null 2>&1; then
+
+# Every process of the cluster names the state directory on its command line (configs, data and sockets live
+# there), so it is found even when its pid file is gone, and nothing else is.
+cluster_processes() {
+  pgrep -f -- "$STATE_DIR/" || true
+}
+
+if [[ ! -d "$STATE_DIR" && -z "$(cluster_processes)" ]] && ! ip link show "$NODE_IFACE" > /dev/null 2>&1 &&
+  ! ip link show "$CNI_BRIDGE" > /dev/null 2>&1; then
   log "no local cluster $CLUSTER_NAME"
   exit 0
 fi
 log "removing local cluster $CLUSTER_NAME ($STATE_DIR)"
+before="$STATE_DIR/host-before"
 
 stop() {
-  local name="$1"
-  [[ -f "$PIDS/$name.pid" ]] || return 0
-  terminate "$(cat "$PIDS/$name.pid")" 10
-  rm -f "$PIDS/$name.pid"
+  local name="$1" pid
+  if pid="$(pid_of "$name")"; then
+    terminate "$pid" 10
+  fi
 }
 
 # 1. no new pods: stop the kubelet and the control plane
@@ -36,31 +46,45 @@ fi
 # 3. kube-proxy's rules
 stop kube-proxy
 if [[ -f "$STATE_DIR/kube-proxy/config.yaml" ]]; then
-  "$K8S_BIN/kube-proxy" --cleanup --config "$STATE_DIR/kube-proxy/config.yaml" > "$LOGS/kube-proxy-cleanup.log" 2>&1 || true
+  "$K8S_BIN/kube-proxy" --cleanup --config "$STATE_DIR/kube-proxy/config.yaml" > /dev/null 2>&1 || true
 fi
 
-# 4. containerd and any container left (their shims outlive containerd)
+# 4. containerd, then every process left that belongs to the cluster (shims outlive containerd), then any
+#    container process left in the pods' cgroups
 stop containerd
-pkill -9 -f -- "containerd-shim.* -address $CONTAINERD_SOCK" 2> /dev/null || true
+for pid in $(cluster_processes); do
+  terminate "$pid" 5
+done
+for hierarchy in /sys/fs/cgroup/*/; do
+  [[ -d "$hierarchy$CGROUP_PARENT" ]] || continue
+  find "$hierarchy$CGROUP_PARENT" -name cgroup.procs -exec cat {} + 2> /dev/null | while read -r pid; do
+    kill -9 "$pid" 2> /dev/null || true
+  done
+done
 sleep 1
 
 # 5. mounts under the state directory (pod volumes, overlay snapshots, network namespaces), deepest first
 { findmnt -rn -o TARGET | grep -F "$STATE_DIR/" || true; } | sort -r | while read -r mount; do
-  umount "$mount" 2> /dev/null || umount -l "$mount"
+  umount "$mount" 2> /dev/null || umount -l "$mount" 2> /dev/null || true
 done
 
 # 6. network: the node interface, the pod bridge, and the chains and tables of Kubernetes and CNI
 ip link delete "$NODE_IFACE" 2> /dev/null || true
 ip link delete "$CNI_BRIDGE" 2> /dev/null || true
-if [[ -f "$STATE_DIR/host-before/firewall" ]]; then
-  remove_cluster_firewall "$STATE_DIR/host-before/firewall"
+if [[ -f "$before/firewall" ]]; then
+  remove_cluster_firewall "$before/firewall"
 fi
 
-# 7. sysctls as they were
-if [[ -f "$STATE_DIR/host-before/sysctl" ]]; then
+# 7. sysctls as they were (a value that cannot be restored shows in the check below)
+if [[ -f "$before/sysctl" ]]; then
   while IFS='=' read -r key value; do
-    sysctl -qw "$key=$value"
-  done < "$STATE_DIR/host-before/sysctl"
+    if [[ -n "$value" ]]; then
+      sysctl -qw "$key=$value" 2> /dev/null || true
+    fi
+  done < "$before/sysctl"
+fi
+if [[ -f "$STATE_DIR/br_netfilter-loaded" ]]; then
+  modprobe -r br_netfilter 2> /dev/null || true
 fi
 
 # 8. the pods' cgroups, deepest first
@@ -69,22 +93,40 @@ for hierarchy in /sys/fs/cgroup/*/; do
   find "$hierarchy$CGROUP_PARENT" -depth -type d -exec rmdir {} \; 2> /dev/null || true
 done
 
-# 9. what is left: compare with the host before, then remove the state
-differences=""
-if [[ -f "$STATE_DIR/host-before/firewall" ]]; then
-  differences="$(diff "$STATE_DIR/host-before/firewall" <(firewall_rules) || true)"
+# 9. the check
+problems=""
+if [[ -n "$(cluster_processes)" ]]; then
+  problems+="processes still running: $(cluster_processes | tr '\n' ' ')"$'\n'
 fi
-if [[ -f "$STATE_DIR/host-before/sysctl" ]]; then
-  differences+="$(diff "$STATE_DIR/host-before/sysctl" <(for key in "${SYSCTLS[@]}"; do
-    printf '%s=%s\n' "$key" "$(sysctl -n "$key")"
+mounts="$(findmnt -rn -o TARGET | grep -F "$STATE_DIR/" || true)"
+if [[ -n "$mounts" ]]; then
+  problems+="mounts left:"$'\n'"$mounts"$'\n'
+fi
+for hierarchy in /sys/fs/cgroup/*/; do
+  if [[ -d "$hierarchy$CGROUP_PARENT" ]]; then
+    problems+="cgroup left: $hierarchy$CGROUP_PARENT"$'\n'
+  fi
+done
+if [[ -f "$before/firewall" && -f "$before/sysctl" ]]; then
+  firewall="$(diff "$before/firewall" <(firewall_rules 2> /dev/null) || true)"
+  if [[ -n "$firewall" ]]; then
+    problems+="packet filter rules differ from before the cluster:"$'\n'"$firewall"$'\n'
+  fi
+  sysctls="$(diff "$before/sysctl" <(for key in "${SYSCTLS[@]}"; do
+    printf '%s=%s\n' "$key" "$(sysctl -n "$key" 2> /dev/null || true)"
   done) || true)"
+  if [[ -n "$sysctls" ]]; then
+    problems+="sysctls differ from before the cluster:"$'\n'"$sysctls"$'\n'
+  fi
+else
+  problems+="no copy of the host from before the cluster in $before: packet filter and sysctls not checked"$'\n'
+fi
+if [[ -n "$problems" ]]; then
+  printf 'the local cluster %s is not completely removed (state kept in %s; run this again):\n%s' \
+    "$CLUSTER_NAME" "$STATE_DIR" "$problems" >&2
+  exit 1
 fi
 rm -rf "$STATE_DIR"
 rm -f "$KIND_KUBECONFIG"
 rmdir "$(dirname "$STATE_DIR")" 2> /dev/null || true
-leftovers="$(findmnt -rn -o TARGET | grep -F "$STATE_DIR" || true)"
-if [[ -n "$differences" || -n "$leftovers" ]]; then
-  printf 'the host differs from before the cluster:\n%s\n%s\n' "$differences" "$leftovers" >&2
-  exit 1
-fi
-log "local cluster $CLUSTER_NAME removed; packet filter rules and sysctls are as before"
+log "local cluster $CLUSTER_NAME removed; no process, mount or cgroup left; packet filter rules and sysctls as before"

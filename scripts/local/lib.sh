@@ -23,6 +23,8 @@ SERVICE_CIDR="10.96.0.0/16"
 API_SERVICE_IP="10.96.0.1"
 DNS_SERVICE_IP="10.96.0.10"
 CLUSTER_DOMAIN="cluster.local"
+# etcd's client port on 127.0.0.1 (peer and metrics: the next two)
+ETCD_PORT="${ETCD_PORT:-2379}"
 # kubelet cgroups: every pod under this parent of each cgroup v1 hierarchy
 CGROUP_PARENT="fraudops-$CLUSTER_NAME"
 K8S_BIN="$(tool_bin kubernetes "$KUBE_VERSION")"
@@ -34,20 +36,47 @@ ctr_k8s() {
   ctr --address "$CONTAINERD_SOCK" --namespace k8s.io "$@"
 }
 
+# The pid of a process start() started, if it is still that process (its pid file holds the pid and the program:
+# after a reboot or a crash the number may belong to another program, which must never be signalled).
+pid_of() {
+  local file="$PIDS/$1.pid" pid program
+  [[ -f "$file" ]] || return 1
+  read -r pid program < "$file"
+  [[ "$(readlink "/proc/$pid/exe" 2> /dev/null)" == "$program" ]] || return 1
+  echo "$pid"
+}
+
 pid_alive() {
-  [[ -f "$PIDS/$1.pid" ]] && kill -0 "$(cat "$PIDS/$1.pid")" 2> /dev/null
+  pid_of "$1" > /dev/null
 }
 
 # start NAME COMMAND...: a background process in its own session, its output in $LOGS/NAME.log
 start() {
-  local name="$1"
+  local name="$1" program
   shift
   if pid_alive "$name"; then
     return 0
   fi
   mkdir -p "$LOGS" "$PIDS"
+  program="$(readlink -f "$(command -v "$1")")"
   setsid "$@" >> "$LOGS/$name.log" 2>&1 < /dev/null &
-  echo $! > "$PIDS/$name.pid"
+  echo "$! $program" > "$PIDS/$name.pid"
+}
+
+# The Debian packages the local provider needs, installed when missing (as root, with apt-get).
+ensure_packages() {
+  local missing=() command package
+  for command in containerd:containerd runc:runc iptables:iptables nft:nftables \
+    openssl:openssl findmnt:util-linux debootstrap:debootstrap; do
+    package="${command#*:}" command="${command%%:*}"
+    command -v "$command" > /dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin" command -v "$command" > /dev/null 2>&1 ||
+      missing+=("$package")
+  done
+  [[ -x /usr/lib/cni/bridge ]] || missing+=(containernetworking-plugins)
+  # Debian's Docker engine, unless one is installed (another engine's packages would conflict with it)
+  command -v dockerd > /dev/null 2>&1 || docker info > /dev/null 2>&1 || missing+=(docker.io)
+  ((${#missing[@]})) || return 0
+  apt_install "${missing[@]}"
 }
 
 # wait_until WHAT SECONDS COMMAND...: retry COMMAND every second
@@ -96,7 +125,7 @@ remove_cluster_firewall() {
     nft list tables | while read -r _ family name; do
       grep -q "^table $family $name {" "$before" && continue
       # empty: no chain of the table holds a rule (only base-chain headers and braces)
-      if ! nft list table "$family" "$name" | grep -vE '^\s*(table|chain|type|\}|$)' | grep -q .; then
+      if [[ "$(nft list table "$family" "$name" | awk '!/^[[:space:]]*(table|chain|type|\}|$)/' | wc -l)" == 0 ]]; then
         nft delete table "$family" "$name"
       fi
     done

@@ -17,9 +17,21 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 require containerd ctr runc iptables iptables-save ip openssl findmnt setsid
 [[ -x /usr/lib/cni/bridge ]] || die "the CNI plugins are missing: apt-get install containernetworking-plugins"
 [[ -x "$K8S_BIN/kube-apiserver" ]] || die "no Kubernetes binaries in $K8S_BIN: run scripts/local/build.sh"
+# Kubernetes 1.34 with containerd 1.6 runs on cgroup v1 here; a cgroup v2 host needs containerd 2 (kind has it)
+[[ ! -e /sys/fs/cgroup/cgroup.controllers ]] ||
+  die "this host uses cgroup v2 only; the local provider needs cgroup v1 (use CLUSTER_PROVIDER=kind)"
+
+load_images() {
+  local image
+  for image in "$@"; do
+    log "loading $image into the node"
+    docker save "$image" | ctr_k8s images import - > /dev/null
+  done
+}
 
 if pid_alive kube-apiserver && kube get --raw=/readyz > /dev/null 2>&1; then
-  log "local cluster $CLUSTER_NAME is already up"
+  log "local cluster $CLUSTER_NAME is already up; loading the images again"
+  load_images "$@"
   exit 0
 fi
 [[ ! -e "$STATE_DIR" ]] || die "$STATE_DIR exists from an earlier run: scripts/kind-down.sh removes it"
@@ -29,6 +41,9 @@ for range in "$POD_CIDR" "$SERVICE_CIDR" "$NODE_IP/32"; do
   fi
 done
 ! ip link show "$NODE_IFACE" > /dev/null 2>&1 || die "interface $NODE_IFACE exists already"
+for port in "$ETCD_PORT" "$((ETCD_PORT + 1))" "$((ETCD_PORT + 2))"; do
+  [[ -z "$(ss -Hltn "sport = :$port")" ]] || die "port $port is in use on this host: set ETCD_PORT to a free range"
+done
 
 mkdir -p "$STATE_DIR" "$LOGS" "$PIDS"
 started=$SECONDS
@@ -37,8 +52,16 @@ started=$SECONDS
 mkdir -p "$STATE_DIR/host-before"
 firewall_rules > "$STATE_DIR/host-before/firewall"
 for key in "${SYSCTLS[@]}"; do
-  printf '%s=%s\n' "$key" "$(sysctl -n "$key")"
+  printf '%s=%s\n' "$key" "$(sysctl -n "$key" 2> /dev/null || true)"
 done > "$STATE_DIR/host-before/sysctl"
+# bridged pod traffic must pass iptables (Services between pods on one bridge): load br_netfilter if it is a
+# module that is not loaded (down.sh unloads it again)
+if [[ ! -e /proc/sys/net/bridge/bridge-nf-call-iptables ]]; then
+  if ! modprobe br_netfilter 2> /dev/null; then
+    die "the kernel lacks br_netfilter (net.bridge.bridge-nf-call-iptables); Services from pods need it"
+  fi
+  touch "$STATE_DIR/br_netfilter-loaded"
+fi
 
 # --- network: the node address, forwarding and bridged traffic through iptables (Services from pods) --------------
 ip link add "$NODE_IFACE" type bridge
@@ -123,23 +146,22 @@ start containerd containerd --config "$STATE_DIR/containerd/config.toml"
 wait_until "containerd" 60 ctr --address "$CONTAINERD_SOCK" version
 
 # --- images: from the Docker engine into the node --------------------------------------------------------------
-for image in "$@"; do
-  log "loading $image into the node"
-  docker save "$image" | ctr_k8s images import --no-unpack=false - > /dev/null
-done
+load_images "$@"
 
 # --- control plane ---------------------------------------------------------------------------------------------
 log "etcd, kube-apiserver, kube-controller-manager, kube-scheduler ($KUBE_VERSION)"
+# etcd on loopback only: the node address is routable from every pod, and etcd holds every Secret
 start etcd "$K8S_BIN/etcd" --name "$NODE_NAME" --data-dir "$STATE_DIR/etcd" \
-  --listen-client-urls "http://$NODE_IP:2379" --advertise-client-urls "http://$NODE_IP:2379" \
-  --listen-peer-urls "http://$NODE_IP:2380" --initial-advertise-peer-urls "http://$NODE_IP:2380" \
-  --initial-cluster "$NODE_NAME=http://$NODE_IP:2380" --listen-metrics-urls "http://$NODE_IP:2381" \
-  --quota-backend-bytes 2147483648 --log-level warn
-wait_until "etcd" 60 curl -sf "http://$NODE_IP:2381/health"
+  --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+  --listen-peer-urls "http://127.0.0.1:$((ETCD_PORT + 1))" \
+  --initial-advertise-peer-urls "http://127.0.0.1:$((ETCD_PORT + 1))" \
+  --initial-cluster "$NODE_NAME=http://127.0.0.1:$((ETCD_PORT + 1))" \
+  --listen-metrics-urls "http://127.0.0.1:$((ETCD_PORT + 2))" --quota-backend-bytes 2147483648 --log-level warn
+wait_until "etcd" 60 curl -sf "http://127.0.0.1:$((ETCD_PORT + 2))/health"
 
 start kube-apiserver "$K8S_BIN/kube-apiserver" \
   --advertise-address "$NODE_IP" --bind-address "$NODE_IP" --secure-port 6443 \
-  --etcd-servers "http://$NODE_IP:2379" \
+  --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
   --service-cluster-ip-range "$SERVICE_CIDR" --service-node-port-range 30000-32767 \
   --client-ca-file "$PKI/ca.crt" --tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" \
   --kubelet-client-certificate "$PKI/apiserver-kubelet-client.crt" \

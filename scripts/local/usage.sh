@@ -12,16 +12,18 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # resident memory of the cluster, in KiB: "total processes pods"
 sample() {
-  local processes=0 pid pods=0 stat="/sys/fs/cgroup/memory/$CGROUP_PARENT/memory.stat"
-  local pids=()
+  local processes=0 pid rss pods=0 stat="/sys/fs/cgroup/memory/$CGROUP_PARENT/memory.stat"
+  local pids=() file
   for file in "$PIDS"/*.pid; do
-    if [[ -f "$file" ]]; then
-      pids+=("$(cat "$file")")
+    if [[ -f "$file" ]] && pid="$(pid_of "$(basename "$file" .pid)")"; then
+      pids+=("$pid")
     fi
   done
   mapfile -t -O "${#pids[@]}" pids < <(pgrep -f -- "containerd-shim.* -address $CONTAINERD_SOCK" || true)
   for pid in "${pids[@]}"; do
-    processes=$((processes + $(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status" 2> /dev/null || echo 0)))
+    # a process that exits meanwhile, or a zombie, has no resident memory line
+    rss="$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status" 2> /dev/null || true)"
+    processes=$((processes + ${rss:-0}))
   done
   if [[ -f "$stat" ]]; then
     pods=$(awk '/^total_rss / {rss=$2} /^total_mapped_file / {mapped=$2} END {print int((rss + mapped) / 1024)}' "$stat")
