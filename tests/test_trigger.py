@@ -454,3 +454,39 @@ def test_concurrent_refreshes_count_a_finished_run_once(tmp_path: Path) -> None:
         backend.barrier = None
         assert metric(client, "fraudops_trigger_retrains_succeeded_total") == 1
         assert metric(client, "fraudops_trigger_retrains_active") == 0
+
+
+class BlockingStatusBackend(RecordingBackend):
+    """A backend whose status API hangs (a slow Kubernetes or KFP API) until the test releases it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.blocking = False
+
+    def status(self, external_id: str) -> str:
+        if self.blocking:
+            self.entered.set()
+            self.release.wait(timeout=30)
+        return super().status(external_id)
+
+
+@pytest.mark.parametrize("slow_request", ["runs", "alerts"])
+def test_a_hanging_backend_api_never_stalls_the_server(tmp_path: Path, slow_request: str) -> None:
+    backend = BlockingStatusBackend()
+    with serve(tmp_path, backend, cooldown=timedelta(0)) as (_, client), ThreadPoolExecutor(2) as pool:
+        launch(client)
+        backend.blocking = True
+        slow = pool.submit(lambda: client.get("/runs") if slow_request == "runs"
+                           else post(client, notification(fingerprint="ffff000011112222")))
+        assert backend.entered.wait(timeout=10), "the request never reached the backend"
+        # the backend is hanging inside that request: the server still answers
+        health = pool.submit(client.get, "/healthz")
+        try:
+            assert health.result(timeout=10).status_code == 200
+            assert not slow.done()
+        finally:
+            backend.release.set()
+        assert slow.result(timeout=10).status_code in (200, 202)
+

@@ -296,6 +296,7 @@ class RetrainTrigger:
 def create_app(trigger: RetrainTrigger, token: str) -> Any:
     """The Starlette app: ``POST /alerts``, ``GET /runs``, ``GET /metrics``, ``GET /healthz``."""
     from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
@@ -313,12 +314,17 @@ def create_app(trigger: RetrainTrigger, token: str) -> Any:
         except ValidationError as exc:
             trigger.metrics.rejected.labels("invalid").inc()
             return JSONResponse({"error": f"invalid Alertmanager payload: {payload_problems(exc)}"}, status_code=400)
-        status, body = trigger.handle(notification)
+        # handling asks the backend's API (Kubernetes, KFP) about running runs: off the event loop, so that a slow
+        # API never stalls /healthz or other deliveries
+        status, body = await run_in_threadpool(trigger.handle, notification)
         return JSONResponse(body, status_code=status)
 
-    async def runs(_: Request) -> JSONResponse:
+    def refreshed_runs() -> list[dict[str, Any]]:
         trigger.refresh()
-        return JSONResponse({"runs": trigger.state.runs()})
+        return trigger.state.runs()
+
+    async def runs(_: Request) -> JSONResponse:
+        return JSONResponse({"runs": await run_in_threadpool(refreshed_runs)})
 
     async def metrics(_: Request) -> Response:
         return Response(generate_latest(trigger.metrics.registry), media_type=CONTENT_TYPE_LATEST)
