@@ -448,7 +448,7 @@ def test_default_objects(chart: Any) -> None:
     docs = objects(chart)
     kinds = sorted((d["kind"], d["metadata"]["name"]) for d in docs)
     assert kinds == sorted([
-        ("ConfigMap", "fraudops-scorer"), ("CronJob", "fraudops-drift"),
+        ("ConfigMap", "fraudops-scorer"), ("ConfigMap", "fraudops-drift-policy"), ("CronJob", "fraudops-drift"),
         ("Deployment", "fraudops-drift-exporter"), ("Deployment", "fraudops-scorer"),
         ("Deployment", "fraudops-trigger"),
         ("NetworkPolicy", "fraudops-drift"), ("NetworkPolicy", "fraudops-drift-exporter"),
@@ -559,7 +559,12 @@ def test_drift_cronjob_and_exporter(chart: Any) -> None:
     job = cron["jobTemplate"]["spec"]
     assert job["activeDeadlineSeconds"] == 1800 and job["backoffLimit"] == 1
     (container,) = job["template"]["spec"]["containers"]
-    assert container["args"] == ["monitor", "drift", "--window", "1h"]
+    assert container["args"] == ["monitor", "drift", "--window", "1h", "--policy",
+                                 "/etc/fraudops/drift-policy/policy.yaml"]
+    assert {"name": "drift-policy", "mountPath": "/etc/fraudops/drift-policy", "readOnly": True} in container[
+        "volumeMounts"]
+    assert {"name": "drift-policy", "configMap": {"name": "fraudops-drift-policy"}} in job["template"]["spec"][
+        "volumes"]
     assert _env(container)["FRAUDOPS_MONITOR_DIR"] == "s3://fraudops/monitor"
     assert job["template"]["spec"]["restartPolicy"] == "Never"
     exporter = one(docs, "Deployment", "fraudops-drift-exporter")["spec"]["template"]["spec"]["containers"][0]
@@ -570,6 +575,26 @@ def test_drift_cronjob_and_exporter(chart: Any) -> None:
     minimal = objects(chart, MATRIX["scorer-only"])
     assert not find(minimal, "CronJob") and not find(minimal, "Deployment", "fraudops-drift-exporter")
     assert not find(minimal, "Deployment", "fraudops-trigger") and not find(minimal, "Role")
+
+
+def test_drift_policy_goes_from_values_to_the_drift_job(chart: Any, tmp_path: Path) -> None:
+    from fraudops.monitoring.drift import DriftPolicy
+
+    default = one(objects(chart), "ConfigMap", "fraudops-drift-policy")["data"]["policy.yaml"]
+    (tmp_path / "default.yaml").write_text(default)
+    assert DriftPolicy.from_file(tmp_path / "default.yaml") == DriftPolicy()
+    tuned = {"drift_share": 0.15, "feature_weights": {"amount": 2.0}, "max_pr_auc_drop": 0.1}
+    text = one(objects(chart, {"driftMonitor": {"policy": tuned}}), "ConfigMap", "fraudops-drift-policy")["data"][
+        "policy.yaml"]
+    (tmp_path / "tuned.yaml").write_text(text)
+    assert DriftPolicy.from_file(tmp_path / "tuned.yaml") == DriftPolicy(**tuned)
+    # the values schema is DriftPolicy's: a misspelt or out-of-range key fails at install, naming it
+    schema = json.loads((CHART_DIR / "values.schema.json").read_text())["properties"]["driftMonitor"]["properties"]
+    assert set(schema["policy"]["properties"]) == set(DriftPolicy.model_fields)
+    with pytest.raises(helm_python.HelmValuesError, match="drift_shar"):
+        render(chart, {"driftMonitor": {"policy": {"drift_shar": 0.2}}})
+    with pytest.raises(helm_python.HelmValuesError, match="/driftMonitor/policy/drift_share"):
+        render(chart, {"driftMonitor": {"policy": {"drift_share": 1.5}}})
 
 
 def test_trigger_job_backend_gets_least_privilege_rbac(chart: Any) -> None:
@@ -752,7 +777,8 @@ SCORER_METRICS = {"fraudops_scorer_requests_total", "fraudops_scorer_rows_scored
 DRIFT_METRICS = {"fraudops_drift_share_drifted_features", "fraudops_drift_detected", "fraudops_drift_score_drift",
                  "fraudops_drift_feature_drift", "fraudops_drift_decision_rate", "fraudops_drift_rows",
                  "fraudops_drift_labelled_rows", "fraudops_drift_pr_auc", "fraudops_drift_recall_at_1pct_fpr",
-                 "fraudops_drift_last_run_timestamp_seconds", "fraudops_drift_insufficient_data"}
+                 "fraudops_drift_last_run_timestamp_seconds", "fraudops_drift_insufficient_data",
+                 "fraudops_drift_score_drifted", "fraudops_drift_degraded"}
 TRIGGER_METRICS = {"fraudops_trigger_alerts_received_total", "fraudops_trigger_alerts_deduplicated_total",
                    "fraudops_trigger_retrains_launched_total", "fraudops_trigger_retrains_succeeded_total",
                    "fraudops_trigger_retrains_failed_total"}

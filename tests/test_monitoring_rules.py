@@ -9,15 +9,20 @@ to a stub webhook with the bearer token. Skips with a reason when the Debian bin
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -239,20 +244,13 @@ def _wait(what: str, check: Any, timeout: float) -> Any:
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-@pytest.fixture
-def monitoring_stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
+@contextlib.contextmanager
+def monitoring(tmp_path: Path, exporter_port: int) -> Iterator[dict[str, Any]]:
+    """A real Prometheus (1 s scrapes and evaluations, the rules with 60x shorter windows) scraping the drift
+    exporter at ``exporter_port``, and a real Alertmanager with the example config delivering retrain alerts to a
+    stub webhook with the bearer token."""
     prometheus, alertmanager = _need("prometheus"), _need("prometheus-alertmanager")
-    now = time.time()
-    exporter = _Stub(
-        # "drifted": drift and enough data -> retrain alert; "thin": drift but insufficient data -> nothing;
-        # "old": last run 6 h ago -> FraudopsDriftJobStale, which must not reach the trigger
-        f'fraudops_drift_share_drifted_features{{model="drifted"}} 0.6\n'
-        f'fraudops_drift_insufficient_data{{model="drifted"}} 0\n'
-        f'fraudops_drift_last_run_timestamp_seconds{{model="drifted"}} {now:.0f}\n'
-        f'fraudops_drift_share_drifted_features{{model="thin"}} 0.9\n'
-        f'fraudops_drift_insufficient_data{{model="thin"}} 1\n'
-        f'fraudops_drift_last_run_timestamp_seconds{{model="thin"}} {now:.0f}\n'
-        f'fraudops_drift_last_run_timestamp_seconds{{model="old"}} {now - 6 * 3600:.0f}\n')
+    tmp_path.mkdir(parents=True, exist_ok=True)
     webhook = _Stub()
     token = tmp_path / "token"
     token.write_text("s3cret-token\n")
@@ -271,7 +269,7 @@ def monitoring_stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
         "rule_files": [str(tmp_path / "rules.yaml")],
         "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{am_port}"]}]}]},
         "scrape_configs": [{"job_name": "fraudops-drift-exporter",
-                            "static_configs": [{"targets": [f"127.0.0.1:{exporter.port}"]}]}],
+                            "static_configs": [{"targets": [f"127.0.0.1:{exporter_port}"]}]}],
     }))
     procs = [
         subprocess.Popen([alertmanager, f"--config.file={tmp_path / 'alertmanager.yml'}",
@@ -294,8 +292,29 @@ def monitoring_stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        exporter.close()
         webhook.close()
+
+
+@pytest.fixture
+def monitoring_stack(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    now = time.time()
+    exporter = _Stub(
+        # "drifted": drift and enough data -> retrain alert; "thin": drift but insufficient data -> nothing;
+        # "old": last run 6 h ago -> FraudopsDriftJobStale, which must not reach the trigger
+        f'fraudops_drift_share_drifted_features{{model="drifted"}} 0.6\n'
+        f'fraudops_drift_detected{{model="drifted"}} 1\n'
+        f'fraudops_drift_insufficient_data{{model="drifted"}} 0\n'
+        f'fraudops_drift_last_run_timestamp_seconds{{model="drifted"}} {now:.0f}\n'
+        f'fraudops_drift_share_drifted_features{{model="thin"}} 0.9\n'
+        f'fraudops_drift_detected{{model="thin"}} 1\n'
+        f'fraudops_drift_insufficient_data{{model="thin"}} 1\n'
+        f'fraudops_drift_last_run_timestamp_seconds{{model="thin"}} {now:.0f}\n'
+        f'fraudops_drift_last_run_timestamp_seconds{{model="old"}} {now - 6 * 3600:.0f}\n')
+    try:
+        with monitoring(tmp_path, exporter.port) as stack:
+            yield stack
+    finally:
+        exporter.close()
 
 
 def test_live_drift_alert_reaches_the_trigger_webhook_with_the_token(monitoring_stack: dict[str, Any]) -> None:
@@ -326,3 +345,83 @@ def test_live_drift_alert_reaches_the_trigger_webhook_with_the_token(monitoring_
     firing = {a["labels"]["alertname"] for a in _get_json(f"{prom}/api/v1/alerts")["data"]["alerts"]
               if a["state"] == "firing"}
     assert firing == {"FraudopsFeatureDrift", "FraudopsDriftJobStale"}
+
+
+@pytest.mark.slow
+def test_one_drift_policy_a_change_in_the_policy_file_makes_the_alert_fire(tmp_path: Path) -> None:
+    """The same drifted traffic, judged by the drift job (`fraudops monitor drift --policy`) with a lax policy
+    file and then with a strict one, through the real exporter and a real Prometheus evaluating the rules file:
+    no alert, then FraudopsFeatureDrift. The rules hold no threshold of their own."""
+    from test_monitor_job import prediction_chunk, write_log
+
+    from fraudops.data.synthetic import DriftConfig, generate_transactions
+    from fraudops.registry import Registry
+    from fraudops.serving import Bands
+    from fraudops.steps import train_to_directory
+    from fraudops.training import TrainConfig
+
+    home, log_root, monitor = tmp_path / "bentoml", tmp_path / "log", tmp_path / "monitor"
+    generate_transactions(4000, seed=1).to_parquet(tmp_path / "train.parquet", index=False)
+    registry = Registry(home=home, remote="")
+    trained = train_to_directory(str(tmp_path / "train.parquet"), tmp_path / "out", None,
+                                 TrainConfig(iterations=30, threads=2), registry=registry)
+    if registry.champion() != trained["tag"]:  # a small model may miss the gate's floor: the test needs a champion
+        registry.promote(trained["tag"], reason="the model the drift job watches")
+    bundle = registry.load(trained["tag"])
+    # drifted traffic, logged now as the scorer logs it
+    frame = generate_transactions(1200, seed=2, start="2026-02-01", days=2,
+                                  drift=DriftConfig(amount_shift=2.0, category_mix=0.9, new_pattern=True))
+    features = bundle.features(frame)
+    scores = bundle.score_features(features)
+    raw = frame.drop(columns=["is_fraud"])
+    inputs = [{k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()}
+              for row in raw.to_dict("records")]
+    request = {"frame": frame, "features": features, "scores": scores, "inputs": inputs,
+               "decisions": Bands.around(bundle.threshold, 0.5, 1.0).decide(scores.tolist()),
+               "request_id": "a" * 32}
+    write_log(log_root, [prediction_chunk(request, datetime.now(UTC), trained["tag"])])
+    env = {**os.environ, "BENTOML_HOME": str(home), "FRAUDOPS_PREDICTION_LOG": str(log_root),
+           "FRAUDOPS_MONITOR_DIR": str(monitor), "FRAUDOPS_REGISTRY_URL": ""}
+    policies = {"lax": {"min_rows": 100, "drift_share": 1.0, "score_threshold": 5.0},
+                "strict": {"min_rows": 100, "drift_share": 0.05, "score_threshold": 5.0}}
+    for name, policy in policies.items():
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(policy))
+
+    def drift_job(policy: str) -> str:
+        result = subprocess.run([sys.executable, "-m", "fraudops", "monitor", "drift", "--window", "1h",
+                                 "--policy", str(tmp_path / f"{policy}.yaml")], env=env, capture_output=True,
+                                text=True, timeout=300)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout
+
+    assert f"model {trained['tag']}: ok (" in drift_job("lax")
+    port = _free_port()
+    exporter = subprocess.Popen([sys.executable, "-m", "fraudops", "monitor", "exporter", "--port", str(port)],
+                                env=env, stdout=subprocess.DEVNULL, stderr=(tmp_path / "exporter.log").open("w"))
+    try:
+        with monitoring(tmp_path / "stack", port) as stack:
+            prom = stack["prometheus"]
+
+            def query(expr: str) -> list[dict[str, Any]]:
+                return _get_json(f"{prom}/api/v1/query?query={urllib.parse.quote(expr)}")["data"]["result"]
+
+            def feature_drift_alerts() -> list[dict[str, Any]]:
+                return [a for a in _get_json(f"{prom}/api/v1/alerts")["data"]["alerts"]
+                        if a["labels"]["alertname"] == "FraudopsFeatureDrift"]
+
+            # the lax verdict scraped for longer than the rule's `for` (5 s shrunk): share high, no alert
+            scraped = f'count_over_time(fraudops_drift_detected{{model="{trained["tag"]}"}}[10s]) >= 8'
+            _wait("the lax verdict in Prometheus", lambda: query(scraped), timeout=60)
+            (share,) = query("fraudops_drift_share_drifted_features")
+            assert float(share["value"][1]) > 0.05 and query("fraudops_drift_detected")[0]["value"][1] == "0"
+            assert feature_drift_alerts() == []
+            # the strict policy: same traffic, same rules file, the alert fires and carries the share
+            assert f"model {trained['tag']}: drift (" in drift_job("strict")
+            firing = _wait("FraudopsFeatureDrift firing", lambda: [
+                a for a in feature_drift_alerts() if a["state"] == "firing"], timeout=60)
+            assert firing[0]["labels"]["model"] == trained["tag"]
+            assert f"{float(share['value'][1]):.0%}".rstrip("%") in firing[0]["annotations"]["description"]
+            _wait("the retrain alert at the trigger's webhook", lambda: stack["webhook"].posts, timeout=30)
+    finally:
+        exporter.terminate()
+        exporter.wait(timeout=10)
