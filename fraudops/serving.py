@@ -37,6 +37,16 @@ from pydantic_core import PydanticCustomError
 from typing_extensions import TypedDict  # pydantic needs typing_extensions' TypedDict before Python 3.12
 
 from fraudops.bundle import ModelBundle
+from fraudops.decisions import (
+    APPROVE,
+    DECLINE,
+    DECLINE_COLUMN,
+    DECLINE_FACTOR,
+    REVIEW,
+    REVIEW_COLUMN,
+    REVIEW_FACTOR,
+    Bands,
+)
 from fraudops.errors import ConfigError, FraudopsError, RegistryError, problems
 from fraudops.features import FastFeatures, FeatureState
 from fraudops.predlog import FEEDBACK, PREDICTIONS, LogChunk, LogUnavailableError, LogWriter, default_root
@@ -45,7 +55,6 @@ from fraudops.schema import PRESETS, DatasetSpec, load_dataset_config
 
 log = logging.getLogger(__name__)
 
-APPROVE, REVIEW, DECLINE = "approve", "review", "decline"
 RETRY_SECONDS = 5.0  # how often an unready service retries loading when the champion poll is off
 MAX_DETAIL = 50  # problems listed in one error response (all are counted in the metrics)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -74,8 +83,8 @@ class ServingConfig(BaseModel):
     model_tag: str = Field("champion", min_length=1, description="champion (follows the pointer), name[:version]")
     dataset: str = Field("synthetic", min_length=1, description="preset or dataset config file clients' rows follow")
     max_batch: int = Field(1000, ge=1, le=100_000, description="most transactions (or labels) in one request")
-    review_factor: float = Field(0.5, gt=0, le=1, description="review from threshold * review_factor")
-    decline_factor: float = Field(1.0, gt=0, description="decline from threshold * decline_factor")
+    review_factor: float = Field(REVIEW_FACTOR, gt=0, le=1, description="review from threshold * review_factor")
+    decline_factor: float = Field(DECLINE_FACTOR, gt=0, description="decline from threshold * decline_factor")
     reasons: int = Field(3, ge=1, le=50, description="reason codes per transaction when explain is true")
     poll_seconds: float = Field(30.0, ge=0, description="champion pointer poll interval; 0 turns polling off")
     prediction_log: str = Field("", description="log root, local or URL; empty: predlog.default_root()")
@@ -104,23 +113,6 @@ class ServingConfig(BaseModel):
     def service_spec(self) -> DatasetSpec:
         """The transaction schema the service accepts (a preset name or a dataset config file)."""
         return PRESETS[self.dataset] if self.dataset in PRESETS else load_dataset_config(self.dataset)
-
-
-@dataclass(frozen=True)
-class Bands:
-    """Decision thresholds: ``decline`` from ``decline``, ``review`` from ``review``, ``approve`` below."""
-
-    review: float
-    decline: float
-
-    @classmethod
-    def around(cls, threshold: float, review_factor: float, decline_factor: float) -> Bands:
-        """Bands relative to a model's threshold, so that they follow the model on a switch."""
-        return cls(review=threshold * review_factor, decline=threshold * decline_factor)
-
-    def decide(self, scores: Sequence[float]) -> list[str]:
-        """The decision for each score."""
-        return [DECLINE if s >= self.decline else REVIEW if s >= self.review else APPROVE for s in scores]
 
 
 # -- errors -------------------------------------------------------------------------------------------------
@@ -753,7 +745,8 @@ class Scorer:
         if spec.timestamp:
             columns[spec.timestamp] = served.schema.times(rows, spec.timestamp)
         self.log.append(LogChunk(PREDICTIONS, datetime.now(UTC), len(rows), columns={**columns, **features},
-                                 shared={"request_id": request_id, "model_tag": served.tag},
+                                 shared={"request_id": request_id, "model_tag": served.tag,
+                                         REVIEW_COLUMN: served.bands.review, DECLINE_COLUMN: served.bands.decline},
                                  json_columns={"input": transactions}))
         self.metrics.scored(scores, decisions)
         results: list[dict[str, Any]] = [{"row": i, "score": s, "decision": d}

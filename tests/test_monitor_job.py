@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,6 +16,7 @@ import pandas as pd
 import pytest
 
 from fraudops.data.io import read_table
+from fraudops.decisions import Bands
 from fraudops.errors import ConfigError
 from fraudops.monitoring.drift import DriftPolicy
 from fraudops.monitoring.exporter import DriftCollector
@@ -21,12 +24,12 @@ from fraudops.monitoring.job import (
     export_labelled,
     labelled_window,
     latest_summaries,
+    logged_bands,
     parse_window,
     run_drift_job,
 )
 from fraudops.predlog import FEEDBACK, PREDICTIONS, LogChunk, LogWriter
 from fraudops.registry import REGISTRY_URL_ENV, Registry
-from fraudops.serving import Bands
 from fraudops.steps import train_to_directory
 from fraudops.training import TrainConfig
 from fraudops.validation import validate
@@ -80,7 +83,8 @@ def request_rows(live: dict, rows: slice) -> dict:
             "request_id": uuid.uuid4().hex}
 
 
-def prediction_chunk(request: dict, at: datetime, tag: str, drop: tuple[str, ...] = ()) -> LogChunk:
+def prediction_chunk(request: dict, at: datetime, tag: str, drop: tuple[str, ...] = (),
+                     bands: Bands | None = None) -> LogChunk:
     n = len(request["frame"])
     columns = {"row": np.arange(n, dtype="int32"), "score": request["scores"], "decision": request["decisions"],
                "transaction_id": request["frame"]["transaction_id"].tolist(),
@@ -88,8 +92,10 @@ def prediction_chunk(request: dict, at: datetime, tag: str, drop: tuple[str, ...
     columns |= {name: request["features"][name].to_numpy() for name in request["features"].columns}
     for name in drop:
         columns.pop(name)
-    return LogChunk(PREDICTIONS, at, n, columns=columns, shared={"request_id": request["request_id"],
-                                                                 "model_tag": tag},
+    shared = {"request_id": request["request_id"], "model_tag": tag}
+    if bands is not None:
+        shared |= {"review_threshold": bands.review, "decline_threshold": bands.decline}
+    return LogChunk(PREDICTIONS, at, n, columns=columns, shared=shared,
                     json_columns={"input": request["inputs"]})
 
 
@@ -157,6 +163,42 @@ def test_parse_window(text: str, expected: timedelta) -> None:
 def test_parse_window_rejects_other_text(text: str) -> None:
     with pytest.raises(ConfigError, match="is not a duration"):
         parse_window(text)
+
+
+# -- decision bands -------------------------------------------------------------------------------------------
+def test_logged_bands_are_the_ones_most_rows_were_decided_with() -> None:
+    window = pd.DataFrame({"review_threshold": [0.2, 0.2, 0.3, None], "decline_threshold": [0.8, 0.8, 0.9, None]})
+    assert logged_bands(window, 0.5) == Bands(review=0.2, decline=0.8)
+    # a log from before the scorer recorded them: the default bands around the model's threshold
+    assert logged_bands(window.drop(columns=["review_threshold"]), 0.5) == Bands.around(0.5)
+    assert logged_bands(pd.DataFrame(), 0.5) == Bands(review=0.25, decline=0.5)
+
+
+def test_drift_job_judges_decisions_with_the_bands_in_the_log_not_its_environment(model, live, tmp_path,
+                                                                                   monkeypatch) -> None:
+    # the scorer ran with wide bands; the drift job's pod has other (or no) factors in its environment
+    bands = Bands(review=0.05, decline=0.9)
+    request = request_rows(live, slice(0, 600))
+    root = tmp_path / "log"
+    write_log(root, [prediction_chunk(request, START + timedelta(minutes=5), model["tag"], bands=bands)])
+    monkeypatch.setenv("FRAUDOPS_REVIEW_FACTOR", "0.9")
+    monkeypatch.setenv("FRAUDOPS_DECLINE_FACTOR", "0.95")
+    doc = run_drift_job(window=WINDOW, registry=model["registry"], log_root=str(root),
+                        monitor_root=str(tmp_path / "monitor"), policy=POLICY, now=END)
+    reference_scores = model["bundle"].reference["score"].tolist()
+    expected = pd.Series(bands.decide(reference_scores)).value_counts(normalize=True)
+    assert doc["reference_decision_rates"] == pytest.approx({k: float(v) for k, v in expected.items()})
+    assert doc["reference_decision_rates"] != pytest.approx(
+        {k: float(v) for k, v in pd.Series(Bands.around(model["bundle"].threshold, 0.9, 0.95).decide(
+            reference_scores)).value_counts(normalize=True).items()})
+
+
+def test_monitoring_does_not_import_the_scoring_service() -> None:
+    code = ("import sys; import fraudops.monitoring.job, fraudops.monitoring.exporter, fraudops.monitoring.trigger, "
+            "fraudops.monitoring.backends, fraudops.monitoring.drift; "
+            "print(sorted(m for m in sys.modules if m.startswith('fraudops.serving')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr
 
 
 # -- the job ----------------------------------------------------------------------------------------------------

@@ -355,8 +355,8 @@ def test_one_drift_policy_a_change_in_the_policy_file_makes_the_alert_fire(tmp_p
     from test_monitor_job import prediction_chunk, write_log
 
     from fraudops.data.synthetic import DriftConfig, generate_transactions
+    from fraudops.decisions import Bands
     from fraudops.registry import Registry
-    from fraudops.serving import Bands
     from fraudops.steps import train_to_directory
     from fraudops.training import TrainConfig
 

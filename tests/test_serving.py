@@ -20,13 +20,13 @@ from prometheus_client import CollectorRegistry
 from fraudops import steps
 from fraudops.bundle import ModelBundle
 from fraudops.data.synthetic import generate_transactions
+from fraudops.decisions import Bands
 from fraudops.errors import ConfigError, RegistryError
 from fraudops.features import FastFeatures
 from fraudops.predlog import LogWriter, read_feedback, read_predictions
 from fraudops.registry import Registry
 from fraudops.schema import SYNTHETIC, DatasetSpec
 from fraudops.serving import (
-    Bands,
     ModelLoadError,
     ModelSource,
     NotReadyError,
@@ -448,6 +448,9 @@ def test_every_scored_row_and_every_label_is_logged(home, tmp_path, trained):
     assert mine["transaction_id"].iloc[0] == trained["requests"][0]["transaction_id"]
     assert mine["purchase_time"].iloc[0] == pd.Timestamp(trained["requests"][0]["purchase_time"])
     assert (mine["model_tag"] == trained["a"]).all()
+    # the decision bands each row was decided with travel in the log (the drift job reads them there)
+    assert (mine["review_threshold"] == first["thresholds"]["review"]).all()
+    assert (mine["decline_threshold"] == first["thresholds"]["decline"]).all()
 
     labels = read_feedback(str(tmp_path / "log"))
     assert labels[["row", "is_fraud", "source"]].values.tolist() == [[3, True, "chargeback"], [0, False,

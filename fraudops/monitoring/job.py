@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 
 from fraudops import storage
+from fraudops.decisions import DECLINE_COLUMN, REVIEW_COLUMN, Bands
 from fraudops.errors import ConfigError
 from fraudops.monitoring.drift import LABEL, SCORE, DriftPolicy, compute_drift
 from fraudops.predlog import TIME_COLUMN, read_feedback, read_predictions
@@ -73,7 +74,6 @@ def run_drift_job(*, window: timedelta, registry: Registry | None = None, log_ro
                   reference_tag: str | None = None, now: datetime | None = None) -> dict[str, Any]:
     """Run one drift check of the serving model (or ``reference_tag``) over the last ``window``."""
     from fraudops.predlog import default_root
-    from fraudops.serving import Bands, ServingConfig
 
     registry = registry or Registry()
     policy = policy or DriftPolicy()
@@ -90,8 +90,7 @@ def run_drift_job(*, window: timedelta, registry: Registry | None = None, log_ro
     missing = [f for f in [*features, SCORE] if f not in current] if len(current) else []
     if missing:
         raise ConfigError(f"the prediction log at {log_root} lacks column(s) {missing} for model {tag}")
-    config = ServingConfig.from_env()
-    bands = Bands.around(bundle.threshold, config.review_factor, config.decline_factor)
+    bands = logged_bands(current, bundle.threshold)
     reference = bundle.reference
     summary, result = compute_drift(
         reference, current, features, bundle.state.categorical_features, policy,
@@ -111,6 +110,19 @@ def run_drift_job(*, window: timedelta, registry: Registry | None = None, log_ro
     storage.write_json(storage.join(monitor_root, LATEST, f"{name}__{version}.json"), document)
     log.info("drift run %s for %s: %s (%d rows)", run_id, tag, summary.verdict, summary.rows)
     return document
+
+
+def logged_bands(window: pd.DataFrame, threshold: float) -> Bands:
+    """The decision thresholds the scorer applied in a log window (the ones most rows were decided with), so that
+    the reference sample's decisions are made the same way; the default bands around ``threshold`` for a log
+    written before the scorer recorded them."""
+    if not len(window) or REVIEW_COLUMN not in window or DECLINE_COLUMN not in window:
+        return Bands.around(threshold)
+    pairs = window[[REVIEW_COLUMN, DECLINE_COLUMN]].dropna()
+    if pairs.empty:
+        return Bands.around(threshold)
+    review, decline = pairs.value_counts().idxmax()
+    return Bands(review=float(review), decline=float(decline))
 
 
 def _save_html(result: Any, url: str) -> None:
