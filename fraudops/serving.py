@@ -72,6 +72,8 @@ ENV_VARS = {
     "log_flush_rows": "FRAUDOPS_LOG_FLUSH_ROWS",
     "log_flush_seconds": "FRAUDOPS_LOG_FLUSH_SECONDS",
     "workers": "FRAUDOPS_WORKERS",
+    "max_body_bytes": "FRAUDOPS_MAX_BODY_BYTES",
+    "body_timeout_seconds": "FRAUDOPS_BODY_TIMEOUT_SECONDS",
 }
 
 
@@ -91,6 +93,8 @@ class ServingConfig(BaseModel):
     log_flush_rows: int = Field(10_000, ge=1, description="write the log when this many rows wait")
     log_flush_seconds: float = Field(10.0, gt=0, description="... or this often")
     workers: int = Field(1, ge=1, le=64, description="BentoML worker processes (each polls the champion itself)")
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="largest request body (413 above, unread)")
+    body_timeout_seconds: float = Field(30.0, gt=0, description="time a client has to send its body (408 after)")
 
     @model_validator(mode="after")
     def _bands_are_ordered(self) -> ServingConfig:
@@ -582,6 +586,11 @@ class ScorerMetrics:
             self.scores.observe(score)
         for decision, count in Counter(decisions).items():
             self.decisions.labels(decision).inc(count)
+
+    def refused(self, endpoint: str, reason: str) -> None:
+        """Count a request the request guard refused before it reached the handler (httpguard)."""
+        self.requests.labels(endpoint, "invalid").inc()
+        self.invalid.labels(reason).inc()
 
     def serving(self, model: ServedModel, previous: ServedModel | None) -> None:
         """Point the model-info gauge at ``model``."""

@@ -23,7 +23,9 @@ Metrics on ``/metrics`` besides BentoML's own ``bentoml_service_*``:
 | `fraudops_scorer_feedback_labels_total` | counter | `source` | labels recorded: chargeback, manual_review, ... |
 
 Validation reasons: missing, wrong_type, not_finite, negative, bad_time, time_order, not_object, unknown_field,
-bad_format, not_allowed, batch_empty, batch_too_large. Malformed JSON and a wrong top-level shape are rejected
+bad_format, not_allowed, batch_empty, batch_too_large; and from the request guard in front of the handlers
+(`fraudops.httpguard`): content_type (415), too_large (413, FRAUDOPS_MAX_BODY_BYTES), bad_length (400),
+body_timeout (408, FRAUDOPS_BODY_TIMEOUT_SECONDS). Malformed JSON and a wrong top-level shape are rejected
 by BentoML before the handler runs (400, counted in ``bentoml_service_request_total{http_response_code="400"}``);
 HTTP-level latency is ``bentoml_service_request_duration_seconds``.
 """
@@ -39,6 +41,7 @@ import bentoml
 from pydantic import Field, StrictBool
 from starlette.responses import Response
 
+from fraudops.httpguard import RequestGuard
 from fraudops.predlog import LogUnavailableError
 from fraudops.serving import (
     FeedbackResponse,
@@ -53,6 +56,14 @@ from fraudops.serving import (
 )
 
 CONFIG = ServingConfig.from_env()
+API_ROUTES = ("/score", "/feedback", "/reload")
+# the metrics of this worker's scorer, for the request guard, which runs before any handler
+_SCORERS: list[Scorer] = []
+
+
+def _count_refusal(path: str, reason: str) -> None:
+    for scorer in _SCORERS:
+        scorer.metrics.refused(path.strip("/"), reason)
 # The model `bentoml build` packages; when serving a Bento it names the Bento's own copy (used without a registry).
 PACKAGED_TAG = packaged_model_tag(CONFIG.model_tag)
 
@@ -82,6 +93,7 @@ class FraudScorer:
     def __init__(self) -> None:
         logging.getLogger("fraudops").setLevel(logging.INFO)  # model switches in the log (BentoML's root: WARNING)
         self.scorer = Scorer.from_config(CONFIG, packaged=PACKAGED_TAG)
+        _SCORERS.append(self.scorer)
         self.scorer.start()
 
     async def __is_ready__(self) -> bool:
@@ -131,3 +143,8 @@ class FraudScorer:
     def shutdown(self) -> None:
         """Stop polling and write every logged row before the worker exits."""
         self.scorer.close()
+
+
+# Bodies the service does not accept (not JSON, too large, too slow) get a 4xx before BentoML parses them.
+FraudScorer.add_asgi_middleware(RequestGuard, paths=frozenset(API_ROUTES), max_bytes=CONFIG.max_body_bytes,
+                                body_seconds=CONFIG.body_timeout_seconds, on_reject=_count_refusal)
