@@ -371,10 +371,7 @@ def pipeline_job(ctx: click.Context, namespace: str, image: str, service_account
                  **kwargs: Any) -> None:
     """Run the training pipeline in a Kubernetes Job (kfp.local inside the project image), the way the retrain
     trigger's job backend does, without Kubeflow Pipelines."""
-    import uuid
-    from datetime import UTC, datetime
-
-    from fraudops.monitoring.backends import SUCCEEDED, JobBackend, RetrainRequest, kubernetes_api
+    from fraudops.monitoring.backends import SUCCEEDED, JobBackend, RetrainRequest, kubernetes_api, new_run_id
 
     if image.endswith(":latest") or ":" not in image.rsplit("/", 1)[-1]:
         raise ConfigError(f"--image {image!r} needs a version tag (not latest)")
@@ -384,9 +381,8 @@ def pipeline_job(ctx: click.Context, namespace: str, image: str, service_account
     backend = JobBackend(client.BatchV1Api(), namespace, image, purpose="train", service_account=service_account,
                          env_from_secret=s3_secret, env={"FRAUDOPS_S3_ENDPOINT": s3_endpoint} if s3_endpoint else {},
                          resources={"requests": {"cpu": cpu, "memory": memory}, "limits": {"memory": memory}})
-    run_id = f"{datetime.now(UTC).strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:6]}"
     try:
-        name = backend.launch(RetrainRequest(run_id=run_id, data_uri="", extra_uris=(),
+        name = backend.launch(RetrainRequest(run_id=new_run_id(), data_uri="", extra_uris=(),
                                              extra_args=tuple(remote_args)))
     except client.exceptions.ApiException as exc:
         raise FraudopsError(f"cannot create the Job in namespace {namespace}: {exc.status} {exc.reason}: "

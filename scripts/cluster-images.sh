@@ -21,7 +21,7 @@ fi
 # bookworm too) when there is a registry.
 base="$DEBIAN_IMAGE"
 if ! docker image inspect "$base" > /dev/null 2>&1; then
-  base="$(sed -n 's/^ARG PYTHON_IMAGE=\(.*\)$/\1/p' "$ROOT/Dockerfile")"
+  base="$(public_python_image)"
   docker image inspect "$base" > /dev/null 2>&1 || die "neither $DEBIAN_IMAGE nor $base is there: run scripts/image.sh"
 fi
 

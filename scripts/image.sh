@@ -16,8 +16,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 IMAGE_BASE="${IMAGE_BASE:-auto}"
-PUBLIC_PYTHON_IMAGE="$(sed -n 's/^ARG PYTHON_IMAGE=\(.*\)$/\1/p' "$ROOT/Dockerfile")"
-[[ -n "$PUBLIC_PYTHON_IMAGE" ]] || die "no ARG PYTHON_IMAGE default in $ROOT/Dockerfile"
+PUBLIC_PYTHON_IMAGE="$(public_python_image)"
 
 ensure_docker
 cleanup() {

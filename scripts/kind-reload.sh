@@ -18,8 +18,7 @@ if [[ "$provider" == local ]]; then
   IMAGE_BASE="${IMAGE_BASE:-offline}" "$ROOT/scripts/image.sh"
   # shellcheck source=scripts/local/lib.sh
   source "$ROOT/scripts/local/lib.sh"
-  log "loading $image into the node"
-  docker save "$image" | ctr_k8s images import - > /dev/null
+  load_images "$image"
 else
   "$ROOT/scripts/image.sh"
   load_into_kind "$image"

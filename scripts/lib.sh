@@ -89,6 +89,14 @@ load_into_kind() {
   rm -f "$archive"
 }
 
+# The pinned public python image, the default base of the Dockerfile (ARG PYTHON_IMAGE).
+public_python_image() {
+  local image
+  image="$(sed -n 's/^ARG PYTHON_IMAGE=\(.*\)$/\1/p' "$ROOT/Dockerfile")"
+  [[ -n "$image" ]] || die "no ARG PYTHON_IMAGE default in $ROOT/Dockerfile"
+  printf '%s\n' "$image"
+}
+
 # The Prometheus release of its Go module version: v0.305.0 is Prometheus v3.5.0.
 prometheus_release() {
   local minor="${PROMETHEUS_VERSION#v0.}"

@@ -56,14 +56,6 @@ from fraudops.serving import (
 )
 
 CONFIG = ServingConfig.from_env()
-API_ROUTES = ("/score", "/feedback", "/reload")
-# the metrics of this worker's scorer, for the request guard, which runs before any handler
-_SCORERS: list[Scorer] = []
-
-
-def _count_refusal(path: str, reason: str) -> None:
-    for scorer in _SCORERS:
-        scorer.metrics.refused(path.strip("/"), reason)
 # The model `bentoml build` packages; when serving a Bento it names the Bento's own copy (used without a registry).
 PACKAGED_TAG = packaged_model_tag(CONFIG.model_tag)
 
@@ -145,6 +137,14 @@ class FraudScorer:
         self.scorer.close()
 
 
+def _count_refusal(path: str, reason: str) -> None:
+    """Count a refusal of the request guard in this worker's scorer metrics (the guard runs before any handler)."""
+    for scorer in _SCORERS:
+        scorer.metrics.refused(path.strip("/"), reason)
+
+
 # Bodies the service does not accept (not JSON, too large, too slow) get a 4xx before BentoML parses them.
-FraudScorer.add_asgi_middleware(RequestGuard, paths=frozenset(API_ROUTES), max_bytes=CONFIG.max_body_bytes,
-                                body_seconds=CONFIG.body_timeout_seconds, on_reject=_count_refusal)
+_SCORERS: list[Scorer] = []
+FraudScorer.add_asgi_middleware(RequestGuard, paths=frozenset(api.route for api in FraudScorer.apis.values()),
+                                max_bytes=CONFIG.max_body_bytes, body_seconds=CONFIG.body_timeout_seconds,
+                                on_reject=_count_refusal)

@@ -8,7 +8,9 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -17,6 +19,11 @@ from fraudops.errors import ConfigError
 log = logging.getLogger(__name__)
 
 RUNNING, SUCCEEDED, FAILED = "running", "succeeded", "failed"
+
+
+def new_run_id() -> str:
+    """A run id that sorts by start time and is unique: ``YYYYmmddHHMMSS-xxxxxx`` (UTC)."""
+    return f"{datetime.now(UTC).strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:6]}"
 
 
 @dataclass(frozen=True)

@@ -116,9 +116,7 @@ def logged_bands(window: pd.DataFrame, threshold: float) -> Bands:
     """The decision thresholds the scorer applied in a log window (the ones most rows were decided with), so that
     the reference sample's decisions are made the same way; the default bands around ``threshold`` for a log
     written before the scorer recorded them."""
-    if not len(window) or REVIEW_COLUMN not in window or DECLINE_COLUMN not in window:
-        return Bands.around(threshold)
-    pairs = window[[REVIEW_COLUMN, DECLINE_COLUMN]].dropna()
+    pairs = window.reindex(columns=[REVIEW_COLUMN, DECLINE_COLUMN]).dropna()
     if pairs.empty:
         return Bands.around(threshold)
     review, decline = pairs.value_counts().idxmax()

@@ -15,7 +15,6 @@ import logging
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,7 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fraudops.errors import problems
-from fraudops.monitoring.backends import FAILED, RUNNING, SUCCEEDED, Backend, RetrainRequest
+from fraudops.monitoring.backends import FAILED, RUNNING, SUCCEEDED, Backend, RetrainRequest, new_run_id
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +208,7 @@ class RetrainTrigger:
                 self.state.remember(new_keys, notification.groupKey, alertname, model, blocked)
                 self.metrics.suppressed.labels(blocked.split(":")[0]).inc()
                 return 200, {"action": "suppressed", "reason": blocked}
-            run_id = f"{datetime.now(UTC).strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:6]}"
+            run_id = new_run_id()
             reason = f"{alertname} for {model or 'all models'}: {first.annotations.get('summary', '')}".strip(": ")
             self.state.add_run(run_id, self.backend.name, model, reason, new_keys)
             self.state.remember(new_keys, notification.groupKey, alertname, model, f"launched:{run_id}")

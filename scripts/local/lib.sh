@@ -46,6 +46,15 @@ pid_of() {
   echo "$pid"
 }
 
+# load_images IMAGE...: images from the Docker engine into the node's containerd
+load_images() {
+  local image
+  for image in "$@"; do
+    log "loading $image into the node"
+    docker save "$image" | ctr_k8s images import - > /dev/null
+  done
+}
+
 pid_alive() {
   pid_of "$1" > /dev/null
 }

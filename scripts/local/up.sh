@@ -21,14 +21,6 @@ require containerd ctr runc iptables iptables-save ip openssl findmnt setsid
 [[ ! -e /sys/fs/cgroup/cgroup.controllers ]] ||
   die "this host uses cgroup v2 only; the local provider needs cgroup v1 (use CLUSTER_PROVIDER=kind)"
 
-load_images() {
-  local image
-  for image in "$@"; do
-    log "loading $image into the node"
-    docker save "$image" | ctr_k8s images import - > /dev/null
-  done
-}
-
 if pid_alive kube-apiserver && kube get --raw=/readyz > /dev/null 2>&1; then
   log "local cluster $CLUSTER_NAME is already up; loading the images again"
   load_images "$@"
