@@ -624,15 +624,18 @@ def trigger_serve(host: str, port: int, backend: str, token_file: str | None, st
 
     from fraudops.monitoring.backends import make_backend
     from fraudops.monitoring.job import export_labelled, parse_window
-    from fraudops.monitoring.trigger import TOKEN_ENV, RetrainTrigger, TriggerConfig, create_app
+    from fraudops.monitoring.trigger import RetrainTrigger, TriggerConfig, create_app
     from fraudops.predlog import default_root
     from fraudops.registry import default_home
+    from fraudops.settings import TriggerSettings, variable
     from fraudops.storage import join
     from pipelines.training import DEFAULT_IMAGE
 
-    token = Path(token_file).read_text().strip() if token_file else os.environ.get(TOKEN_ENV, "")
+    token = (Path(token_file).read_text().strip() if token_file
+             else TriggerSettings.from_env().trigger_token.get_secret_value())
     if not token:
-        raise ConfigError(f"the trigger needs a bearer token: --token-file or ${TOKEN_ENV}")
+        variable_name = variable(TriggerSettings, "trigger_token")
+        raise ConfigError(f"the trigger needs a bearer token: --token-file or ${variable_name}")
     state = Path(state_dir) if state_dir else default_home() / "fraudops" / "trigger"
     config = TriggerConfig(state_dir=state, cooldown=parse_window(cooldown), base_data=base_data,
                            recent_window=parse_window(recent_window), registry_url=registry_url,

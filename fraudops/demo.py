@@ -68,10 +68,12 @@ def send_traffic(client: httpx.Client, scorer: str, frame: pd.DataFrame, batch: 
     return labels, tags
 
 
-def send_feedback(client: httpx.Client, scorer: str, labels: list[dict[str, Any]], batch: int = 500) -> None:
-    """Confirmed labels through ``POST /feedback``."""
+def send_feedback(client: httpx.Client, scorer: str, labels: list[dict[str, Any]], token: str,
+                  batch: int = 500) -> None:
+    """Confirmed labels through ``POST /feedback`` (with the scorer's internal token)."""
     for start in range(0, len(labels), batch):
-        response = client.post(f"{scorer}/feedback", json={"labels": labels[start:start + batch]})
+        response = client.post(f"{scorer}/feedback", json={"labels": labels[start:start + batch]},
+                               headers={"Authorization": f"Bearer {token}"})
         if response.status_code != 200:
             raise FraudopsError(f"feedback answered {response.status_code}: {response.text[:300]}")
 
@@ -145,7 +147,7 @@ def run_demo(home: Path, settings: DemoSettings, timeline: Timeline,
                                                     ("exporter", "trigger", "prometheus", "alertmanager")))
             normal_start = datetime.now(UTC)
             labels, _ = send_traffic(client, scorer, normal)
-            send_feedback(client, scorer, labels)
+            send_feedback(client, scorer, labels, stack.internal_token)
             timeline.add("normal traffic scored", f"{len(normal)} transactions + labels")
             time.sleep(2.5)  # the scorer writes its log every second
             calm = drift_job(stack, normal_start)
@@ -159,7 +161,7 @@ def run_demo(home: Path, settings: DemoSettings, timeline: Timeline,
             labels, _ = send_traffic(client, scorer, drifted)
             timeline.add("drifted traffic scored", f"{len(drifted)} transactions (first at "
                          f"{drift_start:%H:%M:%S})")
-            send_feedback(client, scorer, labels)
+            send_feedback(client, scorer, labels, stack.internal_token)
             time.sleep(2.5)
             alarm = drift_job(stack, drift_start)
             result["drifted_drift"] = alarm

@@ -99,10 +99,12 @@ class LocalStack:
     def __post_init__(self) -> None:
         self.home = Path(self.home).resolve()
         self.logs = self.home / "logs"
-        self.token = secrets.token_urlsafe(24)
+        self.token = secrets.token_urlsafe(24)  # Alertmanager -> trigger
+        self.internal_token = secrets.token_urlsafe(24)  # the scorer's /feedback and /reload
         self.env = {**os.environ, "BENTOML_HOME": str(self.home / "bentoml"), "BENTOML_DO_NOT_TRACK": "True",
                     "FRAUDOPS_PREDICTION_LOG": str(self.home / "prediction-log"),
                     "FRAUDOPS_MONITOR_DIR": str(self.home / "monitor"), "FRAUDOPS_TRIGGER_TOKEN": self.token,
+                    "FRAUDOPS_INTERNAL_TOKEN": self.internal_token,
                     "FRAUDOPS_POLL_SECONDS": str(self.poll_seconds), "FRAUDOPS_LOG_FLUSH_SECONDS": "1"}
 
     # -- processes ------------------------------------------------------------------------------------------

@@ -5,7 +5,8 @@
 #   2. the S3 object store add-on (SeaweedFS) with generated keys, Secret fraudops-s3, the bucket and the base
 #      training table (synthetic transactions from the project's generator);
 #   3. the Prometheus Operator: its CRDs (from its Go module), the operator, one Prometheus, one Alertmanager;
-#   4. the trigger's bearer token (Secret fraudops-trigger-token);
+#   4. the bearer tokens of the trigger and of the scorer's /feedback and /reload (Secrets fraudops-trigger-token,
+#      fraudops-scorer-token);
 #   5. a first champion, trained by `fraudops pipeline job` in a Kubernetes Job (the retrain Job's shape);
 #   6. the chart, with real Helm, waiting for every pod to be Ready.
 #
@@ -114,10 +115,12 @@ wait_for_statefulset() {
 wait_for_statefulset prometheus-fraudops
 wait_for_statefulset alertmanager-fraudops
 
-# --- 4. the trigger's bearer token ---------------------------------------------------------------------------------
-if ! kube -n "$NAMESPACE" get secret fraudops-trigger-token > /dev/null 2>&1; then
-  kube -n "$NAMESPACE" create secret generic fraudops-trigger-token --from-file=token=<(random_key) > /dev/null
-fi
+# --- 4. bearer tokens: Alertmanager -> trigger, clients -> the scorer's /feedback and /reload ----------------------
+for secret in fraudops-trigger-token fraudops-scorer-token; do
+  if ! kube -n "$NAMESPACE" get secret "$secret" > /dev/null 2>&1; then
+    kube -n "$NAMESPACE" create secret generic "$secret" --from-file=token=<(random_key) > /dev/null
+  fi
+done
 
 # --- 5. a first champion (the scorer is not ready without one) ---------------------------------------------------
 [[ -n "$champion" ]] || die "the seed Job did not report the registry's champion"

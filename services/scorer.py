@@ -2,15 +2,17 @@
 
 Endpoints: ``POST /score`` ``{"transactions": [...], "explain": false}``, ``POST /feedback`` ``{"labels": [...]}``,
 ``POST /reload``; BentoML's ``/readyz`` (fails until a model is loaded), ``/livez``, ``/healthz``, ``/metrics``,
-``/docs.json``. Settings are FRAUDOPS_* environment variables (`fraudops.serving.ENV_VARS`); the logic lives in
-`fraudops.serving`, this module only adapts it to BentoML. ``/reload`` reaches the one worker that takes the
+``/docs.json``. Settings are FRAUDOPS_* environment variables (`fraudops.settings.ServingConfig`); the logic lives
+in `fraudops.serving`, this module only adapts it to BentoML. ``/feedback`` and ``/reload`` need
+``Authorization: Bearer <token>`` (`fraudops.serving.auth`: FRAUDOPS_INTERNAL_TOKEN, FRAUDOPS_INTERNAL_TOKEN_FILE,
+or a token generated at the first start, whose file the log names). ``/reload`` reaches the one worker that takes the
 request: with ``FRAUDOPS_WORKERS`` > 1 the others switch at their next champion poll (``FRAUDOPS_POLL_SECONDS``).
 
 Metrics on ``/metrics`` besides BentoML's own ``bentoml_service_*``:
 
 | Metric | Type | Labels | Meaning |
 |---|---|---|---|
-| `fraudops_scorer_requests_total` | counter | `endpoint`, `outcome` | requests: ok, invalid, unavailable, error |
+| `fraudops_scorer_requests_total` | counter | `endpoint`, `outcome` | ok, invalid, unauthorized, unavailable, error |
 | `fraudops_scorer_rows_scored_total` | counter | | transactions scored |
 | `fraudops_scorer_request_latency_seconds` | histogram | `endpoint` | handler time, validation to response |
 | `fraudops_scorer_score` | histogram | | fraud scores returned |
@@ -25,13 +27,15 @@ Metrics on ``/metrics`` besides BentoML's own ``bentoml_service_*``:
 Validation reasons: missing, wrong_type, not_finite, negative, bad_time, time_order, not_object, unknown_field,
 bad_format, not_allowed, batch_empty, batch_too_large; and from the request guard in front of the handlers
 (`fraudops.httpguard`): content_type (415), too_large (413, FRAUDOPS_MAX_BODY_BYTES), bad_length (400),
-body_timeout (408, FRAUDOPS_BODY_TIMEOUT_SECONDS). Malformed JSON and a wrong top-level shape are rejected
+body_timeout (408, FRAUDOPS_BODY_TIMEOUT_SECONDS). A request to /feedback or /reload without the token gets 401
+and counts as outcome ``unauthorized``. Malformed JSON and a wrong top-level shape are rejected
 by BentoML before the handler runs (400, counted in ``bentoml_service_request_total{http_response_code="400"}``);
 HTTP-level latency is ``bentoml_service_request_duration_seconds``.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from typing import Annotated, Any
@@ -54,10 +58,12 @@ from fraudops.serving import (
     ServingConfig,
     packaged_model_tag,
 )
+from fraudops.serving.auth import internal_token
 
 CONFIG = ServingConfig.from_env()
 # The model `bentoml build` packages; when serving a Bento it names the Bento's own copy (used without a registry).
 PACKAGED_TAG = packaged_model_tag(CONFIG.model_tag)
+INTERNAL_ROUTES = frozenset({"/feedback", "/reload"})
 
 _EXAMPLE = {"transaction_id": "t-1", "user_id": "u123", "signup_time": "2026-01-02T10:00:00Z",
             "purchase_time": "2026-01-31T12:00:00Z", "amount": 59.9, "device_id": "ABCDEFGHIJKLM",
@@ -84,6 +90,7 @@ class FraudScorer:
 
     def __init__(self) -> None:
         logging.getLogger("fraudops").setLevel(logging.INFO)  # model switches in the log (BentoML's root: WARNING)
+        _token()  # at start, so that a missing token file fails the worker and a generated one is logged now
         self.scorer = Scorer.from_config(CONFIG, packaged=PACKAGED_TAG)
         _SCORERS.append(self.scorer)
         self.scorer.start()
@@ -143,8 +150,14 @@ def _count_refusal(path: str, reason: str) -> None:
         scorer.metrics.refused(path.strip("/"), reason)
 
 
+@functools.cache
+def _token() -> str:
+    return internal_token(CONFIG)
+
+
 # Bodies the service does not accept (not JSON, too large, too slow) get a 4xx before BentoML parses them.
 _SCORERS: list[Scorer] = []
+# /feedback and /reload are refused (401) without the internal token, before their body is read.
 FraudScorer.add_asgi_middleware(RequestGuard, paths=frozenset(api.route for api in FraudScorer.apis.values()),
                                 max_bytes=CONFIG.max_body_bytes, body_seconds=CONFIG.body_timeout_seconds,
-                                on_reject=_count_refusal)
+                                on_reject=_count_refusal, protected=INTERNAL_ROUTES, token=_token)

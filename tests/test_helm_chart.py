@@ -496,6 +496,20 @@ def test_scorer_deployment(chart: Any) -> None:
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert "emptyDir" in volumes[mounts["/var/lib/fraudops/bentoml"]] and "emptyDir" in volumes[mounts["/tmp"]]
+    # /feedback and /reload: the token comes from the chart's Secret, as a file only the scorer user reads
+    assert env["FRAUDOPS_INTERNAL_TOKEN_FILE"] == "/var/run/secrets/fraudops-scorer/token"
+    assert volumes[mounts["/var/run/secrets/fraudops-scorer"]]["secret"] == {
+        "secretName": "fraudops-scorer-token", "defaultMode": 0o400, "items": [{"key": "token", "path": "token"}]}
+
+
+def test_the_internal_token_secret_is_the_users(chart: Any) -> None:
+    docs = objects(chart, {"scorer": {"internalToken": {"existingSecret": "scoring-internal", "key": "bearer"}}})
+    pod = one(docs, "Deployment", "fraudops-scorer")["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "internal-token"]
+    assert volume["secret"]["secretName"] == "scoring-internal"
+    assert volume["secret"]["items"] == [{"key": "bearer", "path": "token"}]
+    with pytest.raises(helm_python.HelmError, match=r"scorer\.internalToken\.existingSecret is required"):
+        render(chart, {"scorer": {"internalToken": {"existingSecret": ""}}})
 
 
 def test_scorer_config_checksum_rolls_pods(chart: Any) -> None:
@@ -538,8 +552,9 @@ def test_ingress_hpa_and_pdb(chart: Any) -> None:
     docs = objects(chart, merge(MATRIX["ingress"], MATRIX["hpa"]))
     ingress = one(docs, "Ingress", "fraudops-scorer")
     assert ingress["spec"]["ingressClassName"] == "nginx"
-    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
-    assert backend == {"name": "fraudops-scorer", "port": {"name": "http"}}
+    (path,) = ingress["spec"]["rules"][0]["http"]["paths"]  # the internal endpoints stay inside the cluster
+    assert (path["path"], path["pathType"]) == ("/score", "Exact")
+    assert path["backend"]["service"] == {"name": "fraudops-scorer", "port": {"name": "http"}}
     hpa = one(docs, "HorizontalPodAutoscaler", "fraudops-scorer")
     assert hpa["apiVersion"] == "autoscaling/v2"
     assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "fraudops-scorer"}

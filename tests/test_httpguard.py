@@ -118,3 +118,38 @@ def test_other_paths_and_methods_are_not_touched(guard: RequestGuard, rejected: 
     assert call(guard, {"content-type": "text/plain", "content-length": "3"}, [b"abc"], path="/metrics")[0] == 200
     assert call(guard, {"content-type": "text/plain"}, [b""], method="GET")[0] == 200
     assert rejected == []
+
+
+@pytest.mark.parametrize("authorization", [None, "", "Bearer", "Bearer wrong-token", "Basic czNjcjN0", "bearer s3cr3t",
+                                           "Bearer s3cr3t ", "Bearer s3cr3"])
+def test_protected_paths_need_the_bearer_token_before_their_body_is_read(
+        rejected: list[tuple[str, str]], authorization: str | None) -> None:
+    guard = RequestGuard(echo, paths={"/score"}, protected={"/feedback", "/reload"}, token="s3cr3t", max_bytes=100,
+                         on_reject=lambda path, reason: rejected.append((path, reason)))
+    headers = {"content-type": "application/json", "content-length": "2"}
+    if authorization is not None:
+        headers["authorization"] = authorization
+    status, answer, read = call(guard, headers, [b"{}"], path="/feedback")
+    assert status == 401 and "Authorization: Bearer" in answer["error"]
+    assert read == [] and rejected == [("/feedback", "unauthorized")]
+    assert call(guard, {}, [b""], path="/reload")[0] == 401
+    # the right token passes, on protected paths only; /score needs none
+    assert call(guard, headers | {"authorization": "Bearer s3cr3t"}, [b"{}"], path="/feedback")[:2] == \
+        (200, {"length": 2, "body": "{}"})
+    assert call(guard, headers, [b"{}"], path="/score")[0] == 200
+
+
+def test_a_protected_path_without_a_token_is_a_configuration_error() -> None:
+    with pytest.raises(ValueError, match="need a token"):
+        RequestGuard(echo, paths={"/score"}, protected={"/reload"}, token="", max_bytes=100)
+
+
+def test_a_token_function_is_asked_once() -> None:
+    asked: list[int] = []
+    guard = RequestGuard(echo, paths=set(), protected={"/reload"}, max_bytes=100,
+                         token=lambda: asked.append(1) or "t0ken")
+    assert asked == []
+    for _ in range(3):
+        assert call(guard, {"authorization": "Bearer t0ken"}, [b""], path="/reload")[0] == 200
+    assert call(guard, {"authorization": "Bearer other"}, [b""], path="/reload")[0] == 401
+    assert asked == [1]

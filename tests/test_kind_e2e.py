@@ -191,9 +191,14 @@ def score_all(client: httpx.Client, rows: list[dict[str, Any]], truth: list[bool
     return labels, tags
 
 
-def send_feedback(client: httpx.Client, labels: list[dict[str, Any]]) -> None:
+def send_feedback(kube: Any, client: httpx.Client, labels: list[dict[str, Any]]) -> None:
+    """Labels through /feedback with the scorer's internal token (from its Secret); refused without it."""
+    token = secret_value(kube, "fraudops-scorer-token", "token")
+    refused = client.post(f"{SCORER_URL}/feedback", json={"labels": labels[:1]})
+    assert refused.status_code == 401, refused.text[:500]
     for start in range(0, len(labels), 500):
-        response = client.post(f"{SCORER_URL}/feedback", json={"labels": labels[start:start + 500]})
+        response = client.post(f"{SCORER_URL}/feedback", json={"labels": labels[start:start + 500]},
+                               headers={"Authorization": f"Bearer {token}"})
         assert response.status_code == 200, response.text[:500]
 
 
@@ -416,7 +421,7 @@ def test_drift_cronjob_completes_and_the_exporter_serves_its_gauges(kube: Any) -
         champion = served_tag(client)
         rows, truth = traffic(1500, seed=13, start="2026-01-31")
         labels, _ = score_all(client, rows, truth)
-        send_feedback(client, labels)
+        send_feedback(kube, client, labels)
     # the prediction log is written in batches: give the scorers' flush interval time to pass
     time.sleep(15)
     started = time.time()
@@ -467,7 +472,7 @@ def test_alert_to_the_trigger_launches_a_retraining_job_and_the_scorer_switches(
         # the customers start to behave differently: drifted traffic, then its confirmed labels
         rows, truth = traffic(3000, seed=17, start="2026-02-04", drift="first")
         labels, _ = score_all(client, rows, truth)
-        send_feedback(client, labels)
+        send_feedback(kube, client, labels)
     time.sleep(15)  # the prediction log's flush interval
     token = secret_value(kube, "fraudops-trigger-token", "token")
     now = datetime.now(UTC).isoformat()
@@ -547,7 +552,7 @@ def alert_loop(kube: Any) -> None:
         champion = served_tag(client)
         rows, truth = traffic(3000, seed=29, start="2026-02-08", drift="second")
         labels, _ = score_all(client, rows, truth)
-        send_feedback(client, labels)
+        send_feedback(kube, client, labels)
     time.sleep(15)
     with port_forward(MONITORING_NAMESPACE, "svc/prometheus-operated", 9090) as prometheus:
         # every ServiceMonitor of the chart is scraped

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -24,7 +25,7 @@ import pytest
 
 from fraudops import steps
 from fraudops.data.synthetic import generate_transactions
-from fraudops.predlog import read_predictions
+from fraudops.predlog import read_feedback, read_predictions
 from fraudops.registry import Registry
 from fraudops.serving import ScoreResponse
 from fraudops.training import TrainConfig
@@ -53,9 +54,10 @@ class Service:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_root = workdir / "predlog"
         self.output = workdir / "serve.log"
+        self.auth = {"Authorization": f"Bearer {secrets.token_urlsafe(16)}"}  # for /feedback and /reload
         env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True",
                "FRAUDOPS_PREDICTION_LOG": str(self.log_root), "FRAUDOPS_POLL_SECONDS": "0",
-               "FRAUDOPS_REGISTRY_URL": "", **settings}
+               "FRAUDOPS_REGISTRY_URL": "", "FRAUDOPS_INTERNAL_TOKEN": self.auth["Authorization"][7:], **settings}
         with open(self.output, "wb") as out:
             self.proc = subprocess.Popen(
                 [str(BENTOML), "serve", "services.scorer:FraudScorer", "--host", "127.0.0.1", "--port", str(self.port)],
@@ -187,7 +189,7 @@ def test_malformed_bodies_get_a_400_naming_the_problem(service, models, case):
 @pytest.mark.parametrize("path", ["/score", "/feedback", "/reload"])
 def test_a_body_that_is_not_json_gets_415_never_a_server_error(service, path, content_type):
     # a multipart body without a boundary made BentoML's request parsing raise: the service answered 500
-    response = service.http.post(path, content=b"x=1", headers={"content-type": content_type})
+    response = service.http.post(path, content=b"x=1", headers={"content-type": content_type} | service.auth)
     assert response.status_code == 415, response.text
     assert "send application/json" in response.json()["error"]
     text = service.http.get("/metrics").text  # counted like every refused request
@@ -243,13 +245,31 @@ def test_feedback_is_recorded_against_request_ids(service, models):
     labels = [{"request_id": scored["request_id"], "row": 1, "is_fraud": True, "source": "chargeback"},
               {"request_id": scored["request_id"], "row": 0, "is_fraud": False, "source": "manual_review",
                "observed_at": "2026-02-01T12:00:00Z"}]
-    response = service.http.post("/feedback", json={"labels": labels})
+    response = service.http.post("/feedback", json={"labels": labels}, headers=service.auth)
     assert response.status_code == 200 and response.json() == {"accepted": 2}
     bad = service.http.post("/feedback", json={"labels": [{"request_id": scored["request_id"], "row": -1,
-                                                            "is_fraud": True, "source": "rumour"}]})
+                                                            "is_fraud": True, "source": "rumour"}]},
+                            headers=service.auth)
     assert bad.status_code == 400
     assert sorted((d["row"], d["field"]) for d in bad.json()["detail"]) == [(0, "row"), (0, "source")]
 
+
+
+@pytest.mark.parametrize("authorization", [None, "Bearer wrong", "Basic dXNlcjpwYXNz"])
+def test_internal_endpoints_refuse_requests_without_the_token(service, models, authorization):
+    """Anyone who can send a transaction must not be able to label it (poisoning the next model) or switch models."""
+    scored = service.score(models["requests"][:1]).json()
+    headers = {"Authorization": authorization} if authorization else {}
+    label = {"request_id": scored["request_id"], "row": 0, "is_fraud": True, "source": "chargeback",
+             "note": "forged"}
+    for path, body in (("/feedback", {"labels": [label]}), ("/reload", {})):
+        response = service.http.post(path, json=body, headers=headers)
+        assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer", response.text
+    assert service.score(models["requests"][:1]).status_code == 200  # /score needs no token
+    text = service.http.get("/metrics").text
+    assert 'fraudops_scorer_requests_total{endpoint="feedback",outcome="unauthorized"}' in text
+    time.sleep(1.5)  # the log flushes every second: a forged label would be on disk now
+    assert "forged" not in set(read_feedback(str(service.log_root)).get("note", pd.Series(dtype=str)).dropna())
 
 def test_metrics_are_exported(service, models):
     service.score(models["requests"][:5])
@@ -299,7 +319,7 @@ def test_model_switch_under_load_fails_no_request(service, models):
         thread.start()
     time.sleep(1.0)
     registry.promote(after, reason="e2e switch")
-    reload = service.http.post("/reload", json={})
+    reload = service.http.post("/reload", json={}, headers=service.auth)
     switched = time.monotonic()
     time.sleep(1.0)
     stop.set()
@@ -309,7 +329,7 @@ def test_model_switch_under_load_fails_no_request(service, models):
     assert len(outcomes) > 50 and {status for _, status, _ in outcomes} == {200}
     assert {tag for _, _, tag in outcomes} == {before, after}
     assert {tag for started, _, tag in outcomes if started > switched} == {after}
-    assert service.http.post("/reload", json={}).json()["changed"] is False
+    assert service.http.post("/reload", json={}, headers=service.auth).json()["changed"] is False
 
 
 def test_unready_without_a_model_then_ready_once_one_is_promoted(models, tmp_path):
@@ -374,6 +394,7 @@ def test_fuzzing_the_openapi_with_every_check_finds_no_server_error(service, tmp
     result = subprocess.run(
         [str(Path(sys.executable).with_name("schemathesis")), "run", f"{service.url}/docs.json", "--checks", "all",
          "--max-examples", "300", "--continue-on-failure", "--seed", "7", "--no-color", "--report", "json",
+         "--header", f"Authorization: {service.auth['Authorization']}",
          "--report-json-path", str(report)], capture_output=True, text=True, timeout=900)
     run = json.loads(report.read_text())
     server_errors = [f for f in run["failures"] if f["code"] == "ST101"]

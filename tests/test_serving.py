@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
 import threading
@@ -98,18 +99,26 @@ def valid(**changes: Any) -> dict[str, Any]:
 
 
 # -- settings and decisions ---------------------------------------------------------------------------------------
-def test_settings_come_from_the_environment():
-    config = ServingConfig.from_env({"FRAUDOPS_MAX_BATCH": "50", "FRAUDOPS_REVIEW_FACTOR": "0.25",
-                                     "FRAUDOPS_POLL_SECONDS": "0", "FRAUDOPS_MODEL_TAG": " ", "OTHER": "x"})
-    assert (config.max_batch, config.review_factor, config.poll_seconds, config.model_tag) == (50, 0.25, 0, "champion")
+def test_settings_come_from_the_environment(monkeypatch):
+    def config(**env: str) -> ServingConfig:
+        for name in [n for n in os.environ if n.startswith("FRAUDOPS_")]:
+            monkeypatch.delenv(name)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        return ServingConfig.from_env()
+
+    got = config(FRAUDOPS_MAX_BATCH="50", FRAUDOPS_REVIEW_FACTOR=" 0.25 ", FRAUDOPS_POLL_SECONDS="0",
+                 FRAUDOPS_MODEL_TAG="", FRAUDOPS_SCHEMA="ecommerce", OTHER="x")
+    assert (got.max_batch, got.review_factor, got.poll_seconds, got.model_tag, got.dataset) == \
+        (50, 0.25, 0, "champion", "ecommerce")
     with pytest.raises(ConfigError, match="FRAUDOPS_MAX_BATCH: Input should be greater than or equal to 1"):
-        ServingConfig.from_env({"FRAUDOPS_MAX_BATCH": "0"})
+        config(FRAUDOPS_MAX_BATCH="0")
     with pytest.raises(ConfigError, match="FRAUDOPS_POLL_SECONDS: Input should be a valid number"):
-        ServingConfig.from_env({"FRAUDOPS_POLL_SECONDS": "often"})
+        config(FRAUDOPS_POLL_SECONDS="often")
     with pytest.raises(ConfigError, match=r"review_factor \(0.9\) must not exceed decline_factor \(0.8\)"):
-        ServingConfig.from_env({"FRAUDOPS_REVIEW_FACTOR": "0.9", "FRAUDOPS_DECLINE_FACTOR": "0.8"})
+        config(FRAUDOPS_REVIEW_FACTOR="0.9", FRAUDOPS_DECLINE_FACTOR="0.8")
     with pytest.raises(ConfigError, match="cannot read dataset config"):
-        ServingConfig(dataset="/no/such/schema.yaml").service_spec()
+        config(FRAUDOPS_SCHEMA="/no/such/schema.yaml").service_spec()
 
 
 def test_decision_bands_around_the_threshold():

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from fraudops.errors import ConfigError
+from fraudops.settings import StoreSettings, TriggerSettings, variable
 
 log = logging.getLogger(__name__)
 
@@ -228,14 +229,13 @@ def make_backend(name: str, *, workdir: str | Path, kfp_host: str = "", image: s
             raise ConfigError("the kfp backend needs --kfp-host (the Kubeflow Pipelines API address)")
         from fraudops.orchestration import kfp_client
 
-        return KfpBackend(kfp_client(kfp_host, token=os.environ.get("KFP_TOKEN")), image, s3_secret=s3_secret,
-                          s3_endpoint=s3_endpoint)
+        token = TriggerSettings.from_env().kfp_token.get_secret_value() or None
+        return KfpBackend(kfp_client(kfp_host, token=token), image, s3_secret=s3_secret, s3_endpoint=s3_endpoint)
     if name == "job":
         client = kubernetes_api()
-        env = {k: v for k, v in os.environ.items() if k in ("FRAUDOPS_REGISTRY_URL", "FRAUDOPS_S3_ENDPOINT",
-                                                              "FRAUDOPS_PREDICTION_LOG")}
-        if s3_endpoint:
-            env["FRAUDOPS_S3_ENDPOINT"] = s3_endpoint
+        store = StoreSettings.from_env(**({"s3_endpoint": s3_endpoint} if s3_endpoint else {}))
+        env = {variable(StoreSettings, name): value for name in ("registry_url", "s3_endpoint", "prediction_log")
+               if (value := getattr(store, name))}
         return JobBackend(client.BatchV1Api(), namespace or _pod_namespace(), image, service_account=service_account,
                           env_from_secret=s3_secret, env=env, resources=job_resources)
     raise ConfigError(f"unknown backend {name!r}; choose local, kfp or job")

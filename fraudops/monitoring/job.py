@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import tempfile
 import uuid
@@ -24,16 +23,16 @@ from fraudops.errors import ConfigError
 from fraudops.monitoring.drift import LABEL, SCORE, DriftPolicy, compute_drift
 from fraudops.predlog import TIME_COLUMN, read_feedback, read_predictions
 from fraudops.registry import Registry, default_home
+from fraudops.settings import StoreSettings
 
 log = logging.getLogger(__name__)
 
-MONITOR_ENV = "FRAUDOPS_MONITOR_DIR"
 LATEST = "latest"
 
 
 def default_monitor_root() -> str:
     """``$FRAUDOPS_MONITOR_DIR``, else ``<BENTOML_HOME>/fraudops/monitor``."""
-    return os.environ.get(MONITOR_ENV) or str(default_home() / "fraudops" / "monitor")
+    return StoreSettings.from_env().monitor_dir or str(default_home() / "fraudops" / "monitor")
 
 
 def parse_window(text: str) -> timedelta:

@@ -26,6 +26,11 @@ Names, labels, image and shared pod fragments.
 {{- printf "%s-%s" (include "fraudops.fullname" .ctx | trunc (int (sub 51 (len .component))) | trimSuffix "-") .component }}
 {{- end }}
 
+{{/* The Secret holding the scorer's internal token (/feedback, /reload); the chart never holds secret values. */}}
+{{- define "fraudops.internalTokenSecret" -}}
+{{- required "scorer.internalToken.existingSecret is required: create a Secret with the bearer token of /feedback and /reload (kubectl create secret generic fraudops-scorer-token --from-literal=token=$(openssl rand -hex 32)) and set its name" .Values.scorer.internalToken.existingSecret }}
+{{- end }}
+
 {{- define "fraudops.chart" -}}
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}

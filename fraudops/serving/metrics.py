@@ -1,0 +1,82 @@
+"""Prometheus metrics of the scoring service."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from fraudops.decisions import APPROVE, DECLINE, REVIEW
+from fraudops.predlog import FEEDBACK, PREDICTIONS
+
+if TYPE_CHECKING:
+    from fraudops.serving.model import ServedModel
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+SCORE_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 1.0)
+
+
+class ScorerMetrics:
+    """Prometheus metrics of the scoring service (the table is in services/scorer.py's docstring).
+
+    ``registry`` defaults to prometheus_client's global registry; under BentoML every process writes to the
+    multiprocess directory and BentoML's /metrics merges them.
+    """
+
+    def __init__(self, registry: Any = None) -> None:
+        import prometheus_client as prom  # late: BentoML sets PROMETHEUS_MULTIPROC_DIR after importing services
+
+        reg = prom.REGISTRY if registry is None else registry
+        p = "fraudops_scorer_"
+        self.requests = prom.Counter(p + "requests", "Requests handled, by endpoint and outcome (ok, invalid, "
+                                     "unauthorized, unavailable, error)", ["endpoint", "outcome"], registry=reg)
+        self.rows = prom.Counter(p + "rows_scored", "Transactions scored", registry=reg)
+        self.latency = prom.Histogram(p + "request_latency_seconds", "Handler time from validation to response, "
+                                      "by endpoint", ["endpoint"], buckets=LATENCY_BUCKETS, registry=reg)
+        self.scores = prom.Histogram(p + "score", "Fraud scores returned", buckets=SCORE_BUCKETS, registry=reg)
+        self.decisions = prom.Counter(p + "decisions", "Decisions returned, by outcome", ["decision"], registry=reg)
+        self.invalid = prom.Counter(p + "validation_errors", "Problems found in rejected requests, by reason",
+                                    ["reason"], registry=reg)
+        self.model_info = prom.Gauge(p + "model_info", "1 for the model being served (0 once replaced)",
+                                     ["model_tag", "trained_at"], multiprocess_mode="livemax", registry=reg)
+        self.model_loads = prom.Counter(p + "model_loads", "Model load attempts, by outcome (ok, failed)",
+                                        ["outcome"], registry=reg)
+        self.log_rows = prom.Counter(p + "predlog_rows_written", "Rows written to the prediction log, by log "
+                                     "(predictions, feedback)", ["log"], registry=reg)
+        self.log_failures = prom.Counter(p + "predlog_write_failures", "Failed prediction-log writes (the rows are "
+                                         "kept and retried), by log", ["log"], registry=reg)
+        self.feedback = prom.Counter(p + "feedback_labels", "Confirmed labels recorded, by source", ["source"],
+                                     registry=reg)
+        for decision in (APPROVE, REVIEW, DECLINE):
+            self.decisions.labels(decision)
+        for kind in (PREDICTIONS, FEEDBACK):
+            self.log_rows.labels(kind)
+            self.log_failures.labels(kind)
+
+    def scored(self, scores: Sequence[float], decisions: Sequence[str]) -> None:
+        """Count scored rows, their scores and decisions."""
+        self.rows.inc(len(scores))
+        for score in scores:
+            self.scores.observe(score)
+        for decision, count in Counter(decisions).items():
+            self.decisions.labels(decision).inc(count)
+
+    def refused(self, endpoint: str, reason: str) -> None:
+        """Count a request the request guard refused before it reached the handler (httpguard)."""
+        if reason == "unauthorized":
+            self.requests.labels(endpoint, reason).inc()
+            return
+        self.requests.labels(endpoint, "invalid").inc()
+        self.invalid.labels(reason).inc()
+
+    def serving(self, model: ServedModel, previous: ServedModel | None) -> None:
+        """Point the model-info gauge at ``model``."""
+        if previous is not None:
+            self.model_info.labels(previous.tag, previous.trained_at).set(0)
+        self.model_info.labels(model.tag, model.trained_at).set(1)
+
+
+def private_registry() -> Any:
+    from prometheus_client import CollectorRegistry
+
+    return CollectorRegistry()

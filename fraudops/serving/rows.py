@@ -1,0 +1,141 @@
+"""Validation of raw transactions against a model's schema, normalised for the fast feature path."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Annotated, Any, NotRequired, Required
+
+import numpy as np
+from pydantic import BeforeValidator, Field, StrictStr, TypeAdapter, ValidationError
+from pydantic_core import PydanticCustomError
+from typing_extensions import TypedDict  # pydantic needs typing_extensions' TypedDict before Python 3.12
+
+from fraudops.features import FeatureState
+from fraudops.serving.errors import Problem, RequestError, problems_of
+
+_EPOCH = datetime(1970, 1, 1)
+_EARLIEST, _LATEST = datetime(1678, 1, 1), datetime(2262, 1, 1)  # within pandas' datetime64[ns] range
+
+
+_WHOLE_NUMBER = re.compile(r"(-?\d+)\.0")
+
+
+def _key(value: Any) -> Any:
+    """Entity and category values as the feature state's text keys: 7, 7.0, "7" and "7.0" are one key."""
+    if type(value) is str and not value.endswith(".0"):
+        return value
+    if isinstance(value, bool):
+        return value  # rejected by the string check
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        value = str(value)
+    if isinstance(value, str) and (whole := _WHOLE_NUMBER.fullmatch(value)):
+        return whole.group(1)
+    return value
+
+
+def _time_parser(time_format: str | None) -> Callable[[Any], int]:
+    """Validator turning a date-time string (ISO 8601, or ``time_format``) into UTC nanoseconds since 1970."""
+    expected = f"a date-time string in the format {time_format!r}" if time_format else \
+        "an ISO 8601 date-time string such as 2026-01-31T12:00:00Z"
+
+    def parse(value: Any) -> int:
+        if not isinstance(value, str):
+            raise PydanticCustomError("bad_time", "must be {expected}", {"expected": expected})
+        try:
+            moment = datetime.strptime(value, time_format) if time_format else datetime.fromisoformat(value)
+        except ValueError:
+            raise PydanticCustomError("bad_time", "cannot be read as {expected}", {"expected": expected}) from None
+        if moment.tzinfo is not None:
+            moment = moment.astimezone(UTC).replace(tzinfo=None)
+        if not _EARLIEST < moment < _LATEST:
+            raise PydanticCustomError("bad_time", "is outside the supported years 1678-2261")
+        delta = moment - _EPOCH
+        return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1000
+
+    return parse
+
+
+_Key = Annotated[StrictStr | None, BeforeValidator(_key)]
+_Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+_Amount = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=0)]
+
+
+class RowSchema:
+    """Validation of raw transactions for one model, derived from its feature state.
+
+    Required: the time columns and the amount (training rejects rows without them). Optional: categories and
+    entities (strings or integer ids; unknown values are fine), other numeric inputs (finite numbers or null).
+    Times are ISO 8601 strings, naive = UTC (or the dataset's ``time_format``; numbers for second offsets).
+    Fields the model does not use are ignored. Valid rows come back normalised for `FastFeatures`: text keys
+    (None = missing), floats, and times as UTC nanoseconds (or seconds).
+    """
+
+    def __init__(self, state: FeatureState) -> None:
+        spec = state.spec
+        self.state = state
+        self.seconds = state.time_kind == "seconds"
+        self.time_columns = list(spec.time_columns)
+        self.amount = spec.amount
+        self.numbers = [c for c in state.numeric if c != spec.amount]
+        self.keys = list(dict.fromkeys([*spec.categorical, *state.entity_columns,
+                                        *([spec.id_column] if spec.id_column else [])]))
+        time_type: Any = _Number if self.seconds else Annotated[int, BeforeValidator(_time_parser(spec.time_format))]
+        fields: dict[str, Any] = {name: NotRequired[_Key] for name in self.keys}
+        fields.update({name: NotRequired[_Number | None] for name in self.numbers})
+        if self.amount:
+            fields[self.amount] = Required[_Amount]
+        fields.update({name: Required[time_type] for name in self.time_columns})
+        self.adapter = TypeAdapter(list[TypedDict("Transaction", fields)])  # type: ignore[operator]
+
+    def validate(self, transactions: list[Any]) -> list[dict[str, Any]]:
+        """Normalised rows, or `RequestError` naming every bad row, field and problem."""
+        try:
+            rows = self.adapter.validate_python(transactions)
+        except ValidationError as exc:
+            raise RequestError(problems_of(exc)) from None
+        spec = self.state.spec
+        if spec.timestamp and spec.signup_time:
+            late = [Problem(i, spec.signup_time, "time_order", f"must not be after {spec.timestamp}")
+                    for i, row in enumerate(rows) if row[spec.signup_time] > row[spec.timestamp]]
+            if late:
+                raise RequestError(late)
+        return rows
+
+    def times(self, rows: list[dict[str, Any]], column: str) -> np.ndarray:
+        """A validated time column as datetime64[ns] (float seconds for second-offset timestamps)."""
+        values = [row[column] for row in rows]
+        return np.array(values, dtype="float64") if self.seconds else np.array(values, dtype="int64").view("M8[ns]")
+
+    def probe_rows(self) -> list[dict[str, Any]]:
+        """Raw transactions for self-checks at model load: known and unknown entities, keys written as ints,
+        floats and "7.0" strings, missing values, times in several ISO 8601 spellings (or ``time_format``)."""
+        stats = self.state.entity_stats
+        known = {col: list(stats[col].index[[0, len(stats[col]) // 2, -1]]) if len(stats[col]) else []
+                 for col in self.state.entity_columns}
+        odd_keys: list[Any] = [None, "probe", "7.0", 7, 7.5, -3.0, ""]
+        fmt = self.state.spec.time_format
+        stamps = ["2026-01-01T00:00:00Z", "2026-01-01T07:01:01.250+02:00", "2026-01-02 14:02:02", "2026-01-03T23:59:59"]
+        signups = ["2025-12-31T23:00:00Z", "2025-06-01T00:00:00", "2026-01-02 14:02:02", "2020-02-29T12:00:00+00:00"]
+        if fmt:  # the dataset's own spelling
+            stamps, signups = ([datetime.fromisoformat(t).strftime(fmt) for t in ts] for ts in (stamps, signups))
+        rows = []
+        for i in range(8):
+            row: dict[str, Any] = {c: odd_keys[(i + j) % len(odd_keys)]
+                                   for j, c in enumerate(self.state.spec.categorical)}
+            row.update({c: keys[i % len(keys)] if keys and i % 3 else odd_keys[i % len(odd_keys)]
+                        for c, keys in known.items()})
+            row.update({c: [None, 1, 250.5][i % 3] for c in self.numbers})
+            if self.amount:
+                row[self.amount] = [0, 12.5, 99.99, 1500][i % 4]
+            times = {self.state.spec.timestamp: stamps[i % 4], self.state.spec.signup_time: signups[i % 4]}
+            row.update({c: 86_400.0 * i + 0.5 if self.seconds else times[c] for c in self.time_columns})
+            rows.append(row)
+        return rows
+

@@ -1,0 +1,137 @@
+"""Every setting fraudops reads from the environment, in one place.
+
+Each process reads the settings class of its part (pydantic-settings, ``FRAUDOPS_`` prefix); the classes share
+the storage settings by inheritance, so one variable means one thing everywhere. `table` renders all of them as the
+README's settings table (a test keeps the two equal): ``python -m fraudops.settings``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Self
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from fraudops.decisions import DECLINE_FACTOR, REVIEW_FACTOR
+from fraudops.errors import ConfigError, problems
+
+PREFIX = "FRAUDOPS_"
+
+
+class _Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=PREFIX, extra="ignore", frozen=True, env_ignore_empty=True,
+                                      str_strip_whitespace=True, populate_by_name=True, protected_namespaces=())
+    what: ClassVar[str] = "settings"
+    reader: ClassVar[str] = ""
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Self:
+        """The settings from the environment (unset variables keep their defaults; ``overrides`` win);
+        `ConfigError` naming each bad variable."""
+        try:
+            return cls(**overrides)
+        except ValidationError as exc:
+            detail = problems(exc, "settings", name=lambda loc: variable(cls, str(loc[0])))
+            raise ConfigError(f"invalid {cls.what}: {detail}") from None
+
+
+def variable(cls: type[BaseSettings], field: str) -> str:
+    """The environment variable of a settings field (the first alias, or the prefix plus its upper-case name)."""
+    info = cls.model_fields.get(field)
+    if info is None:
+        return field
+    alias = info.validation_alias
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    return str(alias) if alias else PREFIX + field.upper()
+
+
+class StoreSettings(_Settings):
+    """Where models, pointers and logs live (every process)."""
+
+    what = "storage settings"
+    reader = "all"
+
+    registry_url: str = Field("", description="object-store URL of the model registry (s3://bucket/prefix); empty: "
+                              "the local BentoML home only")
+    s3_endpoint: str = Field("", validation_alias=AliasChoices("FRAUDOPS_S3_ENDPOINT", "AWS_ENDPOINT_URL"),
+                             description="S3 endpoint URL for a non-AWS store (falls back to AWS_ENDPOINT_URL)")
+    prediction_log: str = Field("", description="prediction-log root, local or URL; empty: "
+                                "$BENTOML_HOME/fraudops/prediction-log")
+    prediction_spill: str = Field("", description="local directory for log rows the store refused at shutdown; "
+                                  "empty: $TMPDIR/fraudops-predlog-spill")
+    monitor_dir: str = Field("", description="drift job output root (reports, summaries), local or URL; empty: "
+                             "$BENTOML_HOME/fraudops/monitor")
+
+
+class ServingConfig(StoreSettings):
+    """Settings of the scoring service, read by each worker at start."""
+
+    what = "scoring service settings"
+    reader = "scorer"
+
+    model_tag: str = Field("champion", min_length=1, description="champion (follows the pointer), name[:version]")
+    dataset: str = Field("synthetic", min_length=1, validation_alias="FRAUDOPS_SCHEMA",
+                         description="preset or dataset config file the clients' rows follow")
+    max_batch: int = Field(1000, ge=1, le=100_000, description="most transactions (or labels) in one request")
+    review_factor: float = Field(REVIEW_FACTOR, gt=0, le=1, description="review from threshold * review_factor")
+    decline_factor: float = Field(DECLINE_FACTOR, gt=0, description="decline from threshold * decline_factor")
+    reasons: int = Field(3, ge=1, le=50, description="reason codes per transaction when explain is true")
+    poll_seconds: float = Field(30.0, ge=0, description="champion pointer poll interval; 0 turns polling off")
+    log_flush_rows: int = Field(10_000, ge=1, description="write the log when this many rows wait")
+    log_flush_seconds: float = Field(10.0, gt=0, description="... or this often")
+    workers: int = Field(1, ge=1, le=64, description="BentoML worker processes (each polls the champion itself)")
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="largest request body (413 above, unread)")
+    body_timeout_seconds: float = Field(30.0, gt=0, description="time a client has to send its body (408 after)")
+    internal_token: SecretStr = Field(SecretStr(""), description="bearer token of /feedback and /reload; empty: "
+                                      "read FRAUDOPS_INTERNAL_TOKEN_FILE, else generated at start (see the log)")
+    internal_token_file: str = Field("", description="file holding the bearer token (a mounted Secret); empty: "
+                                     "$BENTOML_HOME/fraudops/internal-token, created 0600 if missing")
+
+    @model_validator(mode="after")
+    def _bands_are_ordered(self) -> ServingConfig:
+        if self.review_factor > self.decline_factor:
+            raise ValueError(f"review_factor ({self.review_factor}) must not exceed decline_factor "
+                             f"({self.decline_factor})")
+        return self
+
+    def service_spec(self) -> Any:
+        """The transaction schema the service accepts (a preset name or a dataset config file)."""
+        from fraudops.schema import PRESETS, load_dataset_config
+
+        return PRESETS[self.dataset] if self.dataset in PRESETS else load_dataset_config(self.dataset)
+
+
+class TriggerSettings(StoreSettings):
+    """Settings of the retrain trigger (`fraudops trigger serve`) and its backends."""
+
+    what = "retrain trigger settings"
+    reader = "trigger"
+
+    trigger_token: SecretStr = Field(SecretStr(""), description="bearer token Alertmanager sends to POST /alerts "
+                                     "(or --token-file)")
+    kfp_token: SecretStr = Field(SecretStr(""), validation_alias="KFP_TOKEN",
+                                 description="bearer token for the Kubeflow Pipelines API (kfp backend)")
+
+
+SETTINGS: tuple[type[_Settings], ...] = (StoreSettings, ServingConfig, TriggerSettings)
+
+
+def table() -> str:
+    """A Markdown table of every variable: name, default, which process reads it, meaning."""
+    rows = ["| Variable | Default | Read by | Meaning |", "| --- | --- | --- | --- |"]
+    seen: set[str] = set()
+    for cls in SETTINGS:
+        for name, info in cls.model_fields.items():
+            var = variable(cls, name)
+            if var in seen:
+                continue
+            seen.add(var)
+            default = info.default.get_secret_value() if isinstance(info.default, SecretStr) else info.default
+            shown = f"`{default}`" if default not in ("", None) else ""
+            rows.append(f"| `{var}` | {shown} | {cls.reader} | {info.description} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(table())
