@@ -395,7 +395,7 @@ def test_fuzzing_the_openapi_with_every_check_finds_no_server_error(service, tmp
         [str(Path(sys.executable).with_name("schemathesis")), "run", f"{service.url}/docs.json", "--checks", "all",
          "--max-examples", "300", "--continue-on-failure", "--seed", "7", "--no-color", "--report", "json",
          "--header", f"Authorization: {service.auth['Authorization']}",
-         "--report-json-path", str(report)], capture_output=True, text=True, timeout=900)
+         "--report-json-path", str(report)], capture_output=True, text=True, timeout=900, cwd=tmp_path)
     run = json.loads(report.read_text())
     server_errors = [f for f in run["failures"] if f["code"] == "ST101"]
     assert server_errors == [] and run["errors"] == [], result.stdout[-4000:]
