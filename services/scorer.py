@@ -59,6 +59,7 @@ from fraudops.serving import (
     packaged_model_tag,
 )
 from fraudops.serving.auth import internal_token
+from fraudops.serving.openapi import AmendedDocs, amend
 
 CONFIG = ServingConfig.from_env()
 # The model `bentoml build` packages; when serving a Bento it names the Bento's own copy (used without a registry).
@@ -150,6 +151,12 @@ def _count_refusal(path: str, reason: str) -> None:
         scorer.metrics.refused(path.strip("/"), reason)
 
 
+def _docs(doc: dict[str, Any]) -> dict[str, Any]:
+    """/docs.json with the error bodies, status codes, limits, fields (of the model serving now) and auth."""
+    served = _SCORERS[0].model if _SCORERS else None
+    return amend(doc, max_batch=CONFIG.max_batch, internal=INTERNAL_ROUTES, rows=served.schema if served else None)
+
+
 @functools.cache
 def _token() -> str:
     return internal_token(CONFIG)
@@ -161,3 +168,4 @@ _SCORERS: list[Scorer] = []
 FraudScorer.add_asgi_middleware(RequestGuard, paths=frozenset(api.route for api in FraudScorer.apis.values()),
                                 max_bytes=CONFIG.max_body_bytes, body_seconds=CONFIG.body_timeout_seconds,
                                 on_reject=_count_refusal, protected=INTERNAL_ROUTES, token=_token)
+FraudScorer.add_asgi_middleware(AmendedDocs, amend=_docs)

@@ -386,18 +386,18 @@ def test_sigterm_loses_no_logged_prediction(models, tmp_path):
     assert logged.groupby("request_id").size().to_dict() == sent
 
 
-def test_fuzzing_the_openapi_with_every_check_finds_no_server_error(service, tmp_path):
-    """schemathesis against the service's own /docs.json: every check, hundreds of generated requests, never a
-    5xx (ST101) and never a broken connection. The other checks' findings (e.g. undeclared 4xx bodies) are reported
-    by schemathesis, not asserted here."""
+def test_fuzzing_the_openapi_with_every_check_finds_nothing(service, tmp_path):
+    """schemathesis against the service's own /docs.json with every check and hundreds of generated requests: no
+    5xx, no broken connection, every response as documented, schema-valid data accepted and invalid data refused
+    (tests/schemathesis.toml: the one rule JSON Schema cannot state, and 413 as a refusal)."""
     report = tmp_path / "schemathesis.json"
     result = subprocess.run(
-        [str(Path(sys.executable).with_name("schemathesis")), "run", f"{service.url}/docs.json", "--checks", "all",
-         "--max-examples", "300", "--continue-on-failure", "--seed", "7", "--no-color", "--report", "json",
-         "--header", f"Authorization: {service.auth['Authorization']}",
-         "--report-json-path", str(report)], capture_output=True, text=True, timeout=900, cwd=tmp_path)
+        [str(Path(sys.executable).with_name("schemathesis")), "--config-file",
+         str(REPO / "tests" / "schemathesis.toml"), "run", f"{service.url}/docs.json", "--max-examples", "300",
+         "--continue-on-failure", "--seed", "7", "--no-color", "--report", "json", "--report-json-path", str(report),
+         "--header", f"Authorization: {service.auth['Authorization']}"],
+        capture_output=True, text=True, timeout=900, cwd=tmp_path)
     run = json.loads(report.read_text())
-    server_errors = [f for f in run["failures"] if f["code"] == "ST101"]
-    assert server_errors == [] and run["errors"] == [], result.stdout[-4000:]
+    assert run["failures"] == [] and run["errors"] == [], result.stdout[-6000:]
     assert run["test_cases"]["generated"] >= 300, run["test_cases"]
     assert service.http.get("/readyz").status_code == 200

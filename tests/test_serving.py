@@ -429,6 +429,19 @@ def test_model_sources(home, tmp_path, trained):
         ModelSource(registry=Registry(home=tmp_path / "empty"), packaged=trained["a"]).locate()
 
 
+
+@pytest.mark.parametrize(("change", "field", "reason"), [
+    ({"row": 5_743_816_658}, "row", "less_than_equal"),  # answered 500 (int32 overflow) before the fuzzer found it
+    ({"observed_at": "9999-12-31T23:59:59Z"}, "observed_at", "bad_time"),  # 500: beyond pandas' nanoseconds
+    ({"observed_at": 1767225600}, "observed_at", "wrong_type"),  # seconds or milliseconds? text only
+    ({"observed_at": "2026-02-20T10:00:00"}, "observed_at", "timezone_aware"),
+])
+def test_labels_the_log_cannot_hold_are_refused_not_failed(scorer, change, field, reason):
+    label = {"request_id": "0" * 32, "row": 0, "is_fraud": True, "source": "chargeback", **change}
+    with pytest.raises(RequestError) as caught:
+        scorer.feedback([label])
+    assert [(p.field, p.reason) for p in caught.value.problems] == [(field, reason)]
+
 # -- log and metrics --------------------------------------------------------------------------------------------
 def test_every_scored_row_and_every_label_is_logged(home, tmp_path, trained):
     scorer = make_scorer(home, tmp_path)

@@ -2,9 +2,35 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, StrictStr, TypeAdapter
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictStr,
+    TypeAdapter,
+)
+from pydantic_core import PydanticCustomError
+
+
+def _text(value: Any) -> Any:
+    """Times as ISO 8601 text only (a bare number is ambiguous: seconds or milliseconds?)."""
+    if not isinstance(value, str):
+        raise PydanticCustomError("datetime_type", "must be an ISO 8601 date-time string with a time zone")
+    return value
+
+
+def _storable(value: datetime) -> datetime:
+    """Within the years the log's nanosecond timestamps hold."""
+    if not 1678 <= value.astimezone(UTC).year <= 2261:
+        raise PydanticCustomError("bad_time", "is outside the supported years 1678-2261")
+    return value
 
 
 class FeedbackLabel(BaseModel):
@@ -13,11 +39,12 @@ class FeedbackLabel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     request_id: str = Field(pattern=r"^[0-9a-f]{32}$", description="request_id returned by /score")
-    row: int = Field(0, ge=0, strict=True, description="index of the transaction in that request")
+    row: int = Field(0, ge=0, le=99_999, strict=True, description="index of the transaction in that request")
     transaction_id: StrictStr | None = None
     is_fraud: StrictBool
     source: Literal["chargeback", "manual_review", "customer_report", "other"]
-    observed_at: AwareDatetime | None = Field(None, description="when the label was established (default: now)")
+    observed_at: Annotated[AwareDatetime, BeforeValidator(_text), AfterValidator(_storable)] | None = Field(
+        None, description="when the label was established, ISO 8601 with a time zone (default: now)")
     note: StrictStr | None = Field(None, max_length=500)
 
 
