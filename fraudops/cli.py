@@ -584,6 +584,122 @@ def monitor_export_labelled(window: str, output: str, label_column: str, id_colu
     out.print(f"wrote {rows} labelled transactions to {output}")
 
 
+# -- decisions ----------------------------------------------------------------------------------------------
+@main.group()
+def decisions() -> None:
+    """Backtest the decision bands on logged, labelled traffic."""
+
+
+@decisions.command("simulate")
+@click.option("--window", default="30d", show_default=True, help="How far back to read the prediction log.")
+@click.option("--model", "model_tag", default="champion", show_default=True,
+              help="Replay the rows this model scored (and use its training costs).")
+@click.option("--review", type=float, default=None, help="Proposed review threshold (a score in [0, 1]).")
+@click.option("--decline", type=float, default=None, help="Proposed decline threshold (a score in [0, 1]).")
+@click.option("--review-factor", type=float, default=None,
+              help="Proposed review threshold as a factor of the model threshold (FRAUDOPS_REVIEW_FACTOR).")
+@click.option("--decline-factor", type=float, default=None,
+              help="Proposed decline threshold as a factor of the model threshold (FRAUDOPS_DECLINE_FACTOR).")
+@click.option("--cost-fn", type=float, default=None, help="Cost of a missed fraud (default: the model's training).")
+@click.option("--cost-fp", type=float, default=None,
+              help="Cost of a declined good customer (default: the model's training).")
+@click.option("--cost-review", type=float, default=0.0, show_default=True, help="Cost of one manual review.")
+@click.option("--sweep", "with_sweep", is_flag=True, help="Also print the decline curve and the cost-optimal bands.")
+@click.option("--step", type=float, default=0.05, show_default=True, help="Threshold step of the --sweep curve.")
+@click.option("--log-root", default=None, help="Prediction log root (default: $FRAUDOPS_PREDICTION_LOG).")
+@click.option("--registry-url", default=None, help="Object-store registry (default: $FRAUDOPS_REGISTRY_URL).")
+@friendly_errors
+def decisions_simulate(window: str, model_tag: str, log_root: str | None, registry_url: str | None,
+                       **options: Any) -> None:
+    """Replay the logged scores of rows whose labels have arrived under the current bands (each row's own) and
+    proposed ones (an omitted threshold stays as it is): rates, frauds caught and missed, good customers declined
+    and cost. Only labelled rows count; nothing is retrained or changed."""
+    from fraudops.backtest import simulate
+    from fraudops.monitoring.job import parse_window
+    from fraudops.predlog import default_root
+
+    span = parse_window(window)
+    with console.status("replaying the prediction log"):
+        result = simulate(_registry(registry_url), log_root or default_root(), span, model_tag=model_tag, **options)
+    _print_backtest(result, window)
+
+
+def _pct(value: float) -> str:
+    return "n/a" if value != value else f"{value:.2%}"  # NaN: nothing to divide by
+
+
+def _factors(bands: Any, threshold: float) -> str:
+    """How to set ``bands`` in the scorer (it takes factors of the model threshold)."""
+    review, decline = bands.review / threshold, bands.decline / threshold
+    note = " (the scorer takes review factors up to 1)" if review > 1 else ""
+    return f"FRAUDOPS_REVIEW_FACTOR={review:.6g} FRAUDOPS_DECLINE_FACTOR={decline:.6g}{note}"
+
+
+def _print_backtest(result: Any, window: str) -> None:
+    from fraudops.decisions import APPROVE, DECLINE, REVIEW
+
+    replay, model, current = result.replay, result.model, result.current
+    when = "%Y-%m-%d %H:%M"
+    out.print(f"model {model.tag} (threshold {model.threshold:.4f}), last {window} up to {replay.end:{when}} UTC",
+              highlight=False)
+    out.print(f"{current.scored:,} rows scored from {replay.first_logged:{when}} to {replay.last_logged:{when}}, "
+              f"{current.labelled:,} labelled, {current.frauds:,} frauds", highlight=False)
+    for bands, rows in replay.band_settings():
+        out.print(f"current bands: review {bands.review:.4g}, decline {bands.decline:.4g} ({rows:,} rows)",
+                  highlight=False)
+    columns = [("current", current)]
+    if result.proposed is not None:
+        out.print(f"proposed bands: review {result.proposed.review:.6g}, decline {result.proposed.decline:.6g}; "
+                  f"to apply: {_factors(result.proposed, model.threshold)}", highlight=False)
+        columns.append(("proposed", result.proposed_outcome))
+    if result.sweep is not None:
+        columns.append(("cost-optimal", result.optimal_outcome))
+    out.print(model.costs.formula(), highlight=False)
+    table = Table(title="labelled rows (the last two lines: all scored rows)")
+    table.add_column("")
+    for name, _ in columns:
+        table.add_column(name, justify="right")
+    rows: list[tuple[str, Callable[[Any], str]]] = [
+        ("decline rate", lambda o: _pct(o.rate(DECLINE))),
+        ("review rate", lambda o: _pct(o.rate(REVIEW))),
+        ("approve rate", lambda o: _pct(o.rate(APPROVE))),
+        ("frauds declined (recall)", lambda o: f"{o.frauds_declined:,} ({_pct(o.recall)})"),
+        ("frauds sent to review", lambda o: f"{o.frauds_reviewed:,}"),
+        ("frauds approved (missed)", lambda o: f"{o.frauds_approved:,}"),
+        ("good customers declined (FPR)", lambda o: f"{o.good_declined:,} ({_pct(o.false_positive_rate)})"),
+        ("cost", lambda o: f"{o.cost:,.0f}"),
+        ("cost per 1,000 labelled rows", lambda o: f"{o.cost_per_1k:,.1f}"),
+        ("all scored rows: declines", lambda o: f"{o.scored_declined:,} ({_pct(o.scored_rate(DECLINE))})"),
+        ("all scored rows: reviews (load)", lambda o: f"{o.scored_reviewed:,} ({_pct(o.scored_rate(REVIEW))})"),
+    ]
+    for label, cell in rows:
+        table.add_row(label, *(cell(o) for _, o in columns))
+    out.print(table)
+    out.print(f"labels arrived for {_pct(current.labelled_share(APPROVE))} of the approved, "
+              f"{_pct(current.labelled_share(REVIEW))} of the reviewed and {_pct(current.labelled_share(DECLINE))} "
+              "of the declined rows (current bands)", highlight=False)
+    if result.sweep is not None:
+        marks: dict[float, list[str]] = {}
+        for name, bands in (("current", replay.usual), ("proposed", result.proposed),
+                            ("optimal", result.sweep.decline_only), ("optimal with review", result.sweep.with_review)):
+            if bands is not None:
+                marks.setdefault(bands.decline, []).append(name)
+        curve = Table(title="decline curve (decline only, no review band)")
+        for name in ("decline from", "decline rate", "recall", "FPR", "cost", ""):
+            curve.add_column(name, justify="right")
+        for point in result.sweep.curve:
+            curve.add_row(f"{point.threshold:.6g}", _pct(point.decline_rate), _pct(point.recall),
+                          _pct(point.false_positive_rate), f"{point.cost:,.0f}",
+                          ", ".join(marks.get(point.threshold, [])))
+        out.print(curve)
+        best = result.sweep.optimal
+        out.print(f"cost-optimal bands: review {best.review}, decline {best.decline} (cost "
+                  f"{result.optimal_outcome.cost:,.0f}, current {current.cost:,.0f}); to apply: "
+                  f"{_factors(best, model.threshold)}", highlight=False)
+    for warning in result.warnings():
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+
+
 # -- trigger ------------------------------------------------------------------------------------------------
 @main.group()
 def trigger() -> None:

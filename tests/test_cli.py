@@ -16,7 +16,7 @@ COMMANDS = [[], ["data"], ["data", "generate"], ["train"], ["pipeline"], ["pipel
             ["pipeline", "run"], ["pipeline", "submit"], ["models"], ["models", "list"], ["models", "show"],
             ["models", "promote"], ["models", "rollback"], ["models", "history"], ["serve"], ["monitor"],
             ["monitor", "drift"], ["monitor", "exporter"], ["monitor", "export-labelled"], ["trigger"],
-            ["trigger", "serve"], ["demo"]]
+            ["trigger", "serve"], ["decisions"], ["decisions", "simulate"], ["demo"]]
 
 
 def run(args: list[str], home: Path, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -49,12 +49,15 @@ def labelled_window(log_root: str, start: datetime, end: datetime, model_tag: st
     """Predictions logged in [start, end) (of ``model_tag`` if given) with their confirmed labels.
 
     Labels come from feedback recorded up to ``feedback_until`` (default: now), matched on request id and row;
-    ``label`` is NaN where none arrived. ``attrs["corrupt_parts"]`` counts unreadable log files.
+    ``label`` is NaN where none arrived. A prediction logged twice counts once. ``attrs["corrupt_parts"]`` counts
+    unreadable log files.
     """
     predictions = read_predictions(log_root, start, end)
     corrupt = predictions.attrs.get("corrupt_parts", 0)
     if model_tag is not None and "model_tag" in predictions:
         predictions = predictions[predictions["model_tag"] == model_tag]
+    if {"request_id", "row"} <= set(predictions):  # a row the log writer wrote twice (recovery after a crash)
+        predictions = predictions.drop_duplicates(["request_id", "row"], keep="first")
     feedback = read_feedback(log_root, start, feedback_until or datetime.now(UTC))
     corrupt += feedback.attrs.get("corrupt_parts", 0)
     if len(predictions) and len(feedback) and "request_id" in feedback:
