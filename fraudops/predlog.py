@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import atexit
+import base64
+import errno
+import fcntl
 import json
 import logging
 import os
+import struct
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,6 +36,11 @@ FEEDBACK = "feedback"
 TIME_COLUMN = "logged_at"
 LOG_ENV = "FRAUDOPS_PREDICTION_LOG"
 SPILL_ENV = "FRAUDOPS_PREDICTION_SPILL"
+WAL_WARN_SECONDS = 60.0
+"""At most one warning per this many seconds while writes ahead fail (`LogWriter` ``on_wal_error`` counts each)."""
+_RECORD = struct.Struct("<II")  # a WAL record's header: payload length, CRC-32 of the payload
+_BINARY_FLOATS = 32
+"""Float lists at least this long go to the WAL as float64 bytes: JSON formats a float in ~0.3 µs."""
 
 
 def default_root() -> str:
@@ -87,12 +98,31 @@ class LogWriter:
     writes what is left and, if the storage still fails, spills it to a local directory instead of dropping it.
     Beyond ``max_pending_rows`` unwritten rows, `append` raises `LogUnavailableError` so that callers can refuse
     work they could not log.
+
+    With a ``wal_dir``, `append` first writes the chunk ahead, as one record (`encode_record`), to this writer's
+    current segment file there. The write reaches the OS page cache before `append` returns, so accepted rows
+    survive a kill of the process; an fsync follows within ``fsync_seconds`` (0: in `append` itself), which bounds
+    what a node crash or power loss can take. Each flush starts a new segment, then deletes those whose rows are
+    all written. If the write ahead fails (e.g. the volume is full), the chunk is queued all the same (in memory
+    only), ``on_wal_error`` is told and a warning logged at most every `WAL_WARN_SECONDS`.
+
+    Several writers (processes) may share a ``wal_dir``: each holds an exclusive `fcntl.flock` on its segments
+    while it lives. A new writer takes the segments nobody holds (left by killed writers) and writes their rows
+    before it returns, one segment at a time (if the log storage fails, they wait in the queue); a torn last record
+    (a kill during its write) is skipped and counted in ``wal_unreadable_records``. Rows written from one segment
+    alone go to a part named after it, so that writing them again after a kill that came before the segment's
+    deletion replaces that part: exactly once. Otherwise at least once: rows written together with rows of another
+    segment or of none (after a failed write to the log storage, or a failed write ahead) are written again if a
+    kill hits between that write and the segment's deletion, and the rows of an `append` that a kill interrupted
+    may be logged although its caller never returned. `close` deletes the segments once their rows are in the log
+    or the spill directory.
     """
 
     def __init__(self, root: str, *, flush_rows: int = 10_000, flush_seconds: float = 10.0,
                  compact_seconds: float = 0.5, max_pending_rows: int = 500_000, spill_dir: str | Path | None = None,
                  on_written: Callable[[str, int], None] | None = None,
-                 on_error: Callable[[str, Exception], None] | None = None) -> None:
+                 on_error: Callable[[str, Exception], None] | None = None, wal_dir: str | Path | None = None,
+                 fsync_seconds: float = 1.0, on_wal_error: Callable[[Exception], None] | None = None) -> None:
         self.root = root.rstrip("/")
         self.flush_rows = flush_rows
         self.flush_seconds = flush_seconds
@@ -102,11 +132,23 @@ class LogWriter:
                               Path(tempfile.gettempdir()) / "fraudops-predlog-spill")
         self._on_written = on_written or (lambda _kind, _rows: None)
         self._on_error = on_error or (lambda _kind, _exc: None)
+        self._on_wal_error = on_wal_error or (lambda _exc: None)
         self._pending: list[LogChunk] = []
         self._pending_rows = 0
+        self._held: dict[tuple[str, str], set[str | None]] = {}
+        """Per log and hour, the WAL segments holding its queued rows (None: some rows are in no segment)."""
         self._cond = threading.Condition()
         self._write_lock = threading.Lock()
         self._closed = False
+        self._wal_warning = threading.Lock()
+        self._wal_failures = 0
+        self._wal_warned = -WAL_WARN_SECONDS
+        self.wal_recovered_rows = 0
+        self.wal_unreadable_records = 0
+        self.wal_dir = None if wal_dir is None else Path(wal_dir)
+        self._wal = None if self.wal_dir is None else _Wal(self.wal_dir, fsync_seconds, self._wal_failed)
+        if self._wal is not None:
+            self._recover()
         self._thread = threading.Thread(target=self._run, name="fraudops-predlog", daemon=True)
         self._thread.start()
         atexit.register(self.close)
@@ -117,34 +159,73 @@ class LogWriter:
         return self._pending_rows
 
     def append(self, chunk: LogChunk) -> None:
-        """Queue a chunk (never blocks on storage)."""
+        """Queue a chunk (never blocks on storage), after writing it ahead to the WAL segment if there is one."""
+        record = error = None
+        if self._wal is not None:
+            try:
+                record = encode_record(chunk)
+            except Exception as exc:  # rows the encoder cannot hold fail at the write too, which reports them
+                error = exc
         with self._cond:
             if self._closed:
                 raise LogUnavailableError(f"the log writer for {self.root} is closed")
             if self._pending_rows + chunk.rows > self.max_pending_rows:
                 raise LogUnavailableError(f"{self._pending_rows} rows are waiting to be written to {self.root}; "
                                    "the log storage is failing")
-            self._pending.append(chunk)
-            self._pending_rows += chunk.rows
+            segment = None
+            if self._wal is not None and record is not None:
+                try:
+                    segment = self._wal.write(record)
+                except OSError as exc:  # e.g. the volume is full: scoring goes on, with the rows in memory only
+                    error = exc
+            self._queue(chunk, segment)
             if self._pending_rows >= self.flush_rows:
                 self._cond.notify()
+        if error is not None:
+            self._wal_failed(error)
+
+    def _queue(self, chunk: LogChunk, segment: str | None) -> None:
+        """Queue a chunk written ahead to ``segment`` (None: to none); the caller holds ``_cond``."""
+        self._pending.append(chunk)
+        self._pending_rows += chunk.rows
+        if self._wal is not None:
+            self._held.setdefault((chunk.kind, chunk.partition()), set()).add(segment)
+
+    def _wal_failed(self, exc: Exception) -> None:
+        """Tell ``on_wal_error`` about a failed write ahead or fsync, and warn at most every `WAL_WARN_SECONDS`."""
+        self._on_wal_error(exc)
+        with self._wal_warning:
+            self._wal_failures += 1
+            if time.monotonic() - self._wal_warned < WAL_WARN_SECONDS:
+                return
+            failures, self._wal_failures, self._wal_warned = self._wal_failures, 0, time.monotonic()
+        log.warning("cannot write the prediction log ahead to %s (%d failures since the last warning): %s; "
+                    "rows accepted meanwhile are in memory only until written", self.wal_dir, failures, exc)
 
     def flush(self) -> bool:
-        """Write everything queued now; False if some of it could not be written (it stays queued)."""
+        """Write everything queued now; False if some of it could not be written (it stays queued). Then delete
+        the WAL segments whose rows are all written."""
         with self._write_lock:
             with self._cond:
                 chunks, self._pending = self._pending, []
-            if not chunks:
-                return True
+                held, self._held = self._held, {}
+                if self._wal is not None:
+                    self._wal.rotate()  # later rows go to a new segment
             failed: list[LogChunk] = []
             for (kind, partition), group in _groups(chunks).items():
                 rows = sum(c.rows for c in group)
+                segments = held.get((kind, partition), set())
+                # rows of one segment alone go to a part named after it, which writing them again replaces
+                name = f"part-{next(iter(segments))}.parquet" if len(segments) == 1 and None not in segments else None
                 try:
-                    self._write(self.root, kind, partition, group)
+                    self._write(self.root, kind, partition, group, name)
                 except Exception as exc:  # any storage failure: keep the rows for the next attempt
                     log.warning("cannot write %d %s rows to %s: %s", rows, kind, self.root, exc)
                     self._on_error(kind, exc)
                     failed.extend(group)
+                    if self._wal is not None:
+                        with self._cond:
+                            self._held.setdefault((kind, partition), set()).update(segments)
                     continue
                 with self._cond:
                     self._pending_rows -= rows
@@ -152,12 +233,32 @@ class LogWriter:
             if failed:
                 with self._cond:
                     self._pending[:0] = failed
+            if self._wal is not None:
+                with self._cond:
+                    live = set().union(*self._held.values())
+                self._wal.release(live)
             return not failed
 
+    def _recover(self) -> None:
+        """Write the rows of segments left in the WAL directory by dead writers, one segment at a time (so that
+        their parts are named after it); after a failed write, leave the rest queued for the thread."""
+        ok = True
+        for segment, chunks, unreadable in self._wal.adopt():
+            rows = sum(c.rows for c in chunks)
+            if rows or unreadable:
+                log.warning("recovering %d rows from the prediction log's WAL segment %s (%d unreadable records)",
+                            rows, segment, unreadable)
+            self.wal_recovered_rows += rows
+            self.wal_unreadable_records += unreadable
+            with self._cond:
+                for chunk in chunks:
+                    self._queue(chunk, segment)
+            ok = ok and self.flush()
+
     @staticmethod
-    def _write(root: str, kind: str, partition: str, chunks: list[LogChunk]) -> str:
+    def _write(root: str, kind: str, partition: str, chunks: list[LogChunk], name: str | None = None) -> str:
         table = combined_table(chunks)
-        name = f"part-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}.parquet"
+        name = name or f"part-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}.parquet"
         url = storage.join(root, kind, partition, name)
         fs, path = storage.filesystem(url)
         fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
@@ -210,7 +311,8 @@ class LogWriter:
                 self.compact()
 
     def close(self, attempts: int = 3) -> None:
-        """Stop the thread and write everything left; spill to the local spill directory if storage fails."""
+        """Stop the thread and write everything left; spill to the local spill directory if storage fails. Then
+        delete the WAL segments."""
         with self._cond:
             if self._closed:
                 return
@@ -220,15 +322,18 @@ class LogWriter:
         self._thread.join()
         for _ in range(attempts):
             if self.flush():
-                return
-        with self._write_lock, self._cond:
-            chunks, self._pending = self._pending, []
-        for (kind, partition), group in _groups(chunks).items():
-            url = self._write(str(self.spill_dir), kind, partition, group)
-            log.error("could not write %d %s rows to %s; saved them to %s instead: copy them into the log",
-                      sum(c.rows for c in group), kind, self.root, url)
-        with self._cond:
-            self._pending_rows = 0
+                break
+        else:
+            with self._write_lock, self._cond:
+                chunks, self._pending = self._pending, []
+            for (kind, partition), group in _groups(chunks).items():
+                url = self._write(str(self.spill_dir), kind, partition, group)
+                log.error("could not write %d %s rows to %s; saved them to %s instead: copy them into the log",
+                          sum(c.rows for c in group), kind, self.root, url)
+            with self._cond:
+                self._pending_rows = 0
+        if self._wal is not None:
+            self._wal.close()  # every row is in the log or the spill directory
 
 
 def combined_table(chunks: list[LogChunk]) -> pa.Table:
@@ -287,6 +392,226 @@ def _groups(chunks: list[LogChunk]) -> dict[tuple[str, str], list[LogChunk]]:
     for chunk in chunks:
         groups.setdefault((chunk.kind, chunk.partition()), []).append(chunk)
     return groups
+
+
+def encode_record(chunk: LogChunk) -> bytes:
+    """A chunk as one WAL record: payload length and CRC-32 (little-endian uint32 each), then the payload.
+
+    The payload is JSON (``J``; lists as they are, 1-d NumPy arrays of the kinds `combined_table` joins and long
+    float lists as dtype and base64 bytes; tens of microseconds for a scorer's one-row chunk) or, for values JSON
+    cannot hold exactly, ``A``: the chunk's kind, time and rows as JSON, a newline, then `LogChunk.to_table` as an
+    Arrow IPC stream. Neither runs code when read back (unlike pickle), and both survive upgrades of the libraries
+    between the write and the recovery.
+    """
+    head = [chunk.kind, chunk.at.isoformat(), chunk.rows]
+    payload = _json_payload(head, chunk) if chunk.table is None else None
+    if payload is None:
+        table = chunk.to_table()
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as stream:
+            stream.write_table(table)
+        payload = b"A" + json.dumps(head).encode() + b"\n" + sink.getvalue().to_pybytes()
+    return _RECORD.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def read_records(data: bytes) -> tuple[list[LogChunk], int]:
+    """The chunks of a WAL segment's bytes, and how many records were unreadable: a torn or corrupt record ends
+    the segment (a kill during its write), a complete one that does not decode is skipped."""
+    chunks: list[LogChunk] = []
+    unreadable = offset = 0
+    while offset < len(data):
+        end = offset + _RECORD.size
+        if end > len(data):
+            return chunks, unreadable + 1
+        length, crc = _RECORD.unpack_from(data, offset)
+        payload = data[end:end + length]
+        if len(payload) < length or zlib.crc32(payload) != crc:
+            return chunks, unreadable + 1
+        try:
+            chunks.append(_decode(payload))
+        except (ValueError, TypeError, KeyError, pa.ArrowException) as exc:
+            log.warning("skipping an undecodable WAL record: %s", exc)
+            unreadable += 1
+        offset = end + length
+    return chunks, unreadable
+
+
+def _json_payload(head: list[Any], chunk: LogChunk) -> bytes | None:
+    """The ``J`` payload of a chunk, or None if JSON cannot hold its values exactly (pandas values, NumPy
+    scalars, datetimes...)."""
+    columns: dict[str, Any] = {}
+    for name, values in chunk.columns.items():
+        if isinstance(values, list | tuple):
+            floats = len(values) >= _BINARY_FLOATS and all(type(v) is float for v in values)
+            columns[name] = _binary(np.array(values, "float64"), as_list=True) if floats else values
+        elif isinstance(values, np.ndarray) and values.ndim == 1 and values.dtype.kind in "biufUMm":
+            columns[name] = _binary(values, as_list=False)
+        else:
+            return None
+    try:
+        return b"J" + json.dumps([*head, columns, chunk.shared, chunk.json_columns], separators=(",", ":")).encode()
+    except (TypeError, ValueError):
+        return None
+
+
+def _binary(values: np.ndarray, as_list: bool) -> dict[str, Any]:
+    return {"dtype": values.dtype.str, "bytes": base64.b64encode(np.ascontiguousarray(values)).decode(),
+            "list": as_list}
+
+
+def _decode(payload: bytes) -> LogChunk:
+    if payload[:1] == b"A":
+        head, stream = payload[1:].split(b"\n", 1)
+        kind, at, rows = json.loads(head)
+        return LogChunk(kind, datetime.fromisoformat(at), rows, table=pa.ipc.open_stream(stream).read_all())
+    if payload[:1] != b"J":
+        raise ValueError(f"unknown WAL record type {payload[:1]!r}")
+    kind, at, rows, columns, shared, json_columns = json.loads(payload[1:])
+    for name, values in columns.items():
+        if isinstance(values, dict):
+            array = np.frombuffer(base64.b64decode(values["bytes"]), values["dtype"])
+            columns[name] = array.tolist() if values["list"] else array
+    return LogChunk(kind, datetime.fromisoformat(at), rows, columns=columns, shared=shared, json_columns=json_columns)
+
+
+@dataclass
+class _Segment:
+    path: Path
+    name: str
+    """Names the parts of rows written from this segment alone."""
+    fd: int
+    size: int = 0
+    synced: int = 0
+
+
+class _Wal:
+    """One writer's segment files in a WAL directory (see `LogWriter`). Records go with `os.pwrite` right after
+    the last complete one, so that the next record overwrites whatever a failed write left."""
+
+    def __init__(self, directory: Path, fsync_seconds: float, on_error: Callable[[Exception], None]) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        self.fsync_seconds = fsync_seconds
+        self._on_error = on_error
+        self._lock = threading.Lock()
+        self._current: _Segment | None = None
+        self._sealed: list[_Segment] = []
+        self._directory_synced = True
+        self._stop = threading.Event()
+        self._thread = None
+        if fsync_seconds > 0:
+            self._thread = threading.Thread(target=self._sync_loop, name="fraudops-predlog-fsync", daemon=True)
+            self._thread.start()
+
+    def write(self, record: bytes) -> str:
+        """Write a record to the current segment (opened if need be); its name."""
+        with self._lock:
+            segment = self._current or self._open()
+            if os.pwrite(segment.fd, record, segment.size) != len(record):
+                raise OSError(errno.ENOSPC, f"short write to {segment.path}")
+            segment.size += len(record)
+        if self.fsync_seconds <= 0:
+            self.sync()
+        return segment.name
+
+    def _open(self) -> _Segment:
+        name = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        path, tmp = self.directory / f"{name}.wal", self.directory / f".{name}.wal.new"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:  # locked before it gets the name that recovering writers look for
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.rename(tmp, path)
+        except OSError:
+            os.close(fd)
+            with suppress(OSError):
+                tmp.unlink()
+            raise
+        self._current = _Segment(path, name, fd)
+        self._directory_synced = False
+        return self._current
+
+    def rotate(self) -> None:
+        """Seal the current segment, if it holds records: the next write opens a new one."""
+        with self._lock:
+            if self._current is not None and self._current.size:
+                self._sealed.append(self._current)
+                self._current = None
+
+    def release(self, live: set[str | None]) -> None:
+        """Delete the sealed segments whose names are not in ``live`` (all their rows are written)."""
+        with self._lock:
+            done = [s for s in self._sealed if s.name not in live]
+            self._sealed = [s for s in self._sealed if s.name in live]
+        for segment in done:
+            self._delete(segment)
+
+    def adopt(self) -> Iterator[tuple[str, list[LogChunk], int]]:
+        """Lock, one at a time, the segments that no live writer holds: their name, chunks and unreadable records
+        (`read_records`). They stay locked, as sealed segments of this writer, until `release`."""
+        for path in sorted(self.directory.iterdir()):
+            if not path.name.endswith((".wal", ".wal.new")):  # .new: a writer was killed while opening it
+                continue
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if os.fstat(fd).st_ino != os.stat(path).st_ino:  # deleted by its writer in the meantime
+                    raise FileNotFoundError(path)
+                with open(fd, "rb", closefd=False) as fh:
+                    data = fh.read()
+            except OSError:  # BlockingIOError: a live writer holds it
+                os.close(fd)
+                continue
+            segment = _Segment(path, path.name.removesuffix(".wal"), fd, len(data), len(data))
+            with self._lock:
+                self._sealed.append(segment)
+            yield segment.name, *read_records(data)
+
+    def sync(self) -> None:
+        """fsync the segments written since the last sync, and the directory after a new segment; failures go to
+        ``on_error``. The file descriptors are duplicated so that writes go on meanwhile."""
+        try:
+            with self._lock:
+                todo = [(s, s.size, os.dup(s.fd)) for s in [*self._sealed, self._current]
+                        if s is not None and s.synced < s.size]
+                directory, self._directory_synced = not self._directory_synced, True
+            for segment, size, fd in todo:
+                try:
+                    os.fsync(fd)
+                    segment.synced = max(segment.synced, size)
+                finally:
+                    os.close(fd)
+            if directory:
+                fd = os.open(self.directory, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        except OSError as exc:
+            self._on_error(exc)
+
+    def _sync_loop(self) -> None:
+        while not self._stop.wait(self.fsync_seconds):
+            self.sync()
+
+    def close(self) -> None:
+        """Stop syncing and delete every segment (their rows are written)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        with self._lock:
+            segments = [*self._sealed, *([self._current] if self._current else [])]
+            self._sealed, self._current = [], None
+        for segment in segments:
+            self._delete(segment)
+
+    @staticmethod
+    def _delete(segment: _Segment) -> None:
+        with suppress(FileNotFoundError):  # unlinked while still locked: no other writer can take it meanwhile
+            segment.path.unlink()
+        os.close(segment.fd)
 
 
 def _utc(value: datetime | str | None) -> pd.Timestamp | None:

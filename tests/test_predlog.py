@@ -1,7 +1,11 @@
-"""Prediction log: batching, flushing, the partition layout, the reader, corrupt parts, failures and spills."""
+"""Prediction log: batching, flushing, the partition layout, the reader, corrupt parts, failures and spills, and
+the write-ahead log (records, recovery, segment deletion, a full volume, writers sharing a directory)."""
 
 from __future__ import annotations
 
+import errno
+import logging
+import os
 import socket
 import time
 import uuid
@@ -19,9 +23,11 @@ from fraudops.predlog import (
     LogUnavailableError,
     LogWriter,
     combined_table,
+    encode_record,
     read_feedback,
     read_log,
     read_predictions,
+    read_records,
 )
 
 T0 = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
@@ -253,3 +259,193 @@ def test_queued_chunks_are_joined_between_flushes_without_changing_what_is_writt
     assert sorted(expected["joined"]) == ["hour=09", "hour=10"]
     for hour, frame in expected["plain"].items():
         pd.testing.assert_frame_equal(expected["joined"][hour], frame)
+
+
+# -- write-ahead log ---------------------------------------------------------------------------------------------
+
+def segments(wal: Path) -> list[Path]:
+    return sorted(wal.glob("*.wal"))
+
+
+def dead_segment(wal: Path, chunks: list[LogChunk], tail: bytes = b"") -> Path:
+    """A segment as a killed writer leaves it: nobody holds its lock."""
+    wal.mkdir(exist_ok=True)
+    path = wal / f"20260301T093000-1-{uuid.uuid4().hex[:12]}.wal"
+    path.write_bytes(b"".join(encode_record(c) for c in chunks) + tail)
+    return path
+
+
+def scorer_chunk(rows: int, at: datetime = T0) -> LogChunk:
+    """Columns as the scorer logs them: NumPy int32, float64 and datetime64 arrays, lists with None, shared values
+    and raw request rows."""
+    columns = {"row": np.arange(rows, dtype="int32"), "score": np.linspace(0, 1, rows),
+               "purchase_time": np.array(["2026-03-01T09:00:00.123456789"] * rows, "M8[ns]"),
+               "decision": ["approve", None, "decline"][:rows], "country": np.array(["GB", "FR", "US"][:rows], "U2"),
+               "seconds_since_signup": [1.5, float("nan"), 3.0][:rows],
+               "is_new": np.array([True, False, True][:rows], bool)}
+    return LogChunk(PREDICTIONS, at, rows, columns=columns,
+                    shared={"request_id": uuid.uuid4().hex, "model_tag": "m:1", "review_threshold": 0.3},
+                    json_columns={"input": [{"amount": 1.5, "note": None, "tags": ["a"]}, {"amount": 2}, {}][:rows]})
+
+
+def test_wal_records_round_trip_every_column_type():
+    stamps = pd.to_datetime(["2026-03-01T09:00:00Z", "2026-03-01T10:00:00Z"], utc=True)
+    floats = np.random.default_rng(0).random(40).tolist()
+    chunks = [scorer_chunk(3), scorer_chunk(1, T0 + timedelta(hours=1)), scorer_chunk(0),
+              chunk(40, amount=floats, mixed=[*floats[:39], 7]),  # long float lists go as bytes; ints stay ints
+              chunk(2, extra=[np.int64(1), np.int64(2)]),  # NumPy scalars: JSON cannot hold them exactly
+              LogChunk(FEEDBACK, T0, 2, columns={"request_id": ["a", "b"], "observed_at": stamps})]  # pandas values
+    records = [encode_record(c) for c in chunks]
+    assert [r[8:9] for r in records] == [b"J", b"J", b"J", b"J", b"A", b"A"]  # the scorer's chunks as JSON
+    decoded, unreadable = read_records(b"".join(records))
+    assert unreadable == 0 and len(decoded) == len(chunks)
+    for before, after in zip(chunks, decoded, strict=True):
+        assert (after.kind, after.at, after.rows) == (before.kind, before.at, before.rows)
+        expected, got = before.to_table(), after.to_table()
+        assert got.schema == expected.schema and got.to_pandas().equals(expected.to_pandas())  # NaN == NaN
+    assert {name: type(v) for name, v in decoded[0].columns.items()} == {
+        name: type(v) for name, v in chunks[0].columns.items()}  # arrays stay arrays: combined_table joins them fast
+    assert decoded[0].columns["purchase_time"].dtype == np.dtype("M8[ns]")
+    assert decoded[3].columns["amount"] == floats and decoded[3].columns["mixed"][-1] == 7
+    assert records[3].count(b'"bytes"') == 3  # row (an array), score and amount; not mixed
+    assert combined_table(decoded[:3]).to_pandas().equals(combined_table(chunks[:3]).to_pandas())
+
+
+def test_a_torn_or_corrupt_last_record_is_skipped_and_counted():
+    records = [encode_record(scorer_chunk(2)) for _ in range(3)]
+    whole = b"".join(records)
+    for cut in (1, 7, 8, 20, len(records[2]) - 1):  # in the header, at its end, in the payload
+        chunks, unreadable = read_records(whole[:len(whole) - len(records[2]) + cut])
+        assert (len(chunks), unreadable) == (2, 1)
+    flipped = bytearray(whole)
+    flipped[-5] ^= 0xFF
+    chunks, unreadable = read_records(bytes(flipped))
+    assert (len(chunks), unreadable) == (2, 1)
+    assert read_records(b"") == ([], 0)
+
+
+def test_recovery_writes_rows_into_their_hour_partitions_exactly_once(tmp_path):
+    root, wal = tmp_path / "log", tmp_path / "wal"
+    chunks = [scorer_chunk(3), scorer_chunk(2, T0 + timedelta(hours=1)), chunk(1, kind=FEEDBACK)]
+    segment = dead_segment(wal, chunks, tail=encode_record(scorer_chunk(1))[:-3])  # killed during a write
+    saved = segment.read_bytes()
+    writer = LogWriter(str(root), flush_seconds=60, wal_dir=wal)  # recovers before it returns
+    assert (writer.wal_recovered_rows, writer.wal_unreadable_records) == (6, 1) and writer.pending_rows == 0
+    assert segments(wal) == []
+    assert sorted(p.relative_to(root).as_posix() for p in parts(root)) == [
+        f"feedback/date=2026-03-01/hour=09/part-{segment.stem}.parquet",
+        f"predictions/date=2026-03-01/hour=09/part-{segment.stem}.parquet",
+        f"predictions/date=2026-03-01/hour=10/part-{segment.stem}.parquet"]
+    frame = read_predictions(str(root))
+    assert frame.groupby("request_id").size().to_dict() == {chunks[0].shared["request_id"]: 3,
+                                                            chunks[1].shared["request_id"]: 2}
+    assert frame["purchase_time"].iloc[0] == pd.Timestamp("2026-03-01T09:00:00.123456789")
+    writer.close()
+    segment.write_bytes(saved)  # killed again after writing the parts, before deleting the segment
+    LogWriter(str(root), flush_seconds=60, wal_dir=wal).close()
+    assert len(read_predictions(str(root))) == 5 and len(read_feedback(str(root))) == 1
+
+
+def test_segments_are_deleted_once_their_rows_are_written(tmp_path):
+    root, wal = tmp_path / "log", tmp_path / "wal"
+    root.write_text("blocked")  # the log storage fails at first
+    writer = LogWriter(str(root), flush_seconds=3600, wal_dir=wal, spill_dir=tmp_path / "spill")
+    try:
+        writer.append(chunk(2))
+        (first,) = segments(wal)
+        assert first.stat().st_size > 0
+        assert not writer.flush() and segments(wal) == [first]  # rows not written: their segment stays
+        writer.append(chunk(1))
+        assert len(segments(wal)) == 2  # a new segment after each flush
+        root.unlink()
+        saved = {p.name: p.read_bytes() for p in segments(wal)}
+        assert writer.flush() and segments(wal) == []
+    finally:
+        writer.close()
+    assert len(read_predictions(str(root))) == 3
+    for name, data in saved.items():  # killed before deleting them: the rows were written with later ones,
+        (wal / name).write_bytes(data)  # so they are written again (see the LogWriter docstring)
+    LogWriter(str(root), flush_seconds=60, wal_dir=wal).close()
+    assert len(read_predictions(str(root))) == 6 and segments(wal) == []
+
+
+def test_rows_of_one_segment_written_again_after_a_kill_replace_their_part(tmp_path):
+    root, wal = tmp_path / "log", tmp_path / "wal"
+    writer = LogWriter(str(root), flush_seconds=3600, wal_dir=wal)
+    writer.append(chunk(2))
+    writer.append(chunk(1, at=T0 + timedelta(hours=1)))
+    (segment,) = segments(wal)
+    saved = segment.read_bytes()
+    assert writer.flush() and segments(wal) == []
+    writer.close()
+    segment.write_bytes(saved)  # killed between writing the parts and deleting the segment
+    LogWriter(str(root), flush_seconds=60, wal_dir=wal).close()
+    assert len(parts(root)) == 2 and len(read_predictions(str(root))) == 3
+
+
+def test_close_deletes_the_segments_after_writing_or_spilling_the_rows(tmp_path):
+    root, wal = tmp_path / "log", tmp_path / "wal"
+    root.write_text("blocked")
+    writer = LogWriter(str(root), flush_seconds=60, wal_dir=wal, spill_dir=tmp_path / "spill")
+    writer.append(chunk(2))
+    writer.close(attempts=1)
+    assert segments(wal) == [] and len(read_log(str(tmp_path / "spill"), PREDICTIONS)) == 2
+
+
+def test_a_full_wal_volume_is_counted_and_the_rows_still_reach_the_log(tmp_path, monkeypatch, caplog):
+    root, wal = tmp_path / "log", tmp_path / "wal"
+    errors: list[Exception] = []
+    writer = LogWriter(str(root), flush_seconds=3600, wal_dir=wal, on_wal_error=errors.append)
+
+    def full(fd: int, data: bytes, offset: int) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    chunks = [chunk(2) for _ in range(5)] + [chunk(1)]
+    with monkeypatch.context() as patch, caplog.at_level(logging.WARNING, "fraudops.predlog"):
+        patch.setattr(os, "pwrite", full)
+        for c in chunks[:5]:
+            writer.append(c)  # scoring goes on
+    assert [e.errno for e in errors] == [errno.ENOSPC] * 5
+    assert len([r for r in caplog.records if "cannot write the prediction log ahead" in r.message]) == 1
+    writer.append(chunks[5])  # the volume has room again
+    (segment,) = segments(wal)
+    saved = segment.read_bytes()
+    assert [c.rows for c in read_records(saved)[0]] == [1]
+    writer.close()
+    assert len(read_predictions(str(root))) == 11 and len(errors) == 5
+    segment.write_bytes(saved)  # killed before deleting it: its row is written again, and must not replace the
+    LogWriter(str(root), flush_seconds=60, wal_dir=wal).close()  # part that also holds the rows of no segment
+    assert set(read_predictions(str(root))["request_id"]) == {c.shared["request_id"] for c in chunks}
+
+
+def test_segments_of_a_live_writer_are_not_taken(tmp_path):
+    root, wal = tmp_path / "log", tmp_path / "wal"
+    live = LogWriter(str(root), flush_seconds=3600, wal_dir=wal)
+    live.append(chunk(2))
+    (held,) = segments(wal)
+    dead = dead_segment(wal, [chunk(3)])
+    other = LogWriter(str(root), flush_seconds=3600, wal_dir=wal)  # e.g. another worker process starting
+    assert other.wal_recovered_rows == 3 and segments(wal) == [held] and not dead.exists()
+    other.append(chunk(1))
+    live.close()
+    other.close()
+    frame = read_predictions(str(root))
+    assert len(frame) == 6 and frame.groupby("request_id").size().sort_values().tolist() == [1, 2, 3]
+
+
+def test_fsync_every_append_or_in_the_background(tmp_path, monkeypatch):
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    writer = LogWriter(str(tmp_path / "log"), flush_seconds=3600, wal_dir=tmp_path / "wal", fsync_seconds=0)
+    for _ in range(3):
+        writer.append(chunk(1))
+    assert len(synced) >= 3
+    writer.close()
+    writer = LogWriter(str(tmp_path / "log"), flush_seconds=3600, wal_dir=tmp_path / "wal", fsync_seconds=0.05)
+    try:
+        synced.clear()
+        writer.append(chunk(1))
+        assert wait_for(lambda: len(synced) >= 2)  # the segment, then the directory holding its new name
+    finally:
+        writer.close()
