@@ -28,14 +28,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fraudops import storage
+from fraudops.settings import StoreSettings
 
 log = logging.getLogger(__name__)
 
 PREDICTIONS = "predictions"
 FEEDBACK = "feedback"
 TIME_COLUMN = "logged_at"
-LOG_ENV = "FRAUDOPS_PREDICTION_LOG"
-SPILL_ENV = "FRAUDOPS_PREDICTION_SPILL"
 WAL_WARN_SECONDS = 60.0
 """At most one warning per this many seconds while writes ahead fail (`LogWriter` ``on_wal_error`` counts each)."""
 _RECORD = struct.Struct("<II")  # a WAL record's header: payload length, CRC-32 of the payload
@@ -47,7 +46,7 @@ def default_root() -> str:
     """``$FRAUDOPS_PREDICTION_LOG``, else ``<BENTOML_HOME>/fraudops/prediction-log`` (next to the champion pointer)."""
     from fraudops.registry import default_home  # imports bentoml: only when no root is configured
 
-    return os.environ.get(LOG_ENV) or str(default_home() / "fraudops" / "prediction-log")
+    return StoreSettings.from_env().prediction_log or str(default_home() / "fraudops" / "prediction-log")
 
 
 class LogUnavailableError(RuntimeError):
@@ -128,7 +127,7 @@ class LogWriter:
         self.flush_seconds = flush_seconds
         self.compact_seconds = compact_seconds
         self.max_pending_rows = max_pending_rows
-        self.spill_dir = Path(spill_dir or os.environ.get(SPILL_ENV) or
+        self.spill_dir = Path(spill_dir or StoreSettings.from_env().prediction_spill or
                               Path(tempfile.gettempdir()) / "fraudops-predlog-spill")
         self._on_written = on_written or (lambda _kind, _rows: None)
         self._on_error = on_error or (lambda _kind, _exc: None)

@@ -80,6 +80,11 @@ class ServingConfig(StoreSettings):
     poll_seconds: float = Field(30.0, ge=0, description="champion pointer poll interval; 0 turns polling off")
     log_flush_rows: int = Field(10_000, ge=1, description="write the log when this many rows wait")
     log_flush_seconds: float = Field(10.0, gt=0, description="... or this often")
+    prediction_wal: str = Field("", description="local directory where each prediction is written ahead before its "
+                                "200, so a killed scorer loses none; empty: $BENTOML_HOME/fraudops/prediction-wal; "
+                                "`off`: no write-ahead")
+    wal_fsync_seconds: float = Field(1.0, ge=0, description="most seconds between fsyncs of the write-ahead log "
+                                     "(what a node crash can lose); 0: fsync before every answer")
     workers: int = Field(1, ge=1, le=64, description="BentoML worker processes (each polls the champion itself)")
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="largest request body (413 above, unread)")
     body_timeout_seconds: float = Field(30.0, gt=0, description="time a client has to send its body (408 after)")

@@ -22,6 +22,8 @@ Metrics on ``/metrics`` besides BentoML's own ``bentoml_service_*``:
 | `fraudops_scorer_model_loads_total` | counter | `outcome` | model (re)load attempts: ok, failed |
 | `fraudops_scorer_predlog_rows_written_total` | counter | `log` | rows written to the log: predictions, feedback |
 | `fraudops_scorer_predlog_write_failures_total` | counter | `log` | failed log writes (rows kept, retried) |
+| `fraudops_scorer_predlog_wal_write_failures_total` | counter | | rows not written ahead (memory only) |
+| `fraudops_scorer_predlog_wal_recovered_rows_total` | counter | | rows recovered at start from a killed scorer |
 | `fraudops_scorer_feedback_labels_total` | counter | `source` | labels recorded: chargeback, manual_review, ... |
 
 Validation reasons: missing, wrong_type, not_finite, negative, bad_time, time_order, not_object, unknown_field,

@@ -3,6 +3,7 @@ switch under load, readiness without a model, and SIGTERM without losing logged 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -385,6 +386,71 @@ def test_sigterm_loses_no_logged_prediction(models, tmp_path):
     assert logged.attrs["corrupt_parts"] == 0
     assert logged.groupby("request_id").size().to_dict() == sent
 
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL the service and every process it started (BentoML workers run in sessions of their own)."""
+    import psutil
+
+    try:
+        parent = psutil.Process(proc.pid)
+        family = [parent, *parent.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        family = []
+    for member in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.kill()
+    psutil.wait_procs(family, timeout=10)
+    proc.wait()
+
+
+def test_sigkill_under_load_loses_no_answered_prediction(models, tmp_path):
+    """An OOM kill of the whole process tree mid-load: every prediction answered with 200 is in the log after the
+    next start (written ahead before the answer, recovered at start), none twice."""
+    home = Path(shutil.copytree(models["home"], tmp_path / "home"))
+    settings = {"FRAUDOPS_LOG_FLUSH_SECONDS": "600", "FRAUDOPS_LOG_FLUSH_ROWS": "1000000"}
+    svc = Service(tmp_path, home, **settings)
+    answered: dict[str, int] = {}
+    stop = threading.Event()
+
+    def hammer(offset: int) -> None:
+        with httpx.Client(base_url=svc.url, timeout=10) as client:
+            i = offset
+            while not stop.is_set():
+                rows = models["requests"][i % 1900: i % 1900 + 1 + i % 5]
+                try:
+                    response = client.post("/score", json={"transactions": rows})
+                except httpx.TransportError:
+                    return  # the kill
+                if response.status_code == 200:
+                    answered[response.json()["request_id"]] = len(rows)
+                i += 7
+
+    try:
+        svc.wait()
+        threads = [threading.Thread(target=hammer, args=(n,)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        time.sleep(3)
+        kill_tree(svc.proc)
+        stop.set()
+        for thread in threads:
+            thread.join()
+    finally:
+        stop.set()
+        kill_tree(svc.proc)
+    assert len(answered) > 100
+    assert not list(svc.log_root.rglob("part-*.parquet"))  # the kill came before any flush: all was in memory
+    again = Service(tmp_path, home, **settings)
+    try:
+        again.wait()
+    finally:
+        code = again.stop()
+    assert code == 0, again.output.read_text()[-3000:]
+    assert "recovered" in again.output.read_text()
+    logged = read_predictions(str(svc.log_root)).groupby("request_id").size().to_dict()
+    assert {rid: logged.get(rid) for rid in answered} == answered  # every answered row, once (others may be
+    # logged too: a request killed after its write-ahead but before its answer)
 
 def test_fuzzing_the_openapi_with_every_check_finds_nothing(service, tmp_path):
     """schemathesis against the service's own /docs.json with every check and hundreds of generated requests: no

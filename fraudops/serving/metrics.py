@@ -45,6 +45,10 @@ class ScorerMetrics:
                                      "(predictions, feedback)", ["log"], registry=reg)
         self.log_failures = prom.Counter(p + "predlog_write_failures", "Failed prediction-log writes (the rows are "
                                          "kept and retried), by log", ["log"], registry=reg)
+        self.wal_failures = prom.Counter(p + "predlog_wal_write_failures", "Rows the prediction log could not write "
+                                         "ahead (kept in memory only; e.g. the volume is full)", registry=reg)
+        self.wal_recovered = prom.Counter(p + "predlog_wal_recovered_rows", "Logged rows recovered at start from the "
+                                          "write-ahead log of a killed scorer", registry=reg)
         self.feedback = prom.Counter(p + "feedback_labels", "Confirmed labels recorded, by source", ["source"],
                                      registry=reg)
         for decision in (APPROVE, REVIEW, DECLINE):

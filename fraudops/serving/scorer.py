@@ -12,6 +12,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -66,7 +67,13 @@ class Scorer:
         writer = LogWriter(config.prediction_log or default_root(), flush_rows=config.log_flush_rows,
                            flush_seconds=config.log_flush_seconds,
                            on_written=lambda kind, rows: metrics.log_rows.labels(kind).inc(rows),
-                           on_error=lambda kind, _exc: metrics.log_failures.labels(kind).inc())
+                           on_error=lambda kind, _exc: metrics.log_failures.labels(kind).inc(),
+                           wal_dir=wal_dir(config), fsync_seconds=config.wal_fsync_seconds,
+                           on_wal_error=lambda _exc: metrics.wal_failures.inc())
+        if writer.wal_recovered_rows or writer.wal_unreadable_records:
+            metrics.wal_recovered.inc(writer.wal_recovered_rows)
+            log.warning("recovered %d logged rows a killed scorer had written ahead to %s (%d torn records skipped)",
+                        writer.wal_recovered_rows, writer.wal_dir, writer.wal_unreadable_records)
         return cls(config, ModelSource(config.model_tag, packaged=packaged), writer, metrics)
 
     @property
@@ -229,6 +236,17 @@ class Scorer:
             self.metrics.feedback.labels(source).inc(count)
         return {"accepted": len(items)}
 
+
+
+def wal_dir(config: ServingConfig) -> Path | None:
+    """The write-ahead directory of the prediction log (None when ``prediction_wal`` is ``off``)."""
+    if config.prediction_wal == "off":
+        return None
+    if config.prediction_wal:
+        return Path(config.prediction_wal)
+    from fraudops.registry import default_home
+
+    return default_home() / "fraudops" / "prediction-wal"
 
 
 def reason_codes(contributions: np.ndarray, names: list[str], features: Mapping[str, Sequence[Any]], k: int
