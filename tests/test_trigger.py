@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,12 +16,21 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
+from fraudops.monitoring import trigger as trigger_module
 from fraudops.monitoring.backends import FAILED, RUNNING, SUCCEEDED, RetrainRequest
-from fraudops.monitoring.trigger import Notification, RetrainTrigger, TriggerConfig, TriggerState, create_app
+from fraudops.monitoring.trigger import (
+    MAX_BODY_BYTES,
+    Notification,
+    RetrainTrigger,
+    TriggerConfig,
+    TriggerState,
+    create_app,
+)
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -159,6 +169,11 @@ def _set(path: tuple, value: Any) -> Callable[[dict], None]:
     (_set(("alerts", 0, "status"), "pending"), "alerts.0.status"),
     (_set(("alerts", 0, "fingerprint"), ""), "alerts.0.fingerprint"),
     (_set(("status",), "weird"), "status"),
+    # numbers are not times (pydantic would read them as Unix times), and a time without an offset is ambiguous
+    (_set(("alerts", 0, "startsAt"), 1772359200), "alerts.0.startsAt"),
+    (_set(("alerts", 0, "endsAt"), 0), "alerts.0.endsAt"),
+    (_set(("alerts", 0, "startsAt"), "2026-03-01T10:00:00"), "alerts.0.startsAt"),
+    (_set(("commonLabels",), {"model": 1}), "commonLabels.model"),
 ])
 def test_bad_payloads_are_refused_naming_the_field(tmp_path: Path, change: Callable[[dict], None],
                                                    field: str) -> None:
@@ -180,6 +195,89 @@ def test_non_json_body_is_refused(tmp_path: Path) -> None:
         response = client.post("/alerts", content=b"{not json", headers={**AUTH, "Content-Type": "application/json"})
         assert response.status_code == 400 and "invalid Alertmanager payload" in response.json()["error"]
         assert "body" in response.json()["error"]
+        # JSON nested deeper than the parser's recursion limit (e.g. in an extra field) is refused, not recursed
+        deep = json.dumps(notification())[:-1] + ', "extra": ' + "[" * 5000 + "]" * 5000 + "}"
+        response = client.post("/alerts", content=deep, headers={**AUTH, "Content-Type": "application/json"})
+        assert response.status_code == 400 and "recursion limit" in response.json()["error"]
+    assert backend.launches == []
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
+def test_a_body_that_is_not_json_gets_415(tmp_path: Path, content_type: str | None) -> None:
+    backend = RecordingBackend()
+    headers = AUTH if content_type is None else {**AUTH, "Content-Type": content_type}
+    with serve(tmp_path, backend) as (_, client):
+        response = client.post("/alerts", content=json.dumps(notification()).encode(), headers=headers)
+        assert response.status_code == 415 and "send application/json" in response.json()["error"]
+        assert metric(client, "fraudops_trigger_requests_rejected_total", reason="content_type") == 1
+    assert backend.launches == []
+
+
+def sized(size: int, **kwargs: Any) -> bytes:
+    """A valid notification of exactly ``size`` bytes (a long description annotation)."""
+    body = notification(**kwargs)
+    body["commonAnnotations"]["description"] = ""
+    body["commonAnnotations"]["description"] = "x" * (size - len(json.dumps(body).encode()))
+    data = json.dumps(body).encode()
+    assert len(data) == size
+    return data
+
+
+def test_an_oversized_body_gets_413_declared_or_streamed(tmp_path: Path) -> None:
+    backend = RecordingBackend()
+    over = sized(MAX_BODY_BYTES + 1)
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length (chunked): the guard counts what arrives
+        for start in range(0, len(over), 64 * 1024):
+            yield over[start:start + 64 * 1024]
+
+    headers = {**AUTH, "Content-Type": "application/json"}
+    with serve(tmp_path, backend) as (_, client):
+        response = client.post("/alerts", content=over, headers=headers)
+        assert response.status_code == 413 and f"limit of {MAX_BODY_BYTES}" in response.json()["error"]
+        response = client.post("/alerts", content=chunks(), headers=headers)
+        assert response.status_code == 413 and "over the limit" in response.json()["error"]
+        assert metric(client, "fraudops_trigger_requests_rejected_total", reason="too_large") == 2
+        # a body of exactly the limit is read and handled
+        assert client.post("/alerts", content=sized(MAX_BODY_BYTES), headers=headers).status_code == 202
+    assert len(backend.launches) == 1
+
+
+def test_the_token_is_checked_before_the_body_is_read(tmp_path: Path) -> None:
+    backend = RecordingBackend()
+    with serve(tmp_path, backend) as (_, client):
+        for headers, content in (({"Content-Type": "text/plain"}, b"hello"),
+                                 ({"Content-Type": "application/json"}, b"x" * (MAX_BODY_BYTES + 1)),
+                                 ({"Content-Type": "application/json", "Content-Length": "many"}, b"{}")):
+            response = client.post("/alerts", content=content, headers=headers)
+            assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer"
+        assert metric(client, "fraudops_trigger_requests_rejected_total", reason="unauthorized") == 3
+        assert metric(client, "fraudops_trigger_requests_rejected_total", reason="too_large") == 0
+        assert metric(client, "fraudops_trigger_requests_rejected_total", reason="content_type") == 0
+
+
+def test_a_body_that_does_not_arrive_in_time_gets_408(tmp_path: Path) -> None:
+    backend = RecordingBackend()
+    trigger = RetrainTrigger(TriggerConfig(state_dir=tmp_path, base_data=BASE), backend)
+    app = create_app(trigger, TOKEN, body_seconds=0.2)
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if not sent:  # the first chunk, then nothing more (a client that stalls)
+            sent.append({})
+            return {"type": "http.request", "body": b'{"version": "4"', "more_body": True}
+        await anyio.sleep(5)
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/alerts", "raw_path": b"/alerts", "query_string": b"",
+             "root_path": "", "headers": [(b"authorization", f"Bearer {TOKEN}".encode()),
+                                          (b"content-type", b"application/json")]}
+    anyio.run(app, scope, receive, send)
+    trigger.state.close()
+    assert sent[1]["status"] == 408 and "within 0.2 s" in json.loads(sent[2]["body"])["error"]
     assert backend.launches == []
 
 
@@ -197,7 +295,79 @@ def test_resolved_notifications_are_ignored(tmp_path: Path) -> None:
     assert backend.launches == []
 
 
-# -- launching and following runs ---------------------------------------------------------------------------
+@pytest.mark.parametrize("starts", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59.999999-01:00"])
+def test_start_times_at_the_ends_of_the_datetime_range_are_handled(tmp_path: Path, starts: str) -> None:
+    """Their UTC instant is outside what a datetime holds (the trigger answered 500): one launch, then duplicates."""
+    backend = RecordingBackend()
+    with serve(tmp_path, backend) as (_, client):
+        first = post(client, notification(starts=starts))
+        assert first.status_code == 202, first.text
+        assert json.loads(wait_launched(client, first.json()["run_id"])["alerts"]) == [f"a1b2c3d4e5f60718@{starts}"]
+        assert post(client, notification(starts=starts)).json()["action"] == "duplicate"
+    assert len(backend.launches) == 1
+
+
+def test_a_notification_with_many_alerts_is_looked_up_in_one_query(tmp_path: Path) -> None:
+    """Every alert key was looked up with one query per alert (quadratic: 4,000 alerts took 7.6 s, holding the
+    decision lock)."""
+    backend = RecordingBackend()
+    body = notification()
+    body["alerts"] = [{**body["alerts"][0], "fingerprint": f"f{i:05d}"} for i in range(2000)]
+    with serve(tmp_path, backend) as (trigger, client):
+        queries: list[str] = []
+        trigger.state.db.set_trace_callback(queries.append)
+        response = post(client, body)
+        trigger.state.db.set_trace_callback(None)
+        assert response.status_code == 202
+        assert sum(q.startswith("SELECT key FROM alerts") for q in queries) == 1
+        (run,) = runs(client)
+        assert len(json.loads(run["alerts"])) == 2000
+        assert post(client, body).json()["action"] == "duplicate"
+
+
+# -- the OpenAPI document -------------------------------------------------------------------------------------
+def test_the_openapi_document_describes_every_route(tmp_path: Path) -> None:
+    backend = RecordingBackend()
+    with serve(tmp_path, backend) as (_, client):
+        document = client.get("/openapi.json").json()
+        routes = {route.path: route.methods - {"HEAD"} for route in client.app.routes}
+    assert document["openapi"].startswith("3.")
+    assert {path: {m.upper() for m in item} for path, item in document["paths"].items()} == routes
+    schemas = document["components"]["schemas"]
+    body = document["paths"]["/alerts"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert schemas[body["$ref"].rsplit("/", 1)[1]]["required"] == list(Notification.model_json_schema()["required"])
+    assert schemas["Alert"]["properties"]["startsAt"]["format"] == "date-time"
+    assert document["components"]["securitySchemes"]["bearer"] == {"type": "http", "scheme": "bearer"}
+    assert document["paths"]["/alerts"]["post"]["security"] == [{"bearer": []}]
+    for item in document["paths"].values():  # every $ref resolves
+        for ref in re.findall(r'"\$ref": "#/components/schemas/(\w+)"', json.dumps(item)):
+            assert ref in schemas
+
+
+def test_every_status_declared_for_alerts_is_one_the_server_answers(tmp_path: Path) -> None:
+    """Each declared status of POST /alerts, produced for real, with a body of its declared model (408 has its
+    own test above)."""
+    backend = RecordingBackend()
+    json_type = {"Content-Type": "application/json"}
+    requests: dict[str, tuple[dict[str, str], bytes]] = {
+        "202": (AUTH, json.dumps(notification()).encode()),
+        "200": (AUTH, json.dumps(notification()).encode()),
+        "400": (AUTH, b'{"version": "4"}'),
+        "401": ({}, json.dumps(notification()).encode()),
+        "413": (AUTH, sized(MAX_BODY_BYTES + 1)),
+        "415": ({**AUTH, "Content-Type": "text/plain"}, b"hello"),
+    }
+    with serve(tmp_path, backend) as (_, client):
+        declared = client.get("/openapi.json").json()["paths"]["/alerts"]["post"]["responses"]
+        for status, (headers, content) in requests.items():
+            response = client.post("/alerts", content=content, headers={**json_type, **headers})
+            assert str(response.status_code) == status, (status, response.text)
+            model_name = declared[status]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+            getattr(trigger_module, model_name).model_validate(response.json())
+    assert set(declared) == {*requests, "408"}
+
+
+# -- launching and following runs --------------------------------------------------------------------------
 def test_firing_alert_launches_one_run_and_follows_it(tmp_path: Path) -> None:
     backend = RecordingBackend()
     with serve(tmp_path, backend) as (trigger, client):
@@ -270,7 +440,7 @@ def test_concurrent_handling_outside_the_event_loop_launches_once(tmp_path: Path
     threads = 16
     start = threading.Barrier(threads)
     with serve(tmp_path, backend) as (trigger, client):
-        message = Notification.model_validate(notification(fingerprint="0badc0de"))
+        message = Notification.model_validate_json(json.dumps(notification(fingerprint="0badc0de")))
 
         def handle(_: int) -> str:
             start.wait(timeout=10)

@@ -4,6 +4,10 @@ and at a time, and remembers what it did across restarts.
 Alertmanager retries a notification until it gets a 2xx and an HA pair sends each notification twice, so every
 firing alert instance is keyed on ``fingerprint`` + ``startsAt`` and handled once: a repeat is a duplicate, not a
 new retrain. State (alert keys, runs) lives in SQLite in the state directory.
+
+``GET /openapi.json`` describes every route, built from the pydantic models below. ``POST /alerts`` checks the
+bearer token before anything else (401), then refuses a body that is not JSON (415), over ``MAX_BODY_BYTES``
+(413, unread) or too slow (408) with `fraudops.httpguard`, then one that is not a notification (400).
 """
 
 from __future__ import annotations
@@ -22,34 +26,48 @@ from pathlib import Path
 from typing import Any, Literal
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic.json_schema import models_json_schema
 
 from fraudops.errors import problems
+from fraudops.httpguard import RequestGuard
 from fraudops.monitoring.backends import FAILED, RUNNING, SUCCEEDED, Backend, RetrainRequest, new_run_id
 
 log = logging.getLogger(__name__)
 
-TOKEN_ENV = "FRAUDOPS_TRIGGER_TOKEN"
+MAX_BODY_BYTES = 1 << 20  # a notification carries one alert group: kilobytes, even with many alerts
+BODY_SECONDS = 10.0
 
 
 # -- Alertmanager webhook payload (version 4) -----------------------------------------------------------------
+# strict: times are RFC 3339 strings with an offset, as Alertmanager writes them (not numbers, not local times);
+# validate the JSON text (``model_validate_json``), as the webhook does
 class Alert(BaseModel):
     """One alert of a notification."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     status: Literal["firing", "resolved"]
     labels: dict[str, str]
     annotations: dict[str, str] = Field(default_factory=dict)
-    startsAt: datetime
-    endsAt: datetime | None = None
+    startsAt: AwareDatetime
+    endsAt: AwareDatetime | None = None
     fingerprint: str = Field(min_length=1)
+
+    def key(self) -> str:
+        """The alert instance: fingerprint and start time in UTC (a start time outside the range of UTC
+        datetimes, e.g. 0001-01-01T00:00:00+01:00, keeps its own offset)."""
+        try:
+            starts = self.startsAt.astimezone(UTC)
+        except OverflowError:
+            starts = self.startsAt
+        return f"{self.fingerprint}@{starts.isoformat()}"
 
 
 class Notification(BaseModel):
     """Alertmanager's webhook body."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     version: Literal["4"]
     groupKey: str = Field(min_length=1)
@@ -63,6 +81,57 @@ class Notification(BaseModel):
 def payload_problems(exc: ValidationError) -> str:
     """One line naming every bad field."""
     return problems(exc, "body")
+
+
+# -- response bodies (for the OpenAPI document) ---------------------------------------------------------------
+class Handled(BaseModel):
+    """A notification that started no retrain."""
+
+    action: Literal["ignored", "duplicate", "suppressed"]
+    reason: str
+
+
+class Launched(BaseModel):
+    """A notification that launched a retrain."""
+
+    action: Literal["launched"]
+    run_id: str
+    reason: str
+
+
+class Problem(BaseModel):
+    """A refused request."""
+
+    error: str
+
+
+class Run(BaseModel):
+    """A retraining run the trigger launched (a row of its state)."""
+
+    id: str
+    backend: str
+    external_id: str | None
+    model: str
+    reason: str
+    alerts: str = Field(description="JSON list of the alert instances (fingerprint@startsAt) behind the run")
+    state: Literal["pending", "running", "succeeded", "failed"]
+    created_at: str
+    finished_at: str | None
+    detail: str | None
+
+
+class Runs(BaseModel):
+    """Every run, newest first."""
+
+    runs: list[Run]
+
+
+class Health(BaseModel):
+    """The trigger is up."""
+
+    status: Literal["ok"]
+    backend: str
+    time: float
 
 
 # -- state ----------------------------------------------------------------------------------------------------
@@ -90,7 +159,8 @@ class TriggerState:
             self.db.close()
 
     def seen(self, keys: list[str]) -> set[str]:
-        """Which of ``keys`` were handled before."""
+        """Which of ``keys`` were handled before (one query: a body of at most MAX_BODY_BYTES holds fewer alerts
+        than SQLite's default limit of 32766 variables)."""
         with self.lock:
             rows = self.db.execute(f"SELECT key FROM alerts WHERE key IN ({','.join('?' * len(keys))})", keys)
             return {r["key"] for r in rows}
@@ -195,8 +265,9 @@ class RetrainTrigger:
         if notification.status == "resolved" or not firing:
             return 200, {"action": "ignored", "reason": "resolved notification"}
         with self.lock:  # one decision at a time: concurrent duplicates from an HA pair must not both launch
-            keys = [f"{a.fingerprint}@{a.startsAt.astimezone(UTC).isoformat()}" for a in firing]
-            new_keys = [k for k in keys if k not in self.state.seen(keys)]
+            keys = [a.key() for a in firing]
+            seen = self.state.seen(keys)
+            new_keys = [k for k in keys if k not in seen]
             self.metrics.deduplicated.inc(len(keys) - len(new_keys))
             if not new_keys:
                 return 200, {"action": "duplicate", "reason": "every alert in this notification was handled before"}
@@ -292,22 +363,86 @@ class RetrainTrigger:
 
 
 # -- HTTP -----------------------------------------------------------------------------------------------------
-def create_app(trigger: RetrainTrigger, token: str) -> Any:
-    """The Starlette app: ``POST /alerts``, ``GET /runs``, ``GET /metrics``, ``GET /healthz``."""
+def openapi_document(max_body_bytes: int = MAX_BODY_BYTES, body_seconds: float = BODY_SECONDS) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of `create_app`: every route, every status it answers, built from the models."""
+    models = (Notification, Handled, Launched, Problem, Runs, Health)
+    refs, defs = models_json_schema([(m, "validation") for m in models], ref_template="#/components/schemas/{model}")
+    ref = {m: refs[(m, "validation")] for m in models}
+
+    def body(description: str, model: type[BaseModel], **extra: Any) -> dict[str, Any]:
+        return {"description": description, "content": {"application/json": {"schema": ref[model]}}, **extra}
+
+    def get(summary: str, response: dict[str, Any]) -> dict[str, Any]:
+        return {"get": {"summary": summary, "responses": {"200": response}}}
+
+    alerts = {
+        "summary": "An Alertmanager notification (webhook_configs, version 4); at most one retrain per alert instance",
+        "security": [{"bearer": []}],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": ref[Notification]}}},
+        "responses": {
+            "200": body("Handled without a new retrain: ignored (resolved), duplicate or suppressed", Handled),
+            "202": body("A retraining was launched", Launched),
+            "400": body("Not an Alertmanager notification (the error names each bad field), or a Content-Length "
+                        "that is not a number", Problem),
+            "401": body("Missing or wrong bearer token (checked before the body is read)", Problem,
+                        headers={"WWW-Authenticate": {"required": True, "schema": {"const": "Bearer"}}}),
+            "408": body(f"The body did not arrive within {body_seconds:g} s", Problem),
+            "413": body(f"The body is over {max_body_bytes} bytes (refused before it is read)", Problem),
+            "415": body("The body is not application/json", Problem),
+        },
+    }
+    text = {"description": "Prometheus text exposition", "content": {"text/plain": {"schema": {"type": "string"}}}}
+    document = {"description": "This document", "content": {"application/json": {"schema": {"type": "object"}}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "fraudops retrain trigger", "version": "1",
+                 "description": (__doc__ or "").split("\n\n")[0]},
+        "paths": {
+            "/alerts": {"post": alerts},
+            "/runs": get("The runs launched, newest first (their state asked from the backend)",
+                         body("Every run", Runs)),
+            "/metrics": get("The trigger's Prometheus metrics", text),
+            "/healthz": get("Liveness", body("Up", Health)),
+            "/openapi.json": get("This OpenAPI document", document),
+        },
+        "components": {"schemas": defs["$defs"], "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+    }
+
+
+class BearerAuth:
+    """ASGI middleware: 401 unless the ``Authorization`` header is ``Bearer <token>`` (the body stays unread)."""
+
+    def __init__(self, app: Any, *, token: str, on_reject: Callable[[], None]) -> None:
+        self.app, self.expected, self.on_reject = app, f"Bearer {token}".encode(), on_reject
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        from starlette.datastructures import Headers
+        from starlette.responses import JSONResponse
+
+        given = Headers(scope=scope).get("authorization", "").encode()
+        if hmac.compare_digest(given, self.expected):
+            await self.app(scope, receive, send)
+            return
+        self.on_reject()
+        response = JSONResponse({"error": "missing or wrong bearer token"}, status_code=401,
+                                headers={"WWW-Authenticate": "Bearer", "Connection": "close"})
+        await response(scope, receive, send)
+
+
+def create_app(trigger: RetrainTrigger, token: str, max_body_bytes: int = MAX_BODY_BYTES,
+               body_seconds: float = BODY_SECONDS) -> Any:
+    """The Starlette app: ``POST /alerts``, ``GET /runs``, ``GET /metrics``, ``GET /healthz``,
+    ``GET /openapi.json``."""
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
+    from starlette.middleware import Middleware
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
-    expected = f"Bearer {token}".encode()
+    document = openapi_document(max_body_bytes, body_seconds)
 
     async def alerts(request: Request) -> JSONResponse:
-        given = request.headers.get("authorization", "").encode()
-        if not hmac.compare_digest(given, expected):
-            trigger.metrics.rejected.labels("unauthorized").inc()
-            return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401,
-                                headers={"WWW-Authenticate": "Bearer"})
         try:
             notification = Notification.model_validate_json(await request.body())
         except ValidationError as exc:
@@ -331,6 +466,9 @@ def create_app(trigger: RetrainTrigger, token: str) -> Any:
     async def healthz(_: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "backend": trigger.backend.name, "time": time.time()})
 
+    async def openapi(_: Request) -> JSONResponse:
+        return JSONResponse(document)
+
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         trigger.start()
@@ -339,5 +477,13 @@ def create_app(trigger: RetrainTrigger, token: str) -> Any:
         finally:
             trigger.stop()
 
-    return Starlette(routes=[Route("/alerts", alerts, methods=["POST"]), Route("/runs", runs),
-                             Route("/metrics", metrics), Route("/healthz", healthz)], lifespan=lifespan)
+    def refused(reason: str) -> None:
+        trigger.metrics.rejected.labels(reason).inc()
+
+    # the token is checked first, so that nobody without it can make the trigger read a body
+    guard = [Middleware(BearerAuth, token=token, on_reject=lambda: refused("unauthorized")),
+             Middleware(RequestGuard, paths={"/alerts"}, max_bytes=max_body_bytes, body_seconds=body_seconds,
+                        on_reject=lambda _, reason: refused(reason))]
+    return Starlette(routes=[Route("/alerts", alerts, methods=["POST"], middleware=guard), Route("/runs", runs),
+                             Route("/metrics", metrics), Route("/healthz", healthz),
+                             Route("/openapi.json", openapi)], lifespan=lifespan)
