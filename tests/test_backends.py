@@ -69,16 +69,40 @@ def test_cli_args_are_accepted_by_the_pipeline_run_command() -> None:
 # -- local ------------------------------------------------------------------------------------------------------
 def test_local_status_of_an_unknown_process_is_failed(tmp_path: Path) -> None:
     backend = LocalBackend(tmp_path)
-    assert backend.status(str(os.getpid())) == FAILED  # a pid it did not start (e.g. before a restart)
+    assert backend.status(f"{os.getpid()}/other-run") == FAILED  # a live pid running something else
     assert backend.status("not-a-pid") == FAILED
+    assert backend.status(f"{2 ** 22 + 1}/gone") == FAILED
 
+
+def test_a_restarted_trigger_follows_a_local_run_that_outlived_it(tmp_path: Path) -> None:
+    """Only the trigger was killed (an OOM kill): its pipeline child runs on and must not count as failed, or the
+    next alert would start a second retraining beside it."""
+    class Sleeper(LocalBackend):
+        def command(self, request: RetrainRequest) -> list[str]:
+            return [sys.executable, "-c", f"import time, sys; time.sleep(1.5); sys.exit({request.extra_args[0]})"]
+
+    first = Sleeper(tmp_path / "work")
+    runs = {code: first.launch(RetrainRequest(run_id=f"run-{code}", data_uri="", extra_uris=(), extra_args=(code,)))
+            for code in ("0", "3")}
+    for run in runs.values():  # until the shells have started (a restart takes longer than that)
+        cmdline = Path(f"/proc/{run.split('/')[0]}/cmdline")
+        deadline = time.monotonic() + 10
+        while b".exit" not in cmdline.read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    restarted = LocalBackend(tmp_path / "work")  # a new trigger process: it started neither child
+    assert {restarted.status(run) for run in runs.values()} == {RUNNING}
+    for run in runs.values():
+        first.processes[run].wait(timeout=30)
+    assert restarted.status(runs["0"]) == SUCCEEDED and restarted.status(runs["3"]) == FAILED
+    assert first.status(runs["0"]) == SUCCEEDED
 
 def test_local_run_that_fails_is_failed_with_its_log(tmp_path: Path) -> None:
     backend = LocalBackend(tmp_path / "work", env={"BENTOML_HOME": str(tmp_path / "bentoml")})
     request = RetrainRequest(run_id="bad-run", data_uri=str(tmp_path / "data.parquet"), extra_uris=(),
                              extra_args=("--no-such-option",))
     pid = backend.launch(request)
-    assert pid.isdigit() and backend.processes[pid].args[:3] == [sys.executable, "-m", "fraudops"]
+    assert pid.endswith("/bad-run") and backend.processes[pid].args[-3:] == ["--no-such-option", "--root",
+                                                                             str(tmp_path / "work" / "runs")]
     assert wait_for_end(backend, pid, timeout=60) == FAILED
     log = (tmp_path / "work" / "bad-run.log").read_text()
     assert "No such option '--no-such-option'" in log

@@ -63,7 +63,13 @@ class Backend(Protocol):
 
 
 class LocalBackend:
-    """Runs ``fraudops pipeline run --local`` as a child process of the trigger (this machine)."""
+    """Runs ``fraudops pipeline run --local`` as a child process of the trigger (this machine).
+
+    The run id is ``<pid>/<run id>``. A shell around the pipeline writes its exit code to
+    ``<workdir>/<run id>.exit``, so a restarted trigger still follows a run that outlived it (only the trigger was
+    killed): running while that pid still runs this run, then the code in the file. A run that died with the
+    trigger's process group left no code: failed.
+    """
 
     name = "local"
 
@@ -76,20 +82,43 @@ class LocalBackend:
         """Start the pipeline in a child process whose output goes to ``<workdir>/<run id>.log``."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         log_file = (self.workdir / f"{request.run_id}.log").open("wb")
-        command = [sys.executable, "-m", "fraudops", *request.cli_args(), "--root", str(self.workdir / "runs")]
-        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        command = self.command(request)
+        exit_file = self.workdir / f"{request.run_id}.exit"
+        process = subprocess.Popen(["/bin/sh", "-c", '"$@"; echo $? > "$0.tmp" && mv "$0.tmp" "$0"',
+                                    str(exit_file), *command],
+                                   stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    env={**os.environ, **(self.env or {})})
         log_file.close()
-        self.processes[str(process.pid)] = process
-        return str(process.pid)
+        external_id = f"{process.pid}/{request.run_id}"
+        self.processes[external_id] = process
+        return external_id
+
+    def command(self, request: RetrainRequest) -> list[str]:
+        """The pipeline's command line."""
+        return [sys.executable, "-m", "fraudops", *request.cli_args(), "--root", str(self.workdir / "runs")]
 
     def status(self, external_id: str) -> str:
-        """State of the child process; a pid this trigger did not start (e.g. before a restart) is failed."""
+        """Running while the run's process lives, then succeeded or failed by its exit code."""
+        pid, _, run_id = external_id.partition("/")
         process = self.processes.get(external_id)
-        if process is None:
-            return FAILED
-        code = process.poll()
-        return RUNNING if code is None else SUCCEEDED if code == 0 else FAILED
+        if process is not None and process.poll() is None:  # (poll also reaps a finished child)
+            return RUNNING
+        exit_file = self.workdir / f"{run_id}.exit"
+        if run_id and exit_file.exists():
+            return SUCCEEDED if exit_file.read_text().strip() == "0" else FAILED
+        if run_id and pid.isdigit() and _runs(int(pid), str(exit_file)):
+            return RUNNING
+        return FAILED
+
+
+def _runs(pid: int, marker: str) -> bool:
+    """True if process ``pid`` is alive and its command line holds ``marker`` (not a recycled pid)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z" and marker.encode() in cmdline
 
 
 class KfpBackend:
