@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -9,6 +10,7 @@ import re
 import shutil
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,7 @@ from fraudops.serving import (
     packaged_model_tag,
     reason_codes,
 )
+from fraudops.serving.challenger import bucket
 from fraudops.training import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -212,7 +215,8 @@ def test_unknown_categories_extra_fields_integer_ids_and_missing_optionals_are_v
 def test_fast_features_equal_the_canonical_feature_function(scorer, trained):
     bundle = scorer.model.bundle
     rng = np.random.default_rng(0)
-    rows = trained["requests"] + trained["history"][:1500]  # new entities and ones seen in training (known pairs)
+    # new entities and ones seen in training (known pairs); copies: the shared fixture's rows stay as they are
+    rows = copy.deepcopy(trained["requests"] + trained["history"][:1500])
     for i, row in enumerate(rows[:400]):  # optional fields missing, odd spellings of keys and times
         if i % 4 == 0:
             row.pop(["country", "device_id", "user_id", "browser"][i % 16 // 4], None)
@@ -351,7 +355,7 @@ def test_swap_under_load_fails_no_request(home, tmp_path, trained):
         thread.join()
     scorer.close()
     assert failures == []
-    assert result == {"model_tag": trained["b"], "previous": trained["a"], "changed": True}
+    assert result == {"model_tag": trained["b"], "previous": trained["a"], "changed": True, "rollout": None}
     assert {tag for _, tag in seen} == {trained["a"], trained["b"]}
     assert {tag for started, tag in seen if started > switched} == {trained["b"]}
     assert scorer.reload()["changed"] is False
@@ -506,7 +510,157 @@ def test_the_metric_table_lists_exactly_the_metrics_defined():
     metrics = ScorerMetrics(CollectorRegistry())
     defined = set()
     for value in vars(metrics).values():
+        if not hasattr(value, "_type"):
+            continue  # bookkeeping, not a metric
         name = value._name
         kind = value._type
         defined.add(f"{name}_total" if kind == "counter" else name)
     assert documented == defined
+
+
+# -- rollouts: the challenger beside the champion (shadow, canary) ------------------------------------------
+def rows_by_role(tmp_path: Path) -> dict[str, Any]:
+    log = read_predictions(str(tmp_path / "log"))
+    return {role: frame for role, frame in log.groupby("role")}
+
+
+def metric(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    return registry.get_sample_value(name, labels) or 0.0
+
+
+def test_shadow_scores_every_request_with_the_challenger_and_returns_only_the_champion(home, trained, tmp_path):
+    Registry(home=home).start_rollout(trained["b"], "shadow", reason="test")
+    prom = CollectorRegistry()
+    scorer = make_scorer(home, tmp_path, prom)
+    result = scorer.reload()
+    assert result["rollout"]["challenger"] == trained["b"] and result["rollout"]["mode"] == "shadow"
+    answers = [scorer.score(trained["requests"][i: i + 3]) for i in range(0, 60, 3)]
+    scorer.close()  # waits for the shadow queue
+    assert {a["model_tag"] for a in answers} == {trained["a"]}
+    assert all("model_tag" not in item for a in answers for item in a["results"])
+    roles = rows_by_role(tmp_path)
+    champion, shadow = roles["champion"], roles["shadow"]
+    assert len(champion) == len(shadow) == 60
+    assert set(champion.model_tag) == {trained["a"]} and set(shadow.model_tag) == {trained["b"]}
+    pairs = champion.merge(shadow, on=["request_id", "row"], suffixes=("", "_shadow"))
+    assert len(pairs) == 60 and (pairs.score != pairs.score_shadow).any()  # two models, same transactions
+    assert set(champion.rollout_id) == set(shadow.rollout_id) == {Registry(home=home).rollout().id}
+    assert (shadow.latency_ms > 0).all()
+    assert metric(prom, "fraudops_scorer_rows_scored_total") == 60  # only what was returned
+    assert sum(metric(prom, "fraudops_scorer_role_decisions_total", role="shadow", decision=d)
+               for d in ("approve", "review", "decline")) == 60
+    assert metric(prom, "fraudops_scorer_rollout_info", challenger=trained["b"], mode="shadow", percent="0") == 1
+
+
+def test_a_failing_shadow_never_fails_a_request(home, trained, tmp_path, monkeypatch):
+    Registry(home=home).start_rollout(trained["b"], "shadow", reason="test")
+    prom = CollectorRegistry()
+    scorer = make_scorer(home, tmp_path, prom)
+    scorer.reload()
+
+    def broken(*_args: Any) -> None:
+        raise RuntimeError("the challenger broke")
+
+    monkeypatch.setattr(scorer.challenger.model.schema, "validate", broken)
+    answers = [scorer.score(trained["requests"][i: i + 2]) for i in range(0, 20, 2)]
+    scorer.close()
+    assert len(answers) == 10 and metric(prom, "fraudops_scorer_shadow_failures_total") == 10
+    assert set(rows_by_role(tmp_path)) == {"champion"}
+
+
+def test_a_canary_decides_for_a_sticky_share_of_customers(home, trained, tmp_path):
+    registry = Registry(home=home)
+    registry.start_rollout(trained["b"], "canary", 30, reason="test")
+    rollout = registry.rollout()
+    scorer = make_scorer(home, tmp_path)
+    scorer.reload()
+    requests = trained["requests"][:600]
+    decided: dict[str, set[str]] = {}
+    for start in range(0, len(requests), 5):
+        answer = scorer.score(requests[start: start + 5])
+        for item in answer["results"]:
+            user = requests[start + item["row"]]["user_id"]
+            decided.setdefault(user, set()).add(item.get("model_tag", answer["model_tag"]))
+    scorer.close()
+    assert all(len(tags) == 1 for tags in decided.values())  # one customer, one model
+    canary_users = {u for u, tags in decided.items() if tags == {trained["b"]}}
+    assert canary_users == {u for u in decided if bucket(rollout.id, u) < 30}
+    assert 0.2 < len(canary_users) / len(decided) < 0.4
+    roles = rows_by_role(tmp_path)
+    assert set(roles) == {"champion", "canary"} and len(roles["champion"]) + len(roles["canary"]) == 600
+    assert set(roles["canary"].model_tag) == {trained["b"]}
+    # a larger canary keeps every customer the smaller one had
+    registry.set_rollout_stage("canary", 60, reason="test")
+    wider = registry.rollout()
+    assert all(bucket(wider.id, u) < 60 for u in canary_users)
+
+
+def test_promotion_ends_the_rollout_and_reuses_the_loaded_challenger(home, trained, tmp_path):
+    registry = Registry(home=home)
+    registry.start_rollout(trained["b"], "canary", 50, reason="test")
+    scorer = make_scorer(home, tmp_path)
+    scorer.reload()
+    challenger = scorer.challenger.model
+    registry.promote(trained["b"], reason="the canary held")
+    result = scorer.reload()
+    assert (result["model_tag"], result["previous"], result["rollout"]) == (trained["b"], trained["a"], None)
+    assert scorer.model is challenger and scorer.challenger is None
+    assert registry.rollout() is None and registry.history()[-1]["action"] == "promote"
+    scorer.close()
+
+
+def test_an_aborted_rollout_leaves_the_champion_alone(home, trained, tmp_path):
+    registry = Registry(home=home)
+    registry.start_rollout(trained["b"], "shadow", reason="test")
+    scorer = make_scorer(home, tmp_path)
+    scorer.reload()
+    registry.abort_rollout(reason="declines too much", actor="rollout-controller")
+    assert scorer.reload()["rollout"] is None and scorer.challenger is None
+    assert scorer.model.tag == trained["a"]
+    scorer.close()
+    event = registry.history()[-1]
+    assert (event["action"], event["actor"], event["reason"]) == ("rollout-abort", "rollout-controller",
+                                                                  "declines too much")
+
+
+def test_a_challenger_that_cannot_be_served_leaves_the_champion_alone(home, trained, tmp_path):
+    registry = Registry(home=home)
+    registry.start_rollout(trained["b"], "canary", 50, reason="test")
+    (Path(registry.path(trained["b"])) / "model.cbm").write_bytes(b"not a model")
+    prom = CollectorRegistry()
+    scorer = make_scorer(home, tmp_path, prom)
+    scorer.reload()
+    assert scorer.challenger is None and metric(prom, "fraudops_scorer_model_loads_total", outcome="failed") == 1
+    answer = scorer.score(trained["requests"][:20])
+    assert all("model_tag" not in item for item in answer["results"])
+    scorer.close()
+
+
+def test_rollout_steps_are_checked_and_recorded(home, trained):
+    registry = Registry(home=home)
+    with pytest.raises(RegistryError, match="no rollout is active"):
+        registry.set_rollout_stage("canary", 10, reason="x")
+    with pytest.raises(RegistryError, match="is the champion already"):
+        registry.start_rollout(trained["a"], reason="x")
+    with pytest.raises(RegistryError, match="a canary needs a percent"):
+        registry.start_rollout(trained["b"], "canary", 0, reason="x")
+    with pytest.raises(RegistryError, match="rollout mode must be one of shadow, canary"):
+        registry.start_rollout(trained["b"], "blue-green", reason="x")
+    registry.start_rollout(trained["b"], reason="retrained after drift", actor="trigger")
+    with pytest.raises(RegistryError, match="is active"):
+        registry.start_rollout(trained["b"], reason="again")
+    registry.set_rollout_stage("canary", 10, reason="shadow held", actor="rollout-controller")
+    rollout = registry.rollout()
+    assert (rollout.mode, rollout.percent, rollout.champion) == ("canary", 10.0, trained["a"])
+    assert rollout.stage_started_at >= rollout.started_at
+    actions = [(e["action"], e.get("mode"), e["actor"]) for e in registry.history()[-2:]]
+    assert actions == [("rollout-start", "shadow", "trigger"), ("rollout-stage", "canary", "rollout-controller")]
+    assert Counter(e["action"] for e in registry.history())["rollout-start"] == 1
+    # a controller acting on what it judged a moment ago must not act on another rollout
+    with pytest.raises(RegistryError, match="rollout stale-id has ended"):
+        registry.set_rollout_stage("canary", 50, reason="x", rollout_id="stale-id")
+    with pytest.raises(RegistryError, match="rollout stale-id has ended"):
+        registry.promote(trained["b"], reason="x", rollout_id="stale-id")
+    registry.abort_rollout(reason="enough", rollout_id=rollout.id)
+    with pytest.raises(RegistryError, match="no rollout is active"):
+        registry.abort_rollout(reason="again", rollout_id=rollout.id)

@@ -64,6 +64,7 @@ class ScoredTransaction(BaseModel):
 
     row: int
     transaction_id: str | None = None
+    model_tag: str | None = Field(None, description="the canary model, when it decided this transaction")
     score: float
     decision: Literal["approve", "review", "decline"]
     reasons: list[Reason] | None = None
@@ -91,10 +92,20 @@ class FeedbackResponse(BaseModel):
     accepted: int
 
 
+class RolloutState(BaseModel):
+    """The rollout the service follows: its challenger in shadow, or deciding for ``percent`` of customers."""
+
+    id: str
+    challenger: str
+    mode: Literal["shadow", "canary"]
+    percent: float
+
+
 class ReloadResponse(BaseModel):
     """Response of POST /reload."""
 
     model_tag: str
     previous: str | None
     changed: bool
+    rollout: RolloutState | None = None
 

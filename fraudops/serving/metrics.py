@@ -10,6 +10,7 @@ from fraudops.decisions import APPROVE, DECLINE, REVIEW
 from fraudops.predlog import FEEDBACK, PREDICTIONS
 
 if TYPE_CHECKING:
+    from fraudops.serving.challenger import Challenger
     from fraudops.serving.model import ServedModel
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -49,6 +50,19 @@ class ScorerMetrics:
                                          "ahead (kept in memory only; e.g. the volume is full)", registry=reg)
         self.wal_recovered = prom.Counter(p + "predlog_wal_recovered_rows", "Logged rows recovered at start from the "
                                           "write-ahead log of a killed scorer", registry=reg)
+        self.role_decisions = prom.Counter(p + "role_decisions", "Decisions of each model of a rollout, by role "
+                                           "(champion, shadow: not returned, canary) and outcome",
+                                           ["role", "decision"], registry=reg)
+        self.role_scores = prom.Histogram(p + "role_score", "Fraud scores of each model of a rollout, by role",
+                                          ["role"], buckets=SCORE_BUCKETS, registry=reg)
+        self.shadow_dropped = prom.Counter(p + "shadow_dropped", "Requests not shadow-scored because the shadow "
+                                           "queue was full", registry=reg)
+        self.shadow_failures = prom.Counter(p + "shadow_failures", "Shadow scorings that failed (the answer was "
+                                            "already given)", registry=reg)
+        self.rollout_info = prom.Gauge(p + "rollout_info", "1 for the active rollout's challenger, mode and canary "
+                                       "percent (0 once changed)", ["challenger", "mode", "percent"],
+                                       multiprocess_mode="livemax", registry=reg)
+        self._rollout_labels: tuple[str, str, str] | None = None
         self.feedback = prom.Counter(p + "feedback_labels", "Confirmed labels recorded, by source", ["source"],
                                      registry=reg)
         for decision in (APPROVE, REVIEW, DECLINE):
@@ -57,13 +71,32 @@ class ScorerMetrics:
             self.log_rows.labels(kind)
             self.log_failures.labels(kind)
 
-    def scored(self, scores: Sequence[float], decisions: Sequence[str]) -> None:
-        """Count scored rows, their scores and decisions."""
-        self.rows.inc(len(scores))
+    def scored(self, scores: Sequence[float], decisions: Sequence[str], role: str = "champion", *,
+               rows: bool = True) -> None:
+        """Count scored rows, their scores and decisions (``rows``: the decisions were returned, not shadow)."""
+        if rows:
+            self.rows.inc(len(scores))
+        histogram = self.role_scores.labels(role)
         for score in scores:
-            self.scores.observe(score)
+            if rows:
+                self.scores.observe(score)
+            histogram.observe(score)
         for decision, count in Counter(decisions).items():
-            self.decisions.labels(decision).inc(count)
+            if rows:
+                self.decisions.labels(decision).inc(count)
+            self.role_decisions.labels(role, decision).inc(count)
+
+    def rollout(self, challenger: Challenger | None) -> None:
+        """Point the rollout gauge at the active rollout (none: every series 0)."""
+        labels = None if challenger is None else (challenger.model.tag, challenger.rollout.mode,
+                                                  f"{challenger.rollout.percent:g}")
+        if labels == self._rollout_labels:
+            return
+        if self._rollout_labels is not None:
+            self.rollout_info.labels(*self._rollout_labels).set(0)
+        if labels is not None:
+            self.rollout_info.labels(*labels).set(1)
+        self._rollout_labels = labels
 
     def refused(self, endpoint: str, reason: str) -> None:
         """Count a request the request guard refused before it reached the handler (httpguard)."""

@@ -14,7 +14,7 @@ from fraudops.bundle import ModelBundle
 from fraudops.decisions import Bands
 from fraudops.errors import FraudopsError, RegistryError
 from fraudops.features import FastFeatures
-from fraudops.registry import MODEL_NAME, Registry
+from fraudops.registry import MODEL_NAME, Registry, Rollout
 from fraudops.schema import DatasetSpec
 from fraudops.serving.errors import RequestError
 from fraudops.serving.rows import RowSchema
@@ -122,6 +122,10 @@ class ModelSource:
             if path.parent.parent == self.registry.home / "models":
                 raise
             return self.packaged, path
+
+    def rollout(self) -> Rollout | None:
+        """The active rollout, when the service follows the champion (a pinned model has none)."""
+        return self.registry.rollout() if self.tag == "champion" else None
 
 
 def packaged_model_tag(tag: str = "champion", registry: Registry | None = None) -> str | None:

@@ -11,6 +11,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from fraudops.decisions import DECLINE_COLUMN, REVIEW_COLUMN
 from fraudops.errors import FraudopsError
 from fraudops.predlog import FEEDBACK, PREDICTIONS, LogChunk, LogUnavailableError, LogWriter, default_root
 from fraudops.serving.api import FEEDBACK_LABELS
+from fraudops.serving.challenger import CANARY, CHAMPION, SHADOW, Challenger, ShadowWorker
 from fraudops.serving.errors import RequestError, check_batch, problems_of
 from fraudops.serving.metrics import ScorerMetrics, private_registry
 from fraudops.serving.model import ModelLoadError, ModelSource, ServedModel
@@ -37,6 +39,17 @@ RETRY_SECONDS = 5.0  # how often an unready service retries loading when the cha
 
 class NotReadyError(FraudopsError):
     """No model is loaded (HTTP 503)."""
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One model's output for some rows of a request."""
+
+    scores: list[float]
+    decisions: list[str]
+    features: Mapping[str, Sequence[Any]]
+    seconds: float
+    reasons: list[list[dict[str, Any]]] | None = None
 
 
 class Scorer:
@@ -55,6 +68,9 @@ class Scorer:
         self.metrics = metrics or ScorerMetrics(private_registry())
         self.error: str | None = "not loaded yet"
         self._model: ServedModel | None = None
+        self._challenger: Challenger | None = None
+        self._shadow = ShadowWorker(self._score_shadow, on_dropped=self.metrics.shadow_dropped.inc,
+                                    on_failed=lambda _exc: self.metrics.shadow_failures.inc())
         self._reload_lock = threading.Lock()
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
@@ -82,6 +98,11 @@ class Scorer:
         return self._model
 
     @property
+    def challenger(self) -> Challenger | None:
+        """The challenger of the active rollout, when one is loaded."""
+        return self._challenger
+
+    @property
     def ready(self) -> bool:
         """True once a model is loaded."""
         return self._model is not None
@@ -95,12 +116,16 @@ class Scorer:
             try:
                 tag, path = self.source.locate()
                 if previous is not None and tag == previous.tag:
-                    return {"model_tag": tag, "previous": tag, "changed": False}
-                served = ServedModel.build(tag, ModelBundle.load(path), self.config, self.service_spec)
+                    self._refresh_rollout()
+                    return {"model_tag": tag, "previous": tag, "changed": False, **self._rollout_state()}
+                challenger = self._challenger
+                served = (challenger.model if challenger is not None and challenger.model.tag == tag else
+                          ServedModel.build(tag, ModelBundle.load(path), self.config, self.service_spec))
             except Exception as exc:  # missing, corrupt or mismatched: whatever it is, keep the current model
                 self._failed(tag, exc)
                 raise ModelLoadError(self.error) from exc
             self._model = served  # the swap: requests in flight keep the model they started with
+            self._refresh_rollout()
             # A full collection walks every long-lived object (~220k: the libraries and the model) and paused every
             # request for 130-170 ms. Frozen objects are skipped by the collector and still freed by reference
             # counting when the model is replaced (only cyclic garbage among them would stay).
@@ -110,7 +135,48 @@ class Scorer:
             self.metrics.serving(served, previous)
             log.info("serving model %s (threshold %.4f, fast features: %s)%s", tag, served.bundle.threshold,
                      served.fast is not None, f", replacing {previous.tag}" if previous else "")
-            return {"model_tag": tag, "previous": previous.tag if previous else None, "changed": True}
+            return {"model_tag": tag, "previous": previous.tag if previous else None, "changed": True,
+                    **self._rollout_state()}
+
+    def _refresh_rollout(self) -> None:
+        """Follow the rollout state beside the champion pointer: load, update or drop the challenger. A challenger
+        that cannot be served is dropped (logged and counted): the champion goes on alone."""
+        try:
+            rollout = self.source.rollout()
+        except Exception as exc:  # the store is down: keep what we have, the next poll retries
+            log.warning("cannot read the rollout state: %s", exc)
+            return
+        current = self._challenger
+        if rollout is None or (self._model is not None and rollout.challenger == self._model.tag):
+            if current is not None:
+                log.info("rollout of %s ended", current.model.tag)
+            self._challenger = None
+        elif current is not None and current.model.tag == rollout.challenger:
+            if current.rollout != rollout:
+                log.info("rollout of %s: %s %g%%", rollout.challenger, rollout.mode, rollout.percent)
+            self._challenger = Challenger(rollout, current.model)
+        else:
+            try:
+                model = ServedModel.build(rollout.challenger, ModelBundle.load(self.source.registry.path(
+                    rollout.challenger)), self.config, self.service_spec)
+            except Exception as exc:
+                if current is None or current.rollout.id != rollout.id:
+                    log.error("cannot serve challenger %s of rollout %s; the champion serves alone: %s",
+                              rollout.challenger, rollout.id, exc)
+                self.metrics.model_loads.labels("failed").inc()
+                self._challenger = None
+                return
+            log.info("rollout of %s beside %s: %s %g%%", rollout.challenger, rollout.champion, rollout.mode,
+                     rollout.percent)
+            self._challenger = Challenger(rollout, model)
+        self.metrics.rollout(self._challenger)
+
+    def _rollout_state(self) -> dict[str, Any]:
+        challenger = self._challenger
+        if challenger is None:
+            return {"rollout": None}
+        r = challenger.rollout
+        return {"rollout": {"id": r.id, "challenger": r.challenger, "mode": r.mode, "percent": r.percent}}
 
     def _failed(self, tag: str | None, exc: Exception) -> None:
         what = f"model {tag}" if tag else f"model {self.source.tag!r}"
@@ -140,10 +206,11 @@ class Scorer:
             self.reload()
 
     def close(self) -> None:
-        """Stop polling and write every logged row."""
+        """Stop polling, finish shadow scoring and write every logged row."""
         self._stop.set()
         if self._watcher is not None:
             self._watcher.join()
+        self._shadow.close()
         self.log.close()
 
     # -- requests -------------------------------------------------------------------------------------------
@@ -171,11 +238,50 @@ class Scorer:
         return self._handle("score", lambda: self._score(transactions, explain))
 
     def _score(self, transactions: Any, explain: bool) -> dict[str, Any]:
-        served = self._model
+        served, challenger = self._model, self._challenger
         if served is None:
             raise NotReadyError(f"no model is loaded: {self.error}")
         check_batch(transactions, "transactions", self.config.max_batch)
         rows = served.schema.validate(transactions)
+        request_id = uuid.uuid4().hex
+        rollout_id = challenger.rollout.id if challenger is not None else None
+        canary = challenger.canary_rows(self._keys(served, rows)) if challenger is not None else []
+        results: list[dict[str, Any]] = [{} for _ in rows]
+        if canary:
+            chosen = set(canary)
+            rest = [i for i in range(len(rows)) if i not in chosen]
+            canary_rows = challenger.model.schema.validate([transactions[i] for i in canary])
+            groups = [(served, CHAMPION, rest, [rows[i] for i in rest]),
+                      (challenger.model, CANARY, canary, canary_rows)]
+        else:
+            groups = [(served, CHAMPION, list(range(len(rows))), rows)]
+        for model, role, index, group_rows in groups:
+            if not index:
+                continue
+            scored = self._run(model, group_rows, [transactions[i] for i in index] if len(index) < len(rows)
+                               else transactions, explain)
+            self._log(model, role, index, group_rows, scored, [transactions[i] for i in index]
+                      if len(index) < len(rows) else transactions, request_id, rollout_id)
+            self.metrics.scored(scored.scores, scored.decisions, role)
+            for k, i in enumerate(index):
+                item = results[i]
+                item.update(row=i, score=scored.scores[k], decision=scored.decisions[k])
+                tid = group_rows[k].get(model.bundle.state.spec.id_column) if model.bundle.state.spec.id_column \
+                    else None
+                if tid is not None:
+                    item["transaction_id"] = tid
+                if role == CANARY:
+                    item["model_tag"] = model.tag
+                if scored.reasons is not None:
+                    item["reasons"] = scored.reasons[k]
+        if challenger is not None and challenger.shadow:
+            self._shadow.submit(challenger, transactions, request_id)
+        return {"request_id": request_id, "model_tag": served.tag,
+                "thresholds": {"review": served.bands.review, "decline": served.bands.decline}, "results": results}
+
+    def _run(self, served: ServedModel, rows: list[dict[str, Any]], transactions: list[Any], explain: bool) -> Scored:
+        """Features, scores, decisions (and with ``explain`` reason codes) of validated rows."""
+        started = time.perf_counter()
         names = served.feature_names
         model = served.bundle.model
         features: Mapping[str, Sequence[Any]]
@@ -188,33 +294,44 @@ class Scorer:
             pool = served.bundle.pool(frame)
             features = {name: frame[name].to_numpy() for name in names}
         scores = model.predict_proba(pool)[:, 1].tolist()
-        decisions = served.bands.decide(scores)
-        request_id = uuid.uuid4().hex
-        spec = served.bundle.state.spec
-        columns: dict[str, Any] = {"row": np.arange(len(rows), dtype="int32"), "score": scores,
-                                   "decision": decisions}
-        ids = [row.get(spec.id_column) for row in rows] if spec.id_column else None
-        if ids is not None:
-            columns["transaction_id"] = ids
-        if spec.timestamp:
-            columns[spec.timestamp] = served.schema.times(rows, spec.timestamp)
-        self.log.append(LogChunk(PREDICTIONS, datetime.now(UTC), len(rows), columns={**columns, **features},
-                                 shared={"request_id": request_id, "model_tag": served.tag,
-                                         REVIEW_COLUMN: served.bands.review, DECLINE_COLUMN: served.bands.decline},
-                                 json_columns={"input": transactions}))
-        self.metrics.scored(scores, decisions)
-        results: list[dict[str, Any]] = [{"row": i, "score": s, "decision": d}
-                                         for i, (s, d) in enumerate(zip(scores, decisions, strict=True))]
-        if ids is not None:
-            for item, tid in zip(results, ids, strict=True):
-                if tid is not None:
-                    item["transaction_id"] = tid
+        seconds = time.perf_counter() - started
+        reasons = None
         if explain:
             shap = model.get_feature_importance(pool, type="ShapValues")[:, :-1]
-            for item, reasons in zip(results, reason_codes(shap, names, features, self.config.reasons), strict=True):
-                item["reasons"] = reasons
-        return {"request_id": request_id, "model_tag": served.tag,
-                "thresholds": {"review": served.bands.review, "decline": served.bands.decline}, "results": results}
+            reasons = reason_codes(shap, names, features, self.config.reasons)
+        return Scored(scores, served.bands.decide(scores), features, seconds, reasons)
+
+    def _log(self, served: ServedModel, role: str, index: list[int], rows: list[dict[str, Any]], scored: Scored,
+             transactions: list[Any], request_id: str, rollout_id: str | None) -> None:
+        """One chunk of the prediction log: these rows of one request as one model scored them."""
+        spec = served.bundle.state.spec
+        columns: dict[str, Any] = {"row": np.array(index, dtype="int32"), "score": scored.scores,
+                                   "decision": scored.decisions}
+        if spec.id_column:
+            columns["transaction_id"] = [row.get(spec.id_column) for row in rows]
+        if spec.timestamp:
+            columns[spec.timestamp] = served.schema.times(rows, spec.timestamp)
+        shared = {"request_id": request_id, "model_tag": served.tag, "role": role, "rollout_id": rollout_id,
+                  "latency_ms": scored.seconds * 1000, REVIEW_COLUMN: served.bands.review,
+                  DECLINE_COLUMN: served.bands.decline}
+        self.log.append(LogChunk(PREDICTIONS, datetime.now(UTC), len(rows), columns={**columns, **scored.features},
+                                 shared=shared, json_columns={"input": transactions}))
+
+    def _score_shadow(self, challenger: Challenger, transactions: list[Any], request_id: str) -> None:
+        """The challenger's scores of a request the champion answered (the shadow worker's job)."""
+        rows = challenger.model.schema.validate(transactions)
+        scored = self._run(challenger.model, rows, transactions, explain=False)
+        self._log(challenger.model, SHADOW, list(range(len(rows))), rows, scored, transactions, request_id,
+                  challenger.rollout.id)
+        self.metrics.scored(scored.scores, scored.decisions, SHADOW, rows=False)
+
+    @staticmethod
+    def _keys(served: ServedModel, rows: list[dict[str, Any]]) -> list[Any]:
+        """The customer key of each row, which keeps a customer on one model in a canary: the account, else the
+        first entity column, else the transaction id."""
+        spec = served.bundle.state.spec
+        column = spec.account or (spec.entities[0] if spec.entities else None) or spec.id_column
+        return [row.get(column) for row in rows] if column else [None] * len(rows)
 
     def feedback(self, labels: Any) -> dict[str, Any]:
         """Record confirmed labels against request ids (the ``feedback`` log); the body of a `FeedbackResponse`."""

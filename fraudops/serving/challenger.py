@@ -1,0 +1,82 @@
+"""The challenger of an active rollout, served beside the champion: in shadow (scored after the answer, never
+returned) or as a canary (deciding for a sticky share of customers)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fraudops.registry import Rollout
+from fraudops.serving.model import ServedModel
+
+log = logging.getLogger(__name__)
+
+CHAMPION, SHADOW, CANARY = "champion", "shadow", "canary"
+ROLES = (CHAMPION, SHADOW, CANARY)
+SHADOW_QUEUE = 512  # requests waiting for shadow scoring; beyond it new ones are dropped (counted)
+
+
+def bucket(rollout_id: str, key: Any) -> float:
+    """A customer's place in [0, 100) for one rollout: the same key always lands in the same place, so a customer
+    inside a canary of P% stays inside while P grows, and each rollout draws its customers afresh."""
+    digest = hashlib.blake2b(f"{rollout_id}/{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64 * 100
+
+
+@dataclass(frozen=True)
+class Challenger:
+    """The rollout and its loaded model."""
+
+    rollout: Rollout
+    model: ServedModel
+
+    @property
+    def shadow(self) -> bool:
+        return self.rollout.mode == SHADOW
+
+    def canary_rows(self, keys: list[Any]) -> list[int]:
+        """Indices of the transactions the canary decides (none in shadow; rows without a key stay champion)."""
+        if self.rollout.mode != CANARY or self.rollout.percent <= 0:
+            return []
+        percent, rid = self.rollout.percent, self.rollout.id
+        return [i for i, key in enumerate(keys) if key is not None and bucket(rid, key) < percent]
+
+
+class ShadowWorker:
+    """Scores requests with the challenger off the request path, one at a time, in a thread of its own.
+
+    `submit` never blocks and never fails a request: when ``SHADOW_QUEUE`` requests wait, new ones are dropped
+    (``on_dropped``); a failing shadow scoring is logged and counted (``on_failed``) and the next one goes on.
+    """
+
+    def __init__(self, run: Callable[[Challenger, list[Any], str], None], *, on_dropped: Callable[[], None],
+                 on_failed: Callable[[Exception], None], size: int = SHADOW_QUEUE) -> None:
+        self._run, self._on_dropped, self._on_failed = run, on_dropped, on_failed
+        self._queue: queue.Queue[tuple[Challenger, list[Any], str] | None] = queue.Queue(size)
+        self._thread = threading.Thread(target=self._loop, name="fraudops-shadow", daemon=True)
+        self._thread.start()
+
+    def submit(self, challenger: Challenger, transactions: list[Any], request_id: str) -> None:
+        """Queue one request for the challenger."""
+        try:
+            self._queue.put_nowait((challenger, transactions, request_id))
+        except queue.Full:
+            self._on_dropped()
+
+    def _loop(self) -> None:
+        while (item := self._queue.get()) is not None:
+            try:
+                self._run(*item)
+            except Exception as exc:  # a shadow must never take the service down
+                log.warning("shadow scoring with %s failed: %s", item[0].model.tag, exc)
+                self._on_failed(exc)
+
+    def close(self) -> None:
+        """Score what waits, then stop."""
+        self._queue.put(None)
+        self._thread.join()
