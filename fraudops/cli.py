@@ -238,6 +238,9 @@ def pipeline_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--floor-pr-auc", type=float, default=0.2, show_default=True,
                      help="Gate: PR-AUC the first model needs."),
         click.option("--registry-url", default="", help="Object-store registry URL (default: local store)."),
+        click.option("--release", type=click.Choice(["promote", "rollout"]), default="promote", show_default=True,
+                     help="A challenger that passes the gate becomes champion at once, or starts a staged rollout "
+                          "(shadow, canary, promote: `fraudops rollout`)."),
     ]
     return functools.reduce(lambda f, opt: opt(f), reversed(options), dataset_options(train_options(func)))
 
@@ -254,7 +257,7 @@ def _pipeline_arguments(kwargs: dict[str, Any]) -> dict[str, Any]:
     except ValidationError as exc:
         raise _config_error(exc, "gate option") from None
     general = {k: kwargs.pop(k) for k in ("data_uri", "ip_table", "rows", "start", "days", "fraud_rate",
-                                          "max_bad_fraction", "registry_url")}
+                                          "max_bad_fraction", "registry_url", "release")}
     extra = tuple(kwargs.pop("extra_data"))
     config = _train_config(**kwargs)
     return pipeline_arguments(spec=spec, extra_uris=extra, seed=config.seed, train_config=config,
@@ -700,6 +703,177 @@ def _print_backtest(result: Any, window: str) -> None:
         console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
 
 
+# -- rollout ------------------------------------------------------------------------------------------------
+@main.group()
+def rollout() -> None:
+    """Shadow and canary rollouts of a challenger beside the champion: start, watch, promote, abort, or let the
+    rollout policy take a step."""
+
+
+def _rollout_policy(policy_file: str | None) -> Any:
+    from fraudops.rollout import RolloutPolicy
+
+    return RolloutPolicy.from_file(policy_file) if policy_file else RolloutPolicy()
+
+
+@rollout.command("start")
+@click.argument("tag")
+@click.option("--mode", type=click.Choice(["shadow", "canary"]), default="shadow", show_default=True,
+              help="shadow: scored beside the champion, never decides; canary: decides for --percent of traffic.")
+@click.option("--percent", type=float, default=None,
+              help="Share of traffic (sticky by account) the challenger decides in canary mode.")
+@click.option("--reason", default="manual rollout", show_default=True)
+@click.option("--registry-url", default=None, help="Object-store registry (default: $FRAUDOPS_REGISTRY_URL).")
+@friendly_errors
+def rollout_start(tag: str, mode: str, percent: float | None, reason: str, registry_url: str | None) -> None:
+    """Start a rollout of TAG: every scorer replica loads it beside the champion."""
+    from fraudops.rollout import stage_name
+
+    if mode == "canary" and percent is None:
+        raise ConfigError("--mode canary needs --percent")
+    if mode == "shadow" and percent is not None:
+        raise ConfigError("--percent applies to --mode canary only")
+    registry = _registry(registry_url)
+    registry.start_rollout(tag, mode=mode, percent=percent or 0.0, reason=reason,
+                           actor=os.environ.get("USER", "cli"))
+    state = registry.rollout()
+    out.print(f"rollout {state.id}: {state.challenger} in {stage_name(state.mode, state.percent)} beside champion "
+              f"{state.champion}", highlight=False)
+
+
+@rollout.command("status")
+@click.option("--policy", "policy_file", type=click.Path(dir_okay=False), default=None,
+              help="Rollout policy YAML (default: the built-in one, as in monitoring/rollout-policy.yaml).")
+@click.option("--log-root", default=None, help="Prediction log root (default: $FRAUDOPS_PREDICTION_LOG).")
+@click.option("--registry-url", default=None, help="Object-store registry (default: $FRAUDOPS_REGISTRY_URL).")
+@friendly_errors
+def rollout_status(policy_file: str | None, log_root: str | None, registry_url: str | None) -> None:
+    """Compare the challenger with the champion on the rollout's logged traffic, over the current stage and the
+    whole rollout, and say what the policy would decide now and why (nothing is changed)."""
+    from fraudops.predlog import default_root
+    from fraudops.rollout import compare, decide
+
+    policy = _rollout_policy(policy_file)
+    registry = _registry(registry_url)
+    state = registry.rollout()
+    if state is None:
+        out.print(f"no rollout is active; champion: {registry.champion() or '(none)'}", highlight=False)
+        return
+    with console.status("reading the rollout's predictions"):
+        report = compare(log_root or default_root(), state, score_method=policy.score_method)
+    _print_rollout(report)
+    decision = decide(report, policy, state)
+    checks = Table(title="rollout policy")
+    for name in ("check", "status", "value", "limit"):
+        checks.add_column(name)
+    for check in decision.checks:
+        checks.add_row(check.name, check.status, check.value, check.limit)
+    out.print(checks)
+    out.print(f"policy verdict: {decision.action}: {decision.reason}", highlight=False, soft_wrap=True)
+
+
+def _print_rollout(report: Any) -> None:
+    from fraudops.rollout import stage_name
+
+    state, when = report.rollout, "%Y-%m-%d %H:%M UTC"
+    out.print(f"rollout {state.id}: {state.challenger} beside champion {state.champion}, started "
+              f"{report.whole.start:{when}} by {state.actor} ({state.reason})", highlight=False, soft_wrap=True)
+    minutes = (report.end - report.stage.start).total_seconds() / 60
+    out.print(f"current stage: {stage_name(state.mode, state.percent)} since {report.stage.start:{when}} "
+              f"({minutes:,.0f} minutes)", highlight=False)
+    for title, window in ((f"current stage since {report.stage.start:{when}}", report.stage),
+                          (f"whole rollout since {report.whole.start:{when}}", report.whole)):
+        out.print(_rollout_table(f"{title}, up to {report.end:{when}}", window, report.score_method))
+        if window.paired_rows:
+            out.print(f"shadow decisions differ from the champion's on {_pct1(window.disagreement)} of "
+                      f"{window.paired_rows:,} transactions scored by both", highlight=False)
+    if report.corrupt_parts:
+        console.print(f"[yellow]warning:[/] {report.corrupt_parts} unreadable log files were skipped", highlight=False)
+
+
+def _pct1(value: float) -> str:
+    return "n/a" if value != value else f"{value:.1%}"
+
+
+def _num(value: float, digits: int = 3) -> str:
+    return "n/a" if value != value else f"{value:.{digits}f}"
+
+
+def _rollout_table(title: str, window: Any, score_method: str) -> Table:
+    """One column per group of a rollout window (`fraudops.rollout.WindowReport`)."""
+    from fraudops.rollout import CHALLENGER, CHAMPION
+
+    table = Table(title=title)
+    table.add_column("")
+    groups = list(window.groups.values())
+    for group in groups:
+        table.add_column("challenger (all)" if group.group == CHALLENGER else group.group, justify="right")
+    rows: list[tuple[str, Callable[[Any], str]]] = [
+        ("transactions", lambda g: f"{g.rows:,}"),
+        ("requests", lambda g: f"{g.requests:,}"),
+        ("decline rate", lambda g: _pct1(g.decline_rate)),
+        ("review rate", lambda g: _pct1(g.review_rate)),
+        ("approve rate", lambda g: _pct1(g.approve_rate)),
+        ("score mean", lambda g: _num(g.score_mean)),
+        ("score p50 / p90 / p99", lambda g: " / ".join(_num(v) for v in (g.score_p50, g.score_p90, g.score_p99))),
+        (f"score distance from champion ({score_method})",
+         lambda g: "" if g.group == CHAMPION else _num(window.score_distance.get(g.group, float("nan")))),
+        ("scoring time p50 / p99 (ms)", lambda g: f"{_num(g.latency_p50_ms, 1)} / {_num(g.latency_p99_ms, 1)}"),
+        ("labelled rows (frauds)", lambda g: f"{g.labelled:,} ({g.frauds:,})"),
+        ("PR-AUC (labelled rows)", lambda g: _num(g.pr_auc)),
+        ("recall at decline threshold", lambda g: _pct1(g.recall)),
+    ]
+    for label, cell in rows:
+        table.add_row(label, *(cell(g) for g in groups))
+    return table
+
+
+@rollout.command("promote")
+@click.option("--reason", default="manual promotion", show_default=True)
+@click.option("--registry-url", default=None, help="Object-store registry (default: $FRAUDOPS_REGISTRY_URL).")
+@friendly_errors
+def rollout_promote(reason: str, registry_url: str | None) -> None:
+    """Make the rollout's challenger the champion now; this ends the rollout."""
+    from fraudops.errors import RegistryError
+
+    registry = _registry(registry_url)
+    state = registry.rollout()
+    if state is None:
+        raise RegistryError("no rollout is active (`fraudops models promote TAG` promotes any model)")
+    event = registry.promote(state.challenger, reason=reason, actor=os.environ.get("USER", "cli"))
+    out.print(f"champion: {event['tag']} (was {event['previous']}); rollout {state.id} ended", highlight=False)
+
+
+@rollout.command("abort")
+@click.option("--reason", default="manual abort", show_default=True)
+@click.option("--registry-url", default=None, help="Object-store registry (default: $FRAUDOPS_REGISTRY_URL).")
+@friendly_errors
+def rollout_abort(reason: str, registry_url: str | None) -> None:
+    """Stop the rollout: every replica drops the challenger, the champion stays."""
+    registry = _registry(registry_url)
+    state = registry.rollout()
+    registry.abort_rollout(reason=reason, actor=os.environ.get("USER", "cli"))  # refuses when none is active
+    out.print(f"rollout {state.id} aborted: {state.champion} stays champion", highlight=False)
+
+
+@rollout.command("step")
+@click.option("--policy", "policy_file", type=click.Path(dir_okay=False), default=None,
+              help="Rollout policy YAML (default: the built-in one, as in monitoring/rollout-policy.yaml).")
+@click.option("--log-root", default=None, help="Prediction log root (default: $FRAUDOPS_PREDICTION_LOG).")
+@click.option("--registry-url", default=None, help="Object-store registry (default: $FRAUDOPS_REGISTRY_URL).")
+@friendly_errors
+def rollout_step(policy_file: str | None, log_root: str | None, registry_url: str | None) -> None:
+    """Take one step of the rollout controller (for cron or by hand): hold, advance to the next stage, promote or
+    abort, as the policy decides on the logged traffic."""
+    from fraudops.predlog import default_root
+    from fraudops.rollout import step
+
+    policy = _rollout_policy(policy_file)
+    with console.status("judging the rollout"):
+        decision = step(_registry(registry_url), log_root or default_root(), policy)
+    out.print(f"{decision.action}: {decision.reason}", highlight=False, soft_wrap=True)
+
+
 # -- trigger ------------------------------------------------------------------------------------------------
 @main.group()
 def trigger() -> None:
@@ -730,12 +904,21 @@ def trigger() -> None:
               "object (default: 1 CPU and 2Gi requested, 4Gi limit).")
 @click.option("--pipeline-arg", "pipeline_args", multiple=True,
               help="Extra 'fraudops pipeline run' argument for local and job runs (repeatable).")
+@click.option("--release", type=click.Choice(["promote", "rollout"]), default="promote", show_default=True,
+              help="A retrained challenger that passes the gate becomes champion at once, or starts a staged "
+                   "rollout that this trigger steps (shadow, canary, promote or abort) by --rollout-policy.")
+@click.option("--rollout-policy", type=click.Path(dir_okay=False), default=None,
+              help="Rollout policy YAML (default: the built-in one, as in monitoring/rollout-policy.yaml).")
+@click.option("--rollout-every", default="1m", show_default=True, help="How often the rollout is judged.")
+@click.option("--prometheus-url", default="", help="Prometheus whose firing scorer alerts abort a canary "
+              "(unreachable: the rollout holds). Empty: the scorer's alerts are not consulted.")
 @friendly_errors
 def trigger_serve(host: str, port: int, backend: str, token_file: str | None, state_dir: str | None, cooldown: str,
                   base_data: str, recent_window: str, export_root: str | None, log_root: str | None,
                   registry_url: str, kfp_host: str, image: str | None, namespace: str, s3_secret: str,
-                  s3_endpoint: str, service_account: str, job_resources: str, pipeline_args: tuple[str, ...]) -> None:
-    """Start the retrain trigger: POST /alerts (Alertmanager), GET /runs, GET /metrics, GET /healthz."""
+                  s3_endpoint: str, service_account: str, job_resources: str, pipeline_args: tuple[str, ...],
+                  release: str, rollout_policy: str | None, rollout_every: str, prometheus_url: str) -> None:
+    """Start the retrain trigger: POST /alerts (Alertmanager), GET /runs, /metrics, /healthz, /openapi.json."""
     import uvicorn
 
     from fraudops.monitoring.backends import make_backend
@@ -755,7 +938,7 @@ def trigger_serve(host: str, port: int, backend: str, token_file: str | None, st
     state = Path(state_dir) if state_dir else default_home() / "fraudops" / "trigger"
     config = TriggerConfig(state_dir=state, cooldown=parse_window(cooldown), base_data=base_data,
                            recent_window=parse_window(recent_window), registry_url=registry_url,
-                           pipeline_args=pipeline_args)
+                           pipeline_args=pipeline_args, release=release)
     try:
         resources = json.loads(job_resources) if job_resources else None
     except ValueError as exc:
@@ -774,7 +957,13 @@ def trigger_serve(host: str, port: int, backend: str, token_file: str | None, st
         spec = registry.info("champion").metadata["spec"]
         return target if export_labelled(logs, start, end, target, spec["target"], spec.get("id_column")) else None
 
-    app = create_app(RetrainTrigger(config, runner, exporter), token)
+    controller = None
+    if release == "rollout":
+        from fraudops.rollout import Controller, firing_scorer_alerts
+
+        controller = Controller(registry, logs, _rollout_policy(rollout_policy), parse_window(rollout_every),
+                                (lambda: firing_scorer_alerts(prometheus_url)) if prometheus_url else None)
+    app = create_app(RetrainTrigger(config, runner, exporter, controller), token)
     uvicorn.run(app, host=host, port=port, log_level="warning")
 
 

@@ -7,6 +7,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+RELEASES = ("promote", "rollout")
+"""How a challenger that passed the gate is released: champion at once, or a staged rollout (shadow, canary)."""
+
 
 class GatePolicy(BaseModel):
     """When a challenger may become champion."""

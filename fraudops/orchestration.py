@@ -18,7 +18,7 @@ from typing import Any
 
 from fraudops.data.synthetic import DriftConfig
 from fraudops.errors import ConfigError, FraudopsError
-from fraudops.gate import GatePolicy
+from fraudops.gate import RELEASES, GatePolicy
 from fraudops.registry import Registry
 from fraudops.schema import DatasetSpec
 from fraudops.training import TrainConfig
@@ -33,10 +33,13 @@ def pipeline_arguments(*, data_uri: str = "", extra_uris: tuple[str, ...] = (), 
                        ip_table: str = "", rows: int = 20_000, seed: int = 0, start: str = "2026-01-01",
                        days: float = 30.0, fraud_rate: float = 0.03, drift: DriftConfig | None = None,
                        max_bad_fraction: float = 0.05, train_config: TrainConfig | None = None,
-                       gate_policy: GatePolicy | None = None, registry_url: str = "") -> dict[str, Any]:
+                       gate_policy: GatePolicy | None = None, registry_url: str = "",
+                       release: str = "promote") -> dict[str, Any]:
     """Pipeline parameters from validated objects (so that bad values fail here, before any run starts)."""
     if rows < 1:
         raise ConfigError(f"rows must be at least 1, got {rows}")
+    if release not in RELEASES:
+        raise ConfigError(f"release must be one of {', '.join(RELEASES)}, not {release!r}")
     drift = drift or DriftConfig()
     return {
         "data_uri": data_uri,
@@ -53,6 +56,7 @@ def pipeline_arguments(*, data_uri: str = "", extra_uris: tuple[str, ...] = (), 
         "train_config": (train_config or TrainConfig()).model_dump_json(),
         "gate_policy": (gate_policy or GatePolicy()).model_dump_json(),
         "registry_url": registry_url,
+        "release": release,
     }
 
 
@@ -128,9 +132,12 @@ def run_local(arguments: dict[str, Any], root: str | Path = "fraudops-runs", ech
     run_dir = new_runs[-1] if new_runs else root
     gate = json.loads((registry.path(tag) / "gate.json").read_text())
     champion = registry.champion()
-    if (gate["verdict"] == "promote") != (champion == tag):
+    rollout = registry.rollout()
+    released = champion == tag or (rollout is not None and rollout.challenger == tag)
+    if (gate["verdict"] == "promote") != released:
         raise FraudopsError(f"pipeline run is inconsistent: gate said {gate['verdict']} but the champion is "
-                            f"{champion}; check the promote step in {log_path}")
+                            f"{champion} and the rollout {rollout.challenger if rollout else 'none'}; check the "
+                            f"promote step in {log_path}")
     return LocalRun(tag=info.tag, verdict=gate["verdict"], reason=gate["reason"], champion=champion,
                     run_dir=run_dir, log=log_path)
 

@@ -22,7 +22,7 @@ from fraudops.data.synthetic import DriftConfig, generate_transactions
 from fraudops.errors import ConfigError
 from fraudops.evaluation import fraud_metrics, plot_pr_curve
 from fraudops.features import FeatureState
-from fraudops.gate import GatePolicy, decide
+from fraudops.gate import RELEASES, GatePolicy, decide
 from fraudops.registry import Registry
 from fraudops.schema import SYNTHETIC, DatasetSpec
 from fraudops.training import Progress, TrainConfig, featurize, fit, split
@@ -220,8 +220,14 @@ def register_step(model_dir: str | Path, eval_dir: str | Path, gate_dir: str | P
                              metadata={"metrics": metrics, "gate_reason": gate["reason"]})
 
 
-def promote_step(tag: str, registry: Registry, reason: str, actor: str = "pipeline") -> dict[str, Any]:
-    """Move the champion pointer to ``tag``."""
+def promote_step(tag: str, registry: Registry, reason: str, actor: str = "pipeline",
+                 release: str = "promote") -> dict[str, Any]:
+    """Release a challenger that passed the gate: make it the champion (``promote``), or start its staged rollout
+    in shadow beside the champion (``rollout``; the first model, with no champion to compare with, is promoted)."""
+    if release not in RELEASES:
+        raise ConfigError(f"release must be one of {', '.join(RELEASES)}, not {release!r}")
+    if release == "rollout" and registry.champion() is not None:
+        return registry.start_rollout(tag, "shadow", reason=f"passed the gate: {reason}", actor=actor)
     return registry.promote(tag, reason=reason, actor=actor)
 
 

@@ -124,8 +124,9 @@ def register(model: Input[Model], evaluation: Input[Dataset], decision: Input[Da
     return register_step(model.path, evaluation.path, decision.path, Registry(remote=registry_url or None))
 
 
-def promote(tag: str, decision: Input[Dataset], registry_url: str) -> str:
-    """Make the registered challenger the champion, citing the gate's reason."""
+def promote(tag: str, decision: Input[Dataset], registry_url: str, release: str) -> str:
+    """Release the registered challenger, citing the gate's reason: champion now (``promote``), or a staged
+    rollout starting in shadow (``rollout``)."""
     import json
     from pathlib import Path
 
@@ -133,7 +134,7 @@ def promote(tag: str, decision: Input[Dataset], registry_url: str) -> str:
     from fraudops.steps import GATE_FILE, promote_step
 
     reason = json.loads((Path(decision.path) / GATE_FILE).read_text())["reason"]
-    promote_step(tag, Registry(remote=registry_url or None), reason=reason, actor="pipeline")
+    promote_step(tag, Registry(remote=registry_url or None), reason=reason, actor="pipeline", release=release)
     return tag
 
 
@@ -174,6 +175,7 @@ def build_pipeline(image: str = DEFAULT_IMAGE, s3_secret: str = "", s3_endpoint:
         train_config: str = "{}",
         gate_policy: str = "{}",
         registry_url: str = "",
+        release: str = "promote",
     ) -> str:
         ingested = configure("ingest", ops["ingest"](
             data_uri=data_uri, extra_uris=extra_uris, dataset_spec=dataset_spec, ip_table=ip_table, rows=rows,
@@ -193,7 +195,8 @@ def build_pipeline(image: str = DEFAULT_IMAGE, s3_secret: str = "", s3_endpoint:
             decision=gated.outputs["decision"], registry_url=registry_url))
         with dsl.If(gated.outputs["Output"] == "promote", name="gate-passed"):
             configure("promote", ops["promote"](
-                tag=registered.output, decision=gated.outputs["decision"], registry_url=registry_url))
+                tag=registered.output, decision=gated.outputs["decision"], registry_url=registry_url,
+                release=release))
         return registered.output
 
     return training_pipeline

@@ -16,7 +16,8 @@ COMMANDS = [[], ["data"], ["data", "generate"], ["train"], ["pipeline"], ["pipel
             ["pipeline", "run"], ["pipeline", "submit"], ["models"], ["models", "list"], ["models", "show"],
             ["models", "promote"], ["models", "rollback"], ["models", "history"], ["serve"], ["monitor"],
             ["monitor", "drift"], ["monitor", "exporter"], ["monitor", "export-labelled"], ["trigger"],
-            ["trigger", "serve"], ["decisions"], ["decisions", "simulate"], ["demo"]]
+            ["trigger", "serve"], ["decisions"], ["decisions", "simulate"], ["rollout"], ["rollout", "start"],
+            ["rollout", "status"], ["rollout", "promote"], ["rollout", "abort"], ["rollout", "step"], ["demo"]]
 
 
 def run(args: list[str], home: Path, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -191,6 +191,20 @@ def test_worse_challenger_is_rejected_and_champion_stays(chain):
     assert [h["action"] for h in registry.history()] == ["promote"]
 
 
+
+def test_release_by_rollout_puts_the_challenger_in_shadow_and_the_first_model_in_charge(tmp_path, chain):
+    registry = Registry(home=tmp_path / "home", remote="")
+    one, two = (registry.register(chain["registry"].path(chain[t])) for t in ("tag", "tag2"))
+    first = promote_step(one, registry, reason="first", release="rollout")
+    assert first["action"] == "promote" and registry.champion() == one  # nothing to stand beside
+    event = promote_step(two, registry, reason="better on the holdout", release="rollout")
+    rollout = registry.rollout()
+    assert event["action"] == "rollout-start" and registry.champion() == one
+    assert (rollout.challenger, rollout.mode, rollout.reason) == (two, "shadow",
+                                                                  "passed the gate: better on the holdout")
+    with pytest.raises(ConfigError, match="release must be one of promote, rollout"):
+        promote_step(two, registry, reason="x", release="yolo")
+
 def test_gate_refuses_a_champion_of_another_schema(chain, raw_frame, tmp_path):
     other = raw_frame.rename(columns={"is_fraud": "label"})
     data = tmp_path / "other.csv"

@@ -37,6 +37,7 @@ class RetrainRequest:
     registry_url: str = ""
     extra_args: tuple[str, ...] = ()
     parameters: dict[str, Any] = field(default_factory=dict)
+    release: str = "promote"
 
     def cli_args(self) -> list[str]:
         """``fraudops pipeline run --local`` arguments for this request."""
@@ -47,6 +48,8 @@ class RetrainRequest:
             args += ["--extra-data", uri]
         if self.registry_url:
             args += ["--registry-url", self.registry_url]
+        if self.release != "promote":
+            args += ["--release", self.release]
         return [*args, *self.extra_args]
 
 
@@ -136,7 +139,8 @@ class KfpBackend:
         from fraudops.orchestration import pipeline_arguments, submit
 
         arguments = pipeline_arguments(data_uri=request.data_uri, extra_uris=request.extra_uris,
-                                       registry_url=request.registry_url, **request.parameters)
+                                       registry_url=request.registry_url, release=request.release,
+                                       **request.parameters)
         return submit(self.client, arguments, image=self.image, experiment=self.experiment,
                       run_name=f"fraudops-retrain-{request.run_id}", s3_secret=self.s3_secret,
                       s3_endpoint=self.s3_endpoint)

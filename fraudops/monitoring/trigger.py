@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
@@ -32,6 +32,9 @@ from pydantic.json_schema import models_json_schema
 from fraudops.errors import problems
 from fraudops.httpguard import RequestGuard
 from fraudops.monitoring.backends import FAILED, RUNNING, SUCCEEDED, Backend, RetrainRequest, new_run_id
+
+if TYPE_CHECKING:
+    from fraudops.rollout import Controller
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +220,7 @@ class TriggerConfig:
     registry_url: str = ""
     poll_seconds: float = 5.0
     pipeline_args: tuple[str, ...] = ()
+    release: str = "promote"
 
 
 class TriggerMetrics:
@@ -244,8 +248,9 @@ class RetrainTrigger:
     """Decides what each notification does and follows the runs it launched."""
 
     def __init__(self, config: TriggerConfig, backend: Backend,
-                 exporter: Callable[[str, datetime, datetime], str | None] | None = None) -> None:
-        self.config, self.backend = config, backend
+                 exporter: Callable[[str, datetime, datetime], str | None] | None = None,
+                 controller: Controller | None = None) -> None:
+        self.config, self.backend, self.controller = config, backend, controller
         self.state = TriggerState(config.state_dir / "trigger.db")
         self.metrics = TriggerMetrics()
         self.exporter = exporter
@@ -312,7 +317,8 @@ class RetrainTrigger:
                 raise RuntimeError("no training data: no --base-data and no labelled recent traffic to export")
             request = RetrainRequest(run_id=run_id, data_uri=self.config.base_data or extra[0],
                                      extra_uris=extra if self.config.base_data else extra[1:],
-                                     registry_url=self.config.registry_url, extra_args=self.config.pipeline_args)
+                                     registry_url=self.config.registry_url, extra_args=self.config.pipeline_args,
+                                     release=self.config.release)
             external = self.backend.launch(request)
             self.state.update_run(run_id, external_id=external, state=RUNNING,
                                   detail=f"training on {request.data_uri} + {list(request.extra_uris)}")
@@ -350,6 +356,11 @@ class RetrainTrigger:
         def loop() -> None:
             while not self._stop.wait(self.config.poll_seconds):
                 self.refresh()
+                if self.controller is not None:
+                    try:
+                        self.controller.tick()
+                    except Exception:  # the store or the log may be down for a while: the next tick retries
+                        log.exception("rollout controller step failed")
 
         self._watcher = threading.Thread(target=loop, name="trigger-watch", daemon=True)
         self._watcher.start()
