@@ -612,6 +612,36 @@ def test_drift_policy_goes_from_values_to_the_drift_job(chart: Any, tmp_path: Pa
         render(chart, {"driftMonitor": {"policy": {"drift_share": 1.5}}})
 
 
+
+def test_rollout_release_goes_from_values_to_the_trigger(chart: Any, tmp_path: Path) -> None:
+    from fraudops.rollout import RolloutPolicy
+
+    def trigger_args(docs: list[dict[str, Any]]) -> list[str]:
+        return one(docs, "Deployment", "fraudops-trigger")["spec"]["template"]["spec"]["containers"][0]["args"]
+
+    default = objects(chart)
+    assert trigger_args(default)[-2:] == ["--release", "promote"]
+    assert not [d for d in default if d["metadata"]["name"] == "fraudops-rollout-policy"]
+    tuned = {"shadow": {"min_rows": 5000, "min_minutes": 60}, "max_decline_rate_increase": 0.01}
+    docs = objects(chart, {"trigger": {"release": "rollout", "rollout": {
+        "every": "2m", "prometheusUrl": "http://prometheus-operated.monitoring:9090", "policy": tuned}}})
+    args = trigger_args(docs)
+    assert args[args.index("--release"):] == [
+        "--release", "rollout", "--rollout-policy", "/etc/fraudops/rollout/policy.yaml", "--rollout-every", "2m",
+        "--prometheus-url", "http://prometheus-operated.monitoring:9090"]
+    pod = one(docs, "Deployment", "fraudops-trigger")["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "rollout-policy"]
+    assert volume["configMap"]["name"] == "fraudops-rollout-policy"
+    text = one(docs, "ConfigMap", "fraudops-rollout-policy")["data"]["policy.yaml"]
+    (tmp_path / "tuned.yaml").write_text(text)
+    assert RolloutPolicy.from_file(tmp_path / "tuned.yaml") == RolloutPolicy(**tuned)
+    schema = json.loads((CHART_DIR / "values.schema.json").read_text())["properties"]["trigger"]["properties"]
+    assert set(schema["rollout"]["properties"]["policy"]["properties"]) == set(RolloutPolicy.model_fields)
+    with pytest.raises(helm_python.HelmValuesError, match="max_decline_rate_increas"):
+        render(chart, {"trigger": {"release": "rollout", "rollout": {"policy": {"max_decline_rate_increas": 1}}}})
+    with pytest.raises(helm_python.HelmValuesError, match="release"):
+        render(chart, {"trigger": {"release": "yolo"}})
+
 def test_trigger_job_backend_gets_least_privilege_rbac(chart: Any) -> None:
     docs = objects(chart)
     role = one(docs, "Role", "fraudops-trigger")
@@ -634,7 +664,8 @@ def test_trigger_job_backend_gets_least_privilege_rbac(chart: Any) -> None:
                                  "--namespace", NAMESPACE, "--service-account", "fraudops",
                                  "--job-resources", json.dumps({"limits": {"memory": "4Gi"},
                                                                 "requests": {"cpu": "1", "memory": "2Gi"}},
-                                                               separators=(",", ":"))]
+                                                               separators=(",", ":")),
+                                 "--release", "promote"]
     token = next(v for v in pod["volumes"] if v["name"] == "token")
     assert token["secret"]["secretName"] == "fraudops-trigger-token"
     assert token["secret"]["items"] == [{"key": "token", "path": "token"}]
