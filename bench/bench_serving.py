@@ -7,15 +7,19 @@ One run (loopback only, bounded in requests and time) measures and prints as mar
    scheduled send time, so queueing is included) and throughput in rows/s at batch sizes 1, 100 and 1000, for
    (a) in-process ``bundle.score`` on a DataFrame (no HTTP; one thread), (b) the fraudops BentoML service,
    (c) a minimal reference server (Starlette + uvicorn, one process, the same model and ``bundle.score``), plus
-   (a') the service's own logic in-process (``Scorer.score``: validation, features, log, metrics; no HTTP);
+   (a') the service's own logic in-process (``Scorer.score``: validation, features, log, metrics; no HTTP) and
+   (b0) the service without its write-ahead log (``FRAUDOPS_PREDICTION_WAL=off``), the cost of crash durability,
+   and (b2) the service with a second model in a shadow rollout (scored off the request path, logged, never
+   returned), the cost of a shadow: the bench checks that the shadow is loaded and reports how many shadow rows
+   were logged against champion rows and how many requests the bounded shadow queue dropped;
 2. a load test of the service: N requests at concurrency 32, counting 5xx, then SIGTERM and a check that every
    accepted prediction is in the prediction log;
 3. peak RSS of each server's process tree (psutil, sampled).
 
 Usage::
 
-    .venv/bin/python bench/bench_serving.py            # ~5 minutes on 2 cores
-    .venv/bin/python bench/bench_serving.py --quick    # ~1.5 minutes
+    .venv/bin/python bench/bench_serving.py            # ~6-7 minutes on 2 cores
+    .venv/bin/python bench/bench_serving.py --quick    # ~1.5-2 minutes
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import itertools
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -34,6 +39,8 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -162,6 +169,31 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def http_call(port: int, path: str, *, body: bytes | None = None, token: str = "", timeout: float = 30
+              ) -> tuple[int, bytes]:
+    """One GET (or POST of a JSON ``body``) with its own connection, for the few control calls of the bench."""
+    headers = {"Content-Type": "application/json"} if body is not None else {}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, headers=headers,
+                                     method="GET" if body is None else "POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def metric_total(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples of ``name`` with these ``labels`` (any others) in a Prometheus text exposition."""
+    total = 0.0
+    for line in text.splitlines():
+        if (found := re.match(rf"{name}(?:{{(.*)}})? (\S+)", line)) and all(
+                f'{k}="{v}"' in (found.group(1) or "") for k, v in labels.items()):
+            total += float(found.group(2))
+    return total
+
+
 class Server:
     """A server process tree with a sampler of its summed RSS; `stop` sends SIGTERM (SIGKILL after 30 s)."""
 
@@ -243,6 +275,46 @@ def reference_server(model_dir: str, port: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
+# -- the shadow challenger ----------------------------------------------------------------------------------------
+def check_shadow_loaded(server: Server, token: str, challenger: str, workers: int) -> None:
+    """Fail unless the service scores ``challenger`` in shadow: POST /reload reports the rollout (the worker that
+    answers), and the log shows every worker loading it."""
+    status, data = http_call(server.port, "/reload", body=b"{}", token=token)
+    rollout = json.loads(data).get("rollout") if status == 200 else None
+    if not rollout or rollout["challenger"] != challenger or rollout["mode"] != "shadow":
+        raise RuntimeError(f"the shadow challenger {challenger} is not loaded: POST /reload answered {status} "
+                           f"{data[:500]!r}\n{server.log.read_text()[-3000:]}")
+    loaded = server.log.read_text().count(f"rollout of {challenger} beside ")
+    if loaded < workers:
+        raise RuntimeError(f"the shadow challenger {challenger} is loaded by {loaded} of {workers} workers:\n"
+                           f"{server.log.read_text()[-3000:]}")
+
+
+def wait_shadow_idle(port: int, timeout: float = 180) -> tuple[int, float]:
+    """Wait until the shadow queue is empty, so that a measurement does not pay for the previous one's backlog:
+    every scored row has been shadow-scored, or (some requests were dropped or failed) shadow scoring has not
+    moved for 1 s. Returns the backlog found (rows scored but not shadow-scored yet) and the seconds waited."""
+    started = time.monotonic()
+    deadline = started + timeout
+    backlog: int | None = None
+    last, since = -1.0, started
+    while time.monotonic() < deadline:
+        text = http_call(port, "/metrics")[1].decode()
+        shadow = metric_total(text, "fraudops_scorer_role_decisions_total", role="shadow")
+        behind = int(metric_total(text, "fraudops_scorer_rows_scored_total") - shadow)
+        backlog = behind if backlog is None else backlog
+        if behind <= 0:
+            break
+        if shadow != last:
+            last, since = shadow, time.monotonic()
+        elif time.monotonic() - since >= 1.0:
+            break
+        time.sleep(0.1)
+    else:
+        raise RuntimeError(f"the shadow queue did not drain in {timeout:g} s")
+    return max(backlog or 0, 0), time.monotonic() - started
+
+
 # -- measurements -------------------------------------------------------------------------------------------------
 def in_process_open_loop(fn: Callable[[Any], Any], items: list[Any], rate: float, seconds: float
                          ) -> tuple[list[float], int]:
@@ -275,16 +347,21 @@ def pct(values: list[float], q: float) -> float:
 
 
 def measure(name: str, single: Callable[[float], tuple[list[float], int]],
-            throughput: Callable[[int], float]) -> dict[str, Any]:
+            throughput: Callable[[int], float], settle: Callable[[str], None] = lambda _after: None
+            ) -> dict[str, Any]:
+    """Latency at each rate and throughput at each batch size; ``settle(what ran last)`` runs between them."""
     out: dict[str, Any] = {}
+    settle("warm-up")
     for rate in RATES:
         latencies, failed = single(rate)
         out[f"p50@{rate}"], out[f"p99@{rate}"], out[f"failed@{rate}"] = pct(latencies, 50), pct(latencies, 99), failed
         print(f"  {name}: {rate} req/s p50 {out[f'p50@{rate}']:.2f} ms p99 {out[f'p99@{rate}']:.2f} ms "
               f"failed {failed}", flush=True)
+        settle(f"{rate} req/s")
     for size in BATCHES:
         out[f"rows/s@{size}"] = throughput(size)
         print(f"  {name}: batch {size}: {out[f'rows/s@{size}']:.0f} rows/s", flush=True)
+        settle(f"batch {size}")
     return out
 
 
@@ -296,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="BentoML workers of the service")
     parser.add_argument("--out", type=Path, help="also write the tables to this markdown file")
     args = parser.parse_args(argv)
+    began = time.monotonic()
     seconds = args.rate_seconds or (3.0 if args.quick else 10.0)
     load_requests = args.load_requests or (2000 if args.quick else 20_000)
     scale = 0.2 if args.quick else 1.0
@@ -323,6 +401,11 @@ def main(argv: list[str] | None = None) -> int:
         if registry.champion() != tag:
             registry.promote(tag, reason="benchmark")
         bundle = registry.load(tag)
+        print("training the shadow challenger (other data and seed) ...", flush=True)
+        generate_transactions(rows_n, seed=13).to_parquet(work / "train2.parquet")
+        steps.train_to_directory(str(work / "train2.parquet"), work / "model2", None,
+                                 TrainConfig(iterations=iterations, seed=1))  # no registry: not gated or promoted
+        tag2 = registry.register(work / "model2" / "model", labels={"purpose": "benchmark shadow"})
         traffic = generate_transactions(6000, seed=12, start="2026-02-01", days=20).drop(columns=["is_fraud"])
         requests = json.loads(traffic.to_json(orient="records", date_format="iso"))
         batches = {size: [requests[i: i + size] for i in range(0, len(requests) - size + 1, size)][:20]
@@ -360,11 +443,25 @@ def main(argv: list[str] | None = None) -> int:
 
             return single, throughput
 
-        print("(b) fraudops service", flush=True)
         log_root = work / "service-log"
+        token = secrets.token_urlsafe(16)  # for POST /reload
         env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "True", "FRAUDOPS_REGISTRY_URL": "",
                "FRAUDOPS_PREDICTION_LOG": str(log_root), "FRAUDOPS_WORKERS": str(args.workers),
-               "FRAUDOPS_POLL_SECONDS": "30"}
+               "FRAUDOPS_POLL_SECONDS": "30", "FRAUDOPS_PREDICTION_WAL": str(work / "wal"),
+               "FRAUDOPS_INTERNAL_TOKEN": token}
+        print("(b0) fraudops service without its write-ahead log", flush=True)
+        port = free_port()
+        bare = Server([str(BENTOML), "serve", "services.scorer:FraudScorer", "--host", "127.0.0.1", "--port",
+                       str(port)], {**env, "FRAUDOPS_PREDICTION_LOG": str(work / "bare-log"),
+                                    "FRAUDOPS_PREDICTION_WAL": "off"}, work / "bare.log")
+        try:
+            bare.wait_ready()
+            closed_loop(port, single_bodies, 200, 4)  # warm-up
+            results["b0"] = measure("b0", *http(port))
+        finally:
+            bare.stop()
+
+        print("(b) fraudops service", flush=True)
         port = free_port()
         service = Server([str(BENTOML), "serve", "services.scorer:FraudScorer", "--host", "127.0.0.1", "--port",
                           str(port)], env, work / "service.log")
@@ -389,6 +486,47 @@ def main(argv: list[str] | None = None) -> int:
             "corrupt": logged.attrs["corrupt_parts"], "exit": exit_code}
         results["b"]["rss"] = service.peak_rss
 
+        print("(b2) fraudops service with a shadow challenger", flush=True)
+        registry.start_rollout(tag2, "shadow", reason="benchmark")
+        rollout = registry.rollout()
+        assert rollout is not None
+        shadow_root = work / "shadow-log"
+        try:
+            port = free_port()
+            shadowed = Server([str(BENTOML), "serve", "services.scorer:FraudScorer", "--host", "127.0.0.1",
+                               "--port", str(port)], {**env, "FRAUDOPS_PREDICTION_LOG": str(shadow_root),
+                                                      "FRAUDOPS_PREDICTION_WAL": str(work / "shadow-wal")},
+                              work / "shadowed.log")
+            try:
+                shadowed.wait_ready()
+                check_shadow_loaded(shadowed, token, tag2, args.workers)
+                closed_loop(port, single_bodies, 200, 4)  # warm-up
+                backlogs: list[tuple[int, float, str]] = []
+
+                def settle(after: str) -> None:
+                    rows_behind, waited = wait_shadow_idle(port)
+                    backlogs.append((rows_behind, waited, after))
+                    print(f"  b2: shadow backlog after {after}: {rows_behind} rows, {waited:.1f} s to drain",
+                          flush=True)
+
+                results["b2"] = measure("b2", *http(port), settle=settle)
+                metrics = http_call(port, "/metrics")[1].decode()
+            finally:
+                shadowed.stop()
+        finally:
+            registry.abort_rollout(reason="benchmark done", rollout_id=rollout.id)
+        results["b2"]["rss"] = shadowed.peak_rss
+        logged = read_predictions(str(shadow_root))
+        roles = logged.groupby("role").agg(rows=("request_id", "size"), requests=("request_id", "nunique"))
+        shadow_result = {
+            "challenger": tag2, "champion": tag,
+            **{f"{role}_{what}": int(roles[what].get(role, 0)) for role in ("champion", "shadow")
+               for what in ("rows", "requests")},
+            "dropped": metric_total(metrics, "fraudops_scorer_shadow_dropped_total"),
+            "failed": metric_total(metrics, "fraudops_scorer_shadow_failures_total"),
+            "backlog": max((b for b in backlogs if b[2] != "warm-up"), default=(0, 0.0, "-"))}
+        print(f"  b2: {shadow_result}", flush=True)
+
         print("(c) Starlette + uvicorn reference", flush=True)
         port = free_port()
         reference = Server([sys.executable, __file__, "--reference", str(registry.path(tag)), "--port", str(port)],
@@ -403,24 +541,37 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    a, a2, b, c = results["a"], results["a2"], results["b"], results["c"]
+    a, a2, b0, b, b2, c = (results[k] for k in ("a", "a2", "b0", "b", "b2", "c"))
     rows = []
     for rate in RATES:
         for q in ("p50", "p99"):
             key = f"{q}@{rate}"
             cells = [fmt(r[key], 2) + (f" ({r[f'failed@{rate}']} failed)" if r[f"failed@{rate}"] else "")
-                     for r in (a, a2, b, c)]
-            rows.append([f"1 transaction, {q} at {rate} req/s (ms)", *cells, fmt_ratio(b[key], a[key]),
-                         fmt_ratio(b[key], c[key])])
+                     for r in (a, a2, b0, b, b2, c)]
+            rows.append([f"1 transaction, {q} at {rate} req/s (ms)", *cells, fmt_ratio(b[key], b0[key]),
+                         fmt_ratio(b2[key], b[key]), fmt_ratio(b[key], a[key]), fmt_ratio(b[key], c[key])])
     for size in BATCHES:
         key = f"rows/s@{size}"
-        rows.append([f"throughput, batches of {size} (rows/s)", fmt(a[key], 0), fmt(a2[key], 0), fmt(b[key], 0),
-                     fmt(c[key], 0), fmt_ratio(b[key], a[key]), fmt_ratio(b[key], c[key])])
-    rows.append(["peak RSS of the server process tree (MiB)", "—", "—", fmt(b["rss"] / MIB, 0),
-                 fmt(c["rss"] / MIB, 0), "—", fmt_ratio(b["rss"], c["rss"])])
+        rows.append([f"throughput, batches of {size} (rows/s)", *(fmt(r[key], 0) for r in (a, a2, b0, b, b2, c)),
+                     fmt_ratio(b[key], b0[key]), fmt_ratio(b2[key], b[key]), fmt_ratio(b[key], a[key]),
+                     fmt_ratio(b[key], c[key])])
+    rows.append(["peak RSS of the server process tree (MiB)", "—", "—", "—", fmt(b["rss"] / MIB, 0),
+                 fmt(b2["rss"] / MIB, 0), fmt(c["rss"] / MIB, 0), "—", fmt_ratio(b2["rss"], b["rss"]), "—",
+                 fmt_ratio(b["rss"], c["rss"])])
     main_table = markdown_table(
-        ["measure", "(a) in-process bundle.score", "(a') in-process Scorer.score", "(b) fraudops service",
-         "(c) Starlette + bundle.score", "b/a", "b/c"], rows)
+        ["measure", "(a) in-process bundle.score", "(a') in-process Scorer.score", "(b0) service, no write-ahead",
+         "(b) fraudops service", "(b2) service + shadow challenger", "(c) Starlette + bundle.score", "b/b0",
+         "b2/b", "b/a", "b/c"], rows)
+    sr = shadow_result
+    shadow_line = (
+        f"(b2): challenger {sr['challenger']} in shadow beside champion {sr['champion']}, checked loaded (POST "
+        f"/reload and the log). Logged in that run (warm-ups included): {sr['shadow_rows']} shadow rows for "
+        f"{sr['champion_rows']} champion rows ({fmt(100 * sr['shadow_rows'] / max(sr['champion_rows'], 1), 1)}%), "
+        f"{sr['shadow_requests']} of {sr['champion_requests']} requests; `fraudops_scorer_shadow_dropped_total` "
+        f"{sr['dropped']:.0f} (queue full), `fraudops_scorer_shadow_failures_total` {sr['failed']:.0f}. Between "
+        "(b2) measurements the bench waits until the shadow queue is empty, so none pays for the previous one's "
+        f"backlog; the largest backlog left at the end of one was {sr['backlog'][0]} rows after {sr['backlog'][2]} "
+        f"({fmt(sr['backlog'][1], 1)} s to drain, not in its figures). b2/b is the cost of the shadow.")
     lr = load_result
     load_table = markdown_table(
         ["requests", "concurrency", "seconds", "req/s", "p50 (ms)", "p99 (ms)", "5xx", "other non-200",
@@ -432,10 +583,13 @@ def main(argv: list[str] | None = None) -> int:
         "## Serving benchmark",
         "Machine: " + "; ".join(f"{k}: {v}" for k, v in facts.items()),
         "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
-        f"Settings: {'--quick, ' if args.quick else ''}{seconds:g} s per rate (open loop, latency from the scheduled "
-        f"send time), model of {iterations} iterations on {rows_n} rows, {args.workers} service worker(s); "
-        "b/a and b/c: latency ratios above 1 and throughput ratios below 1 mean the service is slower.",
+        f"Settings: {'--quick, ' if args.quick else ''}{seconds:g} s per rate in every column (open loop, latency "
+        f"from the scheduled send time), model of {iterations} iterations on {rows_n} rows, {args.workers} service "
+        "worker(s); "
+        "b/b0, b2/b, b/a and b/c: latency ratios above 1 and throughput ratios below 1 mean the service is slower; "
+        f"the run took {(time.monotonic() - began) / 60:.1f} minutes.",
         main_table,
+        shadow_line,
         "### Load test of the service (single transactions), then SIGTERM",
         load_table,
     ])
@@ -443,7 +597,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text + "\n")
-    return 0 if lr["5xx"] == 0 and lr["in_log"] == lr["accepted"] else 1
+    return 0 if lr["5xx"] == 0 and lr["in_log"] == lr["accepted"] and sr["shadow_rows"] > 0 else 1
 
 
 if __name__ == "__main__":
