@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pandas as pd
+import yaml
 
 from fraudops.data.synthetic import DriftConfig, generate_transactions
 from fraudops.errors import FraudopsError
@@ -103,6 +104,49 @@ class DemoSettings:
                                                                    new_pattern=True, fraud_rate_multiplier=2.0))
     alert_timeout: float = 120
     retrain_timeout: float = 600
+    rollout_rows: int = 3_000
+    """Drifted transactions sent per round while a rollout runs (until it is promoted or aborted)."""
+    rollout_timeout: float = 180
+
+
+# The demo's rollout policy: stages of a few hundred transactions and no minimum time, so that shadow, canary and
+# promotion fit in a minute (monitoring/rollout-policy.yaml has the production defaults). The limits stay strict
+# except that a drift retrain may decline more: the champion it replaces misses the new fraud pattern.
+DEMO_ROLLOUT = {"shadow": {"min_rows": 600, "min_minutes": 0}, "canary": [{"percent": 50, "min_rows": 600,
+                                                                           "min_minutes": 0}],
+                "min_judged_rows": 300, "max_decline_rate_increase": 0.08, "max_review_rate_increase": 0.08,
+                "max_disagreement": 0.2, "max_score_distance": 0.5}
+
+
+def roll_out(stack: LocalStack, registry: Any, client: httpx.Client, scorer: str, settings: DemoSettings,
+             timeline: Timeline, result: dict[str, Any]) -> str:
+    """Send drifted traffic (with labels) while the trigger steps the rollout; returns the champion at the end."""
+    seen: set[tuple[str, float]] = set()
+    round_ = 0
+    deadline = time.monotonic() + settings.rollout_timeout
+    while time.monotonic() < deadline:
+        state = registry.rollout()
+        if state is None:
+            break
+        if (state.mode, state.percent) not in seen:
+            seen.add((state.mode, state.percent))
+            timeline.add(f"rollout: {state.mode}" + (f" {state.percent:g}%" if state.mode == "canary" else ""),
+                         f"{state.challenger} beside {state.champion}: {registry.history()[-1]['reason']}")
+        round_ += 1
+        traffic = generate_transactions(settings.rollout_rows // 3, seed=settings.seed + 100 + round_,
+                                        start="2026-02-12", days=1, drift=settings.drift,
+                                        population_seed=settings.seed)
+        labels, _ = send_traffic(client, scorer, traffic)
+        send_feedback(client, scorer, labels, stack.internal_token)
+        time.sleep(3)  # the log flushes every second, the trigger judges every 2 s
+    else:
+        raise FraudopsError(f"the rollout did not end within {settings.rollout_timeout:g} s")
+    event = registry.history()[-1]
+    result["rollout"] = [e for e in registry.history() if e["action"].startswith("rollout") or
+                         e.get("actor") == "rollout-controller"]
+    timeline.add("rollout promoted" if event["action"] == "promote" else "rollout aborted",
+                 f"{event['tag']} by {event['actor']}: {event['reason']}")
+    return registry.champion()
 
 
 def run_demo(home: Path, settings: DemoSettings, timeline: Timeline,
@@ -129,7 +173,10 @@ def run_demo(home: Path, settings: DemoSettings, timeline: Timeline,
     # The retraining holds out the latest 10% for the gate and the 10% before for early stopping, so that most of
     # the drifted traffic (the newest) lands in its training window.
     retrain = (f"--iterations={settings.iterations}", "--test-fraction=0.1", "--valid-fraction=0.1")
-    stack = LocalStack(home, base_data=str(base), pipeline_args=retrain)
+    policy = home / "config" / "rollout-policy.yaml"
+    policy.parent.mkdir(parents=True, exist_ok=True)
+    policy.write_text(yaml.safe_dump(DEMO_ROLLOUT))
+    stack = LocalStack(home, base_data=str(base), pipeline_args=retrain, release="rollout", rollout_policy=str(policy))
     registry = Registry(home=Path(stack.env["BENTOML_HOME"]))
     result: dict[str, Any] = {"home": str(home)}
     saved = {k: os.environ.get(k) for k in stack.env if k.startswith(("BENTOML", "FRAUDOPS"))}
@@ -181,6 +228,9 @@ def run_demo(home: Path, settings: DemoSettings, timeline: Timeline,
             result.update(champion=champion, challenger=challenger.tag, gate=challenger.labels.get("gate"),
                           gate_reason=challenger.metadata.get("gate_reason", ""))
             timeline.add("gate decided", f"{challenger.tag}: {result['gate']} ({result['gate_reason']})")
+            if result["gate"] == "promote":
+                champion = roll_out(stack, registry, client, scorer, settings, timeline, result)
+                result["champion"] = champion
             if champion != first.tag:
                 wait_for(lambda: send_traffic(client, scorer, drifted.head(5))[1] == {champion},
                          60, what="the scorer to serve the new champion")

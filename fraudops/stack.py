@@ -94,6 +94,9 @@ class LocalStack:
     recent_window: str = "1d"
     pipeline_args: tuple[str, ...] = ()
     alert_repeat: str = "5s"
+    release: str = "promote"
+    rollout_policy: str = ""
+    """Rollout policy file the trigger steps a rollout by (release ``rollout``); empty: the defaults."""
     processes: dict[str, Process] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -154,6 +157,11 @@ class LocalStack:
                    "--recent-window", self.recent_window]
         if self.base_data:
             trigger += ["--base-data", self.base_data]
+        if self.release == "rollout":
+            trigger += ["--release", "rollout", "--rollout-every", "2s",
+                        "--prometheus-url", f"http://127.0.0.1:{ports['prometheus']}"]
+            if self.rollout_policy:
+                trigger += ["--rollout-policy", self.rollout_policy]
         for arg in self.pipeline_args:
             trigger.append(f"--pipeline-arg={arg}")
         self._fraudops("trigger", trigger, f"http://127.0.0.1:{ports['trigger']}")

@@ -44,10 +44,22 @@ def test_drift_alert_retrains_once_and_the_gate_decides(tmp_path: Path) -> None:
     # the gate's decision is what the registry and the scorer show
     registry = Registry(home=tmp_path / "loop" / "bentoml")
     assert result["gate"] in ("promote", "reject")
-    if result["gate"] == "promote":
-        assert result["champion"] == result["challenger"] != result["first_model"]
-        assert timeline.at("new champion serving") >= timeline.at("gate decided")
-        assert [e["action"] for e in registry.history()] == ["promote", "promote"]
+    if result["gate"] == "promote":  # released as a staged rollout, stepped by the trigger's controller
+        events = {name: detail for _, name, detail in timeline.events}
+        history = registry.history()
+        actions = [e["action"] for e in history]
+        assert actions[:2] == ["promote", "rollout-start"] and history[-1]["actor"] == "rollout-controller"
+        assert timeline.at("gate decided") <= timeline.at("rollout: shadow")
+        if "rollout promoted" in events:  # shadow and canary held: every limit within the policy, named
+            assert actions[2:] == ["rollout-stage", "promote"] and history[2]["actor"] == "rollout-controller"
+            assert timeline.at("rollout: shadow") < timeline.at("rollout: canary 50%") < timeline.at(
+                "rollout promoted") <= timeline.at("new champion serving")
+            assert "pp <= max" in history[-1]["reason"]
+            assert result["champion"] == result["challenger"] != result["first_model"]
+        else:  # a limit broke: aborted, the champion stays
+            assert actions[2:] in (["rollout-abort"], ["rollout-stage", "rollout-abort"])
+            assert "> max" in history[-1]["reason"] and "rollout aborted" in events
+            assert result["champion"] == result["first_model"]
     else:
         assert result["champion"] == result["first_model"]
     # reports and state written
