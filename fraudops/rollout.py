@@ -20,13 +20,11 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 import pandas as pd
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fraudops.decisions import APPROVE, DECLINE, DECLINE_COLUMN, REVIEW
-from fraudops.errors import ConfigError, problems
 from fraudops.evaluation import fraud_metrics
-from fraudops.monitoring.drift import LABEL, SCORE, NumMethod
+from fraudops.monitoring.drift import LABEL, SCORE, NumMethod, load_policy
 from fraudops.monitoring.evidently_adapter import column_drift
 from fraudops.monitoring.job import labelled_window
 from fraudops.predlog import TIME_COLUMN
@@ -112,14 +110,7 @@ class RolloutPolicy(BaseModel):
     @classmethod
     def from_file(cls, path: str | Path) -> RolloutPolicy:
         """Read a policy from YAML; unknown keys and bad values are errors naming the key."""
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"cannot read rollout policy {path}: {exc}") from None
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            raise ConfigError(f"invalid rollout policy {path}: {problems(exc, 'policy')}") from None
+        return load_policy(cls, path, "rollout policy")
 
     def stage(self, mode: str, percent: float) -> tuple[StagePolicy, tuple[str, float] | None]:
         """What the stage ``mode``/``percent`` needs, and the stage after it (None: promote). A canary share

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -80,3 +82,23 @@ def transactions():
 def small_frame() -> pd.DataFrame:
     """2000 labelled transactions with a learnable fraud signal."""
     return make_transactions(2000, seed=0)
+
+
+def save_small_bundle(frame: pd.DataFrame, iterations: int, target: Path) -> str:
+    """Train and save a small model bundle on ``frame`` (synthetic schema); returns its directory."""
+    from fraudops.schema import SYNTHETIC
+    from fraudops.training import TrainConfig, featurize, fit, split
+    from fraudops.validation import validate
+
+    result = validate(frame, SYNTHETIC)
+    config = TrainConfig(iterations=iterations, threads=2)
+    splits = split(result.clean, result.spec, config)
+    state, x_train, x_valid, _ = featurize(splits, result.spec, result.numeric)
+    bundle = fit(state, x_train, splits.train["is_fraud"], x_valid, splits.valid["is_fraud"], config)
+    return str(bundle.save(target))
+
+
+@pytest.fixture(scope="session")
+def save_bundle():
+    """`save_small_bundle`, for module fixtures that train a small model."""
+    return save_small_bundle

@@ -24,9 +24,6 @@ import pytest
 from fraudops import storage
 from fraudops.errors import FraudopsError
 from fraudops.registry import REGISTRY_URL_ENV, Registry, RegistryStoreError
-from fraudops.schema import SYNTHETIC
-from fraudops.training import TrainConfig, featurize, fit, split
-from fraudops.validation import validate
 
 REPO = Path(__file__).resolve().parents[1]
 MOTO = Path(sys.executable).with_name("moto_server")
@@ -82,14 +79,9 @@ class Store:
 
 
 @pytest.fixture(scope="module")
-def bundle_dir(transactions, tmp_path_factory) -> str:
+def bundle_dir(transactions, save_bundle, tmp_path_factory) -> str:
     """A small saved model bundle (every model registered here is a copy of it)."""
-    result = validate(transactions(1000, seed=21), SYNTHETIC)
-    config = TrainConfig(iterations=15, threads=2)
-    splits = split(result.clean, result.spec, config)
-    state, x_train, x_valid, _ = featurize(splits, result.spec, result.numeric)
-    bundle = fit(state, x_train, splits.train["is_fraud"], x_valid, splits.valid["is_fraud"], config)
-    return str(bundle.save(tmp_path_factory.mktemp("bundle") / "model"))
+    return save_bundle(transactions(1000, seed=21), 15, tmp_path_factory.mktemp("bundle") / "model")
 
 
 @pytest.fixture(autouse=True)

@@ -40,9 +40,6 @@ from fraudops.rollout import (
     decide,
     step,
 )
-from fraudops.schema import SYNTHETIC
-from fraudops.training import TrainConfig, featurize, fit, split
-from fraudops.validation import validate
 
 POLICY_FILE = Path(__file__).parent.parent / "monitoring" / "rollout-policy.yaml"
 T0 = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
@@ -430,14 +427,9 @@ STRICT_FILE = ("shadow: {min_rows: 6, min_minutes: 5}\ncanary: [{percent: 10, mi
 
 
 @pytest.fixture(scope="module")
-def bundle_dir(transactions, tmp_path_factory) -> str:
+def bundle_dir(transactions, save_bundle, tmp_path_factory) -> str:
     """A small saved model bundle (registered twice: champion and challenger)."""
-    result = validate(transactions(600, seed=5), SYNTHETIC)
-    config = TrainConfig(iterations=5, threads=2)
-    splits = split(result.clean, result.spec, config)
-    state, x_train, x_valid, _ = featurize(splits, result.spec, result.numeric)
-    bundle = fit(state, x_train, splits.train["is_fraud"], x_valid, splits.valid["is_fraud"], config)
-    return str(bundle.save(tmp_path_factory.mktemp("bundle") / "model"))
+    return save_bundle(transactions(600, seed=5), 5, tmp_path_factory.mktemp("bundle") / "model")
 
 
 class Clock:

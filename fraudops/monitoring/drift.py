@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -21,6 +21,21 @@ Verdict = Literal["insufficient_data", "ok", "drift", "degraded"]
 # Evidently's drift methods that give a distance (higher = more drift), usable with a distance threshold.
 NumMethod = Literal["wasserstein", "psi", "kl_div", "jensenshannon", "hellinger", "ed"]
 CatMethod = Literal["jensenshannon", "psi", "kl_div", "hellinger", "TVD"]
+
+
+PolicyT = TypeVar("PolicyT", bound=BaseModel)
+
+
+def load_policy(cls: type[PolicyT], path: str | Path, what: str) -> PolicyT:
+    """A policy model from a YAML file; unreadable files, unknown keys and bad values are errors naming them."""
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc}") from None
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid {what} {path}: {problems(exc, 'policy')}") from None
 
 
 class DriftPolicy(BaseModel):
@@ -47,14 +62,7 @@ class DriftPolicy(BaseModel):
     @classmethod
     def from_file(cls, path: str | Path) -> DriftPolicy:
         """Read a policy from YAML; unknown keys and bad values are errors naming the key."""
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"cannot read drift policy {path}: {exc}") from None
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            raise ConfigError(f"invalid drift policy {path}: {problems(exc, 'policy')}") from None
+        return load_policy(cls, path, "drift policy")
 
 
 @dataclass
