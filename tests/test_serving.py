@@ -664,3 +664,26 @@ def test_rollout_steps_are_checked_and_recorded(home, trained):
     registry.abort_rollout(reason="enough", rollout_id=rollout.id)
     with pytest.raises(RegistryError, match="no rollout is active"):
         registry.abort_rollout(reason="again", rollout_id=rollout.id)
+
+
+def test_the_shadow_scores_what_waits_in_one_call_and_stops_cleanly():
+    from fraudops.serving.challenger import ShadowWorker
+
+    calls: list[tuple[str, list[str]]] = []
+    busy = threading.Event()
+    release = threading.Event()
+
+    def run(challenger: Any, batch: list[tuple[list[Any], str]]) -> None:
+        busy.set()
+        release.wait(5)
+        calls.append((challenger, [request_id for _, request_id in batch]))
+
+    worker = ShadowWorker(run, on_dropped=lambda: None, on_failed=lambda _exc: None)
+    worker.submit("b", [{}], "r0")
+    assert busy.wait(5)  # the worker is scoring r0; the next ones wait together
+    for i in range(1, 4):
+        worker.submit("b", [{}], f"r{i}")
+    worker.submit("c", [{}], "r4")  # another challenger: a call of its own
+    release.set()
+    worker.close()  # scores what waits, then returns
+    assert calls == [("b", ["r0"]), ("b", ["r1", "r2", "r3"]), ("c", ["r4"])]

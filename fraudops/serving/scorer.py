@@ -302,8 +302,9 @@ class Scorer:
         return Scored(scores, served.bands.decide(scores), features, seconds, reasons)
 
     def _log(self, served: ServedModel, role: str, index: list[int], rows: list[dict[str, Any]], scored: Scored,
-             transactions: list[Any], request_id: str, rollout_id: str | None) -> None:
-        """One chunk of the prediction log: these rows of one request as one model scored them."""
+             transactions: list[Any], request_id: str | list[str], rollout_id: str | None) -> None:
+        """One chunk of the prediction log: these rows (of one request, or each with its ``request_id``) as one
+        model scored them."""
         spec = served.bundle.state.spec
         columns: dict[str, Any] = {"row": np.array(index, dtype="int32"), "score": scored.scores,
                                    "decision": scored.decisions}
@@ -311,18 +312,31 @@ class Scorer:
             columns["transaction_id"] = [row.get(spec.id_column) for row in rows]
         if spec.timestamp:
             columns[spec.timestamp] = served.schema.times(rows, spec.timestamp)
-        shared = {"request_id": request_id, "model_tag": served.tag, "role": role, "rollout_id": rollout_id,
+        shared = {"model_tag": served.tag, "role": role, "rollout_id": rollout_id,
                   "latency_ms": scored.seconds * 1000, REVIEW_COLUMN: served.bands.review,
                   DECLINE_COLUMN: served.bands.decline}
+        if isinstance(request_id, list):
+            columns["request_id"] = request_id
+        else:
+            shared["request_id"] = request_id
         self.log.append(LogChunk(PREDICTIONS, datetime.now(UTC), len(rows), columns={**columns, **scored.features},
                                  shared=shared, json_columns={"input": transactions}))
 
-    def _score_shadow(self, challenger: Challenger, transactions: list[Any], request_id: str) -> None:
-        """The challenger's scores of a request the champion answered (the shadow worker's job)."""
-        rows = challenger.model.schema.validate(transactions)
+    def _score_shadow(self, challenger: Challenger, batch: list[tuple[list[Any], str]]) -> None:
+        """The challenger's scores of requests the champion answered, in one model call (the shadow worker's job);
+        their ``latency_ms`` is that call's time."""
+        rows: list[dict[str, Any]] = []
+        transactions: list[Any] = []
+        index: list[int] = []
+        request_ids: list[str] = []
+        for raw, request_id in batch:
+            valid = challenger.model.schema.validate(raw)
+            rows += valid
+            transactions += raw
+            index += range(len(valid))
+            request_ids += [request_id] * len(valid)
         scored = self._run(challenger.model, rows, transactions, explain=False)
-        self._log(challenger.model, SHADOW, list(range(len(rows))), rows, scored, transactions, request_id,
-                  challenger.rollout.id)
+        self._log(challenger.model, SHADOW, index, rows, scored, transactions, request_ids, challenger.rollout.id)
         self.metrics.scored(scored.scores, scored.decisions, SHADOW, rows=False)
 
     @staticmethod
