@@ -785,7 +785,8 @@ def _print_rollout(report: Any) -> None:
                           (f"whole rollout since {report.whole.start:{when}}", report.whole)):
         out.print(_rollout_table(f"{title}, up to {report.end:{when}}", window, report.score_method))
         if window.paired_rows:
-            out.print(f"shadow decisions differ from the champion's on {_pct1(window.disagreement)} of "
+            out.print(f"shadow and champion disagree on declining {_pct1(window.decline_disagreement)} and on any "
+                      f"decision {_pct1(window.disagreement)} of "
                       f"{window.paired_rows:,} transactions scored by both", highlight=False)
     if report.corrupt_parts:
         console.print(f"[yellow]warning:[/] {report.corrupt_parts} unreadable log files were skipped", highlight=False)

@@ -81,7 +81,8 @@ class RolloutPolicy(BaseModel):
     max_review_rate_increase: float = Field(0.03, ge=0, le=1,
                                             description="review rate the challenger may add (absolute)")
     max_disagreement: float = Field(0.10, ge=0, le=1,
-                                    description="share of shadow transactions decided otherwise than by the champion")
+                                    description="share of shadow transactions that one model declines and the other "
+                                                "does not (approve/review moves are review workload, not judged)")
     score_method: NumMethod = "wasserstein"
     max_score_distance: float = Field(0.2, gt=0, description="distance of the challenger's scores from the champion's")
     max_latency_p99_ms: float = Field(50.0, gt=0, description="p99 of the challenger's scoring time per request")
@@ -165,6 +166,9 @@ class WindowReport:
     groups: dict[str, GroupStats]
     paired_rows: int
     disagreement: float
+    """Share of the paired transactions with any other decision."""
+    decline_disagreement: float
+    """Share of the paired transactions that exactly one of the two models declines (what the policy judges)."""
     score_distance: dict[str, float]
 
     def rows(self, group: str) -> int:
@@ -266,9 +270,11 @@ def _window(rows: pd.DataFrame, rollout: Rollout, start: datetime, end: datetime
     pairs = by_role[SHADOW][[*keys, "decision"]].merge(by_role[CHAMPION][[*keys, "decision"]], on=keys,
                                                        suffixes=("", "_champion"))
     disagreement = float((pairs["decision"] != pairs["decision_champion"]).mean()) if len(pairs) else math.nan
+    declines = float(((pairs["decision"] == DECLINE) != (pairs["decision_champion"] == DECLINE)).mean()) \
+        if len(pairs) else math.nan
     distance = {name: _distance(by_role[CHAMPION], frame, method)
                 for name, frame in frames.items() if name != CHAMPION}
-    return WindowReport(start, end, groups, len(pairs), disagreement, distance)
+    return WindowReport(start, end, groups, len(pairs), disagreement, declines, distance)
 
 
 def compare(log_root: str, rollout: Rollout, now: datetime | None = None, *,
@@ -364,11 +370,11 @@ def _checks(report: RolloutReport, policy: RolloutPolicy, rollout: Rollout,
                           policy.max_review_rate_increase))
 
     def disagreement() -> tuple[str, Status, str]:
-        share, limit = stage.disagreement, policy.max_disagreement
+        share, limit = stage.decline_disagreement, policy.max_disagreement
         status: Status = "breach" if share > limit else "ok"
         return (f"{_pct(share)} of {stage.paired_rows:,}", status,
-                f"shadow decisions differ from the champion's on {_pct(share)} of {stage.paired_rows:,} transactions "
-                f"{'>' if status == 'breach' else '<='} max {limit:.0%}")
+                f"shadow and champion disagree on declining {_pct(share)} of {stage.paired_rows:,} transactions "
+                f"({_pct(stage.disagreement)} any decision) {'>' if status == 'breach' else '<='} max {limit:.0%}")
 
     add("disagreement", f"{policy.max_disagreement:.0%}", rollout.mode == SHADOW and stage.paired_rows > 0,
         disagreement, "judged in shadow only")

@@ -6,6 +6,7 @@ promotion, scorer alerts, the policy file's errors, the controller `step` and th
 from __future__ import annotations
 
 import math
+import re
 import time
 import uuid
 from dataclasses import dataclass, replace
@@ -282,9 +283,9 @@ def make_report(rollout: Rollout, challenger: GroupStats, champion: GroupStats |
     role = challenger.group
     groups = {CHAMPION: champion or stats(CHAMPION, rows=challenger.rows), role: challenger}
     paired = challenger.rows if role == SHADOW else 0
-    stage = WindowReport(_utc(rollout.stage_started_at), NOW, groups, paired,
-                         disagreement if paired else math.nan, {role: distance})
-    whole_window = WindowReport(_utc(rollout.started_at), NOW, whole or groups, paired, stage.disagreement,
+    share = disagreement if paired else math.nan  # here every disagreement is about declining
+    stage = WindowReport(_utc(rollout.stage_started_at), NOW, groups, paired, share, share, {role: distance})
+    whole_window = WindowReport(_utc(rollout.started_at), NOW, whole or groups, paired, share, share,
                                 {role: distance})
     return RolloutReport(rollout, NOW, whole_window, stage, "wasserstein", 0)
 
@@ -307,7 +308,8 @@ SHADOW_DONE, CANARY5_DONE = at_stage(SHADOW, 0.0, 90), at_stage(CANARY, 5.0, 45)
     (SHADOW_DONE, stats(SHADOW, review=0.09), {}, "shadow: shadow review rate 9.0% vs champion 5.0%: +4.0 pp > "
                                                   "max 3 pp"),
     (SHADOW_DONE, stats(SHADOW), {"disagreement": 0.125},
-     "shadow: shadow decisions differ from the champion's on 12.5% of 5,000 transactions > max 10%"),
+     "shadow: shadow and champion disagree on declining 12.5% of 5,000 transactions (12.5% any decision) > max "
+     "10%"),
     (CANARY5_DONE, stats(CANARY), {"distance": 0.31},
      "canary 5%: canary score distance from the champion 0.310 (wasserstein) > max 0.2"),
     (SHADOW_DONE, stats(SHADOW, latency=80.0), {}, "shadow: shadow p99 scoring time 80.0 ms > max 50 ms"),
@@ -545,7 +547,8 @@ def test_cli_status_prints_both_windows_and_the_policys_verdict(models, live, tm
     assert ["PR-AUC (labelled rows)", "0.750", "0.917", "n/a", "0.950"] in rows
     assert ["scoring time p50 / p99 (ms)", "2.0 / 3.9", "4.0 / 5.0", "7.0 / 8.0", "5.5 / 7.9"] in rows
     assert ["decline rate", "pending", "", "+2 pp"] in rows  # default policy: 1,000 rows before judging
-    assert "shadow decisions differ from the champion's on 33.3% of 6 transactions scored by both" in out
+    assert re.search(r"shadow and champion disagree on declining [\d.]+% and on any decision 33\.3% of 6 "
+                     r"transactions scored by both", " ".join(out.split()))
     assert "policy verdict: hold: canary 10%: 2 of 10,000 canary rows, 60 of 720 minutes" in out
     path = tmp_path / "policy.yaml"
     path.write_text(STRICT_FILE)
