@@ -15,7 +15,8 @@ def bentoml_doc() -> dict[str, Any]:
     """The parts of BentoML's /docs.json that amend touches."""
     def operation(body: dict[str, Any]) -> dict[str, Any]:
         return {"post": {"responses": {"200": {"content": {"application/json": {"schema": {
-            "type": "object", "properties": {"previous": {"type": "string"}}}}}},
+            "type": "object", "properties": {"previous": {"type": "string"},
+                                             "rollout": {"$ref": "#/components/schemas/RolloutState"}}}}}},
             "400": {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/InvalidArgument"}}}},
             "404": {}},
             "requestBody": {"content": {"application/json": {"schema": body}}}}}
@@ -44,8 +45,9 @@ def test_every_route_documents_its_real_answers_and_auth() -> None:
     assert "security" not in paths["/score"]["post"]
     assert paths["/feedback"]["post"]["security"] == paths["/reload"]["post"]["security"] == [{"internalToken": []}]
     assert doc["components"]["securitySchemes"]["internalToken"]["scheme"] == "bearer"
-    assert paths["/reload"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]["properties"][
-        "previous"]["nullable"] is True
+    reloaded = paths["/reload"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]["properties"]
+    assert reloaded["previous"]["nullable"] is True
+    assert reloaded["rollout"] == {"allOf": [{"$ref": "#/components/schemas/RolloutState"}], "nullable": True}
     assert paths["/metrics"] == bentoml_doc()["paths"]["/metrics"]  # BentoML's own routes untouched
 
 

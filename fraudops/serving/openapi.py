@@ -77,7 +77,11 @@ def amend(doc: dict[str, Any], *, max_batch: int, internal: frozenset[str], rows
     reload = doc["paths"].get("/reload", {}).get("post")
     if reload:
         schema = reload["responses"]["200"]["content"]["application/json"]["schema"]
-        schema["properties"]["previous"]["nullable"] = True
+        schema["properties"]["previous"]["nullable"] = True  # BentoML drops the None of optional fields
+        rollout = schema["properties"].get("rollout")
+        if rollout is not None:
+            ref = {k: rollout.pop(k) for k in list(rollout) if k == "$ref"}
+            schema["properties"]["rollout"] = {**rollout, **({"allOf": [ref]} if ref else {}), "nullable": True}
     return doc
 
 
