@@ -42,7 +42,9 @@ POINTER_FILE = "champion.json"
 REGISTRY_URL_ENV = variable(StoreSettings, "registry_url")
 
 
-ROLLOUT_MODES = ("shadow", "canary")
+CHAMPION, SHADOW, CANARY = "champion", "shadow", "canary"
+"""Roles of a logged row: the champion's, the challenger's in shadow (not returned), the challenger's as a canary."""
+ROLLOUT_MODES = (SHADOW, CANARY)
 
 
 @dataclass(frozen=True)
@@ -371,9 +373,9 @@ def _active(doc: dict[str, Any], rollout_id: str | None) -> dict[str, Any]:
 def _check_stage(mode: str, percent: float) -> None:
     if mode not in ROLLOUT_MODES:
         raise RegistryError(f"rollout mode must be one of {', '.join(ROLLOUT_MODES)}, not {mode!r}")
-    if mode == "canary" and not 0 < percent <= 100:
+    if mode == CANARY and not 0 < percent <= 100:
         raise RegistryError(f"a canary needs a percent in (0, 100], not {percent:g}")
-    if mode == "shadow" and percent:
+    if mode == SHADOW and percent:
         raise RegistryError("a shadow decides for no customer: leave percent at 0")
 
 

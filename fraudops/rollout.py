@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import pandas as pd
@@ -28,11 +28,8 @@ from fraudops.monitoring.drift import LABEL, SCORE, NumMethod, load_policy
 from fraudops.monitoring.evidently_adapter import column_drift
 from fraudops.monitoring.job import labelled_window
 from fraudops.predlog import TIME_COLUMN
+from fraudops.registry import CANARY, CHAMPION, SHADOW, Rollout
 
-if TYPE_CHECKING:
-    from fraudops.registry import Rollout
-
-CHAMPION, SHADOW, CANARY = "champion", "shadow", "canary"
 CHALLENGER = "challenger"
 """The group of all the challenger's rows (shadow and canary), reported when a window holds both."""
 log = logging.getLogger(__name__)
@@ -198,22 +195,16 @@ def _utc(value: datetime | str) -> datetime:
 
 
 def _rollout_rows(log_root: str, rollout: Rollout, end: datetime) -> tuple[pd.DataFrame, int]:
-    """The rollout's logged rows with their labels (each row once), and the count of unreadable log files. Read
-    per model because `labelled_window` drops rows that repeat a (request id, row) pair, as a shadow row repeats
-    its champion's."""
-    frames, corrupt = [], 0
-    for tag in (rollout.champion, rollout.challenger):
-        frame = labelled_window(log_root, _utc(rollout.started_at), end, model_tag=tag, feedback_until=end)
-        corrupt = max(corrupt, int(frame.attrs.get("corrupt_parts", 0)))  # both calls read the same files
-        if "rollout_id" not in frame:
-            continue
-        role = frame["role"].fillna(CHAMPION) if "role" in frame else pd.Series(CHAMPION, index=frame.index)
-        keep = (frame["rollout_id"] == rollout.id).to_numpy()
-        frames.append(frame.loc[keep].assign(role=role[keep]))
-    if not frames:
+    """The rollout's logged rows with their labels (each row once), and the count of unreadable log files."""
+    frame = labelled_window(log_root, _utc(rollout.started_at), end, feedback_until=end)
+    corrupt = int(frame.attrs.get("corrupt_parts", 0))
+    if "rollout_id" not in frame or "model_tag" not in frame:
         return pd.DataFrame(columns=[TIME_COLUMN, "request_id", "row", "model_tag", "role", SCORE, "decision",
                                      LABEL]), corrupt
-    return pd.concat(frames, ignore_index=True, sort=False), corrupt
+    keep = ((frame["rollout_id"] == rollout.id) &
+            frame["model_tag"].isin([rollout.champion, rollout.challenger])).to_numpy()
+    role = frame["role"].fillna(CHAMPION) if "role" in frame else pd.Series(CHAMPION, index=frame.index)
+    return frame.loc[keep].assign(role=role[keep]).reset_index(drop=True), corrupt
 
 
 def _quantiles(values: np.ndarray, qs: Sequence[float]) -> list[float]:

@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fraudops.decisions import DECLINE_FACTOR, REVIEW_FACTOR
 from fraudops.errors import ConfigError, problems
+from fraudops.schema import PRESETS, DatasetSpec, load_dataset_config
 
 PREFIX = "FRAUDOPS_"
 
@@ -100,10 +101,8 @@ class ServingConfig(StoreSettings):
                              f"({self.decline_factor})")
         return self
 
-    def service_spec(self) -> Any:
+    def service_spec(self) -> DatasetSpec:
         """The transaction schema the service accepts (a preset name or a dataset config file)."""
-        from fraudops.schema import PRESETS, load_dataset_config
-
         return PRESETS[self.dataset] if self.dataset in PRESETS else load_dataset_config(self.dataset)
 
 

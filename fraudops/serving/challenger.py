@@ -11,13 +11,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from fraudops.registry import Rollout
+from fraudops.registry import CANARY, SHADOW, Rollout
 from fraudops.serving.model import ServedModel
 
 log = logging.getLogger(__name__)
 
-CHAMPION, SHADOW, CANARY = "champion", "shadow", "canary"
-ROLES = (CHAMPION, SHADOW, CANARY)
 SHADOW_QUEUE = 512  # requests waiting for shadow scoring; beyond it new ones are dropped (counted)
 SHADOW_BATCH = 2000  # transactions the shadow scores in one call, at most
 
@@ -55,8 +53,9 @@ Shadowed = tuple[list[Any], str]
 
 class ShadowWorker:
     """Scores requests with the challenger off the request path, in a thread of its own, in micro-batches: each
-    call takes every request waiting for the same challenger (up to ``SHADOW_BATCH`` transactions), so that under
-    load one model call serves many requests and the shadow takes little CPU from the answers.
+    call takes every request waiting for the same challenger (up to ``SHADOW_BATCH`` transactions), so that a
+    backlog costs one model call, not one per request. It still shares the process and its GIL with the answers:
+    the serving benchmark measures what that costs at p99.
 
     `submit` never blocks and never fails a request: when ``SHADOW_QUEUE`` requests wait, new ones are dropped
     (``on_dropped``); a failing shadow scoring is logged and counted (``on_failed``, once per request) and the

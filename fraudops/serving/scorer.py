@@ -25,8 +25,9 @@ from fraudops.bundle import ModelBundle
 from fraudops.decisions import DECLINE_COLUMN, REVIEW_COLUMN
 from fraudops.errors import FraudopsError
 from fraudops.predlog import FEEDBACK, PREDICTIONS, LogChunk, LogUnavailableError, LogWriter, default_root
+from fraudops.registry import CANARY, CHAMPION, SHADOW
 from fraudops.serving.api import FEEDBACK_LABELS
-from fraudops.serving.challenger import CANARY, CHAMPION, SHADOW, Challenger, ShadowWorker
+from fraudops.serving.challenger import Challenger, ShadowWorker
 from fraudops.serving.errors import RequestError, check_batch, problems_of
 from fraudops.serving.metrics import ScorerMetrics, private_registry
 from fraudops.serving.model import ModelLoadError, ModelSource, ServedModel
@@ -258,16 +259,15 @@ class Scorer:
         for model, role, index, group_rows in groups:
             if not index:
                 continue
-            scored = self._run(model, group_rows, [transactions[i] for i in index] if len(index) < len(rows)
-                               else transactions, explain)
-            self._log(model, role, index, group_rows, scored, [transactions[i] for i in index]
-                      if len(index) < len(rows) else transactions, request_id, rollout_id)
+            raw = transactions if len(index) == len(rows) else [transactions[i] for i in index]
+            scored = self._run(model, group_rows, raw, explain)
+            self._log(model, role, index, group_rows, scored, raw, request_id, rollout_id)
             self.metrics.scored(scored.scores, scored.decisions, role)
+            id_column = model.bundle.state.spec.id_column
             for k, i in enumerate(index):
                 item = results[i]
                 item.update(row=i, score=scored.scores[k], decision=scored.decisions[k])
-                tid = group_rows[k].get(model.bundle.state.spec.id_column) if model.bundle.state.spec.id_column \
-                    else None
+                tid = group_rows[k].get(id_column) if id_column else None
                 if tid is not None:
                     item["transaction_id"] = tid
                 if role == CANARY:
@@ -366,7 +366,6 @@ class Scorer:
         for source, count in Counter(x.source for x in items).items():
             self.metrics.feedback.labels(source).inc(count)
         return {"accepted": len(items)}
-
 
 
 def wal_dir(config: ServingConfig) -> Path | None:
