@@ -568,6 +568,9 @@ def test_the_shadow_scores_in_a_process_of_its_own(home, trained, tmp_path):
     pid = scorer._shadow.pid
     assert pid is not None and pid != os.getpid()
     assert metric(prom, "fraudops_scorer_role_model_seconds_count", role="champion") == 1
+    os.kill(pid, signal.SIGTERM)  # a stopping service signals its process group: the worker decides when it ends
+    time.sleep(0.5)
+    assert scorer._shadow.pid == pid
     scorer.close()
     assert scorer._shadow.pid is None
     assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()

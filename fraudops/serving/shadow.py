@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import signal
 import socket
 import subprocess
 import sys
@@ -292,6 +293,10 @@ def serve(conn: Connection) -> None:
 
 
 def main(argv: list[str]) -> None:
+    """The shadow process's program. It ignores SIGTERM and SIGINT, which a stopping service sends its whole
+    process group: it writes its rows and exits when its worker closes it, or when the worker is gone."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s fraudops-shadow %(levelname)s %(name)s: %(message)s")
     serve(Connection(int(argv[0])))
