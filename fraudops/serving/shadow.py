@@ -155,13 +155,20 @@ class ShadowProcess:
     def _send(self, batch: list[ShadowJob]) -> None:
         try:
             conn = self._connection()
-            conn.send(batch)
-            if not conn.poll(REPLY_SECONDS):
-                raise ShadowUnavailable(f"the shadow process did not answer in {REPLY_SECONDS:g} s")
-            outcomes, counts = conn.recv()
-        except (OSError, EOFError, ShadowUnavailable) as exc:
+        except ShadowUnavailable as exc:  # waiting to restart
+            outcomes, counts = _failed(batch, exc), LogCounts()
+        except OSError as exc:  # cannot start one
             self._lost(exc)
             outcomes, counts = _failed(batch, exc), LogCounts()
+        else:
+            try:
+                conn.send(batch)
+                if not conn.poll(REPLY_SECONDS):
+                    raise TimeoutError(f"the shadow process did not answer in {REPLY_SECONDS:g} s")
+                outcomes, counts = conn.recv()
+            except (OSError, EOFError) as exc:  # died, or hung (TimeoutError is an OSError)
+                self._lost(exc)
+                outcomes, counts = _failed(batch, exc), LogCounts()
         self._on_log(counts)
         for outcome in outcomes:
             self._on_outcome(outcome)
@@ -184,12 +191,12 @@ class ShadowProcess:
             return self._conn
 
     def _lost(self, exc: Exception) -> None:
+        """The process died, hung or could not start: kill what is left, try again in `RESTART_SECONDS`."""
         with self._lock:
-            if self._process is not None:
-                log.warning("shadow process %d lost (%s); starting another in %g s", self._process.pid, exc,
-                            RESTART_SECONDS)
-                self._kill()
-                self._retry_at = time.monotonic() + RESTART_SECONDS
+            what = f"shadow process {self._process.pid} lost" if self._process else "cannot start a shadow process"
+            log.warning("%s (%s); trying again in %g s", what, exc, RESTART_SECONDS)
+            self._kill()
+            self._retry_at = time.monotonic() + RESTART_SECONDS
 
     def _kill(self) -> None:
         if self._conn is not None:
