@@ -45,6 +45,10 @@ REGISTRY_URL_ENV = variable(StoreSettings, "registry_url")
 
 CHAMPION, SHADOW, CANARY = "champion", "shadow", "canary"
 """Roles of a logged row: the champion's, the challenger's in shadow (not returned), the challenger's as a canary."""
+CHAMPION_ON_CANARY = "champion-on-canary"
+"""The champion's scores of a canary's transactions, off the request path (logged as shadow rows of the champion's
+tag; a role of the scorer's metrics and a group of `fraudops.rollout`): what the champion would have decided, the
+canary's comparison on the same transactions."""
 ROLLOUT_MODES = (SHADOW, CANARY)
 
 

@@ -32,13 +32,10 @@ from fraudops.monitoring.drift import LABEL, SCORE, NumMethod, load_policy
 from fraudops.monitoring.evidently_adapter import column_drift
 from fraudops.monitoring.job import labelled_window
 from fraudops.predlog import TIME_COLUMN
-from fraudops.registry import CANARY, CHAMPION, SHADOW, Rollout
+from fraudops.registry import CANARY, CHAMPION, CHAMPION_ON_CANARY, SHADOW, Rollout
 
 CHALLENGER = "challenger"
 """The group of all the challenger's rows (shadow and canary), reported when a window holds both."""
-CHAMPION_ON_CANARY = "champion-on-canary"
-"""The group of the champion's counterfactual rows: the canary's transactions, scored by the champion off the
-request path (logged with role ``shadow`` and the champion's tag)."""
 log = logging.getLogger(__name__)
 
 ACTOR = "rollout-controller"
@@ -91,7 +88,8 @@ class RolloutPolicy(BaseModel):
                                                 "does not (approve/review moves are review workload, not judged)")
     score_method: NumMethod = "wasserstein"
     max_score_distance: float = Field(0.2, gt=0, description="distance of the challenger's scores from the champion's")
-    max_latency_p99_ms: float = Field(50.0, gt=0, description="p99 of the challenger's scoring time per request")
+    max_latency_p99_ms: float = Field(50.0, gt=0, description="p99 of the canary's scoring time per request (a "
+                                      "shadow scores off the request path and is not judged on it)")
     min_labelled_frauds: int = Field(50, ge=1, description="labelled frauds each model needs for the labelled limits")
     max_pr_auc_drop: float = Field(0.10, ge=0, le=1,
                                    description="relative PR-AUC drop versus the champion that aborts")
@@ -400,11 +398,23 @@ def _increase(name: str, who: str, challenger: float, champion: float, limit: fl
             f"{limit * 100:g} pp")
 
 
+def _lagging_pairs(report: RolloutReport, policy: RolloutPolicy, who: str) -> str | None:
+    """Why the stage waits for the champion's scores of the ``who`` transactions (None: it need not), which the
+    scorer logs but which trail the challenger's rows."""
+    pairing = report.stage.paired.get(who)
+    pairs = pairing.rows if pairing else 0
+    if who not in report.whole.paired or pairs >= policy.min_judged_rows:
+        return None
+    return f"waiting for {policy.min_judged_rows:,} {who} transactions the champion scored too ({pairs:,} so far)"
+
+
 def _checks(report: RolloutReport, policy: RolloutPolicy, rollout: Rollout,
             alerts_firing: Sequence[str]) -> list[Check]:
-    """The stage's limits compare the challenger's rows with the champion's scores of the same transactions when
-    the stage has ``min_judged_rows`` of them, else with all the champion's rows of the stage (unpaired, as a
-    scorer that logs no counterfactual rows allows: the canary then decides for other accounts than the champion)."""
+    """The stage's limits compare the challenger's rows with the champion's scores of the same transactions, once
+    the stage has ``min_judged_rows`` of them. Only a rollout without any (a scorer that logs no counterfactual
+    rows) is judged on all the champion's rows of the stage instead (unpaired: the canary then decides for other
+    accounts than the champion); the counterfactual rows trail the canary's (scored off the request path), so
+    until they catch up the stage waits rather than be judged unpaired."""
     stage, whole = report.stage, report.whole
     who = SHADOW if rollout.mode == SHADOW else CANARY
     rows = stage.rows(who)
@@ -413,6 +423,9 @@ def _checks(report: RolloutReport, policy: RolloutPolicy, rollout: Rollout,
     pairing = stage.paired.get(who)
     pairs = pairing.rows if pairing else 0
     compared: Compared = "paired" if pairs >= policy.min_judged_rows else "unpaired"
+    lag = _lagging_pairs(report, policy, who)
+    if judged and lag:
+        judged, waiting = False, lag
     if pairing is not None and compared == "paired":  # a shadow pairs by design: unsaid
         challenger, champion, distance = pairing.challenger, pairing.champion, pairing.score_distance
         on = f" on the same {pairs:,} transactions" if who == CANARY else ""
@@ -480,7 +493,9 @@ def _checks(report: RolloutReport, policy: RolloutPolicy, rollout: Rollout,
         return (f"{latency:.1f} ms", status, f"{who} p99 scoring time {latency:.1f} ms "
                 f"{'>' if status == 'breach' else '<='} max {policy.max_latency_p99_ms:g} ms")
 
-    add("latency p99", f"{policy.max_latency_p99_ms:g} ms", not math.isnan(latency), latency_check, compares=False)
+    add("latency p99", f"{policy.max_latency_p99_ms:g} ms", who == CANARY and not math.isnan(latency), latency_check,
+        "judged in a canary: a shadow scores micro-batches off the request path, in a process of its own, so its "
+        "time is no request's latency" if who == SHADOW else "no latency logged", compares=False)
     checks += _labelled_checks(whole, policy)
     return checks
 
@@ -493,8 +508,10 @@ def _labelled_checks(whole: WindowReport, policy: RolloutPolicy) -> list[Check]:
     pr_limit, recall_limit = f"-{policy.max_pr_auc_drop:.0%}", f"-{policy.max_recall_drop * 100:g} pp"
     mine = whole.challenger()
     pairing = whole.paired.get(mine.group) if mine is not None else None
-    if pairing is not None and pairing.challenger.frauds < need:
-        pairing = None
+    if pairing is not None and pairing.challenger.frauds < need:  # the pairs lag: wait for them, not unpaired
+        reason = (f"waiting for {need} labelled frauds among the transactions both models scored "
+                  f"({pairing.challenger.frauds} so far)")
+        return [Check("PR-AUC", "", pr_limit, "pending", reason), Check("recall", "", recall_limit, "pending", reason)]
     challenger, champion = (pairing.challenger, pairing.champion) if pairing else (mine, whole.groups.get(CHAMPION))
     frauds = (challenger.frauds if challenger else 0, champion.frauds if champion else 0)
     if min(frauds) < need or challenger is None or champion is None:
@@ -548,8 +565,9 @@ def decide(report: RolloutReport, policy: RolloutPolicy, rollout: Rollout, now: 
     minutes = (now - _utc(rollout.stage_started_at)).total_seconds() / 60
     missing = ([f"{rows:,} of {needs.min_rows:,} {who} rows"] if rows < needs.min_rows else []) + (
         [f"{minutes:,.0f} of {needs.min_minutes:,.0f} minutes"] if minutes < needs.min_minutes else [])
-    if missing:
-        return decision("hold", f"{name}: {', '.join(missing)}")
+    lag = _lagging_pairs(report, policy, who)
+    if missing or lag:
+        return decision("hold", f"{name}: {', '.join(missing + ([lag] if lag else []))}")
     within = [c.reason for c in checks if c.status == "ok"] or ["no limit could be judged"]
     pending = list(dict.fromkeys(c.reason for c in checks if c.status == "pending"))
     notes = "; ".join(within + ([f"not judged yet: {', '.join(pending)}"] if pending else []))

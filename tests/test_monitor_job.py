@@ -358,3 +358,14 @@ def make_truth(traffic) -> dict[str, bool]:
         truth |= dict(zip(request["frame"]["transaction_id"], request["frame"]["is_fraud"].astype(bool),
                           strict=True))
     return truth
+
+
+def test_export_labelled_leaves_out_a_rollouts_shadow_rows(model, traffic, tmp_path) -> None:
+    # request A scored again by a challenger in shadow (and by the champion on a canary's rows): not training rows
+    a = traffic["requests"]["a"]
+    shadow = prediction_chunk(a, START + timedelta(minutes=7), "fraud-detector:challenger")
+    shadow.shared.update(role="shadow", rollout_id="r1")
+    write_log(traffic["root"], [shadow])
+    count = export_labelled(str(traffic["root"]), START, END, str(tmp_path / "recent.parquet"), "is_fraud")
+    assert count == 550 and read_table(tmp_path / "recent.parquet")["transaction_id"].is_unique
+

@@ -355,7 +355,7 @@ SHADOW_DONE, CANARY5_DONE = at_stage(SHADOW, 0.0, 90), at_stage(CANARY, 5.0, 45)
     (CANARY5_DONE, stats(CANARY), {"disagreement": 0.125, "paired": True},
      "canary 5%: canary and champion disagree on declining 12.5% of 5,000 transactions (12.5% any decision) > max "
      "10%"),
-    (SHADOW_DONE, stats(SHADOW, latency=80.0), {}, "shadow: shadow p99 scoring time 80.0 ms > max 50 ms"),
+    (CANARY5_DONE, stats(CANARY, latency=80.0), {}, "canary 5%: canary p99 scoring time 80.0 ms > max 50 ms"),
     (CANARY5_DONE, stats(CANARY), {"whole": {CHAMPION: stats(CHAMPION, frauds=30, pr_auc=0.60, recall=0.5),
                                              CHALLENGER: stats(CHALLENGER, frauds=25, pr_auc=0.45, recall=0.5)}},
      "canary 5%: challenger PR-AUC 0.450 vs champion 0.600 on labelled rollout rows (25 and 30 frauds, unpaired): "
@@ -534,12 +534,22 @@ def test_a_canary_that_declines_far_more_on_the_same_transactions_aborts(tmp_pat
                                                f"same 200 transactions: {(mine - theirs) * 100:+.1f} pp > max 2 pp")
 
 
+def test_counterfactual_rows_that_lag_make_the_canary_wait_not_be_judged_unpaired(tmp_path) -> None:
+    report = compare(canary_log(tmp_path / "log", counterfactual=5), ROLLOUT, NOW, score_method=PAIRED.score_method)
+    assert report.stage.paired_rows == 10 and report.stage.rows(CANARY) >= PAIRED.min_judged_rows
+    decision = decide(report, PAIRED, ROLLOUT, NOW)
+    assert decision.action == "hold"
+    checks = {c.name: c for c in decision.checks}
+    assert {checks[name].status for name in LIMITS} == {"pending"}
+    assert checks["decline rate"].reason == "waiting for 200 canary transactions the champion scored too (10 so far)"
+    assert checks["PR-AUC"].reason.startswith("waiting for ")
+
+
 @pytest.mark.parametrize(("counterfactual", "why"), [
     (0, "disagreement: needs the champion's scores of the canary transactions"),
-    (5, "disagreement: only 10 canary transactions scored by the champion too, fewer than 200 (unpaired)"),
 ])
-def test_without_enough_counterfactual_rows_the_canary_is_compared_unpaired_as_before(tmp_path, counterfactual,
-                                                                                       why) -> None:
+def test_without_counterfactual_rows_the_canary_is_compared_unpaired_as_before(tmp_path, counterfactual,
+                                                                               why) -> None:
     report = compare(canary_log(tmp_path / "log", counterfactual=counterfactual), ROLLOUT, NOW,
                      score_method=PAIRED.score_method)
     stage, whole = report.stage, report.whole

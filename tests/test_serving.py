@@ -574,7 +574,7 @@ def test_the_shadow_scores_in_a_process_of_its_own(home, trained, tmp_path):
     assert scorer._shadow.pid == pid
     scorer.close()
     assert scorer._shadow.pid is None
-    assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+    assert not Path(f"/proc/{pid}").exists()  # stopped and reaped
     assert len(rows_by_role(tmp_path)["shadow"]) == 4
 
 
@@ -671,9 +671,16 @@ def test_an_aborted_rollout_leaves_the_champion_alone(home, trained, tmp_path):
     registry.start_rollout(trained["b"], "shadow", reason="test")
     scorer = make_scorer(home, tmp_path)
     scorer.reload()
+    deadline = time.monotonic() + 60
+    while scorer._shadow.pid is None:  # warmed up for the shadow stage
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
     registry.abort_rollout(reason="declines too much", actor="rollout-controller")
     assert scorer.reload()["rollout"] is None and scorer.challenger is None
     assert scorer.model.tag == trained["a"]
+    while scorer._shadow.pid is not None:  # the shadow process is stopped: its memory back
+        assert time.monotonic() < deadline, "the shadow process outlived its rollout"
+        time.sleep(0.05)
     scorer.close()
     event = registry.history()[-1]
     assert (event["action"], event["actor"], event["reason"]) == ("rollout-abort", "rollout-controller",

@@ -22,7 +22,7 @@ from fraudops.decisions import DECLINE_COLUMN, REVIEW_COLUMN, Bands
 from fraudops.errors import ConfigError
 from fraudops.monitoring.drift import LABEL, SCORE, DriftPolicy, compute_drift
 from fraudops.predlog import TIME_COLUMN, read_feedback, read_predictions
-from fraudops.registry import Registry, default_home
+from fraudops.registry import CANARY, CHAMPION, Registry, default_home
 from fraudops.settings import StoreSettings
 
 log = logging.getLogger(__name__)
@@ -164,12 +164,15 @@ def export_labelled(log_root: str, start: datetime, end: datetime, output: str, 
     """Write the labelled transactions of a window in the training schema (the logged input fields plus the
     label column) so that a retraining run can train on recent traffic; returns the row count.
 
-    A transaction scored more than once (a client's retry, a replay) is one training row: with ``id_column``,
-    the newest scoring of each id and its label are kept."""
+    Only the rows that decided (role champion or canary; rows logged before roles count as champion) are
+    training rows: a rollout's shadow rows score the same transactions again. A transaction scored more than once
+    (a client's retry, a replay) is one training row: with ``id_column``, the newest scoring of each id and its
+    label are kept."""
     frame = labelled_window(log_root, start, end)
     if "input" not in frame:
         frame = frame.assign(input=pd.Series(dtype=object))
-    labelled = frame[frame[LABEL].notna()]
+    decided = frame["role"].isna() | frame["role"].isin([CHAMPION, CANARY]) if "role" in frame else True
+    labelled = frame[frame[LABEL].notna() & decided]
     if TIME_COLUMN in labelled:
         labelled = labelled.sort_values(TIME_COLUMN, kind="stable")
     rows = [json.loads(text) for text in labelled["input"]]

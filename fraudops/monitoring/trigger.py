@@ -253,7 +253,8 @@ class RolloutCollector(Collector):
             ("rows", "Transactions of each role in the window"),
             ("decline_rate", "Share of the role's transactions declined"),
             ("review_rate", "Share of the role's transactions sent to review"),
-            ("latency_p99_seconds", "p99 of the role's model scoring time per request"),
+            ("latency_p99_seconds", "p99 of the role's model scoring time: per request for champion and canary, "
+                                    "per micro-batch of the shadow process for shadow and champion-on-canary"),
             ("paired_rows", "The challenger role's transactions that the champion scored too"))}
         distance = family("score_distance", "Distance of the role's scores from the champion's, on all the "
                           "champion's rows (comparison=unpaired) or on the same transactions (paired)",

@@ -10,10 +10,6 @@ from typing import Any
 from fraudops.registry import CANARY, SHADOW, Rollout
 from fraudops.serving.model import ServedModel
 
-COUNTERFACTUAL = "champion-on-canary"
-"""The metrics' role of the champion's scores of the canary's transactions (logged as shadow rows of the
-champion's tag): what the champion would have decided, the canary's comparison on the same transactions."""
-
 
 def bucket(rollout_id: str, key: Any) -> float:
     """A customer's place in [0, 100) for one rollout: the same key always lands in the same place, so a customer

@@ -21,9 +21,9 @@ from pydantic import ValidationError
 from fraudops.bundle import ModelBundle
 from fraudops.errors import FraudopsError
 from fraudops.predlog import FEEDBACK, LogChunk, LogUnavailableError, LogWriter, default_root
-from fraudops.registry import CANARY, CHAMPION, SHADOW, Rollout
+from fraudops.registry import CANARY, CHAMPION, CHAMPION_ON_CANARY, SHADOW, Rollout
 from fraudops.serving.api import FEEDBACK_LABELS
-from fraudops.serving.challenger import COUNTERFACTUAL, Challenger
+from fraudops.serving.challenger import Challenger
 from fraudops.serving.errors import RequestError, check_batch, problems_of
 from fraudops.serving.metrics import ScorerMetrics, private_registry
 from fraudops.serving.model import ModelLoadError, ModelSource, ServedModel
@@ -132,10 +132,13 @@ class Scorer:
         if rollout is None or (self._model is not None and rollout.challenger == self._model.tag):
             if current is not None:
                 log.info("rollout of %s ended", current.model.tag)
+                self._shadow.release()  # its memory back
             self._challenger = None
         elif current is not None and current.model.tag == rollout.challenger:
             if current.rollout != rollout:
                 log.info("rollout of %s: %s %g%%", rollout.challenger, rollout.mode, rollout.percent)
+                if current.rollout.mode != rollout.mode:
+                    self._warm(Challenger(rollout, current.model))
             self._challenger = Challenger(rollout, current.model)
         else:
             try:
@@ -152,11 +155,16 @@ class Scorer:
             log.info("rollout of %s beside %s: %s %g%%", rollout.challenger, rollout.champion, rollout.mode,
                      rollout.percent)
             self._challenger = Challenger(rollout, model)
-            # the shadow process loads both now: the challenger's shadow, the champion's scores of canary rows
-            self._shadow.warm(SHADOW, model.tag, model.path)
-            if self._model is not None and self._model.path:
-                self._shadow.warm(COUNTERFACTUAL, self._model.tag, self._model.path)
+            self._warm(self._challenger)
         self.metrics.rollout(self._challenger)
+
+    def _warm(self, challenger: Challenger) -> None:
+        """Have the shadow process load, before traffic needs it, the model this stage has it score: the
+        challenger in shadow, the champion (on the canary's transactions) in a canary."""
+        if challenger.shadow and challenger.model.path:
+            self._shadow.warm(SHADOW, challenger.model.tag, challenger.model.path)
+        elif not challenger.shadow and self._model is not None and self._model.path:
+            self._shadow.warm(CHAMPION_ON_CANARY, self._model.tag, self._model.path)
 
     def _rollout_state(self) -> dict[str, Any]:
         challenger = self._challenger
@@ -193,12 +201,13 @@ class Scorer:
             self.reload()
 
     def close(self) -> None:
-        """Stop polling, finish shadow scoring and write every logged row."""
+        """Stop polling, write every logged row, then finish shadow scoring (the answers' rows first: a shadow
+        process slow to stop must not use up the grace period they need)."""
         self._stop.set()
         if self._watcher is not None:
             self._watcher.join()
-        self._shadow.close()
         self.log.close()
+        self._shadow.close()
 
     # -- requests -------------------------------------------------------------------------------------------
     def _handle(self, endpoint: str, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -261,7 +270,7 @@ class Scorer:
                 if scored.reasons is not None:
                     item["reasons"] = scored.reasons[k]
             if role == CANARY and served.path:  # what the champion would have decided: the canary's fair comparison
-                self._shadow.submit(ShadowJob(COUNTERFACTUAL, served.tag, served.path, rollout_id, request_id, raw,
+                self._shadow.submit(ShadowJob(CHAMPION_ON_CANARY, served.tag, served.path, rollout_id, request_id, raw,
                                               index))
         if challenger is not None and challenger.shadow and challenger.model.path:
             self._shadow.submit(ShadowJob(SHADOW, challenger.model.tag, challenger.model.path, rollout_id,
@@ -271,9 +280,11 @@ class Scorer:
 
     def _shadowed(self, outcome: ShadowOutcome) -> None:
         """Count what the shadow process scored (or failed to) in the metrics of its role."""
+        if outcome.failed:
+            self.metrics.shadow_failures.inc(outcome.failed)
         if outcome.error is not None:
             self.metrics.shadow_failures.inc(outcome.requests)
-        else:
+        elif outcome.scores:
             self.metrics.scored(outcome.scores, outcome.decisions, outcome.role, outcome.seconds, rows=False)
 
     def _shadow_logged(self, counts: LogCounts) -> None:

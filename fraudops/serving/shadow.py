@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import signal
 import socket
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from typing import Any
 from fraudops.bundle import ModelBundle
 from fraudops.predlog import LogWriter
 from fraudops.registry import SHADOW
+from fraudops.serving.errors import RequestError
 from fraudops.serving.model import ServedModel
 from fraudops.settings import ServingConfig
 
@@ -40,12 +40,18 @@ log = logging.getLogger(__name__)
 SHADOW_QUEUE = 512  # requests waiting for shadow scoring; beyond it new ones are dropped (counted)
 SHADOW_BATCH = 2000  # transactions sent to the shadow process at once, at most
 RESTART_SECONDS = 5.0  # a dead shadow process is started again after this long (requests meanwhile fail)
-REPLY_SECONDS = 60.0  # a shadow process silent this long on a batch is hung: killed, its batch failed
-CLOSE_SECONDS = 60.0  # time a closing shadow process has to write its rows
+REPLY_SECONDS = 20.0  # a shadow process silent this long on a batch is hung: killed, its batch failed
+CLOSE_SECONDS = 10.0  # time a closing shadow process has to write its rows (its write-ahead log keeps the rest)
 MODELS_KEPT = 3  # models a shadow process keeps loaded (champion, challenger, and the one being replaced)
+FAILED_MODEL_SECONDS = 30.0  # a model that failed to load is not tried again for this long
 NICENESS = 10  # the shadow process's CPU priority below its worker's: under contention the answers come first
-ENTRY = "import sys; from fraudops.serving.shadow import main; main(sys.argv[1:])"
-"""The shadow process's program (not ``-m``: its classes must unpickle as this module's, not ``__main__``'s)."""
+ENTRY = ("import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN); signal.signal(signal.SIGINT, signal.SIG_IGN)"
+         "; import sys; from fraudops.serving.shadow import main; main(sys.argv[1:])")
+"""The shadow process's program (not ``-m``: its classes must unpickle as this module's, not ``__main__``'s). It
+ignores SIGTERM and SIGINT from its first instruction: a stopping service signals its whole process group, and
+the process must write its rows and exit when its worker closes it, or when the worker is gone."""
+_RELEASE: Any = object()  # in the queue: the rollout ended, stop the process (the next job starts another)
+_NEXT: Any = object()  # in the sender: nothing taken ahead of the batch
 
 
 @dataclass(frozen=True)
@@ -73,20 +79,40 @@ class ShadowOutcome:
     decisions: list[str]
     seconds: float
     error: str | None = None
+    """Why every request of the group failed (then ``requests`` failed)."""
+    failed: int = 0
+    """Requests of the group left out because the model refused their transactions."""
 
 
 @dataclass
 class LogCounts:
-    """The shadow process's log writer's counts since its last answer."""
+    """The shadow process's log writer's counts since its last answer (added from the writer's threads)."""
 
     written: Counter[str] = field(default_factory=Counter)
     failures: Counter[str] = field(default_factory=Counter)
     wal_failures: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, written: str | None = None, rows: int = 0, failed: str | None = None, wal: bool = False) -> None:
+        with self.lock:
+            if written:
+                self.written[written] += rows
+            if failed:
+                self.failures[failed] += 1
+            self.wal_failures += wal
 
     def take(self) -> LogCounts:
-        taken = LogCounts(self.written, self.failures, self.wal_failures)
-        self.written, self.failures, self.wal_failures = Counter(), Counter(), 0
+        """The counts so far (to send), and zero again."""
+        with self.lock:
+            taken = LogCounts(self.written, self.failures, self.wal_failures)
+            self.written, self.failures, self.wal_failures = Counter(), Counter(), 0
         return taken
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"written": self.written, "failures": self.failures, "wal_failures": self.wal_failures}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, lock=threading.Lock())
 
 
 class ShadowUnavailable(RuntimeError):
@@ -126,30 +152,49 @@ class ShadowProcess:
         """Start the process and have it load a model now, before traffic needs it."""
         self.submit(ShadowJob(role, tag, path, None, ""))
 
+    def release(self) -> None:
+        """The rollout ended: score what waits, then stop the process and free its memory (the next job starts
+        another)."""
+        with suppress(queue.Full):
+            self._queue.put(_RELEASE, timeout=REPLY_SECONDS)
+
     def close(self) -> None:
-        """Score what waits, have the process write its rows, then stop it."""
-        self._queue.put(None)
-        self._thread.join()
+        """Score what waits, have the process write its rows, then stop it (within about `REPLY_SECONDS` +
+        `CLOSE_SECONDS` when it answers, at once when it is gone)."""
+        with suppress(queue.Full):
+            self._queue.put(None, timeout=REPLY_SECONDS)
+        self._thread.join(REPLY_SECONDS + 2 * CLOSE_SECONDS)
+        if self._thread.is_alive():
+            log.warning("the shadow sender did not finish; stopping the shadow process")
+            with self._lock:
+                self._kill()
 
     # -- the sender thread --------------------------------------------------------------------------------------
     def _loop(self) -> None:
-        stop = False
-        while not stop:
-            item = self._queue.get()
-            if item is None:
-                break
-            batch, rows = [item], len(item.transactions)
+        item = self._queue.get()
+        while item is not None:
+            if item is _RELEASE:
+                self._stop()
+                item = self._queue.get()
+                continue
+            batch, rows, item = [item], len(item.transactions), _NEXT
             while rows < SHADOW_BATCH:
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
+                    item = _NEXT
                     break
-                if item is None:
-                    stop = True
-                    break
+                if item is None or item is _RELEASE:
+                    break  # after this batch
                 batch.append(item)
                 rows += len(item.transactions)
-            self._send(batch)
+                item = _NEXT
+            try:
+                self._send(batch)
+            except Exception:  # never let the sender die: a dead sender would drop every request silently
+                log.exception("shadow batch of %d requests failed", len(batch))
+            if item is _NEXT:
+                item = self._queue.get()
         self._stop()
 
     def _send(self, batch: list[ShadowJob]) -> None:
@@ -166,7 +211,7 @@ class ShadowProcess:
                 if not conn.poll(REPLY_SECONDS):
                     raise TimeoutError(f"the shadow process did not answer in {REPLY_SECONDS:g} s")
                 outcomes, counts = conn.recv()
-            except (OSError, EOFError) as exc:  # died, or hung (TimeoutError is an OSError)
+            except Exception as exc:  # died, hung (TimeoutError is an OSError) or sent what cannot be read
                 self._lost(exc)
                 outcomes, counts = _failed(batch, exc), LogCounts()
         self._on_log(counts)
@@ -234,11 +279,21 @@ class _Models:
     def __init__(self, config: ServingConfig) -> None:
         self.config, self.spec = config, config.service_spec()
         self._loaded: dict[tuple[str, str], ServedModel] = {}
+        self._failed: dict[tuple[str, str], tuple[float, Exception]] = {}
 
     def get(self, tag: str, path: str) -> ServedModel:
+        """The model (`FAILED_MODEL_SECONDS` after a failed load, the same failure without trying again)."""
         key = (tag, path)
-        model = self._loaded.pop(key, None) or ServedModel.build(tag, ModelBundle.load(path), self.config,
-                                                                 self.spec, path=path)
+        failed_at, error = self._failed.get(key, (-FAILED_MODEL_SECONDS, None))
+        if error is not None and time.monotonic() - failed_at < FAILED_MODEL_SECONDS:
+            raise error
+        model = self._loaded.pop(key, None)
+        if model is None:
+            try:
+                model = ServedModel.build(tag, ModelBundle.load(path), self.config, self.spec, path=path)
+            except Exception as exc:
+                self._failed[key] = (time.monotonic(), exc)
+                raise
         self._loaded[key] = model
         while len(self._loaded) > MODELS_KEPT:
             del self._loaded[next(iter(self._loaded))]
@@ -255,17 +310,24 @@ def _score(jobs: list[ShadowJob], models: _Models, writer: LogWriter) -> ShadowO
         transactions: list[Any] = []
         index: list[int] = []
         request_ids: list[str] = []
+        refused = 0
         for job in jobs:
-            valid = model.schema.validate(job.transactions) if job.transactions else []
+            try:
+                valid = model.schema.validate(job.transactions) if job.transactions else []
+            except RequestError as exc:  # the challenger's schema refuses what the champion took: this one only
+                log.debug("shadow: %s refuses request %s: %s", first.tag, job.request_id, exc)
+                refused += 1
+                continue
             rows += valid
             transactions += job.transactions
             index += job.index
             request_ids += [job.request_id] * len(valid)
         if not rows:
-            return ShadowOutcome(first.role, first.tag, 0, [], [], 0.0)
+            return ShadowOutcome(first.role, first.tag, requests - refused, [], [], 0.0, failed=refused)
         scored = model.run(rows, transactions)
         writer.append(model.log_chunk(SHADOW, index, rows, scored, transactions, request_ids, first.rollout_id))
-        return ShadowOutcome(first.role, first.tag, requests, scored.scores, scored.decisions, scored.seconds)
+        return ShadowOutcome(first.role, first.tag, requests - refused, scored.scores, scored.decisions,
+                             scored.seconds, failed=refused)
     except Exception as exc:  # one model failing must not stop the others
         log.warning("shadow scoring of %d requests with %s failed: %s", requests, first.tag, exc)
         return ShadowOutcome(first.role, first.tag, requests, [], [], 0.0, error=f"{type(exc).__name__}: {exc}")
@@ -275,12 +337,9 @@ def serve(conn: Connection) -> None:
     """The shadow process: score the batches that arrive until told to stop or the worker is gone."""
     config, options = conn.recv()
     counts = LogCounts()
-
-    def wal_failed(_exc: Exception) -> None:
-        counts.wal_failures += 1
-
-    writer = LogWriter(**options, on_written=lambda kind, rows: counts.written.update({kind: rows}),
-                       on_error=lambda kind, _exc: counts.failures.update({kind: 1}), on_wal_error=wal_failed)
+    writer = LogWriter(**options, on_written=lambda kind, rows: counts.add(written=kind, rows=rows),
+                       on_error=lambda kind, _exc: counts.add(failed=kind),
+                       on_wal_error=lambda _exc: counts.add(wal=True))
     models = _Models(config)
     try:
         while True:
@@ -294,7 +353,7 @@ def serve(conn: Connection) -> None:
             for job in batch:
                 groups.setdefault((job.role, job.tag, job.path, job.rollout_id), []).append(job)
             outcomes = [_score(jobs, models, writer) for jobs in groups.values()]
-            conn.send(([o for o in outcomes if o.requests or o.error], counts.take()))
+            conn.send(([o for o in outcomes if o.requests or o.error or o.failed], counts.take()))
     finally:
         writer.close()
     with suppress(OSError):
@@ -302,12 +361,8 @@ def serve(conn: Connection) -> None:
 
 
 def main(argv: list[str]) -> None:
-    """The shadow process's program, `NICENESS` below its worker. It ignores SIGTERM and SIGINT, which a stopping
-    service sends its whole process group: it writes its rows and exits when its worker closes it, or when the
-    worker is gone."""
+    """The shadow process (see `ENTRY`), `NICENESS` below its worker."""
     os.nice(NICENESS)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s fraudops-shadow %(levelname)s %(name)s: %(message)s")
     serve(Connection(int(argv[0])))
