@@ -86,33 +86,33 @@ class ShadowOutcome:
 
 @dataclass
 class LogCounts:
-    """The shadow process's log writer's counts since its last answer (added from the writer's threads)."""
+    """The shadow process's log writer's counts since its last answer."""
 
     written: Counter[str] = field(default_factory=Counter)
     failures: Counter[str] = field(default_factory=Counter)
     wal_failures: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+
+class _Tally:
+    """`LogCounts` added up from the log writer's threads and taken, whole, by each answer."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts = LogCounts()
 
     def add(self, written: str | None = None, rows: int = 0, failed: str | None = None, wal: bool = False) -> None:
-        with self.lock:
+        with self._lock:
             if written:
-                self.written[written] += rows
+                self._counts.written[written] += rows
             if failed:
-                self.failures[failed] += 1
-            self.wal_failures += wal
+                self._counts.failures[failed] += 1
+            self._counts.wal_failures += wal
 
     def take(self) -> LogCounts:
-        """The counts so far (to send), and zero again."""
-        with self.lock:
-            taken = LogCounts(self.written, self.failures, self.wal_failures)
-            self.written, self.failures, self.wal_failures = Counter(), Counter(), 0
+        """The counts so far, and zero again."""
+        with self._lock:
+            taken, self._counts = self._counts, LogCounts()
         return taken
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"written": self.written, "failures": self.failures, "wal_failures": self.wal_failures}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state, lock=threading.Lock())
 
 
 class ShadowUnavailable(RuntimeError):
@@ -127,7 +127,7 @@ class ShadowProcess:
                  on_dropped: Callable[[], None], size: int = SHADOW_QUEUE) -> None:
         self._setup = (config, log_options)
         self._on_outcome, self._on_log, self._on_dropped = on_outcome, on_log, on_dropped
-        self._queue: queue.Queue[ShadowJob | None] = queue.Queue(size)
+        self._queue: queue.Queue[Any] = queue.Queue(size)  # jobs, `_RELEASE`, and None: stop
         self._process: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
         self._retry_at = 0.0
@@ -336,7 +336,7 @@ def _score(jobs: list[ShadowJob], models: _Models, writer: LogWriter) -> ShadowO
 def serve(conn: Connection) -> None:
     """The shadow process: score the batches that arrive until told to stop or the worker is gone."""
     config, options = conn.recv()
-    counts = LogCounts()
+    counts = _Tally()
     writer = LogWriter(**options, on_written=lambda kind, rows: counts.add(written=kind, rows=rows),
                        on_error=lambda kind, _exc: counts.add(failed=kind),
                        on_wal_error=lambda _exc: counts.add(wal=True))
