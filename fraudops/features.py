@@ -19,66 +19,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fraudops.normalize import MISSING, entity_keys, seconds, time_kind_of, to_times
 from fraudops.schema import DatasetSpec
 
-MISSING = "__missing__"
 STATE_FILE = "feature_state.json"
 
 
-def to_times(values: pd.Series, kind: str, time_format: str | None = None) -> pd.Series:
-    """Parse a time column: ``datetime`` -> naive UTC datetime64, ``seconds`` -> float; bad values -> NaT/NaN."""
-    if kind == "seconds":
-        return pd.to_numeric(values, errors="coerce").astype("float64")
-    if pd.api.types.is_datetime64_any_dtype(values):
-        parsed = values
-    else:
-        parsed = pd.to_datetime(values, errors="coerce", format=time_format or "mixed", utc=True)
-    if getattr(parsed.dt, "tz", None) is not None:
-        parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
-    return parsed.astype("datetime64[ns]")
-
-
-# A text column whose non-empty values are at least this share numbers holds numbers (with some bad values).
-NUMERIC_SHARE = 0.95
-
-
-def looks_numeric(values: pd.Series) -> bool:
-    """True for numeric columns and for text columns whose values are (almost all) numbers."""
-    if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
-        return True
-    if pd.api.types.is_datetime64_any_dtype(values):
-        return False
-    present = values.dropna()
-    return len(present) > 0 and pd.to_numeric(present, errors="coerce").notna().mean() >= NUMERIC_SHARE
-
-
-def time_kind_of(values: pd.Series) -> str:
-    """``seconds`` for numeric time columns (offsets such as IEEE-CIS TransactionDT), else ``datetime``."""
-    return "seconds" if looks_numeric(values) else "datetime"
-
-
-def _seconds(values: pd.Series, kind: str) -> np.ndarray:
-    if kind == "seconds":
-        return values.to_numpy(dtype="float64")
-    stamps = values.to_numpy(dtype="datetime64[ns]")
-    return np.where(np.isnat(stamps), np.nan, stamps.astype("int64") / 1e9)
-
-
-_WHOLE_FLOAT = r"^(-?\d+)\.0$"
-
-
-def _keys(values: pd.Series) -> pd.Series:
-    """Entity values as strings (missing -> MISSING), so that 1, 1.0 and "1" are one entity."""
-    out = values.astype("string")
-    if pd.api.types.is_float_dtype(values):
-        out = out.str.removesuffix(".0")
-    elif values.dtype == object:
-        out = out.str.replace(_WHOLE_FLOAT, r"\1", regex=True)
-    return out.fillna(MISSING)
-
-
-def _pair_hash(entity_keys: pd.Series, account_keys: pd.Series) -> np.ndarray:
-    return pd.util.hash_array((entity_keys + "\x1f" + account_keys).to_numpy(dtype=object))
+def _pair_hash(entity: pd.Series, account: pd.Series) -> np.ndarray:
+    return pd.util.hash_array((entity + "\x1f" + account).to_numpy(dtype=object))
 
 
 @dataclass
@@ -135,16 +83,16 @@ class FeatureState:
         state = cls(spec=spec, time_kind=kind, numeric=list(numeric))
         amount = history[spec.amount].astype("float64") if spec.amount else None
         for col in state.entity_columns:
-            keys = _keys(history[col])
+            keys = entity_keys(history[col])
             frame = pd.DataFrame({"key": keys.to_numpy(dtype=object)})
             agg: dict[str, tuple[str, str]] = {"txn_count": ("key", "size")}
             if amount is not None:
                 frame["amount"] = amount.to_numpy()
                 agg["amount_sum"] = ("amount", "sum")
             if spec.account and col != spec.account:
-                frame["account"] = _keys(history[spec.account]).to_numpy(dtype=object)
+                frame["account"] = entity_keys(history[spec.account]).to_numpy(dtype=object)
                 agg["account_count"] = ("account", "nunique")
-                pairs = _pair_hash(keys, _keys(history[spec.account]))
+                pairs = _pair_hash(keys, entity_keys(history[spec.account]))
                 state.account_pairs[col] = np.unique(pairs)
             state.entity_stats[col] = frame.groupby("key", sort=True).agg(**agg)
         return state
@@ -161,28 +109,28 @@ class FeatureState:
 
         out: dict[str, pd.Series | np.ndarray] = {}
         for col in spec.categorical:
-            out[col] = _keys(column(col))
+            out[col] = entity_keys(column(col))
         for col in self.numeric:
             out[col] = pd.to_numeric(column(col), errors="coerce").astype("float64")
         if spec.timestamp:
-            ts = _seconds(to_times(column(spec.timestamp), self.time_kind, spec.time_format), self.time_kind)
+            ts = seconds(to_times(column(spec.timestamp), self.time_kind, spec.time_format), self.time_kind)
             out["hour"] = np.floor(ts / 3600.0) % 24
             out["day_of_week"] = np.floor(ts / 86400.0 + (0 if self.time_kind == "seconds" else 3)) % 7
             if spec.signup_time:
                 signup = to_times(column(spec.signup_time), self.time_kind, spec.time_format)
-                out["seconds_since_signup"] = ts - _seconds(signup, self.time_kind)
+                out["seconds_since_signup"] = ts - seconds(signup, self.time_kind)
         amount = (
             pd.to_numeric(column(spec.amount), errors="coerce").to_numpy(dtype="float64") if spec.amount else None
         )
         self_weight = 1.0 if exclude_self else 0.0
         for col in self.entity_columns:
-            keys = _keys(column(col))
+            keys = entity_keys(column(col))
             stats = self.entity_stats[col].reindex(keys.to_numpy(dtype=object))
             count = stats["txn_count"].fillna(0).to_numpy(dtype="float64") - self_weight
             out[f"{col}__txn_count"] = count
             if spec.account and col != spec.account:
                 pairs = self.account_pairs[col]
-                hashed = _pair_hash(keys, _keys(column(spec.account)))
+                hashed = _pair_hash(keys, entity_keys(column(spec.account)))
                 pos = np.minimum(np.searchsorted(pairs, hashed), max(len(pairs) - 1, 0))
                 known = (pairs[pos] == hashed) if len(pairs) else np.zeros(n, dtype=bool)
                 out[f"{col}__account_count"] = stats["account_count"].fillna(0).to_numpy(dtype="float64") - known

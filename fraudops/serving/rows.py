@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, NotRequired, Required
@@ -14,30 +12,11 @@ from pydantic_core import PydanticCustomError
 from typing_extensions import TypedDict  # pydantic needs typing_extensions' TypedDict before Python 3.12
 
 from fraudops.features import FeatureState
+from fraudops.normalize import key_text
 from fraudops.serving.errors import Problem, RequestError, problems_of
 
 _EPOCH = datetime(1970, 1, 1)
 _EARLIEST, _LATEST = datetime(1678, 1, 1), datetime(2262, 1, 1)  # within pandas' datetime64[ns] range
-
-
-_WHOLE_NUMBER = re.compile(r"(-?\d+)\.0")
-
-
-def _key(value: Any) -> Any:
-    """Entity and category values as the feature state's text keys: 7, 7.0, "7" and "7.0" are one key."""
-    if type(value) is str and not value.endswith(".0"):
-        return value
-    if isinstance(value, bool):
-        return value  # rejected by the string check
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return None
-        value = str(value)
-    if isinstance(value, str) and (whole := _WHOLE_NUMBER.fullmatch(value)):
-        return whole.group(1)
-    return value
 
 
 def _time_parser(time_format: str | None) -> Callable[[Any], int]:
@@ -62,7 +41,7 @@ def _time_parser(time_format: str | None) -> Callable[[Any], int]:
     return parse
 
 
-_Key = Annotated[StrictStr | None, BeforeValidator(_key)]
+_Key = Annotated[StrictStr | None, BeforeValidator(key_text)]
 _Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 _Amount = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=0)]
 
