@@ -1,0 +1,528 @@
+"""Real-time entity features: one kernel for the training replay and for live scoring.
+
+For each entity column of the dataset spec (each of ``spec.entities``, then ``spec.account`` if it is not one of
+them) and each window ``w`` of the configuration (default 1h, 24h, 7d) plus all history (``all``), a transaction
+at time ``t`` is described by the entity value's transactions at times in ``[t - w, t)``:
+
+- ``{col}__count_{w}``: how many;
+- ``{col}__accounts_{w}``: how many distinct accounts (columns other than the account; missing accounts do not
+  count);
+- ``{col}__amount_sum_{w}``, ``{col}__amount_mean_{w}``, ``{col}__amount_max_{w}`` (when the spec names an
+  amount): sum 0, mean and max NaN when there are none;
+
+and by ``{col}__seconds_since_prev`` (since its latest strictly earlier transaction, NaN if none) and
+``{col}__first_seen`` (1.0 when it has no earlier transaction, else 0.0).
+
+**Point in time.** Only transactions *strictly* before ``t`` count: transactions at the same time as this one
+(ties, including itself and a retry of itself) are not seen, whatever order they arrive in. Times are compared
+as integer microseconds (`fraudops.normalize.ticks`), so window boundaries are exact.
+**Keys.** Entity values are normalised once (`fraudops.normalize`): 1, 1.0, "1" and "1.0" are one entity. A
+missing value is no entity: all its features are NaN, and it is not recorded.
+
+The kernel works on columns. Two adapters feed it: `frame_columns` (a training table, replayed at once by
+`offline_features`, vectorised) and `row_columns` (validated rows, for `OnlineFeatures`, which reads the entity
+history from a `fraudops.online_store` store, computes with the same kernel, then records the rows).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fraudops.normalize import TICKS_PER_SECOND, entity_keys, key_text, ticks, to_times
+from fraudops.online_store import EntityRef, FeatureStore, KeyQuery, KeyState, Record
+from fraudops.schema import DatasetSpec
+
+DEFAULT_WINDOWS = ("1h", "24h", "7d")
+ALL = "all"
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+_NONE = np.iinfo(np.int64).min  # no time: no earlier transaction / an account the store knew before everything
+_NEVER = np.iinfo(np.int64).max  # an account the store has never seen
+
+
+@dataclass(frozen=True)
+class Window:
+    """A sliding window such as ``1h``: its name in feature names and its length."""
+
+    name: str
+    seconds: int
+
+    @classmethod
+    def parse(cls, text: str) -> Window:
+        """``30m``, ``1h``, ``24h``, ``7d``, ``2w``, ``90s``: a whole number and a unit."""
+        match = re.fullmatch(r"([1-9]\d*)([smhdw])", text.strip()) if isinstance(text, str) else None
+        if match is None:
+            raise ValueError(f"window {text!r} must be a whole number and a unit (s, m, h, d or w), such as 1h or 7d")
+        return cls(match.group(0), int(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+
+    @property
+    def ticks(self) -> int:
+        return self.seconds * TICKS_PER_SECOND
+
+
+@dataclass(frozen=True)
+class EntityFeatureConfig:
+    """Which entity features to compute: the dataset's column roles, its time kind, and the windows."""
+
+    spec: DatasetSpec
+    time_kind: str
+    windows: tuple[Window, ...]
+
+    def __post_init__(self) -> None:
+        if not self.spec.timestamp:
+            raise ValueError("entity features need a timestamp column in the dataset spec")
+        if self.time_kind not in ("datetime", "seconds"):
+            raise ValueError(f"time_kind must be 'datetime' or 'seconds', got {self.time_kind!r}")
+        if not self.columns:
+            raise ValueError("entity features need entity columns or an account column in the dataset spec")
+        if not self.windows:
+            raise ValueError("entity features need at least one window")
+        names, lengths = [w.name for w in self.windows], [w.seconds for w in self.windows]
+        if len(set(names)) < len(names) or len(set(lengths)) < len(lengths):
+            raise ValueError(f"windows must differ in length, got {names}")
+
+    @classmethod
+    def create(cls, spec: DatasetSpec, time_kind: str, windows: Sequence[str] = DEFAULT_WINDOWS) -> EntityFeatureConfig:
+        """A configuration with windows given as text (``["1h", "24h", "7d"]``)."""
+        return cls(spec, time_kind, tuple(Window.parse(w) for w in windows))
+
+    @property
+    def columns(self) -> list[str]:
+        """Entity columns: the entities, then the account if it is not one of them."""
+        cols = list(self.spec.entities)
+        if self.spec.account and self.spec.account not in cols:
+            cols.append(self.spec.account)
+        return cols
+
+    def paired(self, column: str) -> bool:
+        """Whether ``column`` has distinct-account features."""
+        return bool(self.spec.account) and column != self.spec.account
+
+    @property
+    def longest_seconds(self) -> int:
+        return max(w.seconds for w in self.windows)
+
+    def column_feature_names(self, column: str) -> list[str]:
+        """The features of one entity column, in order."""
+        names = []
+        for span in [*(w.name for w in self.windows), ALL]:
+            names.append(f"{column}__count_{span}")
+            if self.paired(column):
+                names.append(f"{column}__accounts_{span}")
+            if self.spec.amount:
+                names += [f"{column}__amount_{stat}_{span}" for stat in ("sum", "mean", "max")]
+        return [*names, f"{column}__seconds_since_prev", f"{column}__first_seen"]
+
+    @property
+    def feature_names(self) -> list[str]:
+        """All features, in order."""
+        return [name for col in self.columns for name in self.column_feature_names(col)]
+
+
+# -- input adapters -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class KeyColumn:
+    """Normalised keys of one column: ``codes`` into ``uniques`` (text), -1 where missing."""
+
+    codes: np.ndarray
+    uniques: np.ndarray
+
+
+@dataclass(frozen=True)
+class Columns:
+    """What the kernel reads about a batch of transactions."""
+
+    ticks: np.ndarray
+    amount: np.ndarray
+    keys: dict[str, KeyColumn]
+    account: KeyColumn | None
+    txn: list[str] | None = None
+
+
+def _merged(codes: np.ndarray, texts: pd.Series) -> KeyColumn:
+    """Codes into distinct texts, merging raw values that normalise to one key (1 and "1.0")."""
+    final, uniques = pd.factorize(texts.to_numpy(dtype=object))
+    return KeyColumn(np.where(codes >= 0, final[codes], -1).astype(np.int64), uniques)
+
+
+def frame_columns(frame: pd.DataFrame, config: EntityFeatureConfig) -> Columns:
+    """The kernel's input from a table (validated or raw): every row, in any order."""
+    spec = config.spec
+    needed = [spec.timestamp, *config.columns, *([spec.amount] if spec.amount else [])]
+    absent = [c for c in needed if c not in frame]
+    if absent:
+        raise ValueError(f"entity features need the columns {absent}, missing from the table")
+    times = to_times(frame[spec.timestamp], config.time_kind, spec.time_format)
+    _reject(times.isna().to_numpy(), frame.index, f"time column {spec.timestamp!r}", "missing or unreadable")
+    amount = np.zeros(len(frame))
+    if spec.amount:
+        amount = pd.to_numeric(frame[spec.amount], errors="coerce").to_numpy(dtype="float64")
+        _reject(~np.isfinite(amount), frame.index, f"amount column {spec.amount!r}", "missing or not finite")
+    keys = {}
+    for col in dict.fromkeys([*config.columns, *([spec.account] if spec.account else [])]):
+        codes, uniques = frame[col].factorize()  # normalise the distinct values only
+        keys[col] = _merged(codes, entity_keys(pd.Series(uniques)))
+    return Columns(ticks(times.to_numpy(), config.time_kind), amount, keys,
+                   keys[spec.account] if spec.account else None)
+
+
+def _reject(bad: np.ndarray, index: pd.Index, what: str, problem: str) -> None:
+    if bad.any():
+        raise ValueError(f"{what} has {int(bad.sum())} {problem} values (first at index {index[bad.argmax()]!r})")
+
+
+def row_columns(rows: Sequence[Mapping[str, Any]], config: EntityFeatureConfig) -> Columns:
+    """The kernel's input from validated rows (`fraudops.serving.RowSchema`: text keys, floats, times as UTC
+    nanoseconds or seconds). A row without a transaction id gets a digest of its time, amount and keys."""
+    spec = config.spec
+    raw_times: list[float | int] = []
+    for i, row in enumerate(rows):
+        value = row.get(spec.timestamp)
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or (config.time_kind == "datetime" and not isinstance(value, int)) or value != value:
+            expected = "UTC nanoseconds (an integer)" if config.time_kind == "datetime" else "seconds (a number)"
+            raise ValueError(f"row {i}: {spec.timestamp!r} must be {expected}, got {value!r}")
+        raw_times.append(value)
+    amount = np.zeros(len(rows))
+    if spec.amount:
+        amount = np.array([_amount(row, i, spec.amount) for i, row in enumerate(rows)], dtype="float64")
+    keys = {}
+    for col in dict.fromkeys([*config.columns, *([spec.account] if spec.account else [])]):
+        texts = [_key(row, i, col) for i, row in enumerate(rows)]
+        codes, uniques = pd.factorize(np.array(texts, dtype=object))
+        keys[col] = KeyColumn(codes.astype(np.int64), uniques)
+    kind_times = np.array(raw_times, dtype="int64" if config.time_kind == "datetime" else "float64")
+    cols = Columns(ticks(kind_times, config.time_kind), amount, keys, keys[spec.account] if spec.account else None)
+    ids = [_key(row, i, spec.id_column) if spec.id_column else None for i, row in enumerate(rows)]
+    return replace(cols, txn=[txn if txn is not None else _digest(cols, i) for i, txn in enumerate(ids)])
+
+
+def _amount(row: Mapping[str, Any], i: int, column: str) -> float:
+    value = row.get(column)
+    if not isinstance(value, int | float) or isinstance(value, bool) or not np.isfinite(value):
+        raise ValueError(f"row {i}: {column!r} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _key(row: Mapping[str, Any], i: int, column: str) -> str | None:
+    text = key_text(row.get(column))
+    if text is not None and not isinstance(text, str):
+        raise ValueError(f"row {i}: {column!r} must be a text or integer key, got {text!r}")
+    return text
+
+
+def _digest(cols: Columns, i: int) -> str:
+    parts = [int(cols.ticks[i]), float(cols.amount[i])]
+    parts += [None if k.codes[i] < 0 else k.uniques[k.codes[i]] for k in cols.keys.values()]
+    return "h:" + hashlib.blake2b(json.dumps(parts).encode(), digest_size=16).hexdigest()
+
+
+# -- the kernel ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Table:
+    """Times and amounts of the transactions the kernel sees, ranked once for all entity columns."""
+
+    ticks: np.ndarray
+    amount: np.ndarray
+    unique_ticks: np.ndarray
+    tick_rank: np.ndarray
+    unique_amounts: np.ndarray
+    amount_rank: np.ndarray
+
+    @classmethod
+    def of(cls, ticks_: np.ndarray, amount: np.ndarray) -> _Table:
+        unique_ticks, tick_rank = np.unique(ticks_, return_inverse=True)
+        unique_amounts, amount_rank = np.unique(amount, return_inverse=True)
+        return cls(ticks_, amount, unique_ticks, tick_rank.astype(np.int64), unique_amounts,
+                   amount_rank.astype(np.int64))
+
+
+@dataclass(frozen=True)
+class _Prior:
+    """What a store knows beyond the table's transactions: per key code (folded aggregates), per table row
+    (accounts first seen strictly before it; when its account was first seen, `_NEVER` or `_NONE`)."""
+
+    count: np.ndarray
+    amount_sum: np.ndarray
+    amount_max: np.ndarray
+    last: np.ndarray
+    accounts_before: np.ndarray
+    account_first: np.ndarray
+
+
+class _RangeMax:
+    """Maximum over index ranges of a fixed array (a sparse table up to the longest range asked for)."""
+
+    def __init__(self, values: np.ndarray, longest: int) -> None:
+        self.levels = [values]
+        span = 1
+        while span * 2 <= longest:
+            below = self.levels[-1]
+            self.levels.append(np.maximum(below[:-span], below[span:]))
+            span *= 2
+
+    def query(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """max(values[lo:hi]) per pair; NaN for empty ranges."""
+        out = np.full(len(lo), np.nan)
+        length = hi - lo
+        level = np.frexp(np.maximum(length, 1))[1] - 1  # floor(log2(length))
+        for k in np.unique(level[length > 0]):
+            sel = (level == k) & (length > 0)
+            out[sel] = np.maximum(self.levels[k][lo[sel]], self.levels[k][hi[sel] - (1 << k)])
+        return out
+
+
+def _prefix(flags: np.ndarray) -> np.ndarray:
+    """prefix[i] = how many of flags[:i] are set."""
+    return np.concatenate([[0], np.cumsum(flags, dtype=np.int64)])
+
+
+def _count_at_most(item_group: np.ndarray, item_rank: np.ndarray, group_base: np.ndarray, rank: np.ndarray,
+                   width: int) -> np.ndarray:
+    """Per query: items of its group whose rank is <= the query's rank (``group_base`` = group * width)."""
+    keys = np.sort(item_group * width + item_rank)
+    return np.searchsorted(keys, group_base + rank, "right") - np.searchsorted(keys, group_base, "left")
+
+
+def _entity_features(config: EntityFeatureConfig, column: str, table: _Table, codes: np.ndarray,
+                     accounts: np.ndarray | None, prior: _Prior | None) -> dict[str, np.ndarray]:
+    """The features of one entity column for every row of ``table`` (NaN where the key is missing).
+
+    Rows are sorted by (key, time). Row i's strictly earlier transactions are the slice [start, end) of its key's
+    run; window w's start is found by binary search on (key, rank of t - w). Sums come from a prefix sum, maxima
+    from a sparse table (windows) and a running maximum (all history). Distinct accounts in [t - w, t) count the
+    occurrences j of (key, account) pairs whose previous occurrence is before t - w: j counts for query times in
+    (max(t_j, t_prev + w), t_j + w], so the count is (first occurrences before t) + (repeats whose interval has
+    started) - (occurrences before t - w).
+    """
+    n = len(codes)
+    out = {name: np.full(n, np.nan) for name in config.column_feature_names(column)}
+    rows = np.flatnonzero(codes >= 0)
+    if not len(rows):
+        return out
+    width = len(table.unique_ticks) + 1
+    sort_key = codes[rows] * width + table.tick_rank[rows]
+    by = np.argsort(sort_key, kind="stable")
+    rows, sort_key = rows[by], sort_key[by]
+    c, rank, t, amount = codes[rows], table.tick_rank[rows], table.ticks[rows], table.amount[rows]
+    pos = np.arange(len(rows))
+    new_key = np.r_[True, c[1:] != c[:-1]]
+    start = np.maximum.accumulate(np.where(new_key, pos, 0))
+    end = np.maximum.accumulate(np.where(new_key | np.r_[True, rank[1:] != rank[:-1]], pos, 0))
+    base = c * width
+    lows = {w.name: np.searchsorted(sort_key, base + np.searchsorted(table.unique_ticks, t - w.ticks), "left")
+            for w in config.windows}
+    widest = max(config.windows, key=lambda w: w.seconds).name
+    found: dict[str, np.ndarray] = {}
+    spec = config.spec
+    if spec.amount:
+        sums = np.concatenate([[0], np.cumsum(amount, dtype=np.longdouble)])
+        range_max = _RangeMax(amount, int((end - lows[widest]).max()))
+    for w in config.windows:
+        lo = lows[w.name]
+        found[f"count_{w.name}"] = end - lo
+        if spec.amount:
+            found[f"amount_sum_{w.name}"] = (sums[end] - sums[lo]).astype("float64")
+            found[f"amount_max_{w.name}"] = range_max.query(lo, end)
+    earlier = end > start
+    count_all = end - start
+    if spec.amount:
+        sum_all = (sums[end] - sums[start]).astype("float64")
+        amount_width = len(table.unique_amounts) + 1
+        running = np.maximum.accumulate(c * amount_width + table.amount_rank[rows])
+        top = np.clip(running[np.maximum(end - 1, 0)] - c * amount_width, 0, len(table.unique_amounts) - 1)
+        max_all = np.where(earlier, table.unique_amounts[top], np.nan)
+    prev = np.where(earlier, t[np.maximum(end - 1, 0)], _NONE)
+    if prior is not None:
+        count_all = count_all + prior.count[c]
+        prev = np.where(earlier, prev, prior.last[c])
+        if spec.amount:
+            sum_all = sum_all + prior.amount_sum[c]
+            max_all = np.fmax(max_all, prior.amount_max[c])
+    found[f"count_{ALL}"] = count_all
+    if spec.amount:
+        found[f"amount_sum_{ALL}"], found[f"amount_max_{ALL}"] = sum_all, max_all
+        for span in [*(w.name for w in config.windows), ALL]:
+            total, count = found[f"amount_sum_{span}"], found[f"count_{span}"]
+            with np.errstate(invalid="ignore", divide="ignore"):
+                found[f"amount_mean_{span}"] = np.where(count > 0, total / count, np.nan)
+    found["seconds_since_prev"] = np.where(prev == _NONE, np.nan, (t - prev) / TICKS_PER_SECOND)
+    found["first_seen"] = (count_all == 0).astype("float64")
+    if accounts is not None:
+        found.update(_distinct_accounts(config, table, rows, c, rank, t, start, end, lows, accounts, prior))
+    for name, values in found.items():
+        out[f"{column}__{name}"][rows] = values
+    return out
+
+
+def _distinct_accounts(config: EntityFeatureConfig, table: _Table, rows: np.ndarray, c: np.ndarray,
+                       rank: np.ndarray, t: np.ndarray, start: np.ndarray, end: np.ndarray,
+                       lows: dict[str, np.ndarray], accounts: np.ndarray, prior: _Prior | None,
+                       ) -> dict[str, np.ndarray]:
+    """Distinct accounts per window and over all history, for rows sorted by (key, time) (see `_entity_features`)."""
+    width = len(table.unique_ticks) + 1
+    base = c * width
+    account = accounts[rows]
+    present = np.flatnonzero(account >= 0)
+    pair = c[present] * (int(account.max()) + 1) + account[present]
+    order = np.argsort(pair, kind="stable")  # stable: each pair's occurrences stay in time order
+    by_pair, pair = present[order], pair[order]
+    same = pair[1:] == pair[:-1]
+    later, earlier = by_pair[1:][same], by_pair[:-1][same]
+    prev_t = np.full(len(rows), _NONE)
+    prev_t[later] = t[earlier]
+    has_account = account >= 0
+    first = has_account & (prev_t == _NONE)
+    counted = has_account & (prev_t < t)  # an occurrence at the same time as its pair's previous one never counts
+    repeat = counted & ~first
+    first_before, counted_before = _prefix(first), _prefix(counted)
+    firsts = first_before[end] - first_before[start]
+    found = {}
+    for w in config.windows:
+        lo = lows[w.name]
+        opens = np.maximum(rank[repeat] + 1, np.searchsorted(table.unique_ticks, prev_t[repeat] + w.ticks, "right"))
+        repeats = _count_at_most(c[repeat], opens, base, rank, width)
+        found[f"accounts_{w.name}"] = firsts + repeats - (counted_before[lo] - counted_before[start])
+    if prior is None:
+        found[f"accounts_{ALL}"] = firsts
+    else:  # pairs first seen here count unless the store saw them earlier (then they are in accounts_before)
+        known = prior.account_first[rows]
+        new = first & (known > t)
+        new_before = _prefix(new)
+        known_rank = np.searchsorted(table.unique_ticks, known[new], "right")
+        found[f"accounts_{ALL}"] = (prior.accounts_before[rows] + new_before[end] - new_before[start]
+                                    - _count_at_most(c[new], known_rank, base, rank, width))
+    return found
+
+
+def compute(columns: Columns, config: EntityFeatureConfig) -> dict[str, np.ndarray]:
+    """Every feature for every row of ``columns``, each row seeing only the strictly earlier rows."""
+    table = _Table.of(columns.ticks, columns.amount)
+    account = columns.account.codes if columns.account is not None else None
+    out: dict[str, np.ndarray] = {}
+    for col in config.columns:
+        out.update(_entity_features(config, col, table, columns.keys[col].codes,
+                                    account if config.paired(col) else None, None))
+    return {name: out[name] for name in config.feature_names}
+
+
+def offline_features(frame: pd.DataFrame, config: EntityFeatureConfig) -> pd.DataFrame:
+    """The entity features of a training table, point-in-time correct (row order and index are kept)."""
+    return pd.DataFrame(compute(frame_columns(frame, config), config), index=frame.index)
+
+
+# -- online -------------------------------------------------------------------------------------------------
+class OnlineFeatures:
+    """Entity features of live transactions: read their entities' history from a store, compute with the kernel,
+    then record them. Rows of one batch see each other's strictly earlier transactions, as in the offline replay;
+    replaying a table in time order (row by row or in batches) gives the offline values (see
+    `fraudops.online_store` for what is approximate beyond the store's limits).
+    """
+
+    def __init__(self, config: EntityFeatureConfig, store: FeatureStore) -> None:
+        if store.limits.keep_seconds < config.longest_seconds:
+            raise ValueError(f"the store keeps {store.limits.keep_seconds} s of events, less than the longest "
+                             f"window ({config.longest_seconds} s)")
+        self.config = config
+        self.store = store
+
+    @property
+    def feature_names(self) -> list[str]:
+        return self.config.feature_names
+
+    def process(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """Features of the rows (rows x `feature_names`), then the rows recorded in the store."""
+        columns = row_columns(rows, self.config)
+        features = self._lookup(columns)
+        self.store.write(self._records(columns))
+        return features
+
+    def lookup(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """Features of the rows (rows x `feature_names`), without recording them."""
+        return self._lookup(row_columns(rows, self.config))
+
+    def record(self, rows: Sequence[Mapping[str, Any]]) -> int:
+        """Record the rows in the store; returns how many were new (by transaction id)."""
+        return self.store.write(self._records(row_columns(rows, self.config)))
+
+    def _records(self, columns: Columns) -> list[Record]:
+        assert columns.txn is not None
+        account = columns.account
+        refs = {col: [EntityRef(col, key, self.config.paired(col)) for key in columns.keys[col].uniques]
+                for col in self.config.columns}
+        return [Record(txn, int(columns.ticks[i]), float(columns.amount[i]),
+                       None if account is None or account.codes[i] < 0 else account.uniques[account.codes[i]],
+                       tuple(refs[col][code] for col in self.config.columns
+                             if (code := columns.keys[col].codes[i]) >= 0))
+                for i, txn in enumerate(columns.txn)]
+
+    def _lookup(self, columns: Columns) -> np.ndarray:
+        config, n = self.config, len(columns.ticks)
+        if not n:
+            return np.empty((0, len(config.feature_names)))
+        plans, queries = {}, []
+        for col in config.columns:
+            keys = columns.keys[col]
+            members = _members(keys.codes, len(keys.uniques))
+            plans[col] = (len(queries), members)
+            for key, rows in zip(keys.uniques, members, strict=True):
+                queries.append(self._query(EntityRef(col, key, config.paired(col)), columns, rows))
+        states = self.store.read(queries)
+        out: dict[str, np.ndarray] = {}
+        for col in config.columns:
+            first_query, members = plans[col]
+            found = self._column(col, columns, members, states[first_query:first_query + len(members)])
+            out.update({name: values[-n:] for name, values in found.items()})
+        return np.column_stack([out[name] for name in config.feature_names])
+
+    def _query(self, ref: EntityRef, columns: Columns, rows: np.ndarray) -> KeyQuery:
+        if not ref.paired or columns.account is None:
+            return KeyQuery(ref)
+        account = columns.account
+        names = {account.uniques[code] for code in account.codes[rows] if code >= 0}
+        return KeyQuery(ref, tuple(int(x) for x in columns.ticks[rows]), tuple(sorted(names)))
+
+    def _column(self, col: str, columns: Columns, members: list[np.ndarray],
+                states: list[KeyState]) -> dict[str, np.ndarray]:
+        """One entity column's features for the batch: the kernel over the stored events (not queried) followed
+        by the batch's rows."""
+        paired = self.config.paired(col) and columns.account is not None
+        stored = [(code, e) for code, state in enumerate(states) for e in state.events]
+        batch_codes = columns.keys[col].codes
+        codes = np.concatenate([np.array([code for code, _ in stored], dtype=np.int64), batch_codes])
+        ticks_ = np.concatenate([np.array([e.ticks for _, e in stored], dtype=np.int64), columns.ticks])
+        amount = np.concatenate([np.array([e.amount for _, e in stored], dtype="float64"), columns.amount])
+        accounts = None
+        accounts_before = np.zeros(len(codes), dtype=np.int64)
+        account_first = np.full(len(codes), _NONE)  # stored events: the store knows their accounts
+        if paired:
+            batch = columns.account
+            assert batch is not None
+            texts = [e.account for _, e in stored]
+            texts += [None if code < 0 else batch.uniques[code] for code in batch.codes]
+            accounts = pd.factorize(np.array(texts, dtype=object))[0].astype(np.int64)
+            for state, rows in zip(states, members, strict=True):
+                at = len(stored) + rows
+                accounts_before[at] = state.accounts_before
+                if state.accounts_exact:
+                    account_first[at] = [state.account_first.get(texts[i], _NEVER) for i in at]
+        prior = _Prior(count=np.array([s.count for s in states], dtype=np.int64),
+                       amount_sum=np.array([s.amount_sum for s in states], dtype="float64"),
+                       amount_max=np.array([s.amount_max for s in states], dtype="float64"),
+                       last=np.array([_NONE if s.last is None else s.last for s in states], dtype=np.int64),
+                       accounts_before=accounts_before, account_first=account_first)
+        return _entity_features(self.config, col, _Table.of(ticks_, amount), codes, accounts, prior)
+
+
+def _members(codes: np.ndarray, n_keys: int) -> list[np.ndarray]:
+    """Row positions of each key code 0..n_keys-1 (missing keys, -1, left out)."""
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(n_keys + 1))
+    return [order[bounds[k]:bounds[k + 1]] for k in range(n_keys)]

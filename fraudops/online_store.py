@@ -1,0 +1,408 @@
+"""Online stores of entity history for the real-time entity features: an in-memory one and Redis.
+
+A store keeps, per entity value (a device, an IP, a card, an account), what `fraudops.entity_features` needs to
+compute its features for a new transaction exactly as the offline replay does:
+
+- the **kept events**: the entity's transactions within the longest window behind its newest one (each with
+  time, amount, account and transaction id), at most `StoreLimits.max_events`;
+- the **folded aggregates** of its older transactions (count, amount sum and max, newest time), which only the
+  all-history features use;
+- the **accounts** it was used by, each with the time first seen, for the all-history distinct-account count:
+  exact up to `StoreLimits.exact_accounts` accounts, then a HyperLogLog (Redis: standard error 0.81%).
+
+Writes are idempotent per transaction id: a transaction already recorded (within the longest window, the life of
+its marker) is skipped whole. Both stores share these semantics; `MemoryStore` is the reference, `RedisStore` the
+one every scorer replica shares. Times are integer microseconds ("ticks", see `fraudops.normalize.ticks`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from bisect import insort
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple, Protocol
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from fraudops.normalize import TICKS_PER_SECOND
+
+DAY = 86_400
+
+
+class StoreUnavailable(RuntimeError):
+    """The online store did not answer in time or could not be reached (the caller falls back)."""
+
+
+@dataclass(frozen=True)
+class StoreLimits:
+    """Bounds of what a store keeps.
+
+    ``keep_seconds``: the longest window; events older than that behind an entity's newest one are folded, and the
+    windowed keys and transaction markers expire that long after their last write (so a transaction retried later
+    than that counts again). ``max_events``: most kept events per entity; beyond it the oldest are folded early,
+    so windowed features of busier entities undercount (all-history ones stay exact). ``exact_accounts``: most
+    accounts per entity counted exactly; beyond it the all-history distinct-account count becomes approximate.
+    ``retention_seconds``: the all-history keys expire that long after their entity's last transaction.
+    """
+
+    keep_seconds: int
+    max_events: int = 10_000
+    exact_accounts: int = 10_000
+    retention_seconds: int = 90 * DAY
+
+    def __post_init__(self) -> None:
+        for name in ("keep_seconds", "max_events", "exact_accounts", "retention_seconds"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+                raise ValueError(f"store limit {name} must be an integer >= 1, got {value!r}")
+        if self.retention_seconds < self.keep_seconds:
+            raise ValueError(f"store limit retention_seconds ({self.retention_seconds}) must be at least "
+                             f"keep_seconds ({self.keep_seconds})")
+
+    @property
+    def keep_ticks(self) -> int:
+        return self.keep_seconds * TICKS_PER_SECOND
+
+
+class Event(NamedTuple):
+    """One transaction as an entity's history holds it (``account`` None: missing)."""
+
+    ticks: int
+    amount: float
+    account: str | None
+    txn: str
+
+
+class EntityRef(NamedTuple):
+    """One entity value a transaction belongs to; ``paired``: the store tracks its accounts."""
+
+    column: str
+    key: str
+    paired: bool
+
+
+@dataclass(frozen=True)
+class Record:
+    """One transaction to record under each of its entity values."""
+
+    txn: str
+    ticks: int
+    amount: float
+    account: str | None
+    entities: tuple[EntityRef, ...]
+
+
+@dataclass(frozen=True)
+class KeyQuery:
+    """What to read about one entity value: ``times`` of the batch's transactions with it (for the distinct
+    accounts first seen strictly before each) and their ``accounts`` (for when each was first seen)."""
+
+    entity: EntityRef
+    times: tuple[int, ...] = ()
+    accounts: tuple[str, ...] = ()
+
+
+@dataclass
+class KeyState:
+    """What a store knows about one entity value (see the module doc)."""
+
+    events: list[Event] = field(default_factory=list)
+    count: int = 0
+    amount_sum: float = 0.0
+    amount_max: float = math.nan
+    last: int | None = None
+    accounts_exact: bool = True
+    accounts_before: list[int] = field(default_factory=list)
+    """Per queried time: accounts first seen strictly before it (approximate: all accounts seen so far)."""
+    account_first: dict[str, int] = field(default_factory=dict)
+    """Per queried account known to the store: when it was first seen (exact mode only)."""
+
+
+class FeatureStore(Protocol):
+    """Read entity history for a batch, then record the batch."""
+
+    limits: StoreLimits
+
+    def read(self, queries: Sequence[KeyQuery]) -> list[KeyState]:
+        """One state per query, in order."""
+        ...
+
+    def write(self, records: Sequence[Record]) -> int:
+        """Record the transactions not recorded before (by id); returns how many were new."""
+        ...
+
+
+# -- in memory ----------------------------------------------------------------------------------------------
+def _member(event: Event) -> str:
+    """An event as one string: Redis's sorted-set member, and the tie order of events at the same time."""
+    return json.dumps([event.ticks, event.amount, event.account or "", event.txn], separators=(",", ":"))
+
+
+def _event(member: str | bytes) -> Event:
+    ticks, amount, account, txn = json.loads(member)
+    return Event(int(ticks), float(amount), account or None, txn)
+
+
+@dataclass
+class _History:
+    events: list[tuple[int, str, Event]] = field(default_factory=list)  # sorted by (ticks, member)
+    count: int = 0
+    amount_sum: float = 0.0
+    amount_max: float = math.nan
+    last: int | None = None
+    first_seen: dict[str, int] | None = field(default_factory=dict)  # None: beyond exact_accounts
+    accounts: set[str] = field(default_factory=set)
+
+    def fold(self, events: list[tuple[int, str, Event]]) -> None:
+        for ticks, _, event in events:
+            self.count += 1
+            self.amount_sum += event.amount
+            self.amount_max = event.amount if math.isnan(self.amount_max) else max(self.amount_max, event.amount)
+            self.last = ticks if self.last is None else max(self.last, ticks)
+
+
+class MemoryStore:
+    """A store in this process's memory with the semantics of `RedisStore` (the reference for tests).
+
+    Differences: nothing expires, and beyond ``exact_accounts`` the account count is an exact set's size where
+    Redis has a HyperLogLog's estimate.
+    """
+
+    def __init__(self, limits: StoreLimits) -> None:
+        self.limits = limits
+        self._histories: dict[tuple[str, str], _History] = {}
+        self._recorded: set[str] = set()
+
+    def read(self, queries: Sequence[KeyQuery]) -> list[KeyState]:
+        out = []
+        for query in queries:
+            history = self._histories.get(query.entity[:2])
+            if history is None:
+                out.append(KeyState(accounts_before=[0] * len(query.times)))
+                continue
+            state = KeyState(events=[event for _, _, event in history.events], count=history.count,
+                             amount_sum=history.amount_sum, amount_max=history.amount_max, last=history.last)
+            if query.entity.paired:
+                firsts = history.first_seen
+                state.accounts_exact = firsts is not None
+                if firsts is None:
+                    state.accounts_before = [len(history.accounts)] * len(query.times)
+                else:
+                    state.accounts_before = [sum(1 for f in firsts.values() if f < t) for t in query.times]
+                    state.account_first = {a: firsts[a] for a in query.accounts if a in firsts}
+            out.append(state)
+        return out
+
+    def write(self, records: Sequence[Record]) -> int:
+        applied = 0
+        for record in records:
+            if record.txn in self._recorded:
+                continue
+            self._recorded.add(record.txn)
+            applied += 1
+            event = Event(record.ticks, float(record.amount), record.account, record.txn)
+            entry = (event.ticks, _member(event), event)
+            for ref in record.entities:
+                history = self._histories.setdefault(ref[:2], _History())
+                insort(history.events, entry, key=lambda e: (e[0], e[1]))
+                self._trim(history)
+                if ref.paired and record.account is not None:
+                    self._add_account(history, record.account, record.ticks)
+        return applied
+
+    def _trim(self, history: _History) -> None:
+        horizon = history.events[-1][0] - self.limits.keep_ticks
+        old = sum(1 for e in history.events if e[0] < horizon)
+        old = max(old, len(history.events) - self.limits.max_events)
+        history.fold(history.events[:old])
+        del history.events[:old]
+
+    def _add_account(self, history: _History, account: str, ticks: int) -> None:
+        if history.first_seen is None:
+            history.accounts.add(account)
+            return
+        history.first_seen[account] = min(ticks, history.first_seen.get(account, ticks))
+        if len(history.first_seen) > self.limits.exact_accounts:
+            history.accounts = set(history.first_seen)
+            history.first_seen = None
+
+
+# -- Redis --------------------------------------------------------------------------------------------------
+# KEYS per transaction: its marker, then per entity value: ev (sorted set of kept events scored by ticks),
+# agg (hash: fn/fsum/fmax/flast folded, n/sum/max/last all events), acc (sorted set: account -> first ticks),
+# hll (HyperLogLog of accounts, replacing acc beyond exact_accounts).
+# ARGV: keep_ticks, max_events, exact_accounts, keep_seconds, retention_seconds, n_transactions, then per
+# transaction: n_entities, then per entity value: ticks, member, amount, account ("" = missing), paired (0/1).
+_WRITE = """
+local keep, cap, exact = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local ttl_window, ttl_keep = tonumber(ARGV[4]), tonumber(ARGV[5])
+local function num(x) return string.format('%.17g', x) end
+local function fold(agg, members)
+  if #members == 0 then return end
+  local f = redis.call('HMGET', agg, 'fn', 'fsum', 'fmax', 'flast')
+  local n, s, mx, last = tonumber(f[1]) or 0, tonumber(f[2]) or 0, tonumber(f[3]), tonumber(f[4])
+  for _, m in ipairs(members) do
+    local e = cjson.decode(m)
+    n = n + 1
+    s = s + e[2]
+    if mx == nil or e[2] > mx then mx = e[2] end
+    if last == nil or e[1] > last then last = e[1] end
+  end
+  redis.call('HSET', agg, 'fn', num(n), 'fsum', num(s), 'fmax', num(mx), 'flast', num(last))
+end
+local k, a, applied = 1, 7, 0
+for _ = 1, tonumber(ARGV[6]) do
+  local n_entities = tonumber(ARGV[a])
+  local fresh = redis.call('SET', KEYS[k], '1', 'NX', 'EX', ttl_window)
+  a, k = a + 1, k + 1
+  if fresh then applied = applied + 1 end
+  for _ = 1, n_entities do
+    if fresh then
+      local ev, agg, acc, hll = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
+      local ticks, member, amount, account = tonumber(ARGV[a]), ARGV[a + 1], tonumber(ARGV[a + 2]), ARGV[a + 3]
+      if redis.call('EXISTS', ev) == 0 then  -- new, or its kept events expired: all it had is folded
+        local t = redis.call('HMGET', agg, 'n', 'sum', 'max', 'last')
+        if t[1] then redis.call('HSET', agg, 'fn', t[1], 'fsum', t[2], 'fmax', t[3], 'flast', t[4]) end
+      end
+      redis.call('ZADD', ev, ARGV[a], member)
+      local t = redis.call('HMGET', agg, 'n', 'sum', 'max', 'last')
+      local mx, last = tonumber(t[3]), tonumber(t[4])
+      if mx == nil or amount > mx then mx = amount end
+      if last == nil or ticks > last then last = ticks end
+      redis.call('HSET', agg, 'n', num((tonumber(t[1]) or 0) + 1), 'sum', num((tonumber(t[2]) or 0) + amount),
+                 'max', num(mx), 'last', num(last))
+      local horizon = tonumber(redis.call('ZRANGE', ev, -1, -1, 'WITHSCORES')[2]) - keep
+      fold(agg, redis.call('ZRANGEBYSCORE', ev, '-inf', '(' .. num(horizon)))
+      redis.call('ZREMRANGEBYSCORE', ev, '-inf', '(' .. num(horizon))
+      local extra = redis.call('ZCARD', ev) - cap
+      if extra > 0 then
+        fold(agg, redis.call('ZRANGE', ev, 0, extra - 1))
+        redis.call('ZREMRANGEBYRANK', ev, 0, extra - 1)
+      end
+      redis.call('EXPIRE', ev, ttl_window)
+      redis.call('EXPIRE', agg, ttl_keep)
+      if ARGV[a + 4] == '1' and account ~= '' then
+        if redis.call('EXISTS', hll) == 1 then
+          redis.call('PFADD', hll, account)
+        else
+          redis.call('ZADD', acc, 'LT', ARGV[a], account)
+          if redis.call('ZCARD', acc) > exact then
+            local members = redis.call('ZRANGE', acc, 0, -1)
+            for i = 1, #members, 1000 do
+              redis.call('PFADD', hll, unpack(members, i, math.min(i + 999, #members)))
+            end
+            redis.call('DEL', acc)
+          end
+        end
+        redis.call('EXPIRE', redis.call('EXISTS', hll) == 1 and hll or acc, ttl_keep)
+      end
+    end
+    a, k = a + 5, k + 4
+  end
+end
+return applied
+"""
+
+_AGG_FIELDS = ("fn", "fsum", "fmax", "flast", "n", "sum", "max", "last")
+REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+
+class RedisStore:
+    """The shared online store: Redis (or Valkey) 7+, standalone (the scripts touch keys of many entities).
+
+    Keys, all under ``namespace``: ``{ns}:ev:{column}:{value}`` (sorted set of kept events, scored by ticks,
+    expires ``keep_seconds`` after its last write), ``{ns}:agg:{column}:{value}`` (hash of folded and total
+    aggregates), ``{ns}:acc:{column}:{value}`` (sorted set account -> first ticks) or, beyond
+    ``exact_accounts``, ``{ns}:hll:{column}:{value}`` (HyperLogLog; all three expire ``retention_seconds``
+    after the last write), and ``{ns}:txn:{id}`` (the idempotency marker, ``keep_seconds``).
+    A write is one Lua script call (EVALSHA) for the whole batch: atomic, each transaction applied at most once.
+    A read is one MULTI/EXEC round trip. Timeouts and connection errors raise `StoreUnavailable`, no retries.
+    """
+
+    def __init__(self, client: redis.Redis, limits: StoreLimits, namespace: str = "fraudops") -> None:
+        if not namespace or ":" in namespace:
+            raise ValueError(f"store namespace must be a non-empty name without ':', got {namespace!r}")
+        self.client = client
+        self.limits = limits
+        self.namespace = namespace
+        self._write = client.register_script(_WRITE)
+
+    @classmethod
+    def from_url(cls, url: str, limits: StoreLimits, *, timeout_s: float = 0.05,
+                 namespace: str = "fraudops") -> RedisStore:
+        """A store at a ``redis://`` URL; every call fails with `StoreUnavailable` after ``timeout_s``."""
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"feature store URL must start with redis://, rediss:// or unix://, got {url!r}")
+        if not timeout_s > 0:
+            raise ValueError(f"feature store timeout must be > 0 seconds, got {timeout_s!r}")
+        client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                                      retry=Retry(NoBackoff(), 0))
+        return cls(client, limits, namespace)
+
+    def _key(self, kind: str, ref: EntityRef) -> str:
+        if ":" in ref.column:
+            raise ValueError(f"entity column names must not contain ':' in the feature store, got {ref.column!r}")
+        return f"{self.namespace}:{kind}:{ref.column}:{ref.key}"
+
+    def read(self, queries: Sequence[KeyQuery]) -> list[KeyState]:
+        pipe = self.client.pipeline(transaction=True)
+        for query in queries:
+            ref = query.entity
+            pipe.zrange(self._key("ev", ref), 0, -1)
+            pipe.hmget(self._key("agg", ref), _AGG_FIELDS)
+            if ref.paired:
+                acc, hll = self._key("acc", ref), self._key("hll", ref)
+                pipe.exists(hll)
+                pipe.pfcount(hll)
+                for ticks in query.times:
+                    pipe.zcount(acc, "-inf", f"({ticks}")
+                if query.accounts:
+                    pipe.zmscore(acc, list(query.accounts))
+        try:
+            replies = iter(pipe.execute())
+        except REDIS_ERRORS as exc:
+            raise StoreUnavailable(f"feature store read failed: {exc}") from exc
+        return [self._state(query, replies) for query in queries]
+
+    @staticmethod
+    def _state(query: KeyQuery, replies: object) -> KeyState:
+        members, agg = next(replies), next(replies)  # type: ignore[call-overload]
+        events = [_event(m) for m in members]
+        fields = [None if v is None else float(v) for v in agg]
+        count, amount_sum, amount_max, last = fields[:4] if events else fields[4:]  # no kept events: all folded
+        state = KeyState(events=events, count=int(count or 0), amount_sum=amount_sum or 0.0,
+                         amount_max=math.nan if amount_max is None else amount_max,
+                         last=None if last is None else int(last))
+        if query.entity.paired:
+            in_hll, estimate = next(replies), next(replies)  # type: ignore[call-overload]
+            state.accounts_exact = not in_hll
+            state.accounts_before = [next(replies) + estimate for _ in query.times]  # type: ignore[call-overload]
+            if query.accounts:
+                firsts = next(replies)  # type: ignore[call-overload]
+                state.account_first = {a: int(f) for a, f in zip(query.accounts, firsts, strict=True)
+                                       if f is not None}
+        return state
+
+    def write(self, records: Sequence[Record]) -> int:
+        if not records:
+            return 0
+        limits = self.limits
+        keys: list[str] = []
+        args: list[str | int] = [limits.keep_ticks, limits.max_events, limits.exact_accounts, limits.keep_seconds,
+                                 limits.retention_seconds, len(records)]
+        for record in records:
+            keys.append(f"{self.namespace}:txn:{record.txn}")
+            args.append(len(record.entities))
+            event = Event(record.ticks, float(record.amount), record.account, record.txn)
+            member = _member(event)
+            for ref in record.entities:
+                keys += [self._key(kind, ref) for kind in ("ev", "agg", "acc", "hll")]
+                args += [record.ticks, member, repr(event.amount), record.account or "", int(ref.paired)]
+        try:
+            return int(self._write(keys=keys, args=args))
+        except REDIS_ERRORS as exc:
+            raise StoreUnavailable(f"feature store write failed: {exc}") from exc
