@@ -227,20 +227,29 @@ def _digest(cols: Columns, i: int) -> str:
 # -- the kernel ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class _Table:
-    """Times and amounts of the transactions the kernel sees, ranked once for all entity columns."""
+    """Times and amounts of the transactions the kernel sees, ranked once for all entity columns.
+
+    Times are replaced by their rank among the distinct times, so that (key, time) pairs become one int64 and
+    window boundaries become ranks: ``opens[w][r]`` is the first rank at or after time r - w, ``closes[w][r]``
+    the first rank after time r + w.
+    """
 
     ticks: np.ndarray
     amount: np.ndarray
     unique_ticks: np.ndarray
-    tick_rank: np.ndarray
+    rank: np.ndarray
+    opens: dict[str, np.ndarray]
+    closes: dict[str, np.ndarray]
     unique_amounts: np.ndarray
     amount_rank: np.ndarray
 
     @classmethod
-    def of(cls, ticks_: np.ndarray, amount: np.ndarray) -> _Table:
-        unique_ticks, tick_rank = np.unique(ticks_, return_inverse=True)
+    def of(cls, ticks_: np.ndarray, amount: np.ndarray, windows: Sequence[Window]) -> _Table:
+        unique_ticks, rank = np.unique(ticks_, return_inverse=True)
         unique_amounts, amount_rank = np.unique(amount, return_inverse=True)
-        return cls(ticks_, amount, unique_ticks, tick_rank.astype(np.int64), unique_amounts,
+        opens = {w.name: np.searchsorted(unique_ticks, unique_ticks - w.ticks, "left") for w in windows}
+        closes = {w.name: np.searchsorted(unique_ticks, unique_ticks + w.ticks, "right") for w in windows}
+        return cls(ticks_, amount, unique_ticks, rank.astype(np.int64), opens, closes, unique_amounts,
                    amount_rank.astype(np.int64))
 
 
@@ -261,22 +270,21 @@ class _RangeMax:
     """Maximum over index ranges of a fixed array (a sparse table up to the longest range asked for)."""
 
     def __init__(self, values: np.ndarray, longest: int) -> None:
-        self.levels = [values]
+        levels = [values]
         span = 1
         while span * 2 <= longest:
-            below = self.levels[-1]
-            self.levels.append(np.maximum(below[:-span], below[span:]))
+            levels.append(np.maximum(levels[-1][:-span], levels[-1][span:]))
             span *= 2
+        self.table = np.full((len(levels), len(values)), np.nan)
+        for k, level in enumerate(levels):
+            self.table[k, :len(level)] = level
 
     def query(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
         """max(values[lo:hi]) per pair; NaN for empty ranges."""
-        out = np.full(len(lo), np.nan)
         length = hi - lo
         level = np.frexp(np.maximum(length, 1))[1] - 1  # floor(log2(length))
-        for k in np.unique(level[length > 0]):
-            sel = (level == k) & (length > 0)
-            out[sel] = np.maximum(self.levels[k][lo[sel]], self.levels[k][hi[sel] - (1 << k)])
-        return out
+        top = np.maximum(self.table[level, lo], self.table[level, np.maximum(hi - (1 << level), 0)])
+        return np.where(length > 0, top, np.nan)
 
 
 def _prefix(flags: np.ndarray) -> np.ndarray:
@@ -297,10 +305,7 @@ def _entity_features(config: EntityFeatureConfig, column: str, table: _Table, co
 
     Rows are sorted by (key, time). Row i's strictly earlier transactions are the slice [start, end) of its key's
     run; window w's start is found by binary search on (key, rank of t - w). Sums come from a prefix sum, maxima
-    from a sparse table (windows) and a running maximum (all history). Distinct accounts in [t - w, t) count the
-    occurrences j of (key, account) pairs whose previous occurrence is before t - w: j counts for query times in
-    (max(t_j, t_prev + w), t_j + w], so the count is (first occurrences before t) + (repeats whose interval has
-    started) - (occurrences before t - w).
+    from a sparse table (windows) and a running maximum (all history); distinct accounts in `_distinct_accounts`.
     """
     n = len(codes)
     out = {name: np.full(n, np.nan) for name in config.column_feature_names(column)}
@@ -308,17 +313,16 @@ def _entity_features(config: EntityFeatureConfig, column: str, table: _Table, co
     if not len(rows):
         return out
     width = len(table.unique_ticks) + 1
-    sort_key = codes[rows] * width + table.tick_rank[rows]
-    by = np.argsort(sort_key, kind="stable")
+    sort_key = codes[rows] * width + table.rank[rows]
+    by = np.argsort(sort_key)  # ties (same key and time) see the same rows whatever their order
     rows, sort_key = rows[by], sort_key[by]
-    c, rank, t, amount = codes[rows], table.tick_rank[rows], table.ticks[rows], table.amount[rows]
+    c, rank, t, amount = codes[rows], table.rank[rows], table.ticks[rows], table.amount[rows]
     pos = np.arange(len(rows))
     new_key = np.r_[True, c[1:] != c[:-1]]
     start = np.maximum.accumulate(np.where(new_key, pos, 0))
     end = np.maximum.accumulate(np.where(new_key | np.r_[True, rank[1:] != rank[:-1]], pos, 0))
     base = c * width
-    lows = {w.name: np.searchsorted(sort_key, base + np.searchsorted(table.unique_ticks, t - w.ticks), "left")
-            for w in config.windows}
+    lows = {w.name: np.searchsorted(sort_key, base + table.opens[w.name][rank], "left") for w in config.windows}
     widest = max(config.windows, key=lambda w: w.seconds).name
     found: dict[str, np.ndarray] = {}
     spec = config.spec
@@ -332,14 +336,15 @@ def _entity_features(config: EntityFeatureConfig, column: str, table: _Table, co
             found[f"amount_sum_{w.name}"] = (sums[end] - sums[lo]).astype("float64")
             found[f"amount_max_{w.name}"] = range_max.query(lo, end)
     earlier = end > start
+    before = np.maximum(end - 1, 0)
     count_all = end - start
     if spec.amount:
         sum_all = (sums[end] - sums[start]).astype("float64")
         amount_width = len(table.unique_amounts) + 1
         running = np.maximum.accumulate(c * amount_width + table.amount_rank[rows])
-        top = np.clip(running[np.maximum(end - 1, 0)] - c * amount_width, 0, len(table.unique_amounts) - 1)
+        top = np.clip(running[before] - c * amount_width, 0, len(table.unique_amounts) - 1)
         max_all = np.where(earlier, table.unique_amounts[top], np.nan)
-    prev = np.where(earlier, t[np.maximum(end - 1, 0)], _NONE)
+    prev = np.where(earlier, t[before], _NONE)
     if prior is not None:
         count_all = count_all + prior.count[c]
         prev = np.where(earlier, prev, prior.last[c])
@@ -356,41 +361,46 @@ def _entity_features(config: EntityFeatureConfig, column: str, table: _Table, co
     found["seconds_since_prev"] = np.where(prev == _NONE, np.nan, (t - prev) / TICKS_PER_SECOND)
     found["first_seen"] = (count_all == 0).astype("float64")
     if accounts is not None:
-        found.update(_distinct_accounts(config, table, rows, c, rank, t, start, end, lows, accounts, prior))
+        found.update(_distinct_accounts(config, table, accounts[rows], c, rank, t, start, end, lows, prior,
+                                        None if prior is None else rows))
     for name, values in found.items():
         out[f"{column}__{name}"][rows] = values
     return out
 
 
-def _distinct_accounts(config: EntityFeatureConfig, table: _Table, rows: np.ndarray, c: np.ndarray,
+def _distinct_accounts(config: EntityFeatureConfig, table: _Table, account: np.ndarray, c: np.ndarray,
                        rank: np.ndarray, t: np.ndarray, start: np.ndarray, end: np.ndarray,
-                       lows: dict[str, np.ndarray], accounts: np.ndarray, prior: _Prior | None,
+                       lows: dict[str, np.ndarray], prior: _Prior | None, rows: np.ndarray | None,
                        ) -> dict[str, np.ndarray]:
-    """Distinct accounts per window and over all history, for rows sorted by (key, time) (see `_entity_features`)."""
+    """Distinct accounts per window and over all history, for rows sorted by (key, time) (`_entity_features`).
+
+    Occurrence j of a (key, account) pair counts for window w at time t when it lies in [t - w, t) and the
+    pair's previous occurrence does not: for t in (max(t_j, t_prev + w), t_j + w]. So the count at t is
+    (first occurrences before t) + (repeats whose interval opened before t) - (occurrences before t - w).
+    """
     width = len(table.unique_ticks) + 1
     base = c * width
-    account = accounts[rows]
     present = np.flatnonzero(account >= 0)
-    pair = c[present] * (int(account.max()) + 1) + account[present]
-    order = np.argsort(pair, kind="stable")  # stable: each pair's occurrences stay in time order
+    pair = pd.factorize(c[present] * (int(account.max()) + 1) + account[present])[0]
+    order = np.argsort(pair * width + rank[present])  # each pair's occurrences in time order
     by_pair, pair = present[order], pair[order]
-    same = pair[1:] == pair[:-1]
-    later, earlier = by_pair[1:][same], by_pair[:-1][same]
-    prev_t = np.full(len(rows), _NONE)
-    prev_t[later] = t[earlier]
+    repeat_of = pair[1:] == pair[:-1]
+    later, earlier = by_pair[1:][repeat_of], by_pair[:-1][repeat_of]
+    prev_rank = np.full(len(account), -1)
+    prev_rank[later] = rank[earlier]
     has_account = account >= 0
-    first = has_account & (prev_t == _NONE)
-    counted = has_account & (prev_t < t)  # an occurrence at the same time as its pair's previous one never counts
-    repeat = counted & ~first
-    first_before, counted_before = _prefix(first), _prefix(counted)
+    first = has_account & (prev_rank < 0)
+    repeat = has_account & (prev_rank >= 0) & (prev_rank < rank)  # a repeat at the same time never counts
+    counted_before = _prefix(first | repeat)
+    first_before = _prefix(first)
     firsts = first_before[end] - first_before[start]
     found = {}
     for w in config.windows:
         lo = lows[w.name]
-        opens = np.maximum(rank[repeat] + 1, np.searchsorted(table.unique_ticks, prev_t[repeat] + w.ticks, "right"))
+        opens = np.maximum(rank[repeat] + 1, table.closes[w.name][prev_rank[repeat]])
         repeats = _count_at_most(c[repeat], opens, base, rank, width)
         found[f"accounts_{w.name}"] = firsts + repeats - (counted_before[lo] - counted_before[start])
-    if prior is None:
+    if prior is None or rows is None:
         found[f"accounts_{ALL}"] = firsts
     else:  # pairs first seen here count unless the store saw them earlier (then they are in accounts_before)
         known = prior.account_first[rows]
@@ -404,7 +414,7 @@ def _distinct_accounts(config: EntityFeatureConfig, table: _Table, rows: np.ndar
 
 def compute(columns: Columns, config: EntityFeatureConfig) -> dict[str, np.ndarray]:
     """Every feature for every row of ``columns``, each row seeing only the strictly earlier rows."""
-    table = _Table.of(columns.ticks, columns.amount)
+    table = _Table.of(columns.ticks, columns.amount, config.windows)
     account = columns.account.codes if columns.account is not None else None
     out: dict[str, np.ndarray] = {}
     for col in config.columns:
@@ -518,7 +528,8 @@ class OnlineFeatures:
                        amount_max=np.array([s.amount_max for s in states], dtype="float64"),
                        last=np.array([_NONE if s.last is None else s.last for s in states], dtype=np.int64),
                        accounts_before=accounts_before, account_first=account_first)
-        return _entity_features(self.config, col, _Table.of(ticks_, amount), codes, accounts, prior)
+        return _entity_features(self.config, col, _Table.of(ticks_, amount, self.config.windows), codes,
+                                accounts, prior)
 
 
 def _members(codes: np.ndarray, n_keys: int) -> list[np.ndarray]:

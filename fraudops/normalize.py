@@ -78,7 +78,9 @@ def entity_keys(values: pd.Series) -> pd.Series:
     if pd.api.types.is_float_dtype(values):
         out = out.str.removesuffix(".0")
     elif values.dtype == object:
-        out = out.str.replace(_WHOLE_FLOAT, r"\1", regex=True)
+        whole = out.str.endswith(".0").fillna(False).to_numpy(dtype=bool)  # the regex only where it may match
+        if whole.any():
+            out[whole] = out[whole].str.replace(_WHOLE_FLOAT, r"\1", regex=True)
     return out.fillna(MISSING)
 
 
