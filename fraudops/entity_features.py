@@ -502,9 +502,11 @@ class OnlineFeatures:
     def _column(self, col: str, columns: Columns, members: list[np.ndarray],
                 states: list[KeyState]) -> dict[str, np.ndarray]:
         """One entity column's features for the batch: the kernel over the stored events (not queried) followed
-        by the batch's rows."""
+        by the batch's rows. A retried transaction is left out of the stored events: it counts once, as in the
+        batch, and sees what it saw the first time (unless its event was folded: kept longer than a week)."""
         paired = self.config.paired(col) and columns.account is not None
-        stored = [(code, e) for code, state in enumerate(states) for e in state.events]
+        batch_txns = set(columns.txn or ())  # a retried transaction is in the batch, not twice
+        stored = [(code, e) for code, state in enumerate(states) for e in state.events if e.txn not in batch_txns]
         batch_codes = columns.keys[col].codes
         codes = np.concatenate([np.array([code for code, _ in stored], dtype=np.int64), batch_codes])
         ticks_ = np.concatenate([np.array([e.ticks for _, e in stored], dtype=np.int64), columns.ticks])

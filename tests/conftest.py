@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -102,3 +107,42 @@ def save_small_bundle(frame: pd.DataFrame, iterations: int, target: Path) -> str
 def save_bundle():
     """`save_small_bundle`, for module fixtures that train a small model."""
     return save_small_bundle
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private ``redis-server`` on a free loopback port, without persistence, stopped after the session
+    (skips when Debian's redis-server is not installed). Tests keep apart by store namespace."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("needs Debian's redis-server (apt-get install redis-server)")
+    import redis
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    home = tmp_path_factory.mktemp("redis")
+    with (home / "redis.log").open("wb") as log:
+        server = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                   "--appendonly", "no", "--dir", str(home)], stdout=log, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL)
+    try:
+        client = redis.Redis(port=port, socket_timeout=1)
+        deadline = time.monotonic() + 10
+        while True:
+            assert server.poll() is None, (home / "redis.log").read_text()[-2000:]
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline, "redis-server did not answer within 10 s"
+                time.sleep(0.05)
+        client.close()
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        server.terminate()
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(10)
