@@ -308,7 +308,6 @@ return applied
 """
 
 _AGG_FIELDS = ("fn", "fsum", "fmax", "flast", "n", "sum", "max", "last")
-REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
 
 class RedisStore:
@@ -320,7 +319,9 @@ class RedisStore:
     ``exact_accounts``, ``{ns}:hll:{column}:{value}`` (HyperLogLog; all three expire ``retention_seconds``
     after the last write), and ``{ns}:txn:{id}`` (the idempotency marker, ``keep_seconds``).
     A write is one Lua script call (EVALSHA) for the whole batch: atomic, each transaction applied at most once.
-    A read is one MULTI/EXEC round trip. Timeouts and connection errors raise `StoreUnavailable`, no retries.
+    A read is one MULTI/EXEC round trip. Any Redis error (timeout, connection, out of memory) raises
+    `StoreUnavailable`, without retries; a write that timed out may still have been applied, and retrying it
+    is safe (idempotent).
     """
 
     def __init__(self, client: redis.Redis, limits: StoreLimits, namespace: str = "fraudops") -> None:
@@ -364,8 +365,8 @@ class RedisStore:
                     pipe.zmscore(acc, list(query.accounts))
         try:
             replies = iter(pipe.execute())
-        except REDIS_ERRORS as exc:
-            raise StoreUnavailable(f"feature store read failed: {exc}") from exc
+        except redis.exceptions.RedisError as exc:
+            raise StoreUnavailable(f"feature store read failed: {type(exc).__name__}: {exc}") from exc
         return [self._state(query, replies) for query in queries]
 
     @staticmethod
@@ -404,5 +405,5 @@ class RedisStore:
                 args += [record.ticks, member, repr(event.amount), record.account or "", int(ref.paired)]
         try:
             return int(self._write(keys=keys, args=args))
-        except REDIS_ERRORS as exc:
-            raise StoreUnavailable(f"feature store write failed: {exc}") from exc
+        except redis.exceptions.RedisError as exc:
+            raise StoreUnavailable(f"feature store write failed: {type(exc).__name__}: {exc}") from exc
