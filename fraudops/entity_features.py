@@ -196,8 +196,7 @@ def row_columns(rows: Sequence[Mapping[str, Any]], config: EntityFeatureConfig) 
     keys = {}
     for col in dict.fromkeys([*config.columns, *([spec.account] if spec.account else [])]):
         texts = [_key(row, i, col) for i, row in enumerate(rows)]
-        codes, uniques = pd.factorize(np.array(texts, dtype=object))
-        keys[col] = KeyColumn(codes.astype(np.int64), uniques)
+        keys[col] = KeyColumn(*_factorize(texts))
     kind_times = np.array(raw_times, dtype="int64" if config.time_kind == "datetime" else "float64")
     cols = Columns(ticks(kind_times, config.time_kind), amount, keys, keys[spec.account] if spec.account else None)
     ids = [_key(row, i, spec.id_column) if spec.id_column else None for i, row in enumerate(rows)]
@@ -474,6 +473,9 @@ class OnlineFeatures:
                 for i, txn in enumerate(columns.txn)]
 
     def _lookup(self, columns: Columns) -> np.ndarray:
+        """Read the batch's entity values, then run the kernel over one table: every stored event (not queried)
+        followed by the batch's rows. A retried transaction is left out of the stored events: it counts once, as
+        in the batch, and sees what it saw the first time (unless its event was folded, a week or more ago)."""
         config, n = self.config, len(columns.ticks)
         if not n:
             return np.empty((0, len(config.feature_names)))
@@ -482,15 +484,48 @@ class OnlineFeatures:
             keys = columns.keys[col]
             members = _members(keys.codes, len(keys.uniques))
             plans[col] = (len(queries), members)
-            for key, rows in zip(keys.uniques, members, strict=True):
-                queries.append(self._query(EntityRef(col, key, config.paired(col)), columns, rows))
+            queries += [self._query(EntityRef(col, key, config.paired(col)), columns, rows)
+                        for key, rows in zip(keys.uniques, members, strict=True)]
         states = self.store.read(queries)
+        retried = set(columns.txn or ())
+        by_column = {col: states[first:first + len(members)] for col, (first, members) in plans.items()}
+        stored = [(col, code, event) for col in config.columns for code, state in enumerate(by_column[col])
+                  for event in state.events if event.txn not in retried]
+        m = len(stored)
+        table = _Table.of(np.array([e.ticks for _, _, e in stored] + columns.ticks.tolist(), dtype=np.int64),
+                          np.array([e.amount for _, _, e in stored] + columns.amount.tolist()), config.windows)
+        batch_accounts = columns.account
+        texts = [e.account for _, _, e in stored]
+        if batch_accounts is not None:
+            texts += [None if code < 0 else batch_accounts.uniques[code] for code in batch_accounts.codes]
+        accounts = _factorize(texts)[0] if batch_accounts is not None else None
         out: dict[str, np.ndarray] = {}
         for col in config.columns:
-            first_query, members = plans[col]
-            found = self._column(col, columns, members, states[first_query:first_query + len(members)])
-            out.update({name: values[-n:] for name, values in found.items()})
+            codes = np.full(m + n, -1, dtype=np.int64)
+            codes[[i for i, (c, _, _) in enumerate(stored) if c == col]] = [code for c, code, _ in stored if c == col]
+            codes[m:] = columns.keys[col].codes
+            prior = self._prior(by_column[col], plans[col][1], texts, m, n)
+            found = _entity_features(config, col, table, codes, accounts if config.paired(col) else None, prior)
+            out.update({name: values[m:] for name, values in found.items()})
         return np.column_stack([out[name] for name in config.feature_names])
+
+    @staticmethod
+    def _prior(states: list[KeyState], members: list[np.ndarray], texts: list[str | None], m: int,
+               n: int) -> _Prior:
+        """What the store knows beyond the table, for one column (stored events: their accounts are known)."""
+        accounts_before = np.zeros(m + n, dtype=np.int64)
+        account_first = np.full(m + n, _NONE)
+        for state, rows in zip(states, members, strict=True):
+            at = m + rows
+            if state.accounts_before:
+                accounts_before[at] = state.accounts_before
+            if state.accounts_exact:
+                account_first[at] = [state.account_first.get(texts[i], _NEVER) for i in at]  # type: ignore[arg-type]
+        return _Prior(count=np.array([s.count for s in states], dtype=np.int64),
+                      amount_sum=np.array([s.amount_sum for s in states], dtype="float64"),
+                      amount_max=np.array([s.amount_max for s in states], dtype="float64"),
+                      last=np.array([_NONE if s.last is None else s.last for s in states], dtype=np.int64),
+                      accounts_before=accounts_before, account_first=account_first)
 
     def _query(self, ref: EntityRef, columns: Columns, rows: np.ndarray) -> KeyQuery:
         if not ref.paired or columns.account is None:
@@ -499,39 +534,12 @@ class OnlineFeatures:
         names = {account.uniques[code] for code in account.codes[rows] if code >= 0}
         return KeyQuery(ref, tuple(int(x) for x in columns.ticks[rows]), tuple(sorted(names)))
 
-    def _column(self, col: str, columns: Columns, members: list[np.ndarray],
-                states: list[KeyState]) -> dict[str, np.ndarray]:
-        """One entity column's features for the batch: the kernel over the stored events (not queried) followed
-        by the batch's rows. A retried transaction is left out of the stored events: it counts once, as in the
-        batch, and sees what it saw the first time (unless its event was folded: kept longer than a week)."""
-        paired = self.config.paired(col) and columns.account is not None
-        batch_txns = set(columns.txn or ())  # a retried transaction is in the batch, not twice
-        stored = [(code, e) for code, state in enumerate(states) for e in state.events if e.txn not in batch_txns]
-        batch_codes = columns.keys[col].codes
-        codes = np.concatenate([np.array([code for code, _ in stored], dtype=np.int64), batch_codes])
-        ticks_ = np.concatenate([np.array([e.ticks for _, e in stored], dtype=np.int64), columns.ticks])
-        amount = np.concatenate([np.array([e.amount for _, e in stored], dtype="float64"), columns.amount])
-        accounts = None
-        accounts_before = np.zeros(len(codes), dtype=np.int64)
-        account_first = np.full(len(codes), _NONE)  # stored events: the store knows their accounts
-        if paired:
-            batch = columns.account
-            assert batch is not None
-            texts = [e.account for _, e in stored]
-            texts += [None if code < 0 else batch.uniques[code] for code in batch.codes]
-            accounts = pd.factorize(np.array(texts, dtype=object))[0].astype(np.int64)
-            for state, rows in zip(states, members, strict=True):
-                at = len(stored) + rows
-                accounts_before[at] = state.accounts_before
-                if state.accounts_exact:
-                    account_first[at] = [state.account_first.get(texts[i], _NEVER) for i in at]
-        prior = _Prior(count=np.array([s.count for s in states], dtype=np.int64),
-                       amount_sum=np.array([s.amount_sum for s in states], dtype="float64"),
-                       amount_max=np.array([s.amount_max for s in states], dtype="float64"),
-                       last=np.array([_NONE if s.last is None else s.last for s in states], dtype=np.int64),
-                       accounts_before=accounts_before, account_first=account_first)
-        return _entity_features(self.config, col, _Table.of(ticks_, amount, self.config.windows), codes,
-                                accounts, prior)
+
+def _factorize(texts: list[str | None]) -> tuple[np.ndarray, np.ndarray]:
+    """Codes of texts into their distinct values (None -> -1): a dict, faster than pandas for a batch."""
+    index: dict[str, int] = {}
+    codes = [-1 if text is None else index.setdefault(text, len(index)) for text in texts]
+    return np.array(codes, dtype=np.int64), np.array(list(index), dtype=object)
 
 
 def _members(codes: np.ndarray, n_keys: int) -> list[np.ndarray]:
