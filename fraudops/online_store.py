@@ -22,7 +22,7 @@ import math
 from bisect import insort
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import redis
 from redis.backoff import NoBackoff
@@ -140,11 +140,6 @@ class FeatureStore(Protocol):
 def _member(event: Event) -> str:
     """An event as one string: Redis's sorted-set member, and the tie order of events at the same time."""
     return json.dumps([event.ticks, event.amount, event.account or "", event.txn], separators=(",", ":"))
-
-
-def _event(member: str | bytes) -> Event:
-    ticks, amount, account, txn = json.loads(member)
-    return Event(int(ticks), float(amount), account or None, txn)
 
 
 @dataclass
@@ -307,7 +302,36 @@ end
 return applied
 """
 
-_AGG_FIELDS = ("fn", "fsum", "fmax", "flast", "n", "sum", "max", "last")
+# KEYS per query: ev, agg, acc, hll. ARGV per query: paired (0/1), n_times, times..., n_accounts, accounts...
+# Returns per query: {kept members, agg fields (folded, then totals), in_hll, pfcount, counts before each time,
+# first ticks of each account (nil: unknown)}, the last four for paired queries only.
+_READ = """
+local out, a = {}, 1
+for q = 0, #KEYS / 4 - 1 do
+  local ev, agg, acc, hll = KEYS[4 * q + 1], KEYS[4 * q + 2], KEYS[4 * q + 3], KEYS[4 * q + 4]
+  local paired = ARGV[a] == '1'
+  local reply = {redis.call('ZRANGE', ev, 0, -1),
+                 redis.call('HMGET', agg, 'fn', 'fsum', 'fmax', 'flast', 'n', 'sum', 'max', 'last')}
+  local n_times = tonumber(ARGV[a + 1])
+  a = a + 2
+  local counts = {}
+  for i = 1, n_times do
+    if paired then counts[i] = redis.call('ZCOUNT', acc, '-inf', '(' .. ARGV[a + i - 1]) end
+  end
+  a = a + n_times
+  local n_accounts = tonumber(ARGV[a])
+  local firsts = {}
+  for i = 1, n_accounts do firsts[i] = redis.call('ZSCORE', acc, ARGV[a + i]) end
+  a = a + 1 + n_accounts
+  if paired then
+    reply[3], reply[4], reply[5], reply[6] = redis.call('EXISTS', hll), redis.call('PFCOUNT', hll), counts, firsts
+  end
+  out[q + 1] = reply
+end
+return out
+"""
+
+
 
 
 class RedisStore:
@@ -318,8 +342,8 @@ class RedisStore:
     aggregates), ``{ns}:acc:{column}:{value}`` (sorted set account -> first ticks) or, beyond
     ``exact_accounts``, ``{ns}:hll:{column}:{value}`` (HyperLogLog; all three expire ``retention_seconds``
     after the last write), and ``{ns}:txn:{id}`` (the idempotency marker, ``keep_seconds``).
-    A write is one Lua script call (EVALSHA) for the whole batch: atomic, each transaction applied at most once.
-    A read is one MULTI/EXEC round trip. Any Redis error (timeout, connection, out of memory) raises
+    A read and a write are one Lua script call (EVALSHA) each for the whole batch, atomic; a write applies each
+    transaction at most once. Any Redis error (timeout, connection, out of memory) raises
     `StoreUnavailable`, without retries; a write that timed out may still have been applied, and retrying it
     is safe (idempotent).
     """
@@ -330,6 +354,7 @@ class RedisStore:
         self.client = client
         self.limits = limits
         self.namespace = namespace
+        self._read = client.register_script(_READ)
         self._write = client.register_script(_WRITE)
 
     @classmethod
@@ -350,42 +375,34 @@ class RedisStore:
         return f"{self.namespace}:{kind}:{ref.column}:{ref.key}"
 
     def read(self, queries: Sequence[KeyQuery]) -> list[KeyState]:
-        pipe = self.client.pipeline(transaction=True)
+        if not queries:
+            return []
+        keys: list[str] = []
+        args: list[str | int] = []
         for query in queries:
-            ref = query.entity
-            pipe.zrange(self._key("ev", ref), 0, -1)
-            pipe.hmget(self._key("agg", ref), _AGG_FIELDS)
-            if ref.paired:
-                acc, hll = self._key("acc", ref), self._key("hll", ref)
-                pipe.exists(hll)
-                pipe.pfcount(hll)
-                for ticks in query.times:
-                    pipe.zcount(acc, "-inf", f"({ticks}")
-                if query.accounts:
-                    pipe.zmscore(acc, list(query.accounts))
+            keys += [self._key(kind, query.entity) for kind in ("ev", "agg", "acc", "hll")]
+            args += [int(query.entity.paired), len(query.times), *query.times, len(query.accounts), *query.accounts]
         try:
-            replies = iter(pipe.execute())
+            replies = self._read(keys=keys, args=args)
         except redis.exceptions.RedisError as exc:
             raise StoreUnavailable(f"feature store read failed: {type(exc).__name__}: {exc}") from exc
-        return [self._state(query, replies) for query in queries]
+        return [self._state(query, reply) for query, reply in zip(queries, replies, strict=True)]
 
     @staticmethod
-    def _state(query: KeyQuery, replies: object) -> KeyState:
-        members, agg = next(replies), next(replies)  # type: ignore[call-overload]
-        events = [_event(m) for m in members]
-        fields = [None if v is None else float(v) for v in agg]
+    def _state(query: KeyQuery, reply: list[Any]) -> KeyState:
+        events = [Event(int(t), float(amount), account or None, txn)  # one JSON parse for all kept events
+                  for t, amount, account, txn in json.loads(b"[" + b",".join(reply[0]) + b"]")]
+        fields = [None if v is None else float(v) for v in reply[1]]
         count, amount_sum, amount_max, last = fields[:4] if events else fields[4:]  # no kept events: all folded
         state = KeyState(events=events, count=int(count or 0), amount_sum=amount_sum or 0.0,
                          amount_max=math.nan if amount_max is None else amount_max,
                          last=None if last is None else int(last))
         if query.entity.paired:
-            in_hll, estimate = next(replies), next(replies)  # type: ignore[call-overload]
+            in_hll, estimate, counts, firsts = reply[2:6]
             state.accounts_exact = not in_hll
-            state.accounts_before = [next(replies) + estimate for _ in query.times]  # type: ignore[call-overload]
-            if query.accounts:
-                firsts = next(replies)  # type: ignore[call-overload]
-                state.account_first = {a: int(f) for a, f in zip(query.accounts, firsts, strict=True)
-                                       if f is not None}
+            state.accounts_before = [int(c) + int(estimate) for c in counts]
+            state.account_first = {a: int(float(f)) for a, f in zip(query.accounts, firsts, strict=True)
+                                   if f is not None}
         return state
 
     def write(self, records: Sequence[Record]) -> int:
