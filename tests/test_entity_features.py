@@ -237,6 +237,27 @@ def test_online_replay_of_5000_rows_row_by_row_and_in_batches_equals_offline(sto
         assert_same_features(replay(OnlineFeatures(CONFIG, store), as_rows(frame), sizes), offline)
 
 
+def test_rows_validated_by_the_scorer_schema_give_the_offline_features() -> None:
+    """The serving path end to end: raw JSON-like transactions, `RowSchema` validation, then the online kernel."""
+    from fraudops.features import FeatureState
+    from fraudops.serving.rows import RowSchema
+    from fraudops.validation import validate
+
+    frame = generate_transactions(400, seed=6)
+    frame.loc[frame.index[10:14], "device_id"] = None
+    result = validate(frame, SYNTHETIC)
+    schema = RowSchema(FeatureState.fit(result.clean, SYNTHETIC, result.numeric))
+    raw = frame.drop(columns=["is_fraud"]).astype(object).where(frame.notna(), None)
+    for col in ("purchase_time", "signup_time"):
+        raw[col] = frame[col].dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    raw["device_id"] = [7 if i % 50 == 0 else d for i, d in enumerate(raw["device_id"])]  # an integer id
+    rows = schema.validate(raw.to_dict("records"))
+    online = replay(OnlineFeatures(CONFIG, MemoryStore(StoreLimits(keep_seconds=CONFIG.longest_seconds))), rows,
+                    sizes=(1, 5))
+    expected = frame.assign(device_id=raw["device_id"].map(lambda d: None if d is None else str(d)))
+    assert_same_features(online, offline_features(expected, CONFIG))
+
+
 def test_a_retried_transaction_counts_once_and_sees_the_same_features(store_kind: str, store_url: str | None) -> None:
     frame = awkward_table(60, seed=4)
     rows, names = as_rows(frame), CONFIG.feature_names
