@@ -31,6 +31,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
@@ -166,7 +167,7 @@ def frame_columns(frame: pd.DataFrame, config: EntityFeatureConfig) -> Columns:
         amount = pd.to_numeric(frame[spec.amount], errors="coerce").to_numpy(dtype="float64")
         _reject(~np.isfinite(amount), frame.index, f"amount column {spec.amount!r}", "missing or not finite")
     keys = {}
-    for col in dict.fromkeys([*config.columns, *([spec.account] if spec.account else [])]):
+    for col in config.columns:  # the account is one of them
         codes, uniques = frame[col].factorize()  # normalise the distinct values only
         keys[col] = _merged(codes, entity_keys(pd.Series(uniques)))
     return Columns(ticks(times.to_numpy(), config.time_kind), amount, keys,
@@ -185,8 +186,8 @@ def row_columns(rows: Sequence[Mapping[str, Any]], config: EntityFeatureConfig) 
     raw_times: list[float | int] = []
     for i, row in enumerate(rows):
         value = row.get(spec.timestamp)
-        number = isinstance(value, int | float) and not isinstance(value, bool)
-        if not number or (config.time_kind == "datetime" and not isinstance(value, int)) or value != value:
+        kind = Integral if config.time_kind == "datetime" else Real
+        if not isinstance(value, kind) or isinstance(value, bool) or value != value:
             expected = "UTC nanoseconds (an integer)" if config.time_kind == "datetime" else "seconds (a number)"
             raise ValueError(f"row {i}: {spec.timestamp!r} must be {expected}, got {value!r}")
         raw_times.append(value)
@@ -194,7 +195,7 @@ def row_columns(rows: Sequence[Mapping[str, Any]], config: EntityFeatureConfig) 
     if spec.amount:
         amount = np.array([_amount(row, i, spec.amount) for i, row in enumerate(rows)], dtype="float64")
     keys = {}
-    for col in dict.fromkeys([*config.columns, *([spec.account] if spec.account else [])]):
+    for col in config.columns:
         texts = [_key(row, i, col) for i, row in enumerate(rows)]
         keys[col] = KeyColumn(*_factorize(texts))
     kind_times = np.array(raw_times, dtype="int64" if config.time_kind == "datetime" else "float64")
@@ -205,7 +206,7 @@ def row_columns(rows: Sequence[Mapping[str, Any]], config: EntityFeatureConfig) 
 
 def _amount(row: Mapping[str, Any], i: int, column: str) -> float:
     value = row.get(column)
-    if not isinstance(value, int | float) or isinstance(value, bool) or not np.isfinite(value):
+    if not isinstance(value, Real) or isinstance(value, bool) or not np.isfinite(value):
         raise ValueError(f"row {i}: {column!r} must be a finite number, got {value!r}")
     return float(value)
 
@@ -229,16 +230,16 @@ class _Table:
     """Times and amounts of the transactions the kernel sees, ranked once for all entity columns.
 
     Times are replaced by their rank among the distinct times, so that (key, time) pairs become one int64 and
-    window boundaries become ranks: ``opens[w][r]`` is the first rank at or after time r - w, ``closes[w][r]``
-    the first rank after time r + w.
+    window boundaries become ranks: for the time of rank r, ``window_start[w][r]`` is the first rank at or after
+    that time - w, ``window_end[w][r]`` the first rank after that time + w.
     """
 
     ticks: np.ndarray
     amount: np.ndarray
     unique_ticks: np.ndarray
     rank: np.ndarray
-    opens: dict[str, np.ndarray]
-    closes: dict[str, np.ndarray]
+    window_start: dict[str, np.ndarray]
+    window_end: dict[str, np.ndarray]
     unique_amounts: np.ndarray
     amount_rank: np.ndarray
 
@@ -246,9 +247,9 @@ class _Table:
     def of(cls, ticks_: np.ndarray, amount: np.ndarray, windows: Sequence[Window]) -> _Table:
         unique_ticks, rank = np.unique(ticks_, return_inverse=True)
         unique_amounts, amount_rank = np.unique(amount, return_inverse=True)
-        opens = {w.name: np.searchsorted(unique_ticks, unique_ticks - w.ticks, "left") for w in windows}
-        closes = {w.name: np.searchsorted(unique_ticks, unique_ticks + w.ticks, "right") for w in windows}
-        return cls(ticks_, amount, unique_ticks, rank.astype(np.int64), opens, closes, unique_amounts,
+        start = {w.name: np.searchsorted(unique_ticks, unique_ticks - w.ticks, "left") for w in windows}
+        end = {w.name: np.searchsorted(unique_ticks, unique_ticks + w.ticks, "right") for w in windows}
+        return cls(ticks_, amount, unique_ticks, rank.astype(np.int64), start, end, unique_amounts,
                    amount_rank.astype(np.int64))
 
 
@@ -321,7 +322,7 @@ def _entity_features(config: EntityFeatureConfig, column: str, table: _Table, co
     start = np.maximum.accumulate(np.where(new_key, pos, 0))
     end = np.maximum.accumulate(np.where(new_key | np.r_[True, rank[1:] != rank[:-1]], pos, 0))
     base = c * width
-    lows = {w.name: np.searchsorted(sort_key, base + table.opens[w.name][rank], "left") for w in config.windows}
+    lows = {w.name: np.searchsorted(sort_key, base + table.window_start[w.name][rank], "left") for w in config.windows}
     widest = max(config.windows, key=lambda w: w.seconds).name
     found: dict[str, np.ndarray] = {}
     spec = config.spec
@@ -360,8 +361,8 @@ def _entity_features(config: EntityFeatureConfig, column: str, table: _Table, co
     found["seconds_since_prev"] = np.where(prev == _NONE, np.nan, (t - prev) / TICKS_PER_SECOND)
     found["first_seen"] = (count_all == 0).astype("float64")
     if accounts is not None:
-        found.update(_distinct_accounts(config, table, accounts[rows], c, rank, t, start, end, lows, prior,
-                                        None if prior is None else rows))
+        known = None if prior is None else (prior.accounts_before[rows], prior.account_first[rows])
+        found.update(_distinct_accounts(config, table, accounts[rows], c, rank, t, start, end, lows, known))
     for name, values in found.items():
         out[f"{column}__{name}"][rows] = values
     return out
@@ -369,13 +370,15 @@ def _entity_features(config: EntityFeatureConfig, column: str, table: _Table, co
 
 def _distinct_accounts(config: EntityFeatureConfig, table: _Table, account: np.ndarray, c: np.ndarray,
                        rank: np.ndarray, t: np.ndarray, start: np.ndarray, end: np.ndarray,
-                       lows: dict[str, np.ndarray], prior: _Prior | None, rows: np.ndarray | None,
+                       lows: dict[str, np.ndarray], known: tuple[np.ndarray, np.ndarray] | None,
                        ) -> dict[str, np.ndarray]:
     """Distinct accounts per window and over all history, for rows sorted by (key, time) (`_entity_features`).
 
     Occurrence j of a (key, account) pair counts for window w at time t when it lies in [t - w, t) and the
     pair's previous occurrence does not: for t in (max(t_j, t_prev + w), t_j + w]. So the count at t is
     (first occurrences before t) + (repeats whose interval opened before t) - (occurrences before t - w).
+    ``known`` (online): per row, the accounts the store saw first strictly before it, and when the store first
+    saw the row's account.
     """
     width = len(table.unique_ticks) + 1
     base = c * width
@@ -396,18 +399,18 @@ def _distinct_accounts(config: EntityFeatureConfig, table: _Table, account: np.n
     found = {}
     for w in config.windows:
         lo = lows[w.name]
-        opens = np.maximum(rank[repeat] + 1, table.closes[w.name][prev_rank[repeat]])
-        repeats = _count_at_most(c[repeat], opens, base, rank, width)
+        opened = np.maximum(rank[repeat] + 1, table.window_end[w.name][prev_rank[repeat]])
+        repeats = _count_at_most(c[repeat], opened, base, rank, width)
         found[f"accounts_{w.name}"] = firsts + repeats - (counted_before[lo] - counted_before[start])
-    if prior is None or rows is None:
+    if known is None:
         found[f"accounts_{ALL}"] = firsts
-    else:  # pairs first seen here count unless the store saw them earlier (then they are in accounts_before)
-        known = prior.account_first[rows]
-        new = first & (known > t)
+    else:  # pairs first seen here count until the store's first sight of them (then they are in accounts_before)
+        accounts_before, store_first = known
+        new = first & (store_first > t)
         new_before = _prefix(new)
-        known_rank = np.searchsorted(table.unique_ticks, known[new], "right")
-        found[f"accounts_{ALL}"] = (prior.accounts_before[rows] + new_before[end] - new_before[start]
-                                    - _count_at_most(c[new], known_rank, base, rank, width))
+        store_rank = np.searchsorted(table.unique_ticks, store_first[new], "right")
+        found[f"accounts_{ALL}"] = (accounts_before + new_before[end] - new_before[start]
+                                    - _count_at_most(c[new], store_rank, base, rank, width))
     return found
 
 
@@ -489,9 +492,11 @@ class OnlineFeatures:
         states = self.store.read(queries)
         retried = set(columns.txn or ())
         by_column = {col: states[first:first + len(members)] for col, (first, members) in plans.items()}
-        stored = [(col, code, event) for col in config.columns for code, state in enumerate(by_column[col])
+        stored = [(j, code, event) for j, col in enumerate(config.columns) for code, state in enumerate(by_column[col])
                   for event in state.events if event.txn not in retried]
         m = len(stored)
+        owner = np.array([j for j, _, _ in stored], dtype=np.int64)
+        owner_code = np.array([code for _, code, _ in stored], dtype=np.int64)
         table = _Table.of(np.array([e.ticks for _, _, e in stored] + columns.ticks.tolist(), dtype=np.int64),
                           np.array([e.amount for _, _, e in stored] + columns.amount.tolist()), config.windows)
         batch_accounts = columns.account
@@ -500,10 +505,8 @@ class OnlineFeatures:
             texts += [None if code < 0 else batch_accounts.uniques[code] for code in batch_accounts.codes]
         accounts = _factorize(texts)[0] if batch_accounts is not None else None
         out: dict[str, np.ndarray] = {}
-        for col in config.columns:
-            codes = np.full(m + n, -1, dtype=np.int64)
-            codes[[i for i, (c, _, _) in enumerate(stored) if c == col]] = [code for c, code, _ in stored if c == col]
-            codes[m:] = columns.keys[col].codes
+        for j, col in enumerate(config.columns):
+            codes = np.concatenate([np.where(owner == j, owner_code, -1), columns.keys[col].codes])
             prior = self._prior(by_column[col], plans[col][1], texts, m, n)
             found = _entity_features(config, col, table, codes, accounts if config.paired(col) else None, prior)
             out.update({name: values[m:] for name, values in found.items()})
@@ -520,7 +523,8 @@ class OnlineFeatures:
             if state.accounts_before:
                 accounts_before[at] = state.accounts_before
             if state.accounts_exact:
-                account_first[at] = [state.account_first.get(texts[i], _NEVER) for i in at]  # type: ignore[arg-type]
+                account_first[at] = [_NEVER if (text := texts[i]) is None else state.account_first.get(text, _NEVER)
+                                     for i in at.tolist()]
         return _Prior(count=np.array([s.count for s in states], dtype=np.int64),
                       amount_sum=np.array([s.amount_sum for s in states], dtype="float64"),
                       amount_max=np.array([s.amount_max for s in states], dtype="float64"),

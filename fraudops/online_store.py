@@ -139,7 +139,7 @@ class FeatureStore(Protocol):
 # -- in memory ----------------------------------------------------------------------------------------------
 def _member(event: Event) -> str:
     """An event as one string: Redis's sorted-set member, and the tie order of events at the same time."""
-    return json.dumps([event.ticks, event.amount, event.account or "", event.txn], separators=(",", ":"))
+    return json.dumps([event.ticks, event.amount, event.account, event.txn], separators=(",", ":"))
 
 
 @dataclass
@@ -231,7 +231,7 @@ class MemoryStore:
 # agg (hash: fn/fsum/fmax/flast folded, n/sum/max/last all events), acc (sorted set: account -> first ticks),
 # hll (HyperLogLog of accounts, replacing acc beyond exact_accounts).
 # ARGV: keep_ticks, max_events, exact_accounts, keep_seconds, retention_seconds, n_transactions, then per
-# transaction: n_entities, then per entity value: ticks, member, amount, account ("" = missing), paired (0/1).
+# transaction: n_entities, then per entity value: ticks, member, amount, account, track the account (0/1).
 _WRITE = """
 local keep, cap, exact = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local ttl_window, ttl_keep = tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -280,7 +280,7 @@ for _ = 1, tonumber(ARGV[6]) do
       end
       redis.call('EXPIRE', ev, ttl_window)
       redis.call('EXPIRE', agg, ttl_keep)
-      if ARGV[a + 4] == '1' and account ~= '' then
+      if ARGV[a + 4] == '1' then
         if redis.call('EXISTS', hll) == 1 then
           redis.call('PFADD', hll, account)
         else
@@ -390,7 +390,7 @@ class RedisStore:
 
     @staticmethod
     def _state(query: KeyQuery, reply: list[Any]) -> KeyState:
-        events = [Event(int(t), float(amount), account or None, txn)  # one JSON parse for all kept events
+        events = [Event(int(t), float(amount), account, txn)  # one JSON parse for all kept events
                   for t, amount, account, txn in json.loads(b"[" + b",".join(reply[0]) + b"]")]
         fields = [None if v is None else float(v) for v in reply[1]]
         count, amount_sum, amount_max, last = fields[:4] if events else fields[4:]  # no kept events: all folded
@@ -419,7 +419,8 @@ class RedisStore:
             member = _member(event)
             for ref in record.entities:
                 keys += [self._key(kind, ref) for kind in ("ev", "agg", "acc", "hll")]
-                args += [record.ticks, member, repr(event.amount), record.account or "", int(ref.paired)]
+                tracked = ref.paired and record.account is not None
+                args += [record.ticks, member, repr(event.amount), record.account or "", int(tracked)]
         try:
             return int(self._write(keys=keys, args=args))
         except redis.exceptions.RedisError as exc:

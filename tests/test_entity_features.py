@@ -45,12 +45,13 @@ def brute_force(frame: pd.DataFrame, config: EntityFeatureConfig) -> pd.DataFram
 
 
 def awkward_table(n: int, seed: int) -> pd.DataFrame:
-    """Synthetic transactions with ties (a block at one time), missing devices, IPs and accounts."""
+    """Synthetic transactions with ties (a block at one time), missing devices, IPs and accounts, empty accounts."""
     frame = generate_transactions(n, seed=seed)
     frame.loc[frame.index[20:32], "purchase_time"] = frame.loc[frame.index[20], "purchase_time"]
     frame.loc[frame.index[40:46], "device_id"] = None
     frame.loc[frame.index[50:53], "ip_address"] = None
     frame.loc[frame.index[60:63], "user_id"] = None
+    frame.loc[frame.index[70:74], "user_id"] = ""  # an empty account is an account
     return frame.sort_values("purchase_time", kind="stable").reset_index(drop=True)
 
 
