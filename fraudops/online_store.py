@@ -13,6 +13,17 @@ compute its features for a new transaction exactly as the offline replay does:
 Writes are idempotent per transaction id: a transaction already recorded (within the longest window, the life of
 its marker) is skipped whole. Both stores share these semantics; `MemoryStore` is the reference, `RedisStore` the
 one every scorer replica shares. Times are integer microseconds ("ticks", see `fraudops.normalize.ticks`).
+
+Exact: every feature of a transaction no older than its entity's newest recorded one, whatever the batching (the
+replay test checks it). Approximate, by design:
+- an entity with more than ``max_events`` transactions in the longest window: its windowed features count only
+  the newest ``max_events`` (all-history ones stay exact);
+- an entity with more than ``exact_accounts`` accounts: ``accounts_all`` is the HyperLogLog estimate of all
+  accounts seen before the batch (standard error 0.81%), without accounts new earlier in the same batch;
+- a late transaction (older than its entity's newest minus the longest window): all-history features include
+  the folded transactions after it;
+- a retry after its marker expired counts again; batches read concurrently (two replicas) do not see each other,
+  though the stored state ends up the same.
 """
 
 from __future__ import annotations
@@ -335,11 +346,12 @@ return out
 
 
 class RedisStore:
-    """The shared online store: Redis (or Valkey) 7+, standalone (the scripts touch keys of many entities).
+    """The shared online store: Redis 7+ (tested with Debian's 7.0), standalone or with replicas, not Redis
+    Cluster (one script touches the keys of many entities).
 
     Keys, all under ``namespace``: ``{ns}:ev:{column}:{value}`` (sorted set of kept events, scored by ticks,
-    expires ``keep_seconds`` after its last write), ``{ns}:agg:{column}:{value}`` (hash of folded and total
-    aggregates), ``{ns}:acc:{column}:{value}`` (sorted set account -> first ticks) or, beyond
+    expires ``keep_seconds`` after its last write; then the totals stand in for it), ``{ns}:agg:{column}:{value}``
+    (hash of folded and total aggregates), ``{ns}:acc:{column}:{value}`` (sorted set account -> first ticks) or, beyond
     ``exact_accounts``, ``{ns}:hll:{column}:{value}`` (HyperLogLog; all three expire ``retention_seconds``
     after the last write), and ``{ns}:txn:{id}`` (the idempotency marker, ``keep_seconds``).
     A read and a write are one Lua script call (EVALSHA) each for the whole batch, atomic; a write applies each
