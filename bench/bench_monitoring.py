@@ -159,8 +159,8 @@ REPLAY_HEADERS = ["window", "rows", "fraud", "frozen PR-AUC", "frozen R@1%", "at
                   "at-once verdict: action", "loop PR-AUC", "loop R@1%", "every-window PR-AUC", "every-window R@1%",
                   "drift verdict", "drifted features", "score drift", "loop action", "loop serves"]
 ROLLOUT_HEADERS = ["retrain after", "challenger vs champion", "rolled out on", "outcome", "shadow rows",
-                   "shadow decline champion / challenger", "shadow disagreement",
-                   "canary decline champion / canary (canary rows)", "labelled PR-AUC champion / challenger",
+                   "shadow decline champion / challenger", "shadow decline disagreement",
+                   "canary decline champion / canary, same transactions (canary rows)", "labelled PR-AUC champion / challenger",
                    "labelled recall champion / challenger", "reason", "loop then serves"]
 SHADOW_SHARE = 0.10
 """Replayed shadow stage: challenger rows it needs, as a share of the rollout window's transactions."""
@@ -203,9 +203,10 @@ class StageOutcome:
     champion_rows: int
     challenger_rows: int
     champion_decline: float
+    """Of the champion on the challenger's transactions (shadow: every one; canary: the canary's)."""
     challenger_decline: float
     disagreement: float
-    """Shadow only: share of transactions the two models decided differently (NaN in canary)."""
+    """Share of the challenger's transactions that exactly one of the two models declines."""
 
 
 @dataclass(frozen=True)
@@ -232,7 +233,8 @@ def replay_rollout(log_root: str, rollout_id: str, keys: Sequence[Any], labels: 
 
     The rows each model would have logged go to a prediction log at ``log_root``: in shadow, both models' rows
     for every transaction (same request id); in each canary step, the canary's rows for the customers whose
-    `bucket` of ``keys`` falls below the step's percent and the champion's for the others. Each row is decided by
+    `bucket` of ``keys`` falls below the step's percent and the champion's for the others, plus the champion's
+    scores of the canary's transactions (shadow rows of its tag), which the canary is judged against. Each row is decided by
     its model's own bands; each transaction's label is logged as feedback at once (an offline replay: in
     production chargebacks take weeks). `decide` judges each stage `JUDGEMENTS_PER_STAGE` times as its rows come
     in, aborting on the first breach; a stage ends when it has its rows and `decide` advances or promotes.
@@ -287,6 +289,8 @@ def replay_rollout(log_root: str, rollout_id: str, keys: Sequence[Any], labels: 
                 mine = segment[by_challenger[segment]]
                 log(champion, CHAMPION, segment if mode == SHADOW else segment[~by_challenger[segment]], at)
                 log(challenger, mode, mine, at)
+                if mode == CANARY:  # the champion scores the canary's transactions too, as the scorer does
+                    log(champion, SHADOW, mine, at)
                 if mode == CANARY:
                     served[mine] = True
                 if len(segment):
@@ -301,13 +305,13 @@ def replay_rollout(log_root: str, rollout_id: str, keys: Sequence[Any], labels: 
                 judgements += 1
                 if decision.action == "abort" or pos >= n:
                     break
-            groups = report.stage.groups
-            mine_stats, champion_stats = groups.get(mode), groups.get(CHAMPION)
+            pairing = report.stage.paired.get(mode)  # both models on the same transactions
+            mine_stats = report.stage.groups.get(mode)
             outcomes.append(StageOutcome(
-                name, champion_stats.rows if champion_stats else 0, mine_stats.rows if mine_stats else 0,
-                champion_stats.decline_rate if champion_stats else math.nan,
-                mine_stats.decline_rate if mine_stats else math.nan,
-                report.stage.disagreement if mode == SHADOW else math.nan))
+                name, report.stage.rows(CHAMPION), mine_stats.rows if mine_stats else 0,
+                pairing.champion.decline_rate if pairing else math.nan,
+                pairing.challenger.decline_rate if pairing else math.nan,
+                pairing.decline_disagreement if pairing else math.nan))
             if decision.action in ("abort", "promote"):
                 action = decision.action
                 break

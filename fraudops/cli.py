@@ -764,10 +764,10 @@ def rollout_status(policy_file: str | None, log_root: str | None, registry_url: 
     _print_rollout(report)
     decision = decide(report, policy, state)
     checks = Table(title="rollout policy")
-    for name in ("check", "status", "value", "limit"):
+    for name in ("check", "status", "value", "limit", "compared"):
         checks.add_column(name)
     for check in decision.checks:
-        checks.add_row(check.name, check.status, check.value, check.limit)
+        checks.add_row(check.name, check.status, check.value, check.limit, check.compared)
     out.print(checks)
     out.print(f"policy verdict: {decision.action}: {decision.reason}", highlight=False, soft_wrap=True)
 
@@ -784,12 +784,27 @@ def _print_rollout(report: Any) -> None:
     for title, window in ((f"current stage since {report.stage.start:{when}}", report.stage),
                           (f"whole rollout since {report.whole.start:{when}}", report.whole)):
         out.print(_rollout_table(f"{title}, up to {report.end:{when}}", window, report.score_method))
-        if window.paired_rows:
-            out.print(f"shadow and champion disagree on declining {_pct1(window.decline_disagreement)} and on any "
-                      f"decision {_pct1(window.disagreement)} of "
-                      f"{window.paired_rows:,} transactions scored by both", highlight=False)
+        for line in _pairing_lines(window):
+            out.print(line, highlight=False, soft_wrap=True)
     if report.corrupt_parts:
         console.print(f"[yellow]warning:[/] {report.corrupt_parts} unreadable log files were skipped", highlight=False)
+
+
+def _pairing_lines(window: Any) -> list[str]:
+    """Each challenger role beside the champion on the same transactions (`fraudops.rollout.Pairing`), or why a
+    canary has no such pairs."""
+    from fraudops.rollout import CANARY, SHADOW
+
+    lines = [f"paired: {role} and champion on the same {pairing.rows:,} transactions: decline rate "
+             f"{_pct1(pairing.challenger.decline_rate)} vs {_pct1(pairing.champion.decline_rate)}, review rate "
+             f"{_pct1(pairing.challenger.review_rate)} vs {_pct1(pairing.champion.review_rate)}, score distance "
+             f"{_num(pairing.score_distance)}; they disagree on declining {_pct1(pairing.decline_disagreement)} and "
+             f"on any decision {_pct1(pairing.disagreement)}"
+             for role, pairing in window.paired.items() if role in (SHADOW, CANARY)]
+    if window.rows(CANARY) and CANARY not in window.paired:
+        lines.append("unpaired: no canary transactions scored by the champion too (a scorer that logs no "
+                     "counterfactual rows): the canary is compared with the champion's other transactions")
+    return lines
 
 
 def _pct1(value: float) -> str:
@@ -802,13 +817,14 @@ def _num(value: float, digits: int = 3) -> str:
 
 def _rollout_table(title: str, window: Any, score_method: str) -> Table:
     """One column per group of a rollout window (`fraudops.rollout.WindowReport`)."""
-    from fraudops.rollout import CHALLENGER, CHAMPION
+    from fraudops.rollout import CHALLENGER, CHAMPION, CHAMPION_ON_CANARY
 
     table = Table(title=title)
     table.add_column("")
     groups = list(window.groups.values())
+    titles = {CHALLENGER: "challenger (all)", CHAMPION_ON_CANARY: "champion on canary rows"}
     for group in groups:
-        table.add_column("challenger (all)" if group.group == CHALLENGER else group.group, justify="right")
+        table.add_column(titles.get(group.group, group.group), justify="right")
     rows: list[tuple[str, Callable[[Any], str]]] = [
         ("transactions", lambda g: f"{g.rows:,}"),
         ("requests", lambda g: f"{g.requests:,}"),

@@ -145,12 +145,19 @@ class LogWriter:
         self.wal_recovered_rows = 0
         self.wal_unreadable_records = 0
         self.wal_dir = None if wal_dir is None else Path(wal_dir)
+        self.fsync_seconds = fsync_seconds
         self._wal = None if self.wal_dir is None else _Wal(self.wal_dir, fsync_seconds, self._wal_failed)
         if self._wal is not None:
             self._recover()
         self._thread = threading.Thread(target=self._run, name="fraudops-predlog", daemon=True)
         self._thread.start()
         atexit.register(self.close)
+
+    def options(self) -> dict[str, Any]:
+        """The arguments that make a writer like this one (in another process: no callbacks)."""
+        return {"root": self.root, "flush_rows": self.flush_rows, "flush_seconds": self.flush_seconds,
+                "compact_seconds": self.compact_seconds, "max_pending_rows": self.max_pending_rows,
+                "spill_dir": self.spill_dir, "wal_dir": self.wal_dir, "fsync_seconds": self.fsync_seconds}
 
     @property
     def pending_rows(self) -> int:

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 MODEL_NAME = "fraud-detector"
 POINTER_FILE = "champion.json"
+NO_CHAMPION = "there is no champion yet; train and promote a model first"
 REGISTRY_URL_ENV = variable(StoreSettings, "registry_url")
 
 
@@ -190,7 +191,7 @@ class Registry:
         if tag == "champion":
             champion = self.champion()
             if champion is None:
-                raise RegistryError("there is no champion yet; train and promote a model first")
+                raise RegistryError(NO_CHAMPION)
             return champion
         if ":" not in tag or tag.endswith(":latest"):
             return str(self._model(tag).tag)
@@ -264,8 +265,13 @@ class Registry:
     # -- rollouts -----------------------------------------------------------------------------------------
     def rollout(self) -> Rollout | None:
         """The active rollout, if any."""
-        doc = self._pointer().get("rollout")
-        return Rollout.from_dict(doc) if doc else None
+        return self.serving()[1]
+
+    def serving(self) -> tuple[str | None, Rollout | None]:
+        """The champion and the active rollout, read together (one read of the pointer)."""
+        doc = self._pointer()
+        rollout = doc.get("rollout")
+        return doc["champion"], Rollout.from_dict(rollout) if rollout else None
 
     def start_rollout(self, tag: str, mode: str = "shadow", percent: float = 0.0, *, reason: str,
                       actor: str = "cli") -> dict[str, Any]:

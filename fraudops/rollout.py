@@ -1,10 +1,14 @@
 """Staged rollout of a challenger: shadow, then canary steps, then promotion, each judged on the prediction log.
 
 `compare` measures the rows the scorer logged for a rollout (every row carries ``role`` and ``rollout_id``): per
-role, decision rates, scores, latency and, where labels arrived, PR-AUC and recall; for shadow rows, how often their
-decision differs from the champion's on the same transaction. `decide` judges the current stage against a
-`RolloutPolicy`, and `step` applies the verdict through the registry, which keeps the rollout state beside the
-champion pointer so that every scorer replica follows it.
+role, decision rates, scores, latency and, where labels arrived, PR-AUC and recall; and the challenger's rows side by
+side with the champion's scores of the same transactions: in shadow the champion's deciding rows, in canary the
+champion's counterfactual rows (the scorer scores the canary's transactions with the champion too, off the request
+path, and logs them as ``shadow`` rows of the champion's tag). The canary's share is sticky by account, not a random
+sample of transactions, so only these pairs compare the two models without the bias of whose transactions each
+decided. `decide` judges the current stage against a `RolloutPolicy` (on the pairs when it has enough of them), and
+`step` applies the verdict through the registry, which keeps the rollout state beside the champion pointer so that
+every scorer replica follows it.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
@@ -32,6 +36,9 @@ from fraudops.registry import CANARY, CHAMPION, SHADOW, Rollout
 
 CHALLENGER = "challenger"
 """The group of all the challenger's rows (shadow and canary), reported when a window holds both."""
+CHAMPION_ON_CANARY = "champion-on-canary"
+"""The group of the champion's counterfactual rows: the canary's transactions, scored by the champion off the
+request path (logged with role ``shadow`` and the champion's tag)."""
 log = logging.getLogger(__name__)
 
 ACTOR = "rollout-controller"
@@ -41,6 +48,7 @@ MAX_DISTANCE_ROWS = 200_000
 """Larger score samples are sampled down to this for the distance (as the drift job does)."""
 Action = Literal["hold", "advance", "promote", "abort"]
 Status = Literal["ok", "breach", "pending", "n/a"]
+Compared = Literal["paired", "unpaired", ""]
 
 
 # -- policy ---------------------------------------------------------------------------------------------------
@@ -78,7 +86,8 @@ class RolloutPolicy(BaseModel):
     max_review_rate_increase: float = Field(0.03, ge=0, le=1,
                                             description="review rate the challenger may add (absolute)")
     max_disagreement: float = Field(0.10, ge=0, le=1,
-                                    description="share of shadow transactions that one model declines and the other "
+                                    description="share of the transactions both models scored (shadow, and canary "
+                                                "ones the champion scored too) that one model declines and the other "
                                                 "does not (approve/review moves are review workload, not judged)")
     score_method: NumMethod = "wasserstein"
     max_score_distance: float = Field(0.2, gt=0, description="distance of the challenger's scores from the champion's")
@@ -154,19 +163,37 @@ class GroupStats:
 
 
 @dataclass(frozen=True)
+class Pairing:
+    """A challenger group's rows side by side with the champion's scores of the same transactions (request_id and
+    row): in shadow the champion's deciding rows, in canary its counterfactual ones (`CHAMPION_ON_CANARY`)."""
+
+    challenger: GroupStats
+    """The group's rows that the champion scored too."""
+    champion: GroupStats
+    """The champion's rows of the same transactions."""
+    disagreement: float
+    """Share of the pairs with any other decision."""
+    decline_disagreement: float
+    """Share of the pairs that exactly one of the two models declines (what the policy judges)."""
+    score_distance: float
+
+    @property
+    def rows(self) -> int:
+        """Transactions scored by both."""
+        return self.challenger.rows
+
+
+@dataclass(frozen=True)
 class WindowReport:
-    """Every group of one window [start, end), the shadow rows' disagreement with the champion on the same
-    transactions, and each challenger group's score distance from the champion's scores."""
+    """Every group of one window [start, end), each challenger group's score distance from all the champion's
+    scores (unpaired), and each challenger group's pairing with the champion on the same transactions (``shadow``,
+    ``canary``, and ``challenger`` when both are paired; absent: no pairs)."""
 
     start: datetime
     end: datetime
     groups: dict[str, GroupStats]
-    paired_rows: int
-    disagreement: float
-    """Share of the paired transactions with any other decision."""
-    decline_disagreement: float
-    """Share of the paired transactions that exactly one of the two models declines (what the policy judges)."""
     score_distance: dict[str, float]
+    paired: dict[str, Pairing]
 
     def rows(self, group: str) -> int:
         """Rows of ``group`` (0 when absent)."""
@@ -175,6 +202,28 @@ class WindowReport:
     def challenger(self) -> GroupStats | None:
         """All the challenger's rows of the window."""
         return self.groups.get(CHALLENGER) or self.groups.get(SHADOW) or self.groups.get(CANARY)
+
+    def pairs(self) -> Pairing | None:
+        """All the window's pairs (shadow and canary: those of the roles that have any)."""
+        return self.paired.get(CHALLENGER) or self.paired.get(SHADOW) or self.paired.get(CANARY)
+
+    @property
+    def paired_rows(self) -> int:
+        """Transactions scored by both models (`pairs`)."""
+        pairs = self.pairs()
+        return pairs.rows if pairs else 0
+
+    @property
+    def disagreement(self) -> float:
+        """Share of the window's pairs with any other decision (NaN without pairs)."""
+        pairs = self.pairs()
+        return pairs.disagreement if pairs else math.nan
+
+    @property
+    def decline_disagreement(self) -> float:
+        """Share of the window's pairs that exactly one model declines (NaN without pairs)."""
+        pairs = self.pairs()
+        return pairs.decline_disagreement if pairs else math.nan
 
 
 @dataclass(frozen=True)
@@ -248,24 +297,42 @@ def _distance(reference: pd.DataFrame, current: pd.DataFrame, method: str) -> fl
     return result.columns[SCORE].distance
 
 
+def _pairing(name: str, challenger: pd.DataFrame, champion: pd.DataFrame, tags: dict[str, str],
+             method: str) -> Pairing | None:
+    """``challenger``'s rows beside ``champion``'s rows of the same (request_id, row); None without any."""
+    keys = ["request_id", "row"]
+    pairs = challenger[keys].reset_index().merge(champion[keys].reset_index(), on=keys, suffixes=("", "_champion"))
+    if not len(pairs):
+        return None
+    mine, theirs = challenger.loc[pairs["index"]], champion.loc[pairs["index_champion"]]
+    ours, others = mine["decision"].to_numpy(), theirs["decision"].to_numpy()
+    return Pairing(_group_stats(name, tags[name], mine), _group_stats(CHAMPION, tags[CHAMPION], theirs),
+                   float((ours != others).mean()), float(((ours == DECLINE) != (others == DECLINE)).mean()),
+                   _distance(theirs, mine, method))
+
+
 def _window(rows: pd.DataFrame, rollout: Rollout, start: datetime, end: datetime, method: str) -> WindowReport:
     mode_role = SHADOW if rollout.mode == SHADOW else CANARY
-    by_role = {role: rows[(rows["role"] == role).to_numpy()] for role in (CHAMPION, SHADOW, CANARY)}
+    role, tag = rows["role"].to_numpy(), rows["model_tag"].to_numpy()
+    shadow = role == SHADOW
+    masks = {CHAMPION: role == CHAMPION, SHADOW: shadow & (tag == rollout.challenger), CANARY: role == CANARY,
+             CHAMPION_ON_CANARY: shadow & (tag == rollout.champion)}
+    by_group = {group: rows[mask] for group, mask in masks.items()}
     tags = {CHAMPION: rollout.champion, SHADOW: rollout.challenger, CANARY: rollout.challenger,
-            CHALLENGER: rollout.challenger}
-    frames = {role: frame for role, frame in by_role.items() if len(frame) or role in (CHAMPION, mode_role)}
-    if len(by_role[SHADOW]) and len(by_role[CANARY]):
-        frames[CHALLENGER] = pd.concat([by_role[SHADOW], by_role[CANARY]], ignore_index=True)
+            CHALLENGER: rollout.challenger, CHAMPION_ON_CANARY: rollout.champion}
+    frames = {group: frame for group, frame in by_group.items() if len(frame) or group in (CHAMPION, mode_role)}
+    if len(by_group[SHADOW]) and len(by_group[CANARY]):
+        frames[CHALLENGER] = pd.concat([by_group[SHADOW], by_group[CANARY]])
     groups = {name: _group_stats(name, tags[name], frame) for name, frame in frames.items()}
-    keys = ["request_id", "row"]
-    pairs = by_role[SHADOW][[*keys, "decision"]].merge(by_role[CHAMPION][[*keys, "decision"]], on=keys,
-                                                       suffixes=("", "_champion"))
-    disagreement = float((pairs["decision"] != pairs["decision_champion"]).mean()) if len(pairs) else math.nan
-    declines = float(((pairs["decision"] == DECLINE) != (pairs["decision_champion"] == DECLINE)).mean()) \
-        if len(pairs) else math.nan
-    distance = {name: _distance(by_role[CHAMPION], frame, method)
+    distance = {name: _distance(by_group[CHAMPION], frame, method)
                 for name, frame in frames.items() if name != CHAMPION}
-    return WindowReport(start, end, groups, len(pairs), disagreement, declines, distance)
+    references = {SHADOW: by_group[CHAMPION], CANARY: by_group[CHAMPION_ON_CANARY]}
+    paired = {name: pairing for name, reference in references.items()
+              if (pairing := _pairing(name, by_group[name], reference, tags, method)) is not None}
+    if len(paired) == 2:  # the union of both: the rows are distinct (one role per transaction and model)
+        paired[CHALLENGER] = _pairing(CHALLENGER, frames[CHALLENGER],
+                                      pd.concat([by_group[CHAMPION], by_group[CHAMPION_ON_CANARY]]), tags, method)
+    return WindowReport(start, end, groups, distance, paired)
 
 
 def compare(log_root: str, rollout: Rollout, now: datetime | None = None, *,
@@ -286,18 +353,21 @@ def compare(log_root: str, rollout: Rollout, now: datetime | None = None, *,
 @dataclass(frozen=True)
 class Check:
     """One limit of the policy: what it measured, its limit, and whether it holds (``pending``: too few rows or
-    labels yet; ``n/a``: it does not apply to this stage)."""
+    labels yet; ``n/a``: it does not apply to this stage). ``compared``: for a judged comparison of the two
+    models, ``paired`` (on the same transactions) or ``unpaired`` (on all the champion's rows)."""
 
     name: str
     value: str
     limit: str
     status: Status
     reason: str
+    compared: Compared = ""
 
 
 @dataclass(frozen=True)
 class Decision:
-    """What the controller does now and why; ``mode``/``percent`` name the next stage when advancing."""
+    """What the controller does now and why; ``mode``/``percent`` name the next stage when advancing; ``report``:
+    the comparison it was judged on (None when nothing was compared)."""
 
     action: Action
     reason: str
@@ -305,6 +375,11 @@ class Decision:
     percent: float | None = None
     checks: tuple[Check, ...] = ()
     rollout_id: str | None = None
+    report: RolloutReport | None = field(default=None, repr=False, compare=False)
+
+
+IDLE = Decision("hold", "no rollout is active")
+"""What the controller decides while no rollout is active."""
 
 
 def _pct(value: float) -> str:
@@ -315,34 +390,49 @@ def _pp(value: float) -> str:
     return f"{round(value * 100, 1) + 0.0:+.1f} pp"  # + 0.0: no "-0.0"
 
 
-def _increase(name: str, who: str, challenger: float, champion: float, limit: float) -> tuple[str, Status, str]:
+def _increase(name: str, who: str, challenger: float, champion: float, limit: float,
+              on: str) -> tuple[str, Status, str]:
     diff = challenger - champion
     status: Status = "breach" if diff > limit + 1e-12 else "ok"
     sign = ">" if status == "breach" else "<="
     return (f"{_pct(challenger)} vs {_pct(champion)} ({_pp(diff)})", status,
-            f"{who} {name} {_pct(challenger)} vs champion {_pct(champion)}: {_pp(diff)} {sign} max "
+            f"{who} {name} {_pct(challenger)} vs champion {_pct(champion)}{on}: {_pp(diff)} {sign} max "
             f"{limit * 100:g} pp")
 
 
 def _checks(report: RolloutReport, policy: RolloutPolicy, rollout: Rollout,
             alerts_firing: Sequence[str]) -> list[Check]:
+    """The stage's limits compare the challenger's rows with the champion's scores of the same transactions when
+    the stage has ``min_judged_rows`` of them, else with all the champion's rows of the stage (unpaired, as a
+    scorer that logs no counterfactual rows allows: the canary then decides for other accounts than the champion)."""
     stage, whole = report.stage, report.whole
     who = SHADOW if rollout.mode == SHADOW else CANARY
-    challenger, champion = stage.groups.get(who), stage.groups.get(CHAMPION)
     rows = stage.rows(who)
     judged = rows >= policy.min_judged_rows
     waiting = f"waiting for {policy.min_judged_rows:,} {who} rows in this stage ({rows:,} so far)"
+    pairing = stage.paired.get(who)
+    pairs = pairing.rows if pairing else 0
+    compared: Compared = "paired" if pairs >= policy.min_judged_rows else "unpaired"
+    if pairing is not None and compared == "paired":  # a shadow pairs by design: unsaid
+        challenger, champion, distance = pairing.challenger, pairing.champion, pairing.score_distance
+        on = f" on the same {pairs:,} transactions" if who == CANARY else ""
+    else:
+        challenger, champion = stage.groups.get(who), stage.groups.get(CHAMPION)
+        distance, on = stage.score_distance.get(who, math.nan), " on the champion's own rows (unpaired)"
     checks: list[Check] = []
 
-    def add(name: str, limit: str, applies: bool, measure: Any, why: str = "not measured in this stage") -> None:
-        """``measure()`` -> (value, status, reason), called only when the check ``applies`` and is judged."""
+    def add(name: str, limit: str, applies: bool, measure: Any, why: str = "not measured in this stage",
+            compares: bool = True) -> None:
+        """``measure()`` -> (value, status, reason), called only when the check ``applies`` and is judged;
+        ``compares``: a comparison of the two models (paired or not)."""
         if not applies:
             checks.append(Check(name, "", limit, "n/a", f"{name}: {why}"))
         elif not judged:
             checks.append(Check(name, "", limit, "pending", waiting))
         else:
             value, status, reason = measure()
-            checks.append(Check(name, value, limit, status, reason))
+            judging = compares and status in ("ok", "breach")
+            checks.append(Check(name, value, limit, status, reason, compared if judging else ""))
 
     if rollout.mode == CANARY:
         firing = ", ".join(alerts_firing)
@@ -355,63 +445,76 @@ def _checks(report: RolloutReport, policy: RolloutPolicy, rollout: Rollout,
     both = challenger is not None and champion is not None and champion.rows > 0
     add("decline rate", f"+{policy.max_decline_rate_increase * 100:g} pp", both,
         lambda: _increase("decline rate", who, challenger.decline_rate, champion.decline_rate,
-                          policy.max_decline_rate_increase))
+                          policy.max_decline_rate_increase, on))
     add("review rate", f"+{policy.max_review_rate_increase * 100:g} pp", both,
         lambda: _increase("review rate", who, challenger.review_rate, champion.review_rate,
-                          policy.max_review_rate_increase))
+                          policy.max_review_rate_increase, on))
 
     def disagreement() -> tuple[str, Status, str]:
-        share, limit = stage.decline_disagreement, policy.max_disagreement
+        if pairing is None or compared == "unpaired":
+            return "", "n/a", (f"disagreement: only {pairs:,} {who} transactions scored by the champion too, fewer "
+                               f"than {policy.min_judged_rows:,} (unpaired)")
+        share, limit = pairing.decline_disagreement, policy.max_disagreement
         status: Status = "breach" if share > limit else "ok"
-        return (f"{_pct(share)} of {stage.paired_rows:,}", status,
-                f"shadow and champion disagree on declining {_pct(share)} of {stage.paired_rows:,} transactions "
-                f"({_pct(stage.disagreement)} any decision) {'>' if status == 'breach' else '<='} max {limit:.0%}")
+        return (f"{_pct(share)} of {pairs:,}", status,
+                f"{who} and champion disagree on declining {_pct(share)} of {pairs:,} transactions "
+                f"({_pct(pairing.disagreement)} any decision) {'>' if status == 'breach' else '<='} max {limit:.0%}")
 
-    add("disagreement", f"{policy.max_disagreement:.0%}", rollout.mode == SHADOW and stage.paired_rows > 0,
-        disagreement, "judged in shadow only")
-    distance = stage.score_distance.get(who, math.nan)
+    add("disagreement", f"{policy.max_disagreement:.0%}", pairing is not None, disagreement,
+        f"needs the champion's scores of the {who} transactions")
 
     def score_distance() -> tuple[str, Status, str]:
         if math.isnan(distance):
             return "", "pending", f"score distance: waiting for {MIN_DISTANCE_ROWS} rows of each model"
         status: Status = "breach" if distance > policy.max_score_distance else "ok"
         return (f"{distance:.3f}", status, f"{who} score distance from the champion {distance:.3f} "
-                f"({report.score_method}) {'>' if status == 'breach' else '<='} max {policy.max_score_distance:g}")
+                f"({report.score_method}){on} {'>' if status == 'breach' else '<='} max "
+                f"{policy.max_score_distance:g}")
 
     add("score distance", f"{policy.max_score_distance:g}", both, score_distance)
-    latency = challenger.latency_p99_ms if challenger is not None else math.nan
+    mine = stage.groups.get(who)
+    latency = mine.latency_p99_ms if mine is not None else math.nan
 
     def latency_check() -> tuple[str, Status, str]:
         status: Status = "breach" if latency > policy.max_latency_p99_ms else "ok"
         return (f"{latency:.1f} ms", status, f"{who} p99 scoring time {latency:.1f} ms "
                 f"{'>' if status == 'breach' else '<='} max {policy.max_latency_p99_ms:g} ms")
 
-    add("latency p99", f"{policy.max_latency_p99_ms:g} ms", not math.isnan(latency), latency_check)
-    checks += _labelled_checks(whole.challenger(), whole.groups.get(CHAMPION), policy)
+    add("latency p99", f"{policy.max_latency_p99_ms:g} ms", not math.isnan(latency), latency_check, compares=False)
+    checks += _labelled_checks(whole, policy)
     return checks
 
 
-def _labelled_checks(challenger: GroupStats | None, champion: GroupStats | None,
-                     policy: RolloutPolicy) -> list[Check]:
-    """PR-AUC and recall over the whole rollout, once each model has enough labelled frauds."""
+def _labelled_checks(whole: WindowReport, policy: RolloutPolicy) -> list[Check]:
+    """PR-AUC and recall over the whole rollout, once each model has enough labelled frauds: on the same
+    transactions when every role of the challenger has pairs and they hold enough frauds, else on all the rollout's
+    rows of each model."""
     need = policy.min_labelled_frauds
     pr_limit, recall_limit = f"-{policy.max_pr_auc_drop:.0%}", f"-{policy.max_recall_drop * 100:g} pp"
+    mine = whole.challenger()
+    pairing = whole.paired.get(mine.group) if mine is not None else None
+    if pairing is not None and pairing.challenger.frauds < need:
+        pairing = None
+    challenger, champion = (pairing.challenger, pairing.champion) if pairing else (mine, whole.groups.get(CHAMPION))
     frauds = (challenger.frauds if challenger else 0, champion.frauds if champion else 0)
     if min(frauds) < need or challenger is None or champion is None:
         reason = (f"waiting for {need} labelled frauds per model ({frauds[0]} challenger, {frauds[1]} champion "
                   "so far)")
         return [Check("PR-AUC", "", pr_limit, "pending", reason), Check("recall", "", recall_limit, "pending", reason)]
-    on = f"on labelled rollout rows ({challenger.frauds} and {champion.frauds} frauds)"
+    compared: Compared = "paired" if pairing else "unpaired"
+    on = (f"on the same labelled transactions ({challenger.frauds} frauds)" if pairing else
+          f"on labelled rollout rows ({challenger.frauds} and {champion.frauds} frauds, unpaired)")
     checks = []
     if math.isnan(challenger.pr_auc) or math.isnan(champion.pr_auc):
         checks.append(Check("PR-AUC", "", pr_limit, "pending", "PR-AUC needs labelled good customers too"))
     else:
         drop = 1 - challenger.pr_auc / champion.pr_auc if champion.pr_auc > 0 else 0.0
+        change = 0.0 - drop  # 0.0 -: no "-0%"
         status: Status = "breach" if drop > policy.max_pr_auc_drop else "ok"
-        checks.append(Check("PR-AUC", f"{challenger.pr_auc:.3f} vs {champion.pr_auc:.3f} ({-drop:+.0%})", pr_limit,
+        checks.append(Check("PR-AUC", f"{challenger.pr_auc:.3f} vs {champion.pr_auc:.3f} ({change:+.0%})", pr_limit,
                             status, f"challenger PR-AUC {challenger.pr_auc:.3f} vs champion {champion.pr_auc:.3f} "
-                            f"{on}: {-drop:+.1%} {'>' if status == 'breach' else 'within'} max "
-                            f"{policy.max_pr_auc_drop:.0%} drop"))
+                            f"{on}: {change:+.1%} {'>' if status == 'breach' else 'within'} max "
+                            f"{policy.max_pr_auc_drop:.0%} drop", compared))
     if math.isnan(challenger.recall) or math.isnan(champion.recall):
         checks.append(Check("recall", "", recall_limit, "pending", "recall needs the logged decline thresholds"))
     else:
@@ -420,7 +523,7 @@ def _labelled_checks(challenger: GroupStats | None, champion: GroupStats | None,
         checks.append(Check("recall", f"{challenger.recall:.1%} vs {champion.recall:.1%} ({_pp(-drop)})",
                             recall_limit, status, f"challenger recall {challenger.recall:.1%} vs champion "
                             f"{champion.recall:.1%} {on}: {_pp(-drop)} {'>' if status == 'breach' else 'within'} "
-                            f"max {policy.max_recall_drop * 100:g} pp drop"))
+                            f"max {policy.max_recall_drop * 100:g} pp drop", compared))
     return checks
 
 
@@ -433,7 +536,8 @@ def decide(report: RolloutReport, policy: RolloutPolicy, rollout: Rollout, now: 
     name = stage_name(rollout.mode, rollout.percent)
 
     def decision(action: Action, reason: str, target: tuple[str, float] | None = None) -> Decision:
-        return Decision(action, reason, *(target or (None, None)), checks=tuple(checks), rollout_id=rollout.id)
+        return Decision(action, reason, *(target or (None, None)), checks=tuple(checks), rollout_id=rollout.id,
+                        report=report)
 
     breaches = [c.reason for c in checks if c.status == "breach"]
     if breaches:
@@ -472,10 +576,10 @@ class RolloutRegistry(Protocol):
 def step(registry: RolloutRegistry, log_root: str, policy: RolloutPolicy, now: datetime | None = None,
          alerts_firing: Sequence[str] = ()) -> Decision:
     """One controller step: compare the active rollout, decide, and apply the decision through ``registry`` as
-    `ACTOR` with the decision's reason. A hold (with no ``rollout_id``) when no rollout is active."""
+    `ACTOR` with the decision's reason. `IDLE` (a hold with no ``rollout_id``) when no rollout is active."""
     rollout = registry.rollout()
     if rollout is None:
-        return Decision("hold", "no rollout is active")
+        return IDLE
     now = now or datetime.now(UTC)
     report = compare(log_root, rollout, now, score_method=policy.score_method)
     decision = decide(report, policy, rollout, now, alerts_firing)
@@ -513,18 +617,20 @@ class Controller:
         self._last: datetime | None = None
 
     def tick(self, now: datetime | None = None) -> Decision | None:
-        """One step if one is due and a rollout is active; the decision, else None."""
+        """One step if one is due: its decision (`IDLE` when no rollout is active; a hold without a report when
+        the alerts cannot be read), else None."""
         now = now or datetime.now(UTC)
         if self._last is not None and now - self._last < self.every:
             return None
         self._last = now
-        if self.registry.rollout() is None:
-            return None
+        rollout = self.registry.rollout()
+        if rollout is None:
+            return IDLE
         try:
             firing = list(self.alerts()) if self.alerts else []
         except Exception as exc:  # Prometheus down: judge nothing rather than advance blind
             log.warning("rollout controller holds: cannot read the scorer's alerts: %s", exc)
-            return Decision("hold", f"cannot read the scorer's alerts: {exc}")
+            return Decision("hold", f"cannot read the scorer's alerts: {exc}", rollout_id=rollout.id)
         decision = step(self.registry, self.log_root, self.policy, now, firing)
         (log.info if decision.action != "hold" else log.debug)("rollout %s: %s: %s", decision.rollout_id,
                                                                 decision.action, decision.reason)

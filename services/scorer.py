@@ -24,12 +24,16 @@ Metrics on ``/metrics`` besides BentoML's own ``bentoml_service_*``:
 | `fraudops_scorer_predlog_write_failures_total` | counter | `log` | failed log writes (rows kept, retried) |
 | `fraudops_scorer_predlog_wal_write_failures_total` | counter | | rows not written ahead (memory only) |
 | `fraudops_scorer_predlog_wal_recovered_rows_total` | counter | | rows recovered at start from a killed scorer |
-| `fraudops_scorer_role_decisions_total` | counter | `role`, `decision` | decisions of champion, shadow, canary |
+| `fraudops_scorer_role_decisions_total` | counter | `role`, `decision` | decisions of each role (below) |
 | `fraudops_scorer_role_score` | histogram | `role` | each model's scores in a rollout |
+| `fraudops_scorer_role_model_seconds` | histogram | `role` | one model call's time (shadow: a micro-batch) |
 | `fraudops_scorer_shadow_dropped_total` | counter | | requests not shadow-scored (queue full) |
 | `fraudops_scorer_shadow_failures_total` | counter | | shadow scorings that failed (never the request) |
 | `fraudops_scorer_rollout_info` | gauge | `challenger`, `mode`, `percent` | 1 for the active rollout |
 | `fraudops_scorer_feedback_labels_total` | counter | `source` | labels recorded: chargeback, manual_review, ... |
+
+Roles: champion, canary (returned), shadow (the challenger's scores, not returned) and champion-on-canary (the
+champion's scores of the canary's transactions, not returned: what the canary is compared with).
 
 Validation reasons: missing, wrong_type, not_finite, negative, bad_time, time_order, not_object, unknown_field,
 bad_format, not_allowed, batch_empty, batch_too_large; and from the request guard in front of the handlers

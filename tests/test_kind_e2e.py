@@ -15,7 +15,10 @@ Operator with a Prometheus and an Alertmanager):
 6. the Prometheus Operator path: the chart's PrometheusRule equals the rules file and its ServiceMonitors are
    scraped; with the rule windows shortened, drifted traffic and a drift run make Prometheus fire, Alertmanager
    (configured by the chart's AlertmanagerConfig) calls the trigger, and the trigger's Job retrains;
-7. the chart's NetworkPolicies were accepted by the API server.
+7. the chart's NetworkPolicies were accepted by the API server;
+8. a staged rollout through the registry's pointer: every scorer replica takes up a challenger in shadow (scored,
+   never returned), then as a canary of 50% (sticky by account, on every replica alike), and drops it on abort;
+   the champion stays, and the pointer's history records each step with its actor and reason.
 
 Skips with the reason when no cluster answers (`make test` on a machine without one); `make kind-e2e` sets
 FRAUDOPS_E2E_REQUIRED=1, which turns that skip into a failure. Settings come from scripts/kind-e2e.sh.
@@ -589,3 +592,238 @@ def test_network_policies_are_accepted_by_the_api_server(kube: Any) -> None:
     result = subprocess.run([KUBECTL, "-n", NAMESPACE, "apply", "--dry-run=server", "-f", "-"],
                             input=yaml.safe_dump_all(documents), capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+# --- 8. staged rollouts: shadow, canary, abort ---------------------------------------------------------------------
+
+ROLLOUT_ACTOR = "test_kind_e2e"
+ROLLOUT_REASONS = {"rollout-start": "end-to-end test: shadow on the real scorers",
+                   "rollout-stage": "end-to-end test: canary of 50%",
+                   "rollout-abort": "end-to-end test: abort, the champion stays"}
+
+
+def scorer_replicas(kube: Any) -> list[str]:
+    """The scorer pods serving now: Running, Ready, not terminating."""
+    return sorted(p.metadata.name for p in pods(kube, "app.kubernetes.io/component=scorer")
+                  if p.status.phase == "Running" and p.metadata.deletion_timestamp is None
+                  and all(c.ready for c in p.status.container_statuses or []))
+
+
+def python_in_pod(pod: str, code: str) -> str:
+    return kubectl("-n", NAMESPACE, "exec", pod, "--", "python", "-c", code, timeout=120)
+
+
+def replica_metrics(pod: str) -> str:
+    """One replica's /metrics, read inside its pod (through the Service any replica would answer)."""
+    return python_in_pod(pod, "import urllib.request; print(urllib.request.urlopen("
+                              "'http://127.0.0.1:3000/metrics', timeout=30).read().decode())")
+
+
+def replica_score(pod: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Score ``rows`` on one replica, inside its pod."""
+    body = json.dumps({"transactions": rows})
+    return json.loads(python_in_pod(pod, (
+        "import urllib.request; print(urllib.request.urlopen(urllib.request.Request('http://127.0.0.1:3000/score', "
+        f"data={body!r}.encode(), headers={{'Content-Type': 'application/json'}}), timeout=60).read().decode())")))
+
+
+def samples(metrics: str, name: str) -> list[tuple[dict[str, str], float]]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return [(s.labels, s.value) for family in text_string_to_metric_families(metrics) for s in family.samples
+            if s.name == name]
+
+
+def active_rollout_series(metrics: str) -> set[tuple[str, str, str]]:
+    """(challenger, mode, percent) of the rollout gauge's series at 1."""
+    return {(labels["challenger"], labels["mode"], labels["percent"])
+            for labels, value in samples(metrics, "fraudops_scorer_rollout_info") if value == 1}
+
+
+def role_decisions(metrics: str) -> dict[str, int]:
+    """Decisions counted per role (champion, shadow, canary), all outcomes together."""
+    counts = {"champion": 0, "shadow": 0, "canary": 0}
+    for labels, value in samples(metrics, "fraudops_scorer_role_decisions_total"):
+        counts[labels["role"]] = counts.get(labels["role"], 0) + int(value)
+    return counts
+
+
+def every_replica_decisions(replicas: list[str]) -> dict[str, dict[str, int]]:
+    return {pod: role_decisions(replica_metrics(pod)) for pod in replicas}
+
+
+def growth(before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    return {pod: {role: after[pod][role] - before[pod].get(role, 0) for role in after[pod]} for pod in after}
+
+
+def wait_for_every_replica(replicas: list[str], what: str, active: set[tuple[str, str, str]],
+                           timeout: float = 180) -> None:
+    """Wait until the rollout gauge of every replica has exactly ``active`` at 1 (the scorer polls the pointer)."""
+    def check() -> bool:
+        return all(active_rollout_series(replica_metrics(pod)) == active for pod in replicas)
+
+    wait_for(f"every scorer replica to {what}", check, timeout, poll=2)
+
+
+def registry_json(kube: Any, expression: str) -> Any:
+    """``expression`` (of ``registry``, the object-store registry) evaluated in a scorer pod, through JSON."""
+    output = run_python_in_cluster(kube, "import dataclasses, json; from fraudops.registry import Registry; "
+                                         f"registry = Registry(remote={REGISTRY_URL!r}); "
+                                         f"print(json.dumps({expression}))")
+    return json.loads(output.strip().splitlines()[-1])
+
+
+ACTIVE_ROLLOUT = "(lambda r: dataclasses.asdict(r) if r else None)(registry.rollout())"
+
+
+def rollout_cli(kube: Any, *args: str) -> str:
+    """`fraudops rollout ...` in a scorer pod, as the operator ``ROLLOUT_ACTOR`` (the CLI's actor is $USER)."""
+    (pod, *_) = scorer_replicas(kube)
+    return kubectl("-n", NAMESPACE, "exec", pod, "--", "env", f"USER={ROLLOUT_ACTOR}", "COLUMNS=250", "python", "-m",
+                   "fraudops", "rollout", *args, "--registry-url", REGISTRY_URL, timeout=180)
+
+
+def abort_active_rollout(kube: Any, reason: str) -> None:
+    """Abort the rollout the pointer holds, if any."""
+    run_python_in_cluster(kube, (
+        f"from fraudops.registry import Registry; registry = Registry(remote={REGISTRY_URL!r}); "
+        f"registry.rollout() and registry.abort_rollout(reason={reason!r}, actor={ROLLOUT_ACTOR!r})"))
+
+
+def a_second_model(kube: Any, champion: str) -> str:
+    """A registered model other than the champion (test 3 registers one); on a cluster that has none, one trained
+    now and registered without promotion."""
+    tags = registry_json(kube, "[m.tag for m in registry.list()]")
+    others = [tag for tag in tags if tag != champion]
+    if others:
+        return str(others[0])
+    output = train_job("--seed", "5", "--min-pr-auc-gain", "1.0")
+    match = re.search(r"registered (\S+); gate: reject", output)
+    assert match, output
+    return match.group(1)
+
+
+def score_spread(rows: list[dict[str, Any]], batch: int) -> list[tuple[list[dict[str, Any]], dict[str, Any]]]:
+    """Score ``rows`` through the Service, each request on a new connection so that the Service spreads them over
+    the replicas; returns each request's rows with its response."""
+    answers = []
+    for start in range(0, len(rows), batch):
+        chunk = rows[start:start + batch]
+        response = httpx.post(f"{SCORER_URL}/score", json={"transactions": chunk}, timeout=60)
+        assert response.status_code == 200, response.text[:500]
+        answers.append((chunk, response.json()))
+    return answers
+
+
+def models_by_account(answers: list[tuple[list[dict[str, Any]], dict[str, Any]]]) -> dict[str, set[str]]:
+    """The models that decided for each account: a canary row names its model, any other is the response's."""
+    seen: dict[str, set[str]] = {}
+    for chunk, body in answers:
+        for item in body["results"]:
+            seen.setdefault(chunk[item["row"]]["user_id"], set()).add(item.get("model_tag", body["model_tag"]))
+    return seen
+
+
+def test_rollout_shadow_then_canary_then_abort_on_every_scorer_replica(kube: Any) -> None:
+    from fraudops.serving.challenger import bucket
+
+    champion = champion_tag(kube)
+    replicas = scorer_replicas(kube)
+    assert len(replicas) >= 2, f"the chart's scorer runs 2 replicas on this cluster, found {replicas}"
+
+    def serves_alone(pod: str) -> bool:
+        metrics = replica_metrics(pod)
+        serving = [labels["model_tag"] for labels, value in samples(metrics, "fraudops_scorer_model_info") if value]
+        return serving == [champion] and not active_rollout_series(metrics)
+
+    if registry_json(kube, ACTIVE_ROLLOUT) is not None:
+        abort_active_rollout(kube, "end-to-end test: a rollout an interrupted run left behind")
+    wait_for("every replica to serve the champion alone", lambda: all(map(serves_alone, replicas)), 180, poll=2)
+    challenger = a_second_model(kube, champion)
+    assert challenger != champion
+    # customers of the base table, each account once (a canary keeps an account on one model)
+    rows, _ = traffic(600, seed=43, start="2026-02-02")
+    rows = list({row["user_id"]: row for row in rows}.values())
+    assert len(rows) > 300, len(rows)
+    rollout_id = None
+    try:
+        # 1. shadow: every replica loads the challenger; it scores every request, the champion still answers
+        output = rollout_cli(kube, "start", challenger, "--mode", "shadow", "--reason",
+                             ROLLOUT_REASONS["rollout-start"])
+        state = registry_json(kube, ACTIVE_ROLLOUT)
+        assert state and state["challenger"] == challenger and state["champion"] == champion, (output, state)
+        assert state["mode"] == "shadow" and state["actor"] == ROLLOUT_ACTOR, state
+        rollout_id = state["id"]
+        assert f"rollout {rollout_id}: {challenger} in shadow beside champion {champion}" in output, output
+        wait_for_every_replica(replicas, f"shadow {challenger}", {(challenger, "shadow", "0")})
+        before = every_replica_decisions(replicas)
+        answers = score_spread(rows, batch=10)
+        assert {body["model_tag"] for _, body in answers} == {champion}
+        assert not [item for _, body in answers for item in body["results"] if "model_tag" in item]
+        # the shadow scores after the answer: wait for it to count every row, on every replica
+        def shadow_scored_every_row() -> dict[str, dict[str, int]] | None:
+            grown = growth(before, every_replica_decisions(replicas))
+            return grown if sum(g["shadow"] for g in grown.values()) >= len(rows) else None
+
+        grown = wait_for("the shadow to score every request", shadow_scored_every_row, 120, poll=2)
+        assert sum(g["champion"] for g in grown.values()) == len(rows), grown
+        assert sum(g["shadow"] for g in grown.values()) == len(rows), grown
+        assert all(g["shadow"] > 0 and g["shadow"] == g["champion"] and g["canary"] == 0
+                   for g in grown.values()), grown
+
+        # 2. canary of 50%: the challenger decides for the accounts of its half, the same on every replica
+        run_python_in_cluster(kube, (
+            f"from fraudops.registry import Registry; Registry(remote={REGISTRY_URL!r}).set_rollout_stage("
+            f"'canary', 50, reason={ROLLOUT_REASONS['rollout-stage']!r}, actor={ROLLOUT_ACTOR!r}, "
+            f"rollout_id={rollout_id!r})"))
+        wait_for_every_replica(replicas, f"make {challenger} a canary of 50%", {(challenger, "canary", "50")})
+        before = every_replica_decisions(replicas)
+        answers = []
+        for round_ in range(3):  # each account again, in other requests, on other connections and replicas
+            answers += score_spread(rows[round_ * 7:] + rows[:round_ * 7], batch=20)
+        assert {body["model_tag"] for _, body in answers} == {champion}  # the response names the champion
+        seen = models_by_account(answers)
+        assert len(seen) == len(rows)
+        assert all(len(models) == 1 for models in seen.values()), {a: m for a, m in seen.items() if len(m) > 1}
+        canary_accounts = {account for account, (model,) in seen.items() if model == challenger}
+        assert canary_accounts == {row["user_id"] for row in rows if bucket(rollout_id, row["user_id"]) < 50}
+        assert 0.35 < len(canary_accounts) / len(rows) < 0.65, len(canary_accounts)
+        grown = growth(before, every_replica_decisions(replicas))
+        assert sum(g["canary"] for g in grown.values()) == 3 * len(canary_accounts), grown
+        assert sum(g["champion"] for g in grown.values()) == 3 * (len(rows) - len(canary_accounts)), grown
+        assert all(g["canary"] > 0 and g["champion"] > 0 and g["shadow"] == 0 for g in grown.values()), grown
+        # and each replica on its own decides as the Service's answers did
+        sample = rows[:50]
+        for pod in replicas:
+            body = replica_score(pod, sample)
+            assert {sample[i["row"]]["user_id"]: {i.get("model_tag", body["model_tag"])} for i in body["results"]} \
+                == {row["user_id"]: seen[row["user_id"]] for row in sample}, pod
+
+        # 3. abort: every replica drops the challenger, the champion decides for everyone again
+        output = rollout_cli(kube, "abort", "--reason", ROLLOUT_REASONS["rollout-abort"])
+        assert f"rollout {rollout_id} aborted: {champion} stays champion" in output, output
+        rollout_id = None
+        wait_for_every_replica(replicas, f"drop {challenger}", set())
+        before = every_replica_decisions(replicas)
+        answers = score_spread(rows, batch=20)
+        assert {body["model_tag"] for _, body in answers} == {champion}
+        assert not [item for _, body in answers for item in body["results"] if "model_tag" in item]
+        time.sleep(2)  # a shadow would have counted by now
+        grown = growth(before, every_replica_decisions(replicas))
+        assert sum(g["champion"] for g in grown.values()) == len(rows), grown
+        assert all(g["shadow"] == 0 and g["canary"] == 0 for g in grown.values()), grown
+    finally:
+        if rollout_id is not None:
+            abort_active_rollout(kube, "end-to-end test: cleanup after a failure")
+    # the pointer: the champion stayed, and its history tells who did what and why
+    assert registry_json(kube, ACTIVE_ROLLOUT) is None
+    assert champion_tag(kube) == champion
+    history = registry_json(kube, "registry.history()[-3:]")
+    assert [event["action"] for event in history] == list(ROLLOUT_REASONS), history
+    for event in history:
+        assert event["tag"] == challenger and event["previous"] == champion, event
+        assert event["actor"] == ROLLOUT_ACTOR and event["reason"] == ROLLOUT_REASONS[event["action"]], event
+    assert (history[0]["mode"], history[0]["percent"]) == ("shadow", 0.0), history[0]
+    assert (history[1]["mode"], history[1]["percent"]) == ("canary", 50.0), history[1]
+    with httpx.Client(timeout=30) as client:
+        assert served_tag(client) == champion

@@ -1,12 +1,13 @@
 """Staged rollout: every number `compare` reads from a hand-counted log (shadow then canary rows, labels, rows of
 another rollout, of no rollout, written twice or outside the window), the score distance against its definition,
 each limit of `decide` aborting with its numbers, holds until rows and minutes, the stages from shadow to
-promotion, scorer alerts, the policy file's errors, the controller `step` and the command line."""
+promotion, scorer alerts, the policy file's errors, the controller `step` and the command line; a canary judged
+against the champion's scores of the same transactions (and, without them, against the champion's other ones), and
+the comparison in the retrain trigger's metrics."""
 
 from __future__ import annotations
 
 import math
-import re
 import time
 import uuid
 from dataclasses import dataclass, replace
@@ -17,11 +18,15 @@ from typing import Any
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from scipy.stats import wasserstein_distance
+from starlette.testclient import TestClient
 
 from fraudops import cli
 from fraudops.decisions import DECLINE_COLUMN, REVIEW_COLUMN, Bands
 from fraudops.errors import ConfigError
+from fraudops.monitoring.trigger import RetrainTrigger, TriggerConfig, TriggerMetrics, create_app
 from fraudops.predlog import FEEDBACK, PREDICTIONS, LogChunk, LogWriter
 from fraudops.registry import REGISTRY_URL_ENV, Registry, Rollout
 from fraudops.rollout import (
@@ -29,10 +34,14 @@ from fraudops.rollout import (
     CANARY,
     CHALLENGER,
     CHAMPION,
+    CHAMPION_ON_CANARY,
+    IDLE,
     SHADOW,
     CanaryStep,
+    Controller,
     Decision,
     GroupStats,
+    Pairing,
     RolloutPolicy,
     RolloutReport,
     StagePolicy,
@@ -83,11 +92,13 @@ def write_log(root: Path, chunks: list[LogChunk]) -> str:
     return str(root)
 
 
-def rollout_log(root: Path, rollout_id: str = "r1", champion: str = OLD, challenger: str = NEW) -> str:
+def rollout_log(root: Path, rollout_id: str = "r1", champion: str = OLD, challenger: str = NEW,
+                counterfactual: bool = False) -> str:
     """Shadow: requests A (4 rows) and B (2 rows), each scored by both models. Canary from CANARY_AT: C (rows 0, 1
-    champion, row 2 canary) and D (row 0 champion, row 1 canary). Labels for every row but D's canary row. Left
-    out: A's chunks written twice, a shadow row of an older rollout, rows of no rollout (one before the start,
-    one from a replica that had not seen it), a row of another model, a row after NOW and a label after NOW."""
+    champion, row 2 canary) and D (row 0 champion, row 1 canary); with ``counterfactual``, the champion's scores of
+    the canary rows too. Labels for every row but D's canary row. Left out: A's chunks written twice, a shadow row
+    of an older rollout, rows of no rollout (one before the start, one from a replica that had not seen it), a row
+    of another model, a row after NOW and a label after NOW."""
     a, b, c, d, old, other, late = (uuid.uuid4().hex for _ in range(7))
     at_a, at_b = T0 + timedelta(minutes=10), T0 + timedelta(minutes=20)
     at_c, at_d = CANARY_AT + timedelta(minutes=10), CANARY_AT + timedelta(minutes=20)
@@ -101,6 +112,9 @@ def rollout_log(root: Path, rollout_id: str = "r1", champion: str = OLD, challen
         scored(c, CANARY, challenger, [0.90], CHALLENGER_BANDS, at_c, 6.0, rollout_id, rows=[2]),
         scored(d, CHAMPION, champion, [0.62], CHAMPION_BANDS, at_d, 2.0, rollout_id, rows=[0]),
         scored(d, CANARY, challenger, [0.30], CHALLENGER_BANDS, at_d, 8.0, rollout_id, rows=[1]),
+        *([scored(c, SHADOW, champion, [0.55], CHAMPION_BANDS, at_c, 1.5, rollout_id, rows=[2]),
+           scored(d, SHADOW, champion, [0.35], CHAMPION_BANDS, at_d, 1.5, rollout_id, rows=[1])]
+          if counterfactual else []),
         scored(old, SHADOW, challenger, [0.99], CHALLENGER_BANDS, at_a, 9.0, rollout_id="r0"),
         scored(uuid.uuid4().hex, None, champion, [0.99], CHAMPION_BANDS, T0 - timedelta(minutes=5), None, None),
         scored(uuid.uuid4().hex, CHAMPION, champion, [0.99], CHAMPION_BANDS, at_b, 1.0, rollout_id=None),
@@ -175,6 +189,24 @@ def test_compare_counts_the_current_stage_apart(log) -> None:
     shadow = replace(ROLLOUT, mode=SHADOW, percent=0.0, stage_started_at=(T0 + timedelta(minutes=20)).isoformat())
     stage = compare(log, shadow, CANARY_AT).stage
     assert (stage.rows(CHAMPION), stage.rows(SHADOW), stage.paired_rows, stage.disagreement) == (2, 2, 2, 0.5)
+
+
+def test_compare_pairs_each_challenger_role_with_the_champions_scores_of_the_same_transactions(tmp_path) -> None:
+    report = compare(rollout_log(tmp_path / "log", counterfactual=True), ROLLOUT, NOW)
+    whole, stage = report.whole, report.stage
+    # the champion's scores of C2 (0.55) and D1 (0.35) are a group of their own, not shadow rows
+    assert (whole.rows(SHADOW), whole.rows(CANARY), whole.rows(CHAMPION)) == (6, 2, 9)
+    assert (whole.groups[CHAMPION_ON_CANARY].model_tag, whole.groups[CHAMPION_ON_CANARY].rows) == (OLD, 2)
+    assert set(whole.paired) == {SHADOW, CANARY, CHALLENGER} and set(stage.paired) == {CANARY}
+    # canary against champion: C2 decline vs review, D1 approve vs review
+    canary = stage.paired[CANARY]
+    assert (canary.rows, canary.disagreement, canary.decline_disagreement) == (2, 1.0, 0.5)
+    assert (canary.challenger.decline_rate, canary.champion.decline_rate, canary.champion.review_rate) == (
+        0.5, 0.0, 1.0)
+    assert (canary.champion.labelled, canary.champion.frauds) == (1, 1)  # D1's label came after NOW
+    # all of them: shadow's A3 and B0 differ too, B0 on declining
+    assert (whole.paired_rows, whole.disagreement, whole.decline_disagreement) == (8, 0.5, 0.25)
+    assert whole.paired[SHADOW].rows == 6 and whole.paired[CHALLENGER].champion.rows == 8
 
 
 def test_compare_before_any_row_of_the_rollout_reports_empty_groups(tmp_path, log) -> None:
@@ -277,16 +309,18 @@ def stats(group: str, rows: int = 5_000, decline: float = 0.03, review: float = 
 
 
 def make_report(rollout: Rollout, challenger: GroupStats, champion: GroupStats | None = None,
-                disagreement: float = 0.02, distance: float = 0.05, whole: dict[str, GroupStats] | None = None
-                ) -> RolloutReport:
-    """A report whose stage holds ``challenger`` (in the rollout's role) and ``champion``."""
+                disagreement: float = 0.02, distance: float = 0.05, whole: dict[str, GroupStats] | None = None,
+                paired: bool | None = None) -> RolloutReport:
+    """A report whose stage holds ``challenger`` (in the rollout's role) and ``champion``, on the same transactions
+    if ``paired`` (default: in shadow; every disagreement is about declining)."""
     role = challenger.group
-    groups = {CHAMPION: champion or stats(CHAMPION, rows=challenger.rows), role: challenger}
-    paired = challenger.rows if role == SHADOW else 0
-    share = disagreement if paired else math.nan  # here every disagreement is about declining
-    stage = WindowReport(_utc(rollout.stage_started_at), NOW, groups, paired, share, share, {role: distance})
-    whole_window = WindowReport(_utc(rollout.started_at), NOW, whole or groups, paired, share, share,
-                                {role: distance})
+    champion = champion or stats(CHAMPION, rows=challenger.rows)
+    groups = {CHAMPION: champion, role: challenger}
+    pairs = ({role: Pairing(challenger, champion, disagreement, disagreement, distance)}
+             if (role == SHADOW if paired is None else paired) else {})
+    stage = WindowReport(_utc(rollout.stage_started_at), NOW, groups, {role: distance}, pairs)
+    whole_window = WindowReport(_utc(rollout.started_at), NOW, whole or groups, {role: distance},
+                                {} if whole else pairs)
     return RolloutReport(rollout, NOW, whole_window, stage, "wasserstein", 0)
 
 
@@ -304,23 +338,32 @@ SHADOW_DONE, CANARY5_DONE = at_stage(SHADOW, 0.0, 90), at_stage(CANARY, 5.0, 45)
 
 @pytest.mark.parametrize(("rollout", "challenger", "options", "reason"), [
     (CANARY5_DONE, stats(CANARY, decline=0.079), {"champion": stats(CHAMPION, decline=0.031)},
-     "canary 5%: canary decline rate 7.9% vs champion 3.1%: +4.8 pp > max 2 pp"),
+     "canary 5%: canary decline rate 7.9% vs champion 3.1% on the champion's own rows (unpaired): +4.8 pp > max 2 pp"),
+    (CANARY5_DONE, stats(CANARY, decline=0.079), {"champion": stats(CHAMPION, decline=0.031), "paired": True},
+     "canary 5%: canary decline rate 7.9% vs champion 3.1% on the same 5,000 transactions: +4.8 pp > max 2 pp"),
     (SHADOW_DONE, stats(SHADOW, review=0.09), {}, "shadow: shadow review rate 9.0% vs champion 5.0%: +4.0 pp > "
                                                   "max 3 pp"),
     (SHADOW_DONE, stats(SHADOW), {"disagreement": 0.125},
      "shadow: shadow and champion disagree on declining 12.5% of 5,000 transactions (12.5% any decision) > max "
      "10%"),
     (CANARY5_DONE, stats(CANARY), {"distance": 0.31},
-     "canary 5%: canary score distance from the champion 0.310 (wasserstein) > max 0.2"),
+     "canary 5%: canary score distance from the champion 0.310 (wasserstein) on the champion's own rows (unpaired) "
+     "> max 0.2"),
+    (CANARY5_DONE, stats(CANARY), {"distance": 0.31, "paired": True},
+     "canary 5%: canary score distance from the champion 0.310 (wasserstein) on the same 5,000 transactions > max "
+     "0.2"),
+    (CANARY5_DONE, stats(CANARY), {"disagreement": 0.125, "paired": True},
+     "canary 5%: canary and champion disagree on declining 12.5% of 5,000 transactions (12.5% any decision) > max "
+     "10%"),
     (SHADOW_DONE, stats(SHADOW, latency=80.0), {}, "shadow: shadow p99 scoring time 80.0 ms > max 50 ms"),
     (CANARY5_DONE, stats(CANARY), {"whole": {CHAMPION: stats(CHAMPION, frauds=30, pr_auc=0.60, recall=0.5),
                                              CHALLENGER: stats(CHALLENGER, frauds=25, pr_auc=0.45, recall=0.5)}},
-     "canary 5%: challenger PR-AUC 0.450 vs champion 0.600 on labelled rollout rows (25 and 30 frauds): -25.0% > "
-     "max 10% drop"),
+     "canary 5%: challenger PR-AUC 0.450 vs champion 0.600 on labelled rollout rows (25 and 30 frauds, unpaired): "
+     "-25.0% > max 10% drop"),
     (CANARY5_DONE, stats(CANARY), {"whole": {CHAMPION: stats(CHAMPION, frauds=30, pr_auc=0.6, recall=0.61),
                                              CANARY: stats(CANARY, frauds=25, pr_auc=0.6, recall=0.52)}},
-     "canary 5%: challenger recall 52.0% vs champion 61.0% on labelled rollout rows (25 and 30 frauds): -9.0 pp > "
-     "max 5 pp drop"),
+     "canary 5%: challenger recall 52.0% vs champion 61.0% on labelled rollout rows (25 and 30 frauds, unpaired): "
+     "-9.0 pp > max 5 pp drop"),
 ])
 def test_each_limit_aborts_naming_its_numbers(rollout, challenger, options, reason) -> None:
     decision = decide(make_report(rollout, challenger, **options), POLICY, rollout, NOW)
@@ -339,7 +382,8 @@ def test_the_same_numbers_within_the_limits_advance() -> None:
     assert {c.name: c.status for c in decision.checks} == {
         "scorer alerts": "ok", "decline rate": "ok", "review rate": "ok", "disagreement": "n/a",
         "score distance": "ok", "latency p99": "ok", "PR-AUC": "ok", "recall": "ok"}
-    assert "canary decline rate 5.0% vs champion 3.0%: +2.0 pp <= max 2 pp" in decision.reason
+    assert "canary decline rate 5.0% vs champion 3.0% on the champion's own rows (unpaired): +2.0 pp <= max 2 pp" \
+        in decision.reason
     assert "not judged yet" not in decision.reason
     unlabelled = decide(make_report(CANARY5_DONE, challenger), POLICY, CANARY5_DONE, NOW)
     assert unlabelled.action == "advance"
@@ -418,6 +462,105 @@ def test_a_policy_without_canary_steps_promotes_after_shadow() -> None:
     policy = POLICY.model_copy(update={"canary": ()})
     decision = decide(make_report(SHADOW_DONE, stats(SHADOW)), policy, SHADOW_DONE, NOW)
     assert decision.action == "promote"
+
+
+# -- the canary judged on the same transactions -----------------------------------------------------------------
+PAIRED = RolloutPolicy(shadow=StagePolicy(min_rows=200, min_minutes=0),
+                       canary=(CanaryStep(percent=10, min_rows=200, min_minutes=30),
+                               CanaryStep(percent=50, min_rows=200, min_minutes=30)),
+                       min_judged_rows=200, min_labelled_frauds=20)
+LIMITS = ("decline rate", "review rate", "disagreement", "score distance", "PR-AUC", "recall")
+
+
+def canary_log(root: Path, challenger_bands: Bands = CHAMPION_BANDS, counterfactual: int = 100) -> str:
+    """`ROLLOUT`'s canary stage: 100 requests of 10 transactions from CANARY_AT. Rows 0 and 1 are riskier accounts
+    (higher scores; frauds at random), which the canary decides with the champion's very scores under
+    ``challenger_bands``; rows 2-9 the champion decides (frauds: its scores above 0.2). The first ``counterfactual``
+    requests' canary rows are logged scored by the champion too, as the scorer does off the request path."""
+    rng = np.random.default_rng(7)
+    chunks = []
+    for i in range(100):
+        rid, at = uuid.uuid4().hex, CANARY_AT + timedelta(seconds=20 * i)
+        risky, others = rng.beta(3, 4, 2).tolist(), rng.beta(1, 12, 8).tolist()
+        chunks += [scored(rid, CHAMPION, OLD, others, CHAMPION_BANDS, at, 2.0, rows=list(range(2, 10))),
+                   scored(rid, CANARY, NEW, risky, challenger_bands, at, 3.0, rows=[0, 1])]
+        if i < counterfactual:
+            chunks.append(scored(rid, SHADOW, OLD, risky, CHAMPION_BANDS, at, 2.5, rows=[0, 1]))
+        labels = [*(rng.random(2) < 0.3).tolist(), *(score > 0.2 for score in others)]
+        chunks.append(feedback(rid, list(range(10)), labels, at))
+    return write_log(root, chunks)
+
+
+def test_a_canary_of_riskier_accounts_with_the_champions_model_passes_on_the_same_transactions(tmp_path) -> None:
+    report = compare(canary_log(tmp_path / "log"), ROLLOUT, NOW, score_method=PAIRED.score_method)
+    stage, whole = report.stage, report.whole
+    canary, champion, counterfactual = (stage.groups[g] for g in (CANARY, CHAMPION, CHAMPION_ON_CANARY))
+    assert (canary.rows, champion.rows, counterfactual.rows, counterfactual.model_tag) == (200, 800, 200, OLD)
+    assert set(stage.paired) == {CANARY} and stage.paired_rows == 200
+    pairing = stage.paired[CANARY]
+    assert (pairing.challenger.decline_rate, pairing.champion.decline_rate) == (canary.decline_rate,
+                                                                              counterfactual.decline_rate)
+    assert (pairing.disagreement, pairing.decline_disagreement, pairing.score_distance) == (0, 0, 0)
+    # unpaired, the same model looks far worse on its accounts than on the champion's
+    assert canary.decline_rate - champion.decline_rate > 0.1 and stage.score_distance[CANARY] > 1
+    assert whole.groups[CANARY].pr_auc < whole.groups[CHAMPION].pr_auc / 2
+    assert whole.paired[CANARY].challenger.pr_auc == whole.paired[CANARY].champion.pr_auc
+    decision = decide(report, PAIRED, ROLLOUT, NOW)
+    assert (decision.action, decision.percent) == ("advance", 50.0), decision.reason
+    checks = {c.name: c for c in decision.checks}
+    assert {name: (checks[name].status, checks[name].compared) for name in LIMITS} == dict.fromkeys(
+        LIMITS, ("ok", "paired"))
+    rate = f"{canary.decline_rate:.1%}"
+    assert checks["decline rate"].reason == (f"canary decline rate {rate} vs champion {rate} on the same 200 "
+                                             "transactions: +0.0 pp <= max 2 pp")
+    assert checks["disagreement"].reason == ("canary and champion disagree on declining 0.0% of 200 transactions "
+                                             "(0.0% any decision) <= max 10%")
+    assert checks["PR-AUC"].reason.startswith("challenger PR-AUC ")
+    assert f"on the same labelled transactions ({canary.frauds} frauds): +0.0% within" in checks["PR-AUC"].reason
+
+
+def test_a_canary_that_declines_far_more_on_the_same_transactions_aborts(tmp_path) -> None:
+    log = canary_log(tmp_path / "log", challenger_bands=Bands(review=0.2, decline=0.35))
+    report = compare(log, ROLLOUT, NOW, score_method=PAIRED.score_method)
+    pairing = report.stage.paired[CANARY]
+    mine, theirs = pairing.challenger.decline_rate, pairing.champion.decline_rate
+    assert mine - theirs > 0.3 and pairing.decline_disagreement == pytest.approx(mine - theirs)
+    decision = decide(report, PAIRED, ROLLOUT, NOW)
+    assert decision.action == "abort"
+    breaches = {c.name: c for c in decision.checks if c.status == "breach"}
+    assert set(breaches) == {"decline rate", "disagreement"} and {c.compared for c in breaches.values()} == {
+        "paired"}
+    assert breaches["decline rate"].reason == (f"canary decline rate {mine:.1%} vs champion {theirs:.1%} on the "
+                                               f"same 200 transactions: {(mine - theirs) * 100:+.1f} pp > max 2 pp")
+
+
+@pytest.mark.parametrize(("counterfactual", "why"), [
+    (0, "disagreement: needs the champion's scores of the canary transactions"),
+    (5, "disagreement: only 10 canary transactions scored by the champion too, fewer than 200 (unpaired)"),
+])
+def test_without_enough_counterfactual_rows_the_canary_is_compared_unpaired_as_before(tmp_path, counterfactual,
+                                                                                       why) -> None:
+    report = compare(canary_log(tmp_path / "log", counterfactual=counterfactual), ROLLOUT, NOW,
+                     score_method=PAIRED.score_method)
+    stage, whole = report.stage, report.whole
+    assert stage.rows(CHAMPION_ON_CANARY) == 2 * counterfactual and stage.paired_rows == 2 * counterfactual
+    canary, champion = stage.groups[CANARY], stage.groups[CHAMPION]
+    decision = decide(report, PAIRED, ROLLOUT, NOW)
+    assert decision.action == "abort"
+    checks = {c.name: c for c in decision.checks}
+    assert {name: (checks[name].status, checks[name].compared) for name in LIMITS} == {
+        "decline rate": ("breach", "unpaired"), "review rate": ("breach", "unpaired"), "disagreement": ("n/a", ""),
+        "score distance": ("breach", "unpaired"), "PR-AUC": ("breach", "unpaired"), "recall": ("ok", "unpaired")}
+    diff = (canary.decline_rate - champion.decline_rate) * 100
+    assert checks["decline rate"].reason == (
+        f"canary decline rate {canary.decline_rate:.1%} vs champion {champion.decline_rate:.1%} on the champion's own "
+        f"rows (unpaired): {diff:+.1f} pp > max 2 pp")
+    assert checks["score distance"].value == f"{stage.score_distance[CANARY]:.3f}"
+    assert checks["disagreement"].reason == why
+    mine, theirs = whole.groups[CANARY], whole.groups[CHAMPION]
+    assert checks["PR-AUC"].reason.startswith(
+        f"challenger PR-AUC {mine.pr_auc:.3f} vs champion {theirs.pr_auc:.3f} on labelled rollout rows "
+        f"({mine.frauds} and {theirs.frauds} frauds, unpaired): ")
 
 
 # -- step and the command line, with the real registry --------------------------------------------------------
@@ -505,7 +648,8 @@ def test_step_advances_then_promotes_through_the_registry(models, tmp_path) -> N
 
 @pytest.mark.parametrize(("policy", "alerts", "reason"), [
     (SMALL.model_copy(update={"max_decline_rate_increase": 0.1}), (),
-     "canary 10%: canary decline rate 50.0% vs champion 33.3%: +16.7 pp > max 10 pp"),
+     "canary 10%: canary decline rate 50.0% vs champion 33.3% on the champion's own rows (unpaired): +16.7 pp > "
+     "max 10 pp"),
     (SMALL, ("FraudopsScorerErrorRate",),
      "canary 10%: scorer alerts firing during the canary: FraudopsScorerErrorRate"),
 ])
@@ -546,15 +690,20 @@ def test_cli_status_prints_both_windows_and_the_policys_verdict(models, live, tm
     assert ["decline rate", "33.3%", "16.7%", "50.0%", "25.0%"] in rows  # the rollout: and shadow, all challenger
     assert ["PR-AUC (labelled rows)", "0.750", "0.917", "n/a", "0.950"] in rows
     assert ["scoring time p50 / p99 (ms)", "2.0 / 3.9", "4.0 / 5.0", "7.0 / 8.0", "5.5 / 7.9"] in rows
-    assert ["decline rate", "pending", "", "+2 pp"] in rows  # default policy: 1,000 rows before judging
-    assert re.search(r"shadow and champion disagree on declining [\d.]+% and on any decision 33\.3% of 6 "
-                     r"transactions scored by both", " ".join(out.split()))
+    assert ["decline rate", "pending", "", "+2 pp", ""] in rows  # default policy: 1,000 rows before judging
+    text = " ".join(out.split())
+    assert ("paired: shadow and champion on the same 6 transactions: decline rate 16.7% vs 33.3%, review rate "
+            "50.0% vs 16.7%, score distance n/a; they disagree on declining 16.7% and on any decision 33.3%") in text
+    assert ("unpaired: no canary transactions scored by the champion too (a scorer that logs no counterfactual "
+            "rows): the canary is compared with the champion's other transactions") in text
     assert "policy verdict: hold: canary 10%: 2 of 10,000 canary rows, 60 of 720 minutes" in out
     path = tmp_path / "policy.yaml"
     path.write_text(STRICT_FILE)
     result = invoke(["status", "--log-root", log, "--policy", str(path)])
-    assert ("policy verdict: abort: canary 10%: canary decline rate 50.0% vs champion 33.3%: +16.7 pp > max 10 pp"
-            in result.stdout)
+    assert ("policy verdict: abort: canary 10%: canary decline rate 50.0% vs champion 33.3% on the champion's own "
+            "rows (unpaired): +16.7 pp > max 10 pp" in " ".join(result.stdout.split()))
+    assert ["decline rate", "breach", "50.0% vs 33.3% (+16.7 pp)", "+10 pp", "unpaired"] in [
+        [cell.strip() for cell in line.split("│")[1:-1]] for line in result.stdout.splitlines()]
     assert models.registry.rollout() == rollout  # status changes nothing
 
 
@@ -654,8 +803,8 @@ class _OneRollout:
     def __init__(self, active: bool = True) -> None:
         self.active = active
 
-    def rollout(self) -> object | None:
-        return object() if self.active else None
+    def rollout(self) -> Rollout | None:
+        return ROLLOUT if self.active else None
 
 
 def test_the_controller_steps_at_most_every_interval_and_only_during_a_rollout(monkeypatch):
@@ -672,7 +821,7 @@ def test_the_controller_steps_at_most_every_interval_and_only_during_a_rollout(m
     assert controller.tick(t0 + timedelta(minutes=1)) is not None
     assert calls == [(t0, ["FraudopsScorerErrorRate"]), (t0 + timedelta(minutes=1), ["FraudopsScorerErrorRate"])]
     idle = module.Controller(_OneRollout(active=False), "log", module.RolloutPolicy(), timedelta(0))
-    assert idle.tick(t0) is None and len(calls) == 2
+    assert idle.tick(t0) is module.IDLE and len(calls) == 2  # the trigger clears the rollout's gauges
 
 
 def test_the_controller_holds_when_it_cannot_see_the_scorer_alerts(monkeypatch):
@@ -685,3 +834,154 @@ def test_the_controller_holds_when_it_cannot_see_the_scorer_alerts(monkeypatch):
 
     decision = module.Controller(_OneRollout(), "log", module.RolloutPolicy(), timedelta(0), alerts=down).tick()
     assert decision.action == "hold" and "prometheus is down" in decision.reason
+    assert decision.rollout_id == ROLLOUT.id and decision.report is None
+
+
+# -- the comparison in the retrain trigger's metrics ----------------------------------------------------------
+class _Registry:
+    """The rollout state `step` reads and changes (a stage set now starts at ``at``)."""
+
+    def __init__(self, rollout: Rollout | None, at: datetime) -> None:
+        self.state, self.at = rollout, at
+
+    def rollout(self) -> Rollout | None:
+        return self.state
+
+    def set_rollout_stage(self, mode: str, percent: float, **_: Any) -> dict[str, Any]:
+        self.state = replace(self.state, mode=mode, percent=percent, stage_started_at=self.at.isoformat())
+        return {}
+
+    def abort_rollout(self, **_: Any) -> dict[str, Any]:
+        self.state = None
+        return {}
+
+    def promote(self, tag: str, **_: Any) -> dict[str, Any]:
+        self.state = None
+        return {}
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def exposition(text: str) -> Samples:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def sample(samples: Samples, name: str, **labels: str) -> float | None:
+    """``fraudops_rollout_<name>{labels}`` (None: no such series)."""
+    return samples.get((f"fraudops_rollout_{name}", tuple(sorted(labels.items()))))
+
+
+def rollout_series(samples: Samples) -> list[tuple[str, tuple[tuple[str, str], ...]]]:
+    """The rollout's gauges (the decision counter aside)."""
+    return [key for key in samples if key[0].startswith("fraudops_rollout_") and "decisions" not in key[0]]
+
+
+def test_each_controller_tick_exports_the_comparison_by_role_and_no_rollout_clears_it(tmp_path) -> None:
+    registry = _Registry(ROLLOUT, NOW)
+    controller = Controller(registry, canary_log(tmp_path / "log"), PAIRED, timedelta(minutes=1))
+    metrics = TriggerMetrics()
+
+    def tick(at: datetime) -> Samples:
+        decision = controller.tick(at)
+        metrics.rollout_decided(decision)
+        return exposition(generate_latest(metrics.registry).decode())
+
+    seen = tick(NOW)
+    report = metrics.rollout.report
+    assert report is not None and report.rollout == ROLLOUT
+    stage, whole = report.stage, report.whole
+    assert sample(seen, "stage_info", rollout_id="r1", challenger=NEW, champion=OLD, stage="canary 10%") == 1
+    assert [sample(seen, "rows", window="stage", role=role) for role in (CHAMPION, CANARY, CHAMPION_ON_CANARY)] == [
+        800, 200, 200]
+    assert sample(seen, "rows", window="rollout", role=CANARY) == 200
+    for name in ("decline_rate", "review_rate"):
+        assert sample(seen, name, window="stage", role=CANARY) == pytest.approx(getattr(stage.groups[CANARY], name))
+        assert sample(seen, name, window="stage", role=CHAMPION_ON_CANARY) == sample(seen, name, window="stage",
+                                                                                     role=CANARY)
+    assert sample(seen, "latency_p99_seconds", window="stage", role=CANARY) == pytest.approx(0.003)
+    assert sample(seen, "paired_rows", window="stage", role=CANARY) == 200
+    assert sample(seen, "disagreement", window="stage", role=CANARY, kind="decline") == 0
+    assert sample(seen, "disagreement", window="rollout", role=CANARY, kind="any") == 0
+    assert sample(seen, "score_distance", window="stage", role=CANARY, comparison="paired") == 0
+    assert sample(seen, "score_distance", window="stage", role=CANARY, comparison="unpaired") == pytest.approx(
+        stage.score_distance[CANARY])
+    for role in (CHAMPION, CANARY, CHAMPION_ON_CANARY):
+        group = whole.groups[role]
+        assert sample(seen, "labelled_rows", role=role) == group.labelled
+        assert sample(seen, "pr_auc", role=role) == pytest.approx(group.pr_auc)
+        assert sample(seen, "recall", role=role) == pytest.approx(group.recall)
+    assert [sample(seen, "decisions_total", action=a) for a in ("hold", "advance", "promote", "abort")] == [
+        0, 1, 0, 0]
+
+    seen = tick(NOW + timedelta(minutes=1))  # canary 50% since NOW: no row yet, so no rate (NaN: no series)
+    assert sample(seen, "stage_info", rollout_id="r1", challenger=NEW, champion=OLD, stage="canary 50%") == 1
+    assert sample(seen, "stage_info", rollout_id="r1", challenger=NEW, champion=OLD, stage="canary 10%") is None
+    assert sample(seen, "rows", window="stage", role=CANARY) == 0
+    assert sample(seen, "decline_rate", window="stage", role=CANARY) is None
+    assert sample(seen, "rows", window="rollout", role=CANARY) == 200
+    assert sample(seen, "decisions_total", action="hold") == 1
+
+    registry.state = None
+    seen = tick(NOW + timedelta(minutes=2))
+    assert rollout_series(seen) == []
+    assert sample(seen, "decisions_total", action="advance") == 1 and sample(seen, "decisions_total",
+                                                                             action="hold") == 1
+
+
+def test_a_rollout_that_ends_clears_the_gauges_and_a_blind_hold_keeps_the_last_ones() -> None:
+    metrics = TriggerMetrics()
+    report = make_report(CANARY5_DONE, stats(CANARY))
+
+    def seen() -> Samples:
+        return exposition(generate_latest(metrics.registry).decode())
+
+    metrics.rollout_decided(Decision("hold", "canary 5%: 10 of 1,000 canary rows", rollout_id="r1", report=report))
+    exported = rollout_series(seen())
+    assert exported and sample(seen(), "rows", window="stage", role=CANARY) == 5_000
+    metrics.rollout_decided(Decision("hold", "cannot read the scorer's alerts: down", rollout_id="r1"))
+    assert rollout_series(seen()) == exported
+    metrics.rollout_decided(Decision("abort", "canary 5%: ...", rollout_id="r1", report=report))
+    assert rollout_series(seen()) == []
+    assert [sample(seen(), "decisions_total", action=a) for a in ("hold", "abort")] == [2, 1]
+
+
+class _NoBackend:
+    name = "none"
+
+    def launch(self, request: Any) -> str:
+        raise AssertionError("no retrain in this test")
+
+    def status(self, external_id: str) -> str:
+        raise AssertionError("no retrain in this test")
+
+
+class _Ticks:
+    """A controller whose every tick decides ``decision``."""
+
+    def __init__(self, decision: Decision) -> None:
+        self.decision = decision
+
+    def tick(self) -> Decision:
+        return self.decision
+
+
+def test_the_trigger_serves_the_controllers_comparison_on_its_metrics(tmp_path) -> None:
+    controller = _Ticks(Decision("hold", "waiting", rollout_id="r1", report=make_report(CANARY5_DONE, stats(CANARY))))
+    trigger = RetrainTrigger(TriggerConfig(state_dir=tmp_path, poll_seconds=0.01), _NoBackend(),
+                             controller=controller)
+
+    def scraped(client: TestClient, until: Any) -> Samples:
+        deadline = time.monotonic() + 10
+        while not until(samples := exposition(client.get("/metrics").text)):
+            assert time.monotonic() < deadline, "the trigger's loop did not export the rollout"
+            time.sleep(0.02)
+        return samples
+
+    with TestClient(create_app(trigger, "token")) as client:
+        samples = scraped(client, rollout_series)
+        assert sample(samples, "stage_info", rollout_id="r1", challenger=NEW, champion=OLD, stage="canary 5%") == 1
+        assert sample(samples, "rows", window="stage", role=CANARY) == 5_000
+        controller.decision = IDLE
+        assert sample(scraped(client, lambda s: not rollout_series(s)), "decisions_total", action="hold") >= 1

@@ -289,13 +289,20 @@ def test_two_replicas_follow_one_rollout_and_keep_each_customer_on_one_model(mod
             logged = read_predictions(str(replicas[0].log_root))
             mine = logged[logged["rollout_id"] == rid] if "rollout_id" in logged else logged.iloc[:0]
             roles = Counter(mine["role"])
-            if roles["shadow"] >= 2 * BATCH and roles["canary"] + roles["champion"] >= 2 * BATCH + 2 * 400 + 60:
+            behind = roles["canary"] - ((mine["role"] == "shadow") & (mine["model_tag"] == models["a"])).sum()
+            if (roles["shadow"] >= 2 * BATCH + roles["canary"] and behind == 0
+                    and roles["canary"] + roles["champion"] >= 2 * BATCH + 2 * 400 + 60):
                 break
             assert time.monotonic() < deadline, dict(roles)
             time.sleep(0.2)
         assert set(roles) == {"champion", "shadow", "canary"}
         assert set(mine.loc[mine["role"] == "canary", "model_tag"]) == {models["b"]}
-        assert set(mine.loc[mine["role"] == "shadow", "model_tag"]) == {models["b"]}
+        # shadow rows: the challenger's in the shadow stage, and the champion's scores of the canary's rows
+        shadow = mine[mine["role"] == "shadow"]
+        assert set(shadow["model_tag"]) == {models["a"], models["b"]}
+        canary = mine[mine["role"] == "canary"]
+        counterfactual = shadow[shadow["model_tag"] == models["a"]]
+        assert len(canary.merge(counterfactual, on=["request_id", "row"])) == len(canary)
         assert set(mine.loc[mine["role"] == "champion", "model_tag"]) == {models["a"]}
         assert mine["latency_ms"].notna().all() and (mine["latency_ms"] > 0).all()
 

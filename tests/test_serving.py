@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import os
 import re
 import shutil
+import signal
 import threading
 import time
 from collections import Counter
+from multiprocessing import Pipe
 from pathlib import Path
 from typing import Any
 
@@ -425,7 +428,7 @@ def test_model_sources(home, tmp_path, trained):
     fresh = Registry(home=tmp_path / "fresh", remote=str(tmp_path / "bucket"))
     assert fresh.resolve("champion") == trained["a"]
     assert packaged_model_tag(registry=fresh) is None
-    tag, path = ModelSource(registry=Registry(home=home)).locate()
+    tag, path, _rollout = ModelSource(registry=Registry(home=home)).locate()
     assert tag == trained["a"] and (path / "model.cbm").exists()
     with pytest.raises(RegistryError, match="there is no champion yet"):
         ModelSource(registry=Registry(home=tmp_path / "empty")).locate()
@@ -552,20 +555,69 @@ def test_shadow_scores_every_request_with_the_challenger_and_returns_only_the_ch
     assert metric(prom, "fraudops_scorer_rollout_info", challenger=trained["b"], mode="shadow", percent="0") == 1
 
 
-def test_a_failing_shadow_never_fails_a_request(home, trained, tmp_path, monkeypatch):
+def test_the_shadow_scores_in_a_process_of_its_own(home, trained, tmp_path):
     Registry(home=home).start_rollout(trained["b"], "shadow", reason="test")
     prom = CollectorRegistry()
     scorer = make_scorer(home, tmp_path, prom)
     scorer.reload()
+    scorer.score(trained["requests"][:4])
+    deadline = time.monotonic() + 60
+    while metric(prom, "fraudops_scorer_role_model_seconds_count", role="shadow") == 0:
+        assert time.monotonic() < deadline, "the shadow process scored nothing in 60 s"
+        time.sleep(0.05)
+    pid = scorer._shadow.pid
+    assert pid is not None and pid != os.getpid()
+    assert metric(prom, "fraudops_scorer_role_model_seconds_count", role="champion") == 1
+    os.kill(pid, signal.SIGTERM)  # a stopping service signals its process group: the worker decides when it ends
+    time.sleep(0.5)
+    assert scorer._shadow.pid == pid
+    scorer.close()
+    assert scorer._shadow.pid is None
+    assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+    assert len(rows_by_role(tmp_path)["shadow"]) == 4
 
-    def broken(*_args: Any) -> None:
-        raise RuntimeError("the challenger broke")
 
-    monkeypatch.setattr(scorer.challenger.model.schema, "validate", broken)
+def test_a_failing_shadow_never_fails_a_request(home, trained, tmp_path):
+    Registry(home=home).start_rollout(trained["b"], "shadow", reason="test")
+    prom = CollectorRegistry()
+    scorer = make_scorer(home, tmp_path, prom)
+    scorer.reload()
+    challenger = scorer.challenger  # a challenger the shadow process cannot load
+    scorer._challenger = dataclasses.replace(challenger, model=dataclasses.replace(
+        challenger.model, path=str(tmp_path / "nowhere")))
     answers = [scorer.score(trained["requests"][i: i + 2]) for i in range(0, 20, 2)]
     scorer.close()
     assert len(answers) == 10 and metric(prom, "fraudops_scorer_shadow_failures_total") == 10
     assert set(rows_by_role(tmp_path)) == {"champion"}
+
+
+def test_a_killed_shadow_process_fails_no_request_and_is_started_again(home, trained, tmp_path, monkeypatch):
+    monkeypatch.setattr("fraudops.serving.shadow.RESTART_SECONDS", 0.5)
+    Registry(home=home).start_rollout(trained["b"], "shadow", reason="test")
+    prom = CollectorRegistry()
+    scorer = make_scorer(home, tmp_path, prom)
+    scorer.reload()
+    requests = trained["requests"]
+    scorer.score(requests[:1])
+    deadline = time.monotonic() + 60
+    while scorer._shadow.pid is None or metric(prom, "fraudops_scorer_role_model_seconds_count", role="shadow") < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    first = scorer._shadow.pid
+    os.kill(first, signal.SIGKILL)
+    answers = []
+    while time.monotonic() < deadline and metric(prom, "fraudops_scorer_shadow_failures_total") == 0:
+        answers.append(scorer.score(requests[1:2]))
+        time.sleep(0.01)
+    assert metric(prom, "fraudops_scorer_shadow_failures_total") >= 1  # the request it had, counted
+    time.sleep(0.6)  # past the restart delay: the next request starts a new process
+    answers.append(scorer.score(requests[2:3]))
+    while metric(prom, "fraudops_scorer_role_model_seconds_count", role="shadow") < 2:
+        assert time.monotonic() < deadline, "no new shadow process scored"
+        time.sleep(0.05)
+    assert scorer._shadow.pid not in (None, first)
+    scorer.close()
+    assert all(a["model_tag"] == trained["a"] for a in answers)
 
 
 def test_a_canary_decides_for_a_sticky_share_of_customers(home, trained, tmp_path):
@@ -587,8 +639,12 @@ def test_a_canary_decides_for_a_sticky_share_of_customers(home, trained, tmp_pat
     assert canary_users == {u for u in decided if bucket(rollout.id, u) < 30}
     assert 0.2 < len(canary_users) / len(decided) < 0.4
     roles = rows_by_role(tmp_path)
-    assert set(roles) == {"champion", "canary"} and len(roles["champion"]) + len(roles["canary"]) == 600
+    assert set(roles) == {"champion", "canary", "shadow"} and len(roles["champion"]) + len(roles["canary"]) == 600
     assert set(roles["canary"].model_tag) == {trained["b"]}
+    # the champion scored the canary's transactions off the request path: the canary's comparison on the same rows
+    keys = ["request_id", "row"]
+    assert set(roles["shadow"].model_tag) == {trained["a"]} and len(roles["shadow"]) == len(roles["canary"])
+    assert len(roles["canary"].merge(roles["shadow"], on=keys)) == len(roles["canary"])
     # a larger canary keeps every customer the smaller one had
     registry.set_rollout_stage("canary", 60, reason="test")
     wider = registry.rollout()
@@ -666,24 +722,44 @@ def test_rollout_steps_are_checked_and_recorded(home, trained):
         registry.abort_rollout(reason="again", rollout_id=rollout.id)
 
 
-def test_the_shadow_scores_what_waits_in_one_call_and_stops_cleanly():
-    from fraudops.serving.challenger import ShadowWorker
+def test_the_shadow_process_scores_each_models_requests_in_one_call(home, trained, tmp_path):
+    from fraudops.serving.shadow import ShadowJob, serve
 
-    calls: list[tuple[str, list[str]]] = []
-    busy = threading.Event()
-    release = threading.Event()
+    ours, theirs = Pipe()
+    config = ServingConfig(prediction_log=str(tmp_path / "log"))
+    server = threading.Thread(target=serve, args=(theirs,))
+    server.start()
+    ours.send((config, LogWriter(config.prediction_log).options()))
+    registry = Registry(home=home)
+    paths = {t: str(registry.path(trained[t])) for t in ("a", "b")}
+    requests = trained["requests"]
+    batch = [ShadowJob("shadow", trained["b"], paths["b"], None, "")]  # a warm-up: loads, scores nothing
+    for i in range(6):
+        tag = "a" if i % 3 == 0 else "b"
+        batch.append(ShadowJob("shadow", trained[tag], paths[tag], "r1", f"q{i}", requests[i * 3: i * 3 + 2],
+                               [1, 2]))
+    ours.send(batch)
+    outcomes, counts = ours.recv()
+    ours.send(None)
+    _, final = ours.recv()  # after its writer closed: every row written
+    server.join()
+    assert sorted((o.tag, o.requests, len(o.scores)) for o in outcomes) == sorted(
+        [(trained["a"], 2, 4), (trained["b"], 4, 8)])  # one call per model
+    assert counts.written["predictions"] + final.written["predictions"] == 12
+    logged = read_predictions(str(tmp_path / "log"))
+    assert len(logged) == 12 and set(logged.role) == {"shadow"} and set(logged.rollout_id) == {"r1"}
+    assert set(logged.row) == {1, 2} and logged.request_id.nunique() == 6
 
-    def run(challenger: Any, batch: list[tuple[list[Any], str]]) -> None:
-        busy.set()
-        release.wait(5)
-        calls.append((challenger, [request_id for _, request_id in batch]))
 
-    worker = ShadowWorker(run, on_dropped=lambda: None, on_failed=lambda _exc: None)
-    worker.submit("b", [{}], "r0")
-    assert busy.wait(5)  # the worker is scoring r0; the next ones wait together
-    for i in range(1, 4):
-        worker.submit("b", [{}], f"r{i}")
-    worker.submit("c", [{}], "r4")  # another challenger: a call of its own
-    release.set()
-    worker.close()  # scores what waits, then returns
-    assert calls == [("b", ["r0"]), ("b", ["r1", "r2", "r3"]), ("c", ["r4"])]
+def test_a_champion_poll_reads_the_pointer_once(home, trained, tmp_path, monkeypatch):
+    import fraudops.storage
+
+    Registry(home=home).start_rollout(trained["b"], "canary", 10, reason="test")
+    scorer = make_scorer(home, tmp_path)
+    scorer.reload()
+    reads = []
+    real = fraudops.storage.read_json
+    monkeypatch.setattr(fraudops.storage, "read_json", lambda url: reads.append(url) or real(url))
+    assert scorer.reload()["rollout"]["percent"] == 10  # the champion and the rollout from one read
+    scorer.close()
+    assert len(reads) == 1

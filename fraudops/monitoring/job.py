@@ -57,7 +57,8 @@ def labelled_window(log_root: str, start: datetime, end: datetime, model_tag: st
     if model_tag is not None and "model_tag" in predictions:
         predictions = predictions[predictions["model_tag"] == model_tag]
     if {"request_id", "row"} <= set(predictions):  # a row the log writer wrote twice (recovery after a crash)
-        key = ["request_id", "row", *(["role"] if "role" in predictions else [])]  # shadow rows are not repeats
+        # one transaction's rows by other models or roles (shadow, the champion on canary rows) are not repeats
+        key = ["request_id", "row", *(c for c in ("role", "model_tag") if c in predictions)]
         predictions = predictions.drop_duplicates(key, keep="first")
     feedback = read_feedback(log_root, start, feedback_until or datetime.now(UTC))
     corrupt += feedback.attrs.get("corrupt_parts", 0)

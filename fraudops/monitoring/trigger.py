@@ -16,16 +16,19 @@ import contextlib
 import hmac
 import json
 import logging
+import math
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 from pydantic.json_schema import models_json_schema
 
@@ -34,7 +37,7 @@ from fraudops.httpguard import RequestGuard
 from fraudops.monitoring.backends import FAILED, RUNNING, SUCCEEDED, Backend, RetrainRequest, new_run_id
 
 if TYPE_CHECKING:
-    from fraudops.rollout import Controller
+    from fraudops.rollout import Controller, Decision, RolloutReport
 
 log = logging.getLogger(__name__)
 
@@ -223,8 +226,83 @@ class TriggerConfig:
     release: str = "promote"
 
 
+class RolloutCollector(Collector):
+    """The rollout controller's last comparison (`fraudops.rollout.RolloutReport`) as gauges, read at scrape time
+    so that a scrape never mixes two ticks; no series while no rollout is active.
+
+    ``window`` is ``stage`` (the current stage) or ``rollout`` (the whole rollout); ``role`` is a group of rows:
+    ``champion``, ``shadow``, ``canary``, ``champion-on-canary`` (the champion's scores of the canary's
+    transactions) and ``challenger`` (shadow and canary rows together). A value that cannot be measured yet (too
+    few rows, no labels: NaN in the report) has no series rather than a NaN sample."""
+
+    PREFIX = "fraudops_rollout_"
+
+    def __init__(self) -> None:
+        self.report: RolloutReport | None = None
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        """The gauges of ``report`` (none without one)."""
+        report = self.report
+
+        def family(name: str, doc: str, labels: list[str]) -> GaugeMetricFamily:
+            return GaugeMetricFamily(self.PREFIX + name, doc, labels=labels)
+
+        info = family("stage_info", "The active rollout and its current stage (always 1)",
+                      ["rollout_id", "challenger", "champion", "stage"])
+        per_role = {name: family(name, doc, ["window", "role"]) for name, doc in (
+            ("rows", "Transactions of each role in the window"),
+            ("decline_rate", "Share of the role's transactions declined"),
+            ("review_rate", "Share of the role's transactions sent to review"),
+            ("latency_p99_seconds", "p99 of the role's model scoring time per request"),
+            ("paired_rows", "The challenger role's transactions that the champion scored too"))}
+        distance = family("score_distance", "Distance of the role's scores from the champion's, on all the "
+                          "champion's rows (comparison=unpaired) or on the same transactions (paired)",
+                          ["window", "role", "comparison"])
+        disagreement = family("disagreement", "Share of the transactions both models scored that they decide "
+                              "differently (kind=any) or that exactly one declines (kind=decline)",
+                              ["window", "role", "kind"])
+        labelled = {name: family(name, doc, ["role"]) for name, doc in (
+            ("labelled_rows", "The role's transactions over the whole rollout whose label arrived"),
+            ("pr_auc", "PR-AUC of the role's labelled transactions over the whole rollout"),
+            ("recall", "Share of the role's labelled frauds over the whole rollout scored at or above the decline "
+                       "threshold"))}
+        if report is not None:
+            from fraudops.rollout import stage_name
+
+            state = report.rollout
+            info.add_metric([state.id, state.challenger, state.champion, stage_name(state.mode, state.percent)], 1)
+            for window, part in (("stage", report.stage), ("rollout", report.whole)):
+                for role, stats in part.groups.items():
+                    for name, value in (("rows", stats.rows), ("decline_rate", stats.decline_rate),
+                                        ("review_rate", stats.review_rate),
+                                        ("latency_p99_seconds", stats.latency_p99_ms / 1000)):
+                        _add(per_role[name], [window, role], value)
+                for role, value in part.score_distance.items():
+                    _add(distance, [window, role, "unpaired"], value)
+                for role, pairing in part.paired.items():
+                    _add(per_role["paired_rows"], [window, role], pairing.rows)
+                    _add(distance, [window, role, "paired"], pairing.score_distance)
+                    _add(disagreement, [window, role, "any"], pairing.disagreement)
+                    _add(disagreement, [window, role, "decline"], pairing.decline_disagreement)
+            for role, stats in report.whole.groups.items():
+                for name, value in (("labelled_rows", stats.labelled), ("pr_auc", stats.pr_auc),
+                                    ("recall", stats.recall)):
+                    _add(labelled[name], [role], value)
+        yield info
+        yield from per_role.values()
+        yield from (distance, disagreement)
+        yield from labelled.values()
+
+
+def _add(family: GaugeMetricFamily, labels: list[str], value: float) -> None:
+    """A sample, unless ``value`` is NaN."""
+    if not math.isnan(value):
+        family.add_metric(labels, float(value))
+
+
 class TriggerMetrics:
-    """The trigger's own Prometheus metrics."""
+    """The trigger's own Prometheus metrics, and the rollout controller's (`RolloutCollector`,
+    ``fraudops_rollout_decisions_total{action}``)."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -242,6 +320,22 @@ class TriggerMetrics:
         self.active = Gauge("fraudops_trigger_retrains_active", "Retraining runs in progress", registry=r)
         self.rejected = Counter("fraudops_trigger_requests_rejected", "Webhook requests refused", ["reason"],
                                 registry=r)
+        self.rollout = RolloutCollector()
+        r.register(self.rollout)
+        self.rollout_decisions = Counter("fraudops_rollout_decisions", "Rollout controller decisions on an active "
+                                         "rollout", ["action"], registry=r)
+        for action in ("hold", "advance", "promote", "abort"):
+            self.rollout_decisions.labels(action)
+
+    def rollout_decided(self, decision: Decision) -> None:
+        """Count a controller decision and export the comparison it was judged on; a rollout that ended (or none
+        active) clears the rollout's gauges, a hold without a report (alerts unreadable) keeps the last ones."""
+        if decision.rollout_id is not None:
+            self.rollout_decisions.labels(decision.action).inc()
+        if decision.rollout_id is None or decision.action in ("promote", "abort"):
+            self.rollout.report = None
+        elif decision.report is not None:
+            self.rollout.report = decision.report
 
 
 class RetrainTrigger:
@@ -358,7 +452,9 @@ class RetrainTrigger:
                 self.refresh()
                 if self.controller is not None:
                     try:
-                        self.controller.tick()
+                        decision = self.controller.tick()
+                        if decision is not None:
+                            self.metrics.rollout_decided(decision)
                     except Exception:  # the store or the log may be down for a while: the next tick retries
                         log.exception("rollout controller step failed")
 

@@ -55,6 +55,10 @@ class ScorerMetrics:
                                            ["role", "decision"], registry=reg)
         self.role_scores = prom.Histogram(p + "role_score", "Fraud scores of each model of a rollout, by role",
                                           ["role"], buckets=SCORE_BUCKETS, registry=reg)
+        self.role_latency = prom.Histogram(p + "role_model_seconds", "Time of one model call (features and "
+                                           "scores) of each model of a rollout, by role; shadow calls score "
+                                           "micro-batches of requests in the shadow process", ["role"],
+                                           buckets=LATENCY_BUCKETS, registry=reg)
         self.shadow_dropped = prom.Counter(p + "shadow_dropped", "Requests not shadow-scored because the shadow "
                                            "queue was full", registry=reg)
         self.shadow_failures = prom.Counter(p + "shadow_failures", "Shadow scorings that failed (the answer was "
@@ -71,9 +75,12 @@ class ScorerMetrics:
             self.log_rows.labels(kind)
             self.log_failures.labels(kind)
 
-    def scored(self, scores: Sequence[float], decisions: Sequence[str], role: str = "champion", *,
-               rows: bool = True) -> None:
-        """Count scored rows, their scores and decisions (``rows``: the decisions were returned, not shadow)."""
+    def scored(self, scores: Sequence[float], decisions: Sequence[str], role: str = "champion",
+               seconds: float | None = None, *, rows: bool = True) -> None:
+        """Count scored rows, their scores and decisions, and the model call's ``seconds`` (``rows``: the decisions
+        were returned, not shadow)."""
+        if seconds is not None:
+            self.role_latency.labels(role).observe(seconds)
         if rows:
             self.rows.inc(len(scores))
         histogram = self.role_scores.labels(role)

@@ -5,32 +5,29 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-import math
 import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from catboost import Pool
 from pydantic import ValidationError
 
 from fraudops.bundle import ModelBundle
-from fraudops.decisions import DECLINE_COLUMN, REVIEW_COLUMN
 from fraudops.errors import FraudopsError
-from fraudops.predlog import FEEDBACK, PREDICTIONS, LogChunk, LogUnavailableError, LogWriter, default_root
-from fraudops.registry import CANARY, CHAMPION, SHADOW
+from fraudops.predlog import FEEDBACK, LogChunk, LogUnavailableError, LogWriter, default_root
+from fraudops.registry import CANARY, CHAMPION, SHADOW, Rollout
 from fraudops.serving.api import FEEDBACK_LABELS
-from fraudops.serving.challenger import Challenger, ShadowWorker
+from fraudops.serving.challenger import COUNTERFACTUAL, Challenger
 from fraudops.serving.errors import RequestError, check_batch, problems_of
 from fraudops.serving.metrics import ScorerMetrics, private_registry
 from fraudops.serving.model import ModelLoadError, ModelSource, ServedModel
+from fraudops.serving.shadow import LogCounts, ShadowJob, ShadowOutcome, ShadowProcess
 from fraudops.settings import ServingConfig
 
 log = logging.getLogger(__name__)
@@ -40,17 +37,6 @@ RETRY_SECONDS = 5.0  # how often an unready service retries loading when the cha
 
 class NotReadyError(FraudopsError):
     """No model is loaded (HTTP 503)."""
-
-
-@dataclass(frozen=True)
-class Scored:
-    """One model's output for some rows of a request."""
-
-    scores: list[float]
-    decisions: list[str]
-    features: Mapping[str, Sequence[Any]]
-    seconds: float
-    reasons: list[list[dict[str, Any]]] | None = None
 
 
 class Scorer:
@@ -70,8 +56,8 @@ class Scorer:
         self.error: str | None = "not loaded yet"
         self._model: ServedModel | None = None
         self._challenger: Challenger | None = None
-        self._shadow = ShadowWorker(self._score_shadow, on_dropped=self.metrics.shadow_dropped.inc,
-                                    on_failed=lambda _exc: self.metrics.shadow_failures.inc())
+        self._shadow = ShadowProcess(config, log_writer.options(), on_outcome=self._shadowed,
+                                     on_log=self._shadow_logged, on_dropped=self.metrics.shadow_dropped.inc)
         self._reload_lock = threading.Lock()
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
@@ -115,18 +101,18 @@ class Scorer:
             previous = self._model
             tag = None
             try:
-                tag, path = self.source.locate()
+                tag, path, rollout = self.source.locate()
                 if previous is not None and tag == previous.tag:
-                    self._refresh_rollout()
+                    self._refresh_rollout(rollout)
                     return {"model_tag": tag, "previous": tag, "changed": False, **self._rollout_state()}
                 challenger = self._challenger
                 served = (challenger.model if challenger is not None and challenger.model.tag == tag else
-                          ServedModel.build(tag, ModelBundle.load(path), self.config, self.service_spec))
+                          ServedModel.build(tag, ModelBundle.load(path), self.config, self.service_spec, path))
             except Exception as exc:  # missing, corrupt or mismatched: whatever it is, keep the current model
                 self._failed(tag, exc)
                 raise ModelLoadError(self.error) from exc
             self._model = served  # the swap: requests in flight keep the model they started with
-            self._refresh_rollout()
+            self._refresh_rollout(rollout)
             # A full collection walks every long-lived object (~220k: the libraries and the model) and paused every
             # request for 130-170 ms. Frozen objects are skipped by the collector and still freed by reference
             # counting when the model is replaced (only cyclic garbage among them would stay).
@@ -139,14 +125,9 @@ class Scorer:
             return {"model_tag": tag, "previous": previous.tag if previous else None, "changed": True,
                     **self._rollout_state()}
 
-    def _refresh_rollout(self) -> None:
-        """Follow the rollout state beside the champion pointer: load, update or drop the challenger. A challenger
-        that cannot be served is dropped (logged and counted): the champion goes on alone."""
-        try:
-            rollout = self.source.rollout()
-        except Exception as exc:  # the store is down: keep what we have, the next poll retries
-            log.warning("cannot read the rollout state: %s", exc)
-            return
+    def _refresh_rollout(self, rollout: Rollout | None) -> None:
+        """Follow the rollout state read with the champion pointer: load, update or drop the challenger. A
+        challenger that cannot be served is dropped (logged and counted): the champion goes on alone."""
         current = self._challenger
         if rollout is None or (self._model is not None and rollout.challenger == self._model.tag):
             if current is not None:
@@ -158,8 +139,9 @@ class Scorer:
             self._challenger = Challenger(rollout, current.model)
         else:
             try:
-                model = ServedModel.build(rollout.challenger, ModelBundle.load(self.source.registry.path(
-                    rollout.challenger)), self.config, self.service_spec)
+                path = self.source.registry.path(rollout.challenger)
+                model = ServedModel.build(rollout.challenger, ModelBundle.load(path), self.config,
+                                          self.service_spec, path)
             except Exception as exc:
                 if current is None or current.rollout.id != rollout.id:
                     log.error("cannot serve challenger %s of rollout %s; the champion serves alone: %s",
@@ -170,6 +152,10 @@ class Scorer:
             log.info("rollout of %s beside %s: %s %g%%", rollout.challenger, rollout.champion, rollout.mode,
                      rollout.percent)
             self._challenger = Challenger(rollout, model)
+            # the shadow process loads both now: the challenger's shadow, the champion's scores of canary rows
+            self._shadow.warm(SHADOW, model.tag, model.path)
+            if self._model is not None and self._model.path:
+                self._shadow.warm(COUNTERFACTUAL, self._model.tag, self._model.path)
         self.metrics.rollout(self._challenger)
 
     def _rollout_state(self) -> dict[str, Any]:
@@ -260,9 +246,9 @@ class Scorer:
             if not index:
                 continue
             raw = transactions if len(index) == len(rows) else [transactions[i] for i in index]
-            scored = self._run(model, group_rows, raw, explain)
-            self._log(model, role, index, group_rows, scored, raw, request_id, rollout_id)
-            self.metrics.scored(scored.scores, scored.decisions, role)
+            scored = model.run(group_rows, raw, explain, self.config.reasons)
+            self.log.append(model.log_chunk(role, index, group_rows, scored, raw, request_id, rollout_id))
+            self.metrics.scored(scored.scores, scored.decisions, role, scored.seconds)
             id_column = model.bundle.state.spec.id_column
             for k, i in enumerate(index):
                 item = results[i]
@@ -274,70 +260,30 @@ class Scorer:
                     item["model_tag"] = model.tag
                 if scored.reasons is not None:
                     item["reasons"] = scored.reasons[k]
-        if challenger is not None and challenger.shadow:
-            self._shadow.submit(challenger, transactions, request_id)
+            if role == CANARY and served.path:  # what the champion would have decided: the canary's fair comparison
+                self._shadow.submit(ShadowJob(COUNTERFACTUAL, served.tag, served.path, rollout_id, request_id, raw,
+                                              index))
+        if challenger is not None and challenger.shadow and challenger.model.path:
+            self._shadow.submit(ShadowJob(SHADOW, challenger.model.tag, challenger.model.path, rollout_id,
+                                          request_id, transactions, list(range(len(rows)))))
         return {"request_id": request_id, "model_tag": served.tag,
                 "thresholds": {"review": served.bands.review, "decline": served.bands.decline}, "results": results}
 
-    def _run(self, served: ServedModel, rows: list[dict[str, Any]], transactions: list[Any], explain: bool) -> Scored:
-        """Features, scores, decisions (and with ``explain`` reason codes) of validated rows."""
-        started = time.perf_counter()
-        names = served.feature_names
-        model = served.bundle.model
-        features: Mapping[str, Sequence[Any]]
-        if served.fast is not None:
-            matrix = served.fast.rows(rows)
-            pool = Pool(matrix, cat_features=served.bundle.state.categorical_features, feature_names=names)
-            features = {name: [row[j] for row in matrix] for j, name in enumerate(names)}
+    def _shadowed(self, outcome: ShadowOutcome) -> None:
+        """Count what the shadow process scored (or failed to) in the metrics of its role."""
+        if outcome.error is not None:
+            self.metrics.shadow_failures.inc(outcome.requests)
         else:
-            frame = served.bundle.features(pd.DataFrame(transactions))  # the canonical function on raw rows
-            pool = served.bundle.pool(frame)
-            features = {name: frame[name].to_numpy() for name in names}
-        scores = model.predict_proba(pool)[:, 1].tolist()
-        seconds = time.perf_counter() - started
-        reasons = None
-        if explain:
-            shap = model.get_feature_importance(pool, type="ShapValues")[:, :-1]
-            reasons = reason_codes(shap, names, features, self.config.reasons)
-        return Scored(scores, served.bands.decide(scores), features, seconds, reasons)
+            self.metrics.scored(outcome.scores, outcome.decisions, outcome.role, outcome.seconds, rows=False)
 
-    def _log(self, served: ServedModel, role: str, index: list[int], rows: list[dict[str, Any]], scored: Scored,
-             transactions: list[Any], request_id: str | list[str], rollout_id: str | None) -> None:
-        """One chunk of the prediction log: these rows (of one request, or each with its ``request_id``) as one
-        model scored them."""
-        spec = served.bundle.state.spec
-        columns: dict[str, Any] = {"row": np.array(index, dtype="int32"), "score": scored.scores,
-                                   "decision": scored.decisions}
-        if spec.id_column:
-            columns["transaction_id"] = [row.get(spec.id_column) for row in rows]
-        if spec.timestamp:
-            columns[spec.timestamp] = served.schema.times(rows, spec.timestamp)
-        shared = {"model_tag": served.tag, "role": role, "rollout_id": rollout_id,
-                  "latency_ms": scored.seconds * 1000, REVIEW_COLUMN: served.bands.review,
-                  DECLINE_COLUMN: served.bands.decline}
-        if isinstance(request_id, list):
-            columns["request_id"] = request_id
-        else:
-            shared["request_id"] = request_id
-        self.log.append(LogChunk(PREDICTIONS, datetime.now(UTC), len(rows), columns={**columns, **scored.features},
-                                 shared=shared, json_columns={"input": transactions}))
-
-    def _score_shadow(self, challenger: Challenger, batch: list[tuple[list[Any], str]]) -> None:
-        """The challenger's scores of requests the champion answered, in one model call (the shadow worker's job);
-        their ``latency_ms`` is that call's time."""
-        rows: list[dict[str, Any]] = []
-        transactions: list[Any] = []
-        index: list[int] = []
-        request_ids: list[str] = []
-        for raw, request_id in batch:
-            valid = challenger.model.schema.validate(raw)
-            rows += valid
-            transactions += raw
-            index += range(len(valid))
-            request_ids += [request_id] * len(valid)
-        scored = self._run(challenger.model, rows, transactions, explain=False)
-        self._log(challenger.model, SHADOW, index, rows, scored, transactions, request_ids, challenger.rollout.id)
-        self.metrics.scored(scored.scores, scored.decisions, SHADOW, rows=False)
+    def _shadow_logged(self, counts: LogCounts) -> None:
+        """Add the shadow process's log writes and failures to this worker's."""
+        for kind, rows in counts.written.items():
+            self.metrics.log_rows.labels(kind).inc(rows)
+        for kind, failures in counts.failures.items():
+            self.metrics.log_failures.labels(kind).inc(failures)
+        if counts.wal_failures:
+            self.metrics.wal_failures.inc(counts.wal_failures)
 
     @staticmethod
     def _keys(served: ServedModel, rows: list[dict[str, Any]]) -> list[Any]:
@@ -377,19 +323,3 @@ def wal_dir(config: ServingConfig) -> Path | None:
     from fraudops.registry import default_home
 
     return default_home() / "fraudops" / "prediction-wal"
-
-
-def reason_codes(contributions: np.ndarray, names: list[str], features: Mapping[str, Sequence[Any]], k: int
-                 ) -> list[list[dict[str, Any]]]:
-    """The ``k`` features pushing each row's score most towards fraud (largest SHAP values first)."""
-    top = np.argsort(-contributions, axis=1, kind="stable")[:, :k]
-    return [[{"feature": names[j], "value": _plain(features[names[j]][i]), "contribution": float(contributions[i, j])}
-             for j in top[i]] for i in range(len(contributions))]
-
-
-def _plain(value: Any) -> str | float | None:
-    if isinstance(value, str):
-        return value
-    value = float(value)
-    return None if math.isnan(value) else value
-
