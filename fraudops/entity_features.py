@@ -38,7 +38,18 @@ import numpy as np
 import pandas as pd
 
 from fraudops.normalize import TICKS_PER_SECOND, entity_keys, key_text, ticks, to_times
-from fraudops.online_store import EntityRef, FeatureStore, KeyQuery, KeyState, Record
+from fraudops.online_store import (
+    EntityRef,
+    FeatureStore,
+    FrozenColumn,
+    KeyQuery,
+    KeyState,
+    Record,
+    SnapshotStore,
+    StoreLimits,
+    offsets,
+    sorted_runs,
+)
 from fraudops.schema import DatasetSpec
 
 DEFAULT_WINDOWS = ("1h", "24h", "7d")
@@ -460,6 +471,11 @@ class OnlineFeatures:
         """Features of the rows (rows x `feature_names`), without recording them."""
         return self._lookup(row_columns(rows, self.config))
 
+    def lookup_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Features of a table's rows (a frame adapter's `lookup`), without recording them."""
+        columns = with_transaction_ids(frame, frame_columns(frame, self.config), self.config)
+        return pd.DataFrame(self._lookup(columns), index=frame.index, columns=self.feature_names)
+
     def record(self, rows: Sequence[Mapping[str, Any]]) -> int:
         """Record the rows in the store; returns how many were new (by transaction id)."""
         return self.store.write(self._records(row_columns(rows, self.config)))
@@ -551,3 +567,74 @@ def _members(codes: np.ndarray, n_keys: int) -> list[np.ndarray]:
     order = np.argsort(codes, kind="stable")
     bounds = np.searchsorted(codes[order], np.arange(n_keys + 1))
     return [order[bounds[k]:bounds[k + 1]] for k in range(n_keys)]
+
+
+# -- frozen snapshot ----------------------------------------------------------------------------------------
+def with_transaction_ids(frame: pd.DataFrame, columns: Columns, config: EntityFeatureConfig) -> Columns:
+    """``columns`` of ``frame`` with their transaction ids: the id column's keys, or the digest `row_columns`
+    gives a row without one."""
+    id_column = config.spec.id_column
+    ids = entity_keys(frame[id_column]).tolist() if id_column and id_column in frame else [None] * len(frame)
+    missing = entity_keys(pd.Series([None])).iloc[0]
+    return replace(columns, txn=[_digest(columns, i) if txn in (None, missing) else txn
+                                 for i, txn in enumerate(ids)])
+
+
+def snapshot(frame: pd.DataFrame, config: EntityFeatureConfig, limits: StoreLimits) -> SnapshotStore:
+    """What a `MemoryStore` with ``limits`` holds after recording every row of ``frame`` (in any order), built
+    vectorised: the frozen statistics of a model bundle. Ties at the ``max_events`` cap may keep another of the
+    events at the same time than the memory store would (features do not depend on which)."""
+    columns = with_transaction_ids(frame, frame_columns(frame, config), config)
+    assert columns.txn is not None
+    account = columns.account
+    frozen, event_rows = {}, []
+    for col in config.columns:
+        key = columns.keys[col]
+        n_keys = len(key.uniques)
+        rows = np.flatnonzero(key.codes >= 0)
+        rows = rows[np.lexsort((columns.ticks[rows], key.codes[rows]))]
+        c, t, amount = key.codes[rows], columns.ticks[rows], columns.amount[rows]
+        sizes = np.bincount(c, minlength=n_keys)
+        start = offsets(sizes)
+        newest = np.full(n_keys, _NONE)
+        np.maximum.at(newest, c, t)
+        from_end = start[c + 1] - 1 - np.arange(len(rows))
+        kept = (t >= newest[c] - limits.keep_ticks) & (from_end < limits.max_events)
+        folded = ~kept
+        amount_max = np.full(n_keys, -np.inf)
+        np.maximum.at(amount_max, c[folded], amount[folded])
+        last = np.full(n_keys, SnapshotStore.NO_TIME)
+        np.maximum.at(last, c[folded], t[folded])
+        parts: dict[str, np.ndarray] = {}
+        if config.paired(col) and account is not None:
+            parts = _frozen_accounts(c, account.codes[rows], t, n_keys, limits.exact_accounts)
+        frozen[col] = FrozenColumn(
+            keys=key.uniques, event_start=offsets(np.bincount(c[kept], minlength=n_keys)), event_ticks=t[kept],
+            event_amount=amount[kept],
+            event_account=account.codes[rows][kept] if account is not None else np.full(int(kept.sum()), -1),
+            event_txn=rows[kept], count=np.bincount(c[folded], minlength=n_keys),
+            amount_sum=np.bincount(c[folded], weights=amount[folded], minlength=n_keys),
+            amount_max=np.where(np.isneginf(amount_max), np.nan, amount_max), last=last, **parts)
+        event_rows.append(rows[kept])
+    used = np.unique(np.concatenate(event_rows)) if event_rows else np.empty(0, dtype=np.int64)
+    for col, f in frozen.items():
+        frozen[col] = replace(f, event_txn=np.searchsorted(used, f.event_txn))
+    return SnapshotStore(limits, frozen, account.uniques if account is not None else np.empty(0, dtype=object),
+                         np.array(columns.txn, dtype=object)[used])
+
+
+def _frozen_accounts(c: np.ndarray, account: np.ndarray, t: np.ndarray, n_keys: int, exact: int
+                     ) -> dict[str, np.ndarray]:
+    """Each key's accounts with the time each was first seen (rows sorted by key then time)."""
+    present = np.flatnonzero(account >= 0)
+    order = present[np.lexsort((t[present], account[present], c[present]))]
+    pc, pa = c[order], account[order]
+    first = np.r_[True, (pc[1:] != pc[:-1]) | (pa[1:] != pa[:-1])] if len(order) else np.zeros(0, dtype=bool)
+    pc, pa, pt = pc[first], pa[first], t[order][first]
+    total = np.bincount(pc, minlength=n_keys)
+    is_exact = total <= exact
+    keep = is_exact[pc]
+    start = offsets(np.where(is_exact, total, 0))
+    first_ticks = pt[keep]
+    return {"account_start": start, "account_code": pa[keep], "account_first": first_ticks,
+            "first_sorted": sorted_runs(first_ticks, start), "accounts_exact": is_exact, "account_total": total}

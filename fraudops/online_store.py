@@ -32,9 +32,12 @@ import json
 import math
 from bisect import insort
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
+import numpy as np
+import pandas as pd
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -437,3 +440,156 @@ class RedisStore:
             return int(self._write(keys=keys, args=args))
         except redis.exceptions.RedisError as exc:
             raise StoreUnavailable(f"feature store write failed: {type(exc).__name__}: {exc}") from exc
+
+
+# -- frozen snapshot ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FrozenColumn:
+    """One entity column of a `SnapshotStore`: per key (``keys``, sorted texts) its kept events (rows
+    ``event_start[i]:event_start[i+1]`` of the event arrays, in time order), its folded aggregates, and for
+    paired columns its accounts (rows ``account_start[i]:account_start[i+1]``, sorted by account code, with the
+    time each was first seen; ``first_sorted``: the same times sorted) or, beyond ``exact_accounts``, their number.
+    Accounts and transaction ids are codes into the snapshot's vocabularies; no account is -1."""
+
+    keys: np.ndarray
+    event_start: np.ndarray
+    event_ticks: np.ndarray
+    event_amount: np.ndarray
+    event_account: np.ndarray
+    event_txn: np.ndarray
+    count: np.ndarray
+    amount_sum: np.ndarray
+    amount_max: np.ndarray
+    last: np.ndarray
+    account_start: np.ndarray | None = None
+    account_code: np.ndarray | None = None
+    account_first: np.ndarray | None = None
+    first_sorted: np.ndarray | None = None
+    accounts_exact: np.ndarray | None = None
+    account_total: np.ndarray | None = None
+
+
+class SnapshotStore:
+    """A read-only store holding what a `MemoryStore` holds after recording a table (`entity_features.snapshot`
+    builds it vectorised): the frozen statistics a scorer without an online store serves with, never updated.
+
+    Columnar (numpy arrays, saved as one Parquet file per table), so a model bundle loads it quickly and keeps it
+    small. Writes raise `TypeError`. ``last`` is `NO_TIME` for a key with nothing folded."""
+
+    NO_TIME = np.iinfo(np.int64).min
+
+    def __init__(self, limits: StoreLimits, columns: dict[str, FrozenColumn], accounts: np.ndarray,
+                 txns: np.ndarray) -> None:
+        self.limits = limits
+        self.columns = columns
+        self.accounts = accounts
+        self.txns = txns
+        self._index = {col: pd.Index(frozen.keys) for col, frozen in columns.items()}
+        self._account_code = {text: code for code, text in enumerate(accounts.tolist())}
+
+    def read(self, queries: Sequence[KeyQuery]) -> list[KeyState]:
+        out = []
+        for query in queries:
+            frozen = self.columns.get(query.entity.column)
+            found = self._index[query.entity.column].get_indexer([query.entity.key])[0] if frozen else -1
+            if frozen is None or found < 0:
+                out.append(KeyState(accounts_before=[0] * len(query.times)))
+                continue
+            lo, hi = frozen.event_start[found], frozen.event_start[found + 1]
+            accounts, txns = self.accounts, self.txns
+            events = [Event(t, a, None if c < 0 else accounts[c], txns[x]) for t, a, c, x in zip(
+                frozen.event_ticks[lo:hi].tolist(), frozen.event_amount[lo:hi].tolist(),
+                frozen.event_account[lo:hi].tolist(), frozen.event_txn[lo:hi].tolist(), strict=True)]
+            last = int(frozen.last[found])
+            state = KeyState(events=events, count=int(frozen.count[found]),
+                             amount_sum=float(frozen.amount_sum[found]), amount_max=float(frozen.amount_max[found]),
+                             last=None if last == self.NO_TIME else last)
+            if query.entity.paired and frozen.account_start is not None:
+                assert frozen.accounts_exact is not None and frozen.account_total is not None
+                assert frozen.account_code is not None and frozen.account_first is not None
+                assert frozen.first_sorted is not None
+                state.accounts_exact = bool(frozen.accounts_exact[found])
+                if not state.accounts_exact:
+                    state.accounts_before = [int(frozen.account_total[found])] * len(query.times)
+                else:
+                    a_lo, a_hi = frozen.account_start[found], frozen.account_start[found + 1]
+                    firsts = frozen.first_sorted[a_lo:a_hi]
+                    state.accounts_before = np.searchsorted(firsts, np.array(query.times, dtype=np.int64),
+                                                            "left").tolist()
+                    codes = frozen.account_code[a_lo:a_hi]
+                    for account in query.accounts:
+                        code = self._account_code.get(account, -1)
+                        at = int(np.searchsorted(codes, code)) if code >= 0 else len(codes)
+                        if at < len(codes) and codes[at] == code:
+                            state.account_first[account] = int(frozen.account_first[a_lo + at])
+            out.append(state)
+        return out
+
+    def write(self, records: Sequence[Record]) -> int:
+        raise TypeError("a frozen snapshot is read-only: record transactions in an online store")
+
+    # -- files ------------------------------------------------------------------------------------------------
+    def save(self, directory: Path) -> None:
+        """One Parquet file per table: ``keys``, ``events`` and ``accounts`` of each column, the vocabularies,
+        and ``snapshot.json`` (limits and columns)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        meta = {"limits": asdict(self.limits), "columns": {}}
+        for col, f in self.columns.items():
+            meta["columns"][col] = {"paired": f.account_start is not None}
+            keys = {"key": f.keys, "events": np.diff(f.event_start), "count": f.count, "amount_sum": f.amount_sum,
+                    "amount_max": f.amount_max, "last": f.last}
+            if f.account_start is not None:
+                keys.update(accounts=np.diff(f.account_start), accounts_exact=f.accounts_exact,
+                            account_total=f.account_total)
+                pd.DataFrame({"account": f.account_code, "first": f.account_first}).to_parquet(
+                    directory / f"{col}.accounts.parquet", index=False)
+            pd.DataFrame(keys).to_parquet(directory / f"{col}.keys.parquet", index=False)
+            pd.DataFrame({"ticks": f.event_ticks, "amount": f.event_amount, "account": f.event_account,
+                          "txn": f.event_txn}).to_parquet(directory / f"{col}.events.parquet", index=False)
+        pd.DataFrame({"account": self.accounts.astype(str)}).to_parquet(directory / "accounts.parquet", index=False)
+        pd.DataFrame({"txn": self.txns.astype(str)}).to_parquet(directory / "txns.parquet", index=False)
+        (directory / SNAPSHOT_FILE).write_text(json.dumps(meta, indent=2))
+
+    @classmethod
+    def load(cls, directory: Path) -> SnapshotStore:
+        """Read a snapshot written by `save`."""
+        meta = json.loads((directory / SNAPSHOT_FILE).read_text())
+        columns = {}
+        for col, info in meta["columns"].items():
+            keys = pd.read_parquet(directory / f"{col}.keys.parquet")
+            events = pd.read_parquet(directory / f"{col}.events.parquet")
+            parts: dict[str, Any] = {}
+            if info["paired"]:
+                accounts = pd.read_parquet(directory / f"{col}.accounts.parquet")
+                start = offsets(keys["accounts"].to_numpy())
+                first = accounts["first"].to_numpy(dtype=np.int64)
+                parts = dict(account_start=start, account_code=accounts["account"].to_numpy(dtype=np.int64),
+                             account_first=first, first_sorted=sorted_runs(first, start),
+                             accounts_exact=keys["accounts_exact"].to_numpy(dtype=bool),
+                             account_total=keys["account_total"].to_numpy(dtype=np.int64))
+            columns[col] = FrozenColumn(
+                keys=keys["key"].to_numpy(dtype=object), event_start=offsets(keys["events"].to_numpy()),
+                event_ticks=events["ticks"].to_numpy(dtype=np.int64),
+                event_amount=events["amount"].to_numpy(dtype="float64"),
+                event_account=events["account"].to_numpy(dtype=np.int64),
+                event_txn=events["txn"].to_numpy(dtype=np.int64), count=keys["count"].to_numpy(dtype=np.int64),
+                amount_sum=keys["amount_sum"].to_numpy(dtype="float64"),
+                amount_max=keys["amount_max"].to_numpy(dtype="float64"),
+                last=keys["last"].to_numpy(dtype=np.int64), **parts)
+        return cls(StoreLimits(**meta["limits"]), columns,
+                   pd.read_parquet(directory / "accounts.parquet")["account"].to_numpy(dtype=object),
+                   pd.read_parquet(directory / "txns.parquet")["txn"].to_numpy(dtype=object))
+
+
+SNAPSHOT_FILE = "snapshot.json"
+
+
+def offsets(lengths: np.ndarray) -> np.ndarray:
+    """Start of each run of the given lengths, then the end of the last."""
+    return np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
+
+
+def sorted_runs(values: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """``values`` sorted within each run ``start[i]:start[i+1]``."""
+    run = np.repeat(np.arange(len(start) - 1), np.diff(start))
+    return values[np.lexsort((values, run))]

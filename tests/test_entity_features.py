@@ -280,3 +280,32 @@ def test_the_store_must_keep_the_longest_window() -> None:
 def test_an_empty_batch_has_no_features() -> None:
     online = OnlineFeatures(CONFIG, MemoryStore(StoreLimits(keep_seconds=CONFIG.longest_seconds)))
     assert online.process([]).shape == (0, len(CONFIG.feature_names))
+
+
+# -- frozen snapshot ----------------------------------------------------------------------------------------
+def test_a_snapshot_reads_as_the_memory_store_that_recorded_the_table(tmp_path) -> None:
+    """The vectorised snapshot holds what a memory store holds after recording the table (folded events, capped
+    events, accounts beyond the exact limit), and features looked up against it (saved and loaded) are equal."""
+    from fraudops.entity_features import snapshot
+    from fraudops.online_store import SnapshotStore
+
+    frame = awkward_table(3000, seed=11)
+    history, later = frame.iloc[:2500], frame.iloc[2500:]
+    limits = StoreLimits(keep_seconds=3 * 86_400, max_events=4, exact_accounts=2)
+    memory = MemoryStore(limits)
+    OnlineFeatures(CONFIG, memory).record(as_rows(history.sample(frac=1, random_state=0)))
+    frozen = snapshot(history, CONFIG, limits)
+    frozen.save(tmp_path / "snap")
+    loaded = SnapshotStore.load(tmp_path / "snap")
+    assert any(not f.accounts_exact.all() for f in frozen.columns.values() if f.accounts_exact is not None)
+    assert any(f.count.any() for f in frozen.columns.values())  # something was folded
+    rows = as_rows(later)
+    want = OnlineFeatures(CONFIG, memory).lookup(rows)
+    for store in (frozen, loaded):
+        got = OnlineFeatures(CONFIG, store).lookup(rows)
+        assert_same_features(pd.DataFrame(got, columns=CONFIG.feature_names),
+                             pd.DataFrame(want, columns=CONFIG.feature_names))
+    frame_path = OnlineFeatures(CONFIG, loaded).lookup_frame(later)
+    assert_same_features(frame_path.reset_index(drop=True), pd.DataFrame(want, columns=CONFIG.feature_names))
+    with pytest.raises(TypeError, match="read-only"):
+        OnlineFeatures(CONFIG, loaded).record(rows)
