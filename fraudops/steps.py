@@ -104,7 +104,7 @@ def validate_step(in_dir: str | Path, out_dir: str | Path, *, max_bad_fraction: 
 
 
 def split_features(in_dir: str | Path, out_dir: str | Path, config: TrainConfig) -> dict[str, Any]:
-    """Split validated rows (time-based by default), fit entity statistics on the training window and write
+    """Split validated rows (time-based by default), replay the entity features over the whole table and write
     the raw parts, their features and the feature state."""
     src, out = Path(in_dir), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

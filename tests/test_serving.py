@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from catboost import Pool
 from prometheus_client import CollectorRegistry
 
 from fraudops import steps
@@ -28,7 +27,6 @@ from fraudops.bundle import ModelBundle
 from fraudops.data.synthetic import generate_transactions
 from fraudops.decisions import Bands
 from fraudops.errors import ConfigError, RegistryError
-from fraudops.features import FastFeatures
 from fraudops.predlog import LogWriter, read_feedback, read_predictions
 from fraudops.registry import Registry
 from fraudops.schema import SYNTHETIC, DatasetSpec
@@ -215,10 +213,12 @@ def test_unknown_categories_extra_fields_integer_ids_and_missing_optionals_are_v
 
 
 # -- features and scores --------------------------------------------------------------------------------------
-def test_fast_features_equal_the_canonical_feature_function(scorer, trained):
+def test_row_path_features_equal_the_frame_path(scorer, trained):
+    """The scorer's row adapters (validated rows) give the features of the frame adapters (`bundle.features`),
+    row and entity features alike, on many rows: new and known entities, odd spellings, missing fields."""
     bundle = scorer.model.bundle
     rng = np.random.default_rng(0)
-    # new entities and ones seen in training (known pairs); copies: the shared fixture's rows stay as they are
+    # new entities and ones seen in training; copies: the shared fixture's rows stay as they are
     rows = copy.deepcopy(trained["requests"] + trained["history"][:1500])
     for i, row in enumerate(rows[:400]):  # optional fields missing, odd spellings of keys and times
         if i % 4 == 0:
@@ -228,17 +228,19 @@ def test_fast_features_equal_the_canonical_feature_function(scorer, trained):
         if i % 4 == 2:
             row["purchase_time"] = pd.Timestamp(row["purchase_time"]).tz_localize("UTC").tz_convert(
                 "Asia/Kolkata").isoformat()
-    validated = scorer.model.schema.validate(rows)
-    fast = FastFeatures(bundle.state).rows(validated)
+    served = scorer.model.run(scorer.model.schema.validate(rows))
     canonical = bundle.features(pd.DataFrame(rows))
-    for j, name in enumerate(bundle.feature_names):
-        column = [row[j] for row in fast]
+    assert list(served.features) == bundle.feature_names == list(canonical.columns)
+    for name in bundle.feature_names:
+        column = list(served.features[name])
         if name in bundle.state.categorical_features:
             assert column == canonical[name].astype(str).tolist(), name
         else:
             np.testing.assert_array_equal(np.array(column, dtype="float64"), canonical[name].to_numpy("float64"),
                                           err_msg=name)
-    assert canonical["device_id__account_count"].gt(0).any()  # the rows did exercise known entity/account pairs
+    # the rows did exercise entities known to the snapshot and entities repeated within the batch
+    assert canonical["device_id__accounts_all"].gt(0).any() and canonical["user_id__count_all"].gt(0).any()
+    assert canonical["ip_address__count_1h"].gt(0).any() and canonical["device_id__first_seen"].eq(1).any()
 
 
 @pytest.mark.parametrize("kind", ["time_format", "seconds"])
@@ -258,13 +260,10 @@ def test_models_with_formatted_or_second_offset_times_are_served_like_the_canoni
     steps.train_to_directory(str(tmp_path / "data.parquet"), tmp_path / "out", spec, TrainConfig(iterations=30))
     bundle = ModelBundle.load(tmp_path / "out" / "model")
     served = ServedModel.build("m:1", bundle, ServingConfig(), spec)
-    assert served.fast is not None and served.schema.seconds == (kind == "seconds")
+    assert served.entities is not None and served.entities.live is None
+    assert served.schema.seconds == (kind == "seconds")
     rows = as_requests(frame.tail(400))
-    fast = served.fast.rows(served.schema.validate(rows))
-    np.testing.assert_array_equal(
-        bundle.model.predict_proba(Pool(fast, cat_features=bundle.state.categorical_features,
-                                        feature_names=bundle.feature_names))[:, 1],
-        bundle.score(pd.DataFrame(rows)))
+    np.testing.assert_array_equal(served.run(served.schema.validate(rows)).scores, bundle.score(pd.DataFrame(rows)))
     with pytest.raises(RequestError, match="purchase_time: "):
         served.schema.validate([{**rows[0], "purchase_time": "2026-01-31T12:00:00Z" if kind == "seconds"
                                  else "2026-01-31T12:00:00"}])
@@ -275,28 +274,9 @@ def test_service_scores_equal_the_bundle_scores(scorer, trained):
     expected = scorer.model.bundle.score(pd.DataFrame(rows))
     got = [r["score"] for r in scorer.score(rows)["results"]]
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
-    single = [scorer.score([row])["results"][0]["score"] for row in rows[:20]]
-    np.testing.assert_allclose(single, expected[:20], rtol=0, atol=1e-12)
-
-
-def test_canonical_features_are_used_when_the_fast_path_disagrees(home, tmp_path, trained, monkeypatch, caplog):
-    original = FastFeatures.rows
-
-    def skewed(self: FastFeatures, rows: list[dict[str, Any]]) -> list[list[Any]]:
-        out = original(self, rows)
-        for row in out:
-            row[-1] = 0.0  # a last feature that drifted from FeatureState.transform
-        return out
-
-    monkeypatch.setattr(FastFeatures, "rows", skewed)
-    scorer = make_scorer(home, tmp_path)
-    scorer.reload()
-    assert scorer.model.fast is None
-    assert "fast feature path disagrees with FeatureState.transform (user_id__amount_ratio)" in caplog.text
-    rows = trained["requests"][:30]
-    got = [r["score"] for r in scorer.score(rows)["results"]]
-    scorer.close()
-    np.testing.assert_allclose(got, scorer.model.bundle.score(pd.DataFrame(rows)), rtol=0, atol=1e-12)
+    single = [scorer.score([row])["results"][0]["score"] for row in rows[:20]]  # each alone against the snapshot
+    alone = [scorer.model.bundle.score(pd.DataFrame([row]))[0] for row in rows[:20]]
+    np.testing.assert_allclose(single, alone, rtol=0, atol=1e-12)
 
 
 def test_reason_codes_rank_contributions():
@@ -322,6 +302,13 @@ def test_explain_adds_the_top_reasons_from_shap_values(home, tmp_path, trained):
         contributions = [r["contribution"] for r in item["reasons"]]
         assert len(contributions) == 4 and contributions == sorted(contributions, reverse=True)
         assert {r["feature"] for r in item["reasons"]} <= names
+        assert list(item["features"]) == scorer.model.feature_names and "features" not in same
+        for reason in item["reasons"]:
+            assert item["features"][reason["feature"]] == reason["value"]
+    first = scorer.model.bundle.features(pd.DataFrame(rows)).iloc[0]
+    assert body["results"][0]["features"]["device_id__count_24h"] == first["device_id__count_24h"]
+    assert body["results"][0]["features"]["country"] == rows[0]["country"]
+    assert "features_fallback" not in body
     flagged = [i for i in body["results"] if i["decision"] != "approve"]
     assert flagged and all(i["reasons"][0]["contribution"] > 0 for i in flagged)
 

@@ -1,4 +1,4 @@
-"""Validation of raw transactions against a model's schema, normalised for the fast feature path."""
+"""Validation of raw transactions against a model's schema, normalised for the row adapters of the features."""
 
 from __future__ import annotations
 
@@ -52,8 +52,9 @@ class RowSchema:
     Required: the time columns and the amount (training rejects rows without them). Optional: categories and
     entities (strings or integer ids; unknown values are fine), other numeric inputs (finite numbers or null).
     Times are ISO 8601 strings, naive = UTC (or the dataset's ``time_format``; numbers for second offsets).
-    Fields the model does not use are ignored. Valid rows come back normalised for `FastFeatures`: text keys
-    (None = missing), floats, and times as UTC nanoseconds (or seconds).
+    Fields the model does not use are ignored. Valid rows come back normalised for the row adapters
+    (`FeatureState.row_inputs`, `fraudops.entity_features.row_columns`): text keys (None = missing), floats, and
+    times as UTC nanoseconds (or seconds).
     """
 
     def __init__(self, state: FeatureState) -> None:
@@ -95,8 +96,8 @@ class RowSchema:
     def probe_rows(self) -> list[dict[str, Any]]:
         """Raw transactions for self-checks at model load: known and unknown entities, keys written as ints,
         floats and "7.0" strings, missing values, times in several ISO 8601 spellings (or ``time_format``)."""
-        stats = self.state.entity_stats
-        known = {col: list(stats[col].index[[0, len(stats[col]) // 2, -1]]) if len(stats[col]) else []
+        frozen = self.state.snapshot.columns if self.state.snapshot is not None else {}
+        known = {col: list(keys[[0, len(keys) // 2, -1]]) if len(keys := frozen[col].keys) else []
                  for col in self.state.entity_columns}
         odd_keys: list[Any] = [None, "probe", "7.0", 7, 7.5, -3.0, ""]
         fmt = self.state.spec.time_format

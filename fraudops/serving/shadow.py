@@ -254,7 +254,7 @@ def _score(jobs: list[ShadowJob], models: _Models, writer: LogWriter) -> ShadowO
             request_ids += [job.request_id] * len(valid)
         if not rows:
             return ShadowOutcome(first.role, first.tag, 0, [], [], 0.0)
-        scored = model.run(rows, transactions)
+        scored = model.run(rows)  # reads the feature store only: the deciding model recorded these transactions
         writer.append(model.log_chunk(SHADOW, index, rows, scored, transactions, request_ids, first.rollout_id))
         return ShadowOutcome(first.role, first.tag, requests, scored.scores, scored.decisions, scored.seconds)
     except Exception as exc:  # one model failing must not stop the others
