@@ -161,6 +161,8 @@ class Columns:
 def _merged(codes: np.ndarray, texts: pd.Series) -> KeyColumn:
     """Codes into distinct texts, merging raw values that normalise to one key (1 and "1.0")."""
     final, uniques = pd.factorize(texts.to_numpy(dtype=object))
+    if not len(final):  # every value missing
+        return KeyColumn(np.full(len(codes), -1, dtype=np.int64), uniques)
     return KeyColumn(np.where(codes >= 0, final[codes], -1).astype(np.int64), uniques)
 
 
@@ -523,18 +525,19 @@ class OnlineFeatures:
         out: dict[str, np.ndarray] = {}
         for j, col in enumerate(config.columns):
             codes = np.concatenate([np.where(owner == j, owner_code, -1), columns.keys[col].codes])
-            prior = self._prior(by_column[col], plans[col][1], texts, m, n)
+            prior = self._prior(by_column[col], plans[col][1], texts if config.paired(col) else None, m, n)
             found = _entity_features(config, col, table, codes, accounts if config.paired(col) else None, prior)
             out.update({name: values[m:] for name, values in found.items()})
         return np.column_stack([out[name] for name in config.feature_names])
 
     @staticmethod
-    def _prior(states: list[KeyState], members: list[np.ndarray], texts: list[str | None], m: int,
+    def _prior(states: list[KeyState], members: list[np.ndarray], texts: list[str | None] | None, m: int,
                n: int) -> _Prior:
-        """What the store knows beyond the table, for one column (stored events: their accounts are known)."""
+        """What the store knows beyond the table, for one column (stored events: their accounts are known);
+        ``texts``: the table's accounts, None for a column without distinct-account features."""
         accounts_before = np.zeros(m + n, dtype=np.int64)
         account_first = np.full(m + n, _NONE)
-        for state, rows in zip(states, members, strict=True):
+        for state, rows in zip(states, members, strict=True) if texts is not None else ():
             at = m + rows
             if state.accounts_before:
                 accounts_before[at] = state.accounts_before
