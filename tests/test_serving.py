@@ -750,3 +750,100 @@ def test_a_champion_poll_reads_the_pointer_once(home, trained, tmp_path, monkeyp
     assert scorer.reload()["rollout"]["percent"] == 10  # the champion and the rollout from one read
     scorer.close()
     assert len(reads) == 1
+
+
+# -- the online feature store -----------------------------------------------------------------------------------
+def burst(n: int, device: str, start: str = "2026-03-01T10:00:00+00:00", every: int = 30) -> list[dict[str, Any]]:
+    """A card-testing burst: ``n`` small payments from one device and IP, by several accounts, ``every`` s apart."""
+    t0 = pd.Timestamp(start)
+    return [valid(transaction_id=f"{device}-{i}", user_id=f"{device}-u{i % 3}", device_id=device,
+                  ip_address=f"10.9.{len(device)}.1", amount=1.0 + i,
+                  purchase_time=(t0 + pd.Timedelta(seconds=every * i)).isoformat()) for i in range(n)]
+
+
+def counter(registry: CollectorRegistry, name: str) -> float:
+    return registry.get_sample_value(f"fraudops_scorer_{name}_total") or 0.0
+
+
+def test_scoring_with_a_store_counts_a_burst_once_per_transaction(home, tmp_path, redis_url):
+    """Every scored transaction updates the store (read, then record): a card-testing burst's later transactions
+    see the earlier ones in their 1 h counts, a retried transaction id counts once and sees what it saw."""
+    registry = CollectorRegistry()
+    scorer = make_scorer(home, tmp_path, registry, feature_store_url=redis_url, feature_store_timeout_seconds=2)
+    scorer.reload()
+    assert scorer.model.entities.live is not None
+    rows = burst(8, "BURST-DEV-1")
+    try:
+        seen = [scorer.score([row], explain=True)["results"][0]["features"] for row in rows]
+        retried = scorer.score([rows[3]], explain=True)
+        after = scorer.score(burst(9, "BURST-DEV-1")[8:], explain=True)["results"][0]["features"]
+    finally:
+        scorer.close()
+    assert [f["device_id__count_1h"] for f in seen] == list(range(8))
+    assert [f["device_id__accounts_1h"] for f in seen] == [0, 1, 2, 3, 3, 3, 3, 3]
+    assert [f["ip_address__count_24h"] for f in seen] == list(range(8))
+    assert seen[0]["device_id__first_seen"] == 1 and seen[1]["device_id__seconds_since_prev"] == 30
+    assert seen[2]["device_id__amount_sum_1h"] == 1.0 + 2.0
+    assert retried["results"][0]["features"] == seen[3]  # the retry sees what the first attempt saw
+    assert after["device_id__count_1h"] == 8  # ... and did not count twice
+    assert "features_fallback" not in retried
+    assert counter(registry, "feature_store_requests") == 10 and counter(registry, "feature_store_fallbacks") == 0
+    # without a store the same burst is invisible: every transaction sees the frozen snapshot only
+    frozen = [scorer.model.bundle.features(pd.DataFrame([row])).iloc[0]["device_id__count_1h"] for row in rows]
+    assert frozen == [0.0] * 8
+
+
+def test_shadow_scoring_only_reads_the_store(home, tmp_path, redis_url, trained):
+    """The challenger's shadow scores and the champion's scores of canary rows (the shadow process) read the
+    store and never record: the deciding model already counted the transaction."""
+    from fraudops.registry import SHADOW
+    from fraudops.serving.shadow import ShadowJob, _Models, _score
+
+    scorer = make_scorer(home, tmp_path, feature_store_url=redis_url, feature_store_timeout_seconds=2)
+    scorer.reload()
+    rows = burst(4, "BURST-DEV-2")
+    models = _Models(scorer.config)
+    registry = Registry(home=home)
+    writer = LogWriter(str(tmp_path / "shadow-log"), flush_seconds=60)
+    try:
+        scorer.score(rows[:2])
+        for tag in (trained["a"], trained["b"]):
+            job = ShadowJob(SHADOW, tag, str(registry.path(tag)), "r1", "0" * 32, rows[2:4], [0, 1])
+            outcome = _score([job, job], models, writer)
+            assert outcome.error is None and len(outcome.scores) == 4
+        shadowed = models.get(trained["b"], str(registry.path(trained["b"]))).run(
+            scorer.model.schema.validate(rows[2:3]))
+        answered = scorer.score(rows[2:3], explain=True)["results"][0]["features"]
+    finally:
+        writer.close()
+        scorer.close()
+    assert list(shadowed.features["device_id__count_1h"]) == [2.0]  # shadow calls did not record rows 2 and 3
+    assert answered["device_id__count_1h"] == 2  # the champion sees the 2 it scored, not the shadow's
+
+
+def test_a_store_that_goes_down_gives_flagged_frozen_answers_and_never_a_failed_request(home, tmp_path,
+                                                                                          redis_server):
+    registry = CollectorRegistry()
+    scorer = make_scorer(home, tmp_path, registry, feature_store_url=redis_server.url,
+                         feature_store_timeout_seconds=0.2)
+    scorer.reload()
+    rows = burst(6, "BURST-DEV-3")
+    try:
+        live = [scorer.score([row], explain=True) for row in rows[:3]]
+        redis_server.stop()
+        down = [scorer.score([row], explain=True) for row in rows[3:]]
+        ready = scorer.ready
+    finally:
+        scorer.close()
+    assert [b["results"][0]["features"]["device_id__count_1h"] for b in live] == [0, 1, 2]
+    assert not any("features_fallback" in b for b in live)
+    for body, row in zip(down, rows[3:], strict=True):
+        ScoreResponse.model_validate(body)
+        assert body["features_fallback"] is True
+        frozen = scorer.model.bundle.features(pd.DataFrame([row])).iloc[0]
+        assert body["results"][0]["features"]["device_id__count_1h"] == frozen["device_id__count_1h"] == 0
+        assert body["results"][0]["score"] == pytest.approx(scorer.model.bundle.score(pd.DataFrame([row]))[0],
+                                                             abs=1e-12)
+    assert ready
+    assert counter(registry, "feature_store_requests") == 6 and counter(registry, "feature_store_fallbacks") == 3
+    assert registry.get_sample_value("fraudops_scorer_requests_total", {"endpoint": "score", "outcome": "ok"}) == 6
