@@ -262,3 +262,11 @@ def test_load_inconsistent_bundle(saved_bundle, tmp_path):
     (copy / META_FILE).write_text(json.dumps(meta))
     with pytest.raises(RegistryError, match="inconsistent"):
         ModelBundle.load(copy)
+
+
+def test_load_bundle_of_an_older_format_says_retrain(saved_bundle, tmp_path):
+    copy = shutil.copytree(saved_bundle, tmp_path / "copy")
+    meta = json.loads((copy / META_FILE).read_text())
+    (copy / META_FILE).write_text(json.dumps({**meta, "format_version": 1}))
+    with pytest.raises(RegistryError, match=r"has format 1; this fraudops reads format 2 .* retrain the model"):
+        ModelBundle.load(copy)

@@ -69,7 +69,8 @@ class EntityFeatures:
         """The entity features of validated rows (rows x names), and whether they fell back on the snapshot.
 
         ``record``: read then record the rows (a transaction id already recorded is not counted again);
-        otherwise only read (shadow scoring: the deciding model records the transaction)."""
+        otherwise only read (shadow scoring: the deciding model records the transaction). A failed write after a
+        good read falls back too: the transaction is not counted, and the response says so."""
         if self.live is not None:
             try:
                 return (self.live.process(rows) if record else self.live.lookup(rows)), False
@@ -137,6 +138,8 @@ class ServedModel:
         url = config.feature_store_url.get_secret_value()
         if frozen is None or not url:
             return served
+        # the store keeps events for the longest window of the model that records them: a challenger with a longer
+        # window than the champion's reads undercounted long windows until it decides (and records) itself
         limits = StoreLimits(keep_seconds=frozen.config.longest_seconds)
         store = RedisStore.from_url(url, limits, timeout_s=config.feature_store_timeout_seconds)
         return replace(served, entities=EntityFeatures(frozen, OnlineFeatures(frozen.config, store)))
