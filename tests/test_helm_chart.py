@@ -820,7 +820,8 @@ SCORER_METRICS = {"fraudops_scorer_requests_total", "fraudops_scorer_rows_scored
                   "fraudops_scorer_request_latency_seconds_bucket", "fraudops_scorer_score_bucket",
                   "fraudops_scorer_decisions_total", "fraudops_scorer_validation_errors_total",
                   "fraudops_scorer_model_info", "fraudops_scorer_predlog_write_failures_total",
-                  "fraudops_scorer_predlog_wal_write_failures_total"}
+                  "fraudops_scorer_predlog_wal_write_failures_total", "fraudops_scorer_feature_store_requests_total",
+                  "fraudops_scorer_feature_store_fallbacks_total"}
 DRIFT_METRICS = {"fraudops_drift_share_drifted_features", "fraudops_drift_detected", "fraudops_drift_score_drift",
                  "fraudops_drift_feature_drift", "fraudops_drift_decision_rate", "fraudops_drift_rows",
                  "fraudops_drift_labelled_rows", "fraudops_drift_pr_auc", "fraudops_drift_recall_at_1pct_fpr",
