@@ -422,7 +422,8 @@ def replay_windows(data: pd.DataFrame, spec: Any, numeric: list[str], *, first_e
         return fitted[until]
 
     def scored(bundle: Any, rows: pd.DataFrame) -> pd.DataFrame:
-        x = bundle.features(rows)
+        # the features a scorer with the online store computes: the stream up to these rows replayed in event time
+        x = bundle.state.training_features(data[t <= t[data.index.get_indexer(rows.index)].max()]).loc[rows.index]
         return x.assign(score=bundle.score_features(x), label=rows[spec.target].to_numpy())
 
     def window_scores(until: float, i: int, window: pd.DataFrame) -> pd.DataFrame:
