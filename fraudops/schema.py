@@ -20,7 +20,7 @@ class DatasetSpec(BaseModel):
     seconds from an undisclosed origin, as in IEEE-CIS). ``account`` and ``entities`` drive the entity
     features (transactions and accounts per device, per IP, ...); they are not model inputs themselves.
     ``categorical`` columns go to CatBoost as native categories; every other remaining column is numeric
-    unless listed in ``drop``.
+    unless listed in ``drop``. ``windows`` are the sliding windows of the entity features (besides all history).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -117,9 +117,10 @@ class FraudScorer:
         self,
         transactions: Annotated[list[Any], Field(description="1..FRAUDOPS_MAX_BATCH raw transactions (the training "
                                                  "schema; optional fields may be absent)", examples=[[_EXAMPLE]])],
-        explain: Annotated[StrictBool, Field(description="add the top reason codes (SHAP)")] = False,
+        explain: Annotated[StrictBool, Field(description="add the top reason codes (SHAP) and the features the "
+                                                         "model saw")] = False,
     ) -> ScoreResponse:
-        """Fraud score, decision and (with explain) reason codes for each transaction."""
+        """Fraud score, decision and (with explain) reason codes and features for each transaction."""
         try:
             return _json(self.scorer.score(transactions, explain))
         except RequestError as exc:
