@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fraudops.normalize import TICKS_PER_SECOND, entity_keys, key_text, ticks, to_times
+from fraudops.normalize import MISSING, TICKS_PER_SECOND, entity_keys, key_text, ticks, to_times
 from fraudops.online_store import (
     EntityRef,
     FeatureStore,
@@ -578,8 +578,7 @@ def with_transaction_ids(frame: pd.DataFrame, columns: Columns, config: EntityFe
     gives a row without one."""
     id_column = config.spec.id_column
     ids = entity_keys(frame[id_column]).tolist() if id_column and id_column in frame else [None] * len(frame)
-    missing = entity_keys(pd.Series([None])).iloc[0]
-    return replace(columns, txn=[_digest(columns, i) if txn in (None, missing) else txn
+    return replace(columns, txn=[_digest(columns, i) if txn in (None, MISSING) else txn
                                  for i, txn in enumerate(ids)])
 
 
