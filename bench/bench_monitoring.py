@@ -160,7 +160,8 @@ REPLAY_HEADERS = ["window", "rows", "fraud", "frozen PR-AUC", "frozen R@1%", "at
                   "drift verdict", "drifted features", "score drift", "loop action", "loop serves"]
 ROLLOUT_HEADERS = ["retrain after", "challenger vs champion", "rolled out on", "outcome", "shadow rows",
                    "shadow decline champion / challenger", "shadow decline disagreement",
-                   "canary decline champion / canary, same transactions (canary rows)", "labelled PR-AUC champion / challenger",
+                   "canary decline champion / canary, same transactions (canary rows)",
+                   "labelled PR-AUC champion / challenger",
                    "labelled recall champion / challenger", "reason", "loop then serves"]
 SHADOW_SHARE = 0.10
 """Replayed shadow stage: challenger rows it needs, as a share of the rollout window's transactions."""
@@ -234,8 +235,8 @@ def replay_rollout(log_root: str, rollout_id: str, keys: Sequence[Any], labels: 
     The rows each model would have logged go to a prediction log at ``log_root``: in shadow, both models' rows
     for every transaction (same request id); in each canary step, the canary's rows for the customers whose
     `bucket` of ``keys`` falls below the step's percent and the champion's for the others, plus the champion's
-    scores of the canary's transactions (shadow rows of its tag), which the canary is judged against. Each row is decided by
-    its model's own bands; each transaction's label is logged as feedback at once (an offline replay: in
+    scores of the canary's transactions (shadow rows of its tag), which the canary is judged against. Each row is
+    decided by its model's own bands; each transaction's label is logged as feedback at once (an offline replay: in
     production chargebacks take weeks). `decide` judges each stage `JUDGEMENTS_PER_STAGE` times as its rows come
     in, aborting on the first breach; a stage ends when it has its rows and `decide` advances or promotes.
     """
@@ -555,13 +556,15 @@ def bench_ieee(quick: bool, data_dir: Path) -> str:
                "No loop retrain in these windows: nothing to roll out.") +
             "\n\nEach retrain of the loop, replayed through `fraudops.rollout`: the rows the scorer would have "
             "logged (shadow rows for every transaction, then canary rows for the customers whose "
-            "`bucket(rollout_id, card1)` falls below the step's percent, the champion's rows for the others; each "
+            "`bucket(rollout_id, card1)` falls below the step's percent, the champion's rows for the others, and "
+            "the champion's scores of the canary's transactions as shadow rows, as the scorer logs them; each "
             "model deciding with its own `Bands.around(threshold)`, review x0.5, decline x1.0) go to a prediction "
             "log in a temporary directory, and `compare` + `decide` judge each stage four times as its rows come "
             "in, in time order, from the start of the window after the retrain. Labels: the window's own labels, "
             "logged as feedback with the rows — an offline replay; in production chargebacks take weeks, so the "
             "labelled limits would judge later. Decline rates are those of the stage's rows at its last "
-            "judgement (canary: the champion's rows outside the canary share against the canary's rows); "
+            "judgement, both models on the same transactions (canary: the champion's scores of the canary's "
+            "transactions against the canary's); "
             "PR-AUC and recall (at each model's decline threshold) are over the labelled rows of the whole "
             "rollout. An aborted retrain leaves the champion serving; the loop retrains again after a later "
             "drift verdict.\n\n"

@@ -1,12 +1,13 @@
 #!/usr/bin/env python
-"""Serving benchmark: the fraudops scoring service against in-process scoring and a minimal Starlette server.
+"""Serving benchmark: the fraudops scoring service against in-process scoring and a plain Starlette server.
 
 One run (loopback only, bounded in requests and time) measures and prints as markdown tables:
 
 1. single-transaction latency p50/p99 at fixed open-loop rates (50, 100, 200 req/s; latency counts from the
    scheduled send time, so queueing is included) and throughput in rows/s at batch sizes 1, 100 and 1000, for
    (a) in-process ``bundle.score`` on a DataFrame (no HTTP; one thread), (b) the fraudops BentoML service,
-   (c) a minimal reference server (Starlette + uvicorn, one process, the same model and ``bundle.score``), plus
+   (c) a reference server (Starlette + uvicorn, one process, the service's own handler: ``Scorer.score`` with the
+   same settings, so that b/c is what BentoML costs), plus
    (a') the service's own logic in-process (``Scorer.score``: validation, features, log, metrics; no HTTP) and
    (b0) the service without its write-ahead log (``FRAUDOPS_PREDICTION_WAL=off``), the cost of crash durability,
    and (b2) the service with a second model in a shadow rollout (scored off the request path, logged, never
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -41,7 +43,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -251,27 +253,39 @@ class Server:
         return self.proc.returncode
 
 
-def reference_server(model_dir: str, port: int) -> None:
-    """The minimal reference: Starlette + uvicorn, JSON in, ``bundle.score`` on a DataFrame, JSON out."""
+def reference_server(port: int) -> None:
+    """The reference: Starlette + uvicorn around the service's own handler (`Scorer`, configured by the same
+    FRAUDOPS_* variables as the service: validation, features, prediction log with write-ahead, metrics), the
+    sync call in a worker thread as BentoML runs a sync API. What b/c measures is what BentoML adds."""
     import uvicorn
     from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request
-    from starlette.responses import Response
+    from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
-    from fraudops.bundle import ModelBundle
+    from fraudops.serving import RequestError, Scorer, ServingConfig
 
-    bundle = ModelBundle.load(model_dir)
+    scorer = Scorer.from_config(ServingConfig())
+    scorer.start()
 
     async def score(request: Request) -> Response:
-        rows = (await request.json())["transactions"]
-        scores = bundle.score(pd.DataFrame(rows)).tolist()
-        return Response(json.dumps({"scores": scores}), media_type="application/json")
+        body = await request.json()
+        try:
+            result = await run_in_threadpool(scorer.score, body["transactions"], bool(body.get("explain")))
+        except RequestError as exc:
+            return JSONResponse({"problems": [str(p) for p in exc.problems]}, status_code=400)
+        return Response(json.dumps(result), media_type="application/json")
 
     async def ready(_: Request) -> Response:
-        return Response("ok")
+        return Response("ok" if scorer.ready else "loading", status_code=200 if scorer.ready else 503)
 
-    app = Starlette(routes=[Route("/score", score, methods=["POST"]), Route("/readyz", ready)])
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        yield
+        scorer.close()  # writes every logged row, as the service does on SIGTERM
+
+    app = Starlette(routes=[Route("/score", score, methods=["POST"]), Route("/readyz", ready)], lifespan=lifespan)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
@@ -527,10 +541,11 @@ def main(argv: list[str] | None = None) -> int:
             "backlog": max((b for b in backlogs if b[2] != "warm-up"), default=(0, 0.0, "-"))}
         print(f"  b2: {shadow_result}", flush=True)
 
-        print("(c) Starlette + uvicorn reference", flush=True)
+        print("(c) Starlette + uvicorn around the same Scorer", flush=True)
         port = free_port()
-        reference = Server([sys.executable, __file__, "--reference", str(registry.path(tag)), "--port", str(port)],
-                           {**os.environ}, work / "reference.log")
+        reference = Server([sys.executable, __file__, "--reference", "--port", str(port)],
+                           {**env, "FRAUDOPS_PREDICTION_LOG": str(work / "reference-log"),
+                            "FRAUDOPS_PREDICTION_WAL": str(work / "reference-wal")}, work / "reference.log")
         try:
             reference.wait_ready()
             closed_loop(port, single_bodies, 200, 4)  # warm-up
@@ -560,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
                  fmt_ratio(b["rss"], c["rss"])])
     main_table = markdown_table(
         ["measure", "(a) in-process bundle.score", "(a') in-process Scorer.score", "(b0) service, no write-ahead",
-         "(b) fraudops service", "(b2) service + shadow challenger", "(c) Starlette + bundle.score", "b/b0",
+         "(b) fraudops service", "(b2) service + shadow challenger", "(c) Starlette + the same Scorer", "b/b0",
          "b2/b", "b/a", "b/c"], rows)
     sr = shadow_result
     shadow_line = (
@@ -602,6 +617,6 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--reference":
-        reference_server(sys.argv[2], int(sys.argv[sys.argv.index("--port") + 1]))
+        reference_server(int(sys.argv[sys.argv.index("--port") + 1]))
     else:
         sys.exit(main())

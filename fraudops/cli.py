@@ -59,6 +59,10 @@ def dataset_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--timestamp", help="Event-time column (datetime, or numeric seconds)."),
         click.option("--categorical", help="Comma-separated categorical columns."),
         click.option("--drop", help="Comma-separated columns to ignore."),
+        click.option("--account", help="Customer account column (entity features count accounts per entity; a "
+                                       "canary is sticky by it)."),
+        click.option("--entities", help="Comma-separated entity columns (device, IP, card, email, ...) whose "
+                                        "history becomes features; empty: none."),
         click.option("--ip-table", default="", help="IP-range-to-country table (adds a country column)."),
     ]
     return functools.reduce(lambda f, opt: opt(f), reversed(options), func)
@@ -86,13 +90,17 @@ def train_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return functools.reduce(lambda f, opt: opt(f), reversed(options), func)
 
 
+SPEC_FLAGS = ("preset", "dataset_config", "target", "timestamp", "categorical", "drop", "account", "entities")
+"""The keyword arguments `dataset_options` adds, in `_spec`'s order."""
+
+
 def _spec(preset: str | None, dataset_config: str | None, target: str | None, timestamp: str | None,
-          categorical: str | None, drop: str | None) -> Any:
-    """The column roles from flags; without any, the project's synthetic schema."""
+          categorical: str | None, drop: str | None, account: str | None, entities: str | None) -> Any:
+    """The column roles from flags (over a preset or config file); without any, the project's synthetic schema."""
     from fraudops.schema import resolve_spec
 
     return resolve_spec(preset, dataset_config, target=target, timestamp=timestamp, categorical=_csv(categorical),
-                        drop=_csv(drop))
+                        drop=_csv(drop), account=account, entities=_csv(entities))
 
 
 def _train_config(**kwargs: Any) -> Any:
@@ -172,15 +180,14 @@ def data_generate(rows: int, seed: int, output: str, start: str, days: float, fr
 @click.option("--register", is_flag=True, help="Also gate, register and (if it passes) promote the model.")
 @click.option("--registry-url", default=None, help="Object-store registry (default: $FRAUDOPS_REGISTRY_URL).")
 @friendly_errors
-def train(data_uri: str, output: str, preset: str | None, dataset_config: str | None, target: str | None,
-          timestamp: str | None, categorical: str | None, drop: str | None, ip_table: str, register: bool,
-          registry_url: str | None, max_bad_fraction: float, **train_kwargs: Any) -> None:
+def train(data_uri: str, output: str, ip_table: str, register: bool, registry_url: str | None,
+          max_bad_fraction: float, **kwargs: Any) -> None:
     """Train and evaluate a CatBoost fraud model on a table; write metrics, model, PR curve and card."""
     from fraudops.registry import Registry
     from fraudops.steps import train_to_directory
 
-    spec = _spec(preset, dataset_config, target, timestamp, categorical, drop)
-    config = _train_config(**train_kwargs)
+    spec = _spec(*(kwargs.pop(k) for k in SPEC_FLAGS))
+    config = _train_config(**kwargs)
     registry = Registry(remote=registry_url) if register else None
     with _step_progress() as progress:
         steps = progress.add_task("starting", total=None)
@@ -249,8 +256,7 @@ def _pipeline_arguments(kwargs: dict[str, Any]) -> dict[str, Any]:
     from fraudops.gate import GatePolicy
     from fraudops.orchestration import pipeline_arguments
 
-    spec = _spec(*(kwargs.pop(k) for k in ("preset", "dataset_config", "target", "timestamp", "categorical",
-                                           "drop")))
+    spec = _spec(*(kwargs.pop(k) for k in SPEC_FLAGS))
     try:
         policy = GatePolicy(min_pr_auc_gain=kwargs.pop("min_pr_auc_gain"),
                             recall_tolerance=kwargs.pop("recall_tolerance"), floor_pr_auc=kwargs.pop("floor_pr_auc"))

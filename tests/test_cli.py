@@ -48,6 +48,14 @@ def test_generate_then_train_writes_the_results(tmp_path: Path) -> None:
     for name in ("pr_curve.png", "model_card.md", "validation.md", "model/model.cbm"):
         assert (tmp_path / "out" / name).exists(), name
     assert "pr_auc" in trained.stdout
+    # column roles from flags over the default schema: one entity instead of device and IP
+    trained = run(["train", "--data", str(data), "--output", str(tmp_path / "one"), "--iterations", "10",
+                   "--account", "user_id", "--entities", "device_id"], tmp_path / "b", tmp_path)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    state = json.loads((tmp_path / "one" / "model" / "features" / "feature_state.json").read_text())
+    assert (state["spec"]["account"], state["spec"]["entities"]) == ("user_id", ["device_id"])
+    names = json.loads((tmp_path / "one" / "model" / "bundle.json").read_text())["feature_names"]
+    assert "device_id__txn_count" in names and not any(n.startswith("ip_address__") for n in names)
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -56,6 +64,8 @@ def test_generate_then_train_writes_the_results(tmp_path: Path) -> None:
     (["train", "--data", "tx.csv", "--output", "o", "--iterations", "0"], "invalid training option: iterations"),
     (["train", "--data", "tx.csv", "--output", "o", "--preset", "ecommerce", "--dataset-config", "x.yaml"],
      "either a preset or a dataset config file"),
+    (["train", "--data", "tx.csv", "--output", "o", "--target", "is_fraud", "--entities", "device"],
+     "missing required column(s) ['device']"),
     (["models", "promote", "fraud-detector:doesnotexist"], "is not in the model store"),
     (["models", "rollback"], "nothing to roll back to"),
     (["monitor", "drift", "--window", "soon"], "window 'soon' is not a duration"),

@@ -821,7 +821,9 @@ SCORER_METRICS = {"fraudops_scorer_requests_total", "fraudops_scorer_rows_scored
                   "fraudops_scorer_decisions_total", "fraudops_scorer_validation_errors_total",
                   "fraudops_scorer_model_info", "fraudops_scorer_predlog_write_failures_total",
                   "fraudops_scorer_predlog_wal_write_failures_total", "fraudops_scorer_feature_store_requests_total",
-                  "fraudops_scorer_feature_store_fallbacks_total"}
+                  "fraudops_scorer_feature_store_fallbacks_total", "fraudops_scorer_role_decisions_total",
+                  "fraudops_scorer_role_model_seconds_bucket", "fraudops_scorer_shadow_dropped_total",
+                  "fraudops_scorer_shadow_failures_total"}
 DRIFT_METRICS = {"fraudops_drift_share_drifted_features", "fraudops_drift_detected", "fraudops_drift_score_drift",
                  "fraudops_drift_feature_drift", "fraudops_drift_decision_rate", "fraudops_drift_rows",
                  "fraudops_drift_labelled_rows", "fraudops_drift_pr_auc", "fraudops_drift_recall_at_1pct_fpr",
@@ -829,7 +831,8 @@ DRIFT_METRICS = {"fraudops_drift_share_drifted_features", "fraudops_drift_detect
                  "fraudops_drift_score_drifted", "fraudops_drift_degraded"}
 TRIGGER_METRICS = {"fraudops_trigger_alerts_received_total", "fraudops_trigger_alerts_deduplicated_total",
                    "fraudops_trigger_retrains_launched_total", "fraudops_trigger_retrains_succeeded_total",
-                   "fraudops_trigger_retrains_failed_total"}
+                   "fraudops_trigger_retrains_failed_total", "fraudops_rollout_decisions_total",
+                   "fraudops_rollout_decline_rate", "fraudops_rollout_disagreement"}
 
 
 def test_grafana_dashboard(chart: Any) -> None:
@@ -841,7 +844,8 @@ def test_grafana_dashboard(chart: Any) -> None:
     assert dashboard == json.loads((CHART_DIR / "files" / "grafana-dashboard.json").read_text())
     titles = {p["title"] for p in dashboard["panels"]}
     for wanted in ("Score distribution", "Decisions", "Latency p50 / p99", "Request rate by outcome",
-                   "Error ratio (server-side failures)", "Share of drifted features", "Score drift", "Retrains"):
+                   "Error ratio (server-side failures)", "Share of drifted features", "Score drift", "Retrains",
+                   "Decisions by role", "Controller: stage comparison"):
         assert wanted in titles
     exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
     used = {m for e in exprs for m in re.findall(r"\bfraudops_[a-z0-9_]+", e)}

@@ -554,6 +554,7 @@ def test_the_shadow_scores_in_a_process_of_its_own(home, trained, tmp_path):
         time.sleep(0.05)
     pid = scorer._shadow.pid
     assert pid is not None and pid != os.getpid()
+    assert os.getpriority(os.PRIO_PROCESS, pid) == os.getpriority(os.PRIO_PROCESS, 0) + 10  # answers come first
     assert metric(prom, "fraudops_scorer_role_model_seconds_count", role="champion") == 1
     os.kill(pid, signal.SIGTERM)  # a stopping service signals its process group: the worker decides when it ends
     time.sleep(0.5)

@@ -14,6 +14,7 @@ process exits when its worker closes it or dies (end of file on the socket).
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import signal
 import socket
@@ -42,6 +43,7 @@ RESTART_SECONDS = 5.0  # a dead shadow process is started again after this long 
 REPLY_SECONDS = 60.0  # a shadow process silent this long on a batch is hung: killed, its batch failed
 CLOSE_SECONDS = 60.0  # time a closing shadow process has to write its rows
 MODELS_KEPT = 3  # models a shadow process keeps loaded (champion, challenger, and the one being replaced)
+NICENESS = 10  # the shadow process's CPU priority below its worker's: under contention the answers come first
 ENTRY = "import sys; from fraudops.serving.shadow import main; main(sys.argv[1:])"
 """The shadow process's program (not ``-m``: its classes must unpickle as this module's, not ``__main__``'s)."""
 
@@ -293,8 +295,10 @@ def serve(conn: Connection) -> None:
 
 
 def main(argv: list[str]) -> None:
-    """The shadow process's program. It ignores SIGTERM and SIGINT, which a stopping service sends its whole
-    process group: it writes its rows and exits when its worker closes it, or when the worker is gone."""
+    """The shadow process's program, `NICENESS` below its worker. It ignores SIGTERM and SIGINT, which a stopping
+    service sends its whole process group: it writes its rows and exits when its worker closes it, or when the
+    worker is gone."""
+    os.nice(NICENESS)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
