@@ -67,6 +67,12 @@ class FeatureState:
         return config.columns if config is not None else []
 
     @property
+    def entity_feature_names(self) -> list[str]:
+        """The entity features among the model inputs (velocity and link counts; empty without entities)."""
+        config = self.entities
+        return config.feature_names if config is not None else []
+
+    @property
     def categorical_features(self) -> list[str]:
         """Model inputs that CatBoost treats as native categories."""
         return list(self.spec.categorical)
@@ -84,8 +90,7 @@ class FeatureState:
     @property
     def feature_names(self) -> list[str]:
         """Model inputs, in the order the model sees them: row features, then entity features."""
-        config = self.entities
-        return [*self.row_feature_names, *(config.feature_names if config is not None else [])]
+        return [*self.row_feature_names, *self.entity_feature_names]
 
     @property
     def input_columns(self) -> list[str]:

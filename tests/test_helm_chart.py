@@ -593,7 +593,7 @@ def test_drift_cronjob_and_exporter(chart: Any) -> None:
 
 
 def test_drift_policy_goes_from_values_to_the_drift_job(chart: Any, tmp_path: Path) -> None:
-    from fraudops.monitoring.drift import DriftPolicy
+    from fraudops.monitoring.drift import DriftPolicy, EntityDriftPolicy
 
     default = one(objects(chart), "ConfigMap", "fraudops-drift-policy")["data"]["policy.yaml"]
     (tmp_path / "default.yaml").write_text(default)
@@ -606,6 +606,14 @@ def test_drift_policy_goes_from_values_to_the_drift_job(chart: Any, tmp_path: Pa
     # the values schema is DriftPolicy's: a misspelt or out-of-range key fails at install, naming it
     schema = json.loads((CHART_DIR / "values.schema.json").read_text())["properties"]["driftMonitor"]["properties"]
     assert set(schema["policy"]["properties"]) == set(DriftPolicy.model_fields)
+    entity = schema["policy"]["properties"]["entity_features"]["properties"]
+    assert set(entity) == set(EntityDriftPolicy.model_fields)
+    text = one(objects(chart, {"driftMonitor": {"policy": {"entity_features": {"drift_share": 0.6}}}}), "ConfigMap",
+               "fraudops-drift-policy")["data"]["policy.yaml"]
+    (tmp_path / "entity.yaml").write_text(text)
+    assert DriftPolicy.from_file(tmp_path / "entity.yaml").entity_features == EntityDriftPolicy(drift_share=0.6)
+    with pytest.raises(helm_python.HelmValuesError, match="/driftMonitor/policy/entity_features/drift_share"):
+        render(chart, {"driftMonitor": {"policy": {"entity_features": {"drift_share": 0}}}})
     with pytest.raises(helm_python.HelmValuesError, match="drift_shar"):
         render(chart, {"driftMonitor": {"policy": {"drift_shar": 0.2}}})
     with pytest.raises(helm_python.HelmValuesError, match="/driftMonitor/policy/drift_share"):
