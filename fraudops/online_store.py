@@ -33,6 +33,7 @@ import math
 from bisect import insort
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
@@ -347,6 +348,89 @@ return out
 
 
 
+# Seeding a namespace with a frozen snapshot (`RedisStore.seed`). KEYS[1]: the namespace's seed hash (source,
+# state, started, finished). ARGV: source, now. Returns {state, source}: 'claimed' when this call claimed it.
+_CLAIM = """
+local source = redis.call('HGET', KEYS[1], 'source')
+if not source then
+  redis.call('HSET', KEYS[1], 'source', ARGV[1], 'state', 'loading', 'started', ARGV[2])
+  return {'claimed', ARGV[1]}
+end
+return {redis.call('HGET', KEYS[1], 'state'), source}
+"""
+
+# One chunk of a snapshot's folded aggregates and accounts, applied at most once (its id joins the done set in
+# the same call). KEYS: seed hash, done set, then per entity value agg, acc, hll. ARGV: source, chunk id,
+# exact_accounts, retention_seconds, n_entities, then per entity value: folded n, sum, max, last ('' when n is
+# 0), n_accounts, then account, first ticks pairs, then how many accounts beyond exact_accounts it had (added
+# to the HyperLogLog as placeholders). Folded aggregates are added to the folded and to the total fields, so the
+# kept events recorded before or after (through the write script) add up the same.
+_SEED = """
+if redis.call('HGET', KEYS[1], 'source') ~= ARGV[1] then return -1 end
+if redis.call('SADD', KEYS[2], ARGV[2]) == 0 then return 0 end
+local exact, ttl = tonumber(ARGV[3]), tonumber(ARGV[4])
+local function num(x) return string.format('%.17g', x) end
+local function add(agg, nf, sf, mf, lf, n, s, mx, last)
+  local f = redis.call('HMGET', agg, nf, sf, mf, lf)
+  local m, l = tonumber(f[3]), tonumber(f[4])
+  if m == nil or mx > m then m = mx end
+  if l == nil or last > l then l = last end
+  redis.call('HSET', agg, nf, num((tonumber(f[1]) or 0) + n), sf, num((tonumber(f[2]) or 0) + s), mf, num(m),
+             lf, num(l))
+end
+local a, k = 6, 3
+for _ = 1, tonumber(ARGV[5]) do
+  local agg, acc, hll = KEYS[k], KEYS[k + 1], KEYS[k + 2]
+  local n = tonumber(ARGV[a])
+  if n > 0 then
+    local s, mx, last = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+    add(agg, 'fn', 'fsum', 'fmax', 'flast', n, s, mx, last)
+    add(agg, 'n', 'sum', 'max', 'last', n, s, mx, last)
+    redis.call('EXPIRE', agg, ttl)
+  end
+  local n_accounts = tonumber(ARGV[a + 4])
+  a = a + 5
+  for i = 0, n_accounts - 1 do
+    if redis.call('EXISTS', hll) == 1 then
+      redis.call('PFADD', hll, ARGV[a + 2 * i])
+    else
+      redis.call('ZADD', acc, 'LT', ARGV[a + 2 * i + 1], ARGV[a + 2 * i])
+    end
+  end
+  a = a + 2 * n_accounts
+  local placeholders = tonumber(ARGV[a])
+  a = a + 1
+  if placeholders > 0 or redis.call('ZCARD', acc) > exact then
+    local members = redis.call('ZRANGE', acc, 0, -1)
+    for i = 1, #members, 1000 do
+      redis.call('PFADD', hll, unpack(members, i, math.min(i + 999, #members)))
+    end
+    for i = 1, placeholders, 1000 do
+      local batch = {}
+      for j = i, math.min(i + 999, placeholders) do batch[#batch + 1] = '\0seed:' .. j end
+      redis.call('PFADD', hll, unpack(batch))
+    end
+    redis.call('DEL', acc)
+  end
+  if redis.call('EXISTS', hll) == 1 then redis.call('EXPIRE', hll, ttl) end
+  if redis.call('EXISTS', acc) == 1 then redis.call('EXPIRE', acc, ttl) end
+  k = k + 3
+end
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class SeedResult:
+    """What `RedisStore.seed` did: ``loaded`` the snapshot (else the namespace already had history from
+    ``source``), and how many entity values and transactions it wrote."""
+
+    loaded: bool
+    source: str
+    entities: int = 0
+    transactions: int = 0
+
+
 
 class RedisStore:
     """The shared online store: Redis 7+ (tested with Debian's 7.0), standalone or with replicas, not Redis
@@ -442,6 +526,77 @@ class RedisStore:
             raise StoreUnavailable(f"feature store write failed: {type(exc).__name__}: {exc}") from exc
 
 
+    # -- seeding ------------------------------------------------------------------------------------------------
+    def seed(self, snapshot: SnapshotStore, source: str, chunk: int = 2000) -> SeedResult:
+        """Load a frozen snapshot (the entity history at a training table's end) into this namespace if it has
+        none yet, so that a new store continues the training table's windows and all-history counts instead of
+        starting cold.
+
+        The namespace's history is its seed marker ``{ns}:seed`` (a hash: ``source``, ``state`` loading or ready,
+        ``started``, ``finished``), claimed by the first loader: a namespace seeded by another source (another
+        model's snapshot, ``log`` for a rebuild) is left as it is. Idempotent and resumable: each chunk of folded
+        aggregates and accounts is applied at most once (its id is recorded in the same script call), the kept
+        events go through `write` (idempotent by transaction id), so a loader that died half-way, or two replicas
+        loading at once, end with the snapshot loaded once. Transactions recorded meanwhile add up with it.
+        Approximate: an entity the snapshot counted beyond ``exact_accounts`` accounts gets placeholders in its
+        HyperLogLog, so its accounts seen again later count twice."""
+        seed_key = f"{self.namespace}:seed"
+        try:
+            state, owner = (v.decode() for v in self.client.eval(_CLAIM, 1, seed_key, source, _now()))
+        except redis.exceptions.RedisError as exc:
+            raise StoreUnavailable(f"feature store seeding failed: {type(exc).__name__}: {exc}") from exc
+        if owner != source or state == "ready":
+            return SeedResult(False, owner)
+        entities = 0
+        for column, frozen in snapshot.columns.items():
+            for start in range(0, len(frozen.keys), chunk):
+                entities += self._seed_chunk(snapshot, column, start, min(start + chunk, len(frozen.keys)), source)
+        records = snapshot.records()
+        for start in range(0, len(records), chunk):
+            self.write(records[start:start + chunk])
+        try:
+            self.client.hset(seed_key, mapping={"state": "ready", "finished": _now()})
+            self.client.delete(f"{self.namespace}:seed:done")
+        except redis.exceptions.RedisError as exc:
+            raise StoreUnavailable(f"feature store seeding failed: {type(exc).__name__}: {exc}") from exc
+        return SeedResult(True, source, entities, len(records))
+
+    def _seed_chunk(self, snapshot: SnapshotStore, column: str, lo: int, hi: int, source: str) -> int:
+        frozen = snapshot.columns[column]
+        keys = [f"{self.namespace}:seed", f"{self.namespace}:seed:done"]
+        args: list[str | int] = [source, f"{column}:{lo}", self.limits.exact_accounts, self.limits.retention_seconds,
+                                 hi - lo]
+        accounts = snapshot.accounts
+        for i in range(lo, hi):
+            ref = EntityRef(column, str(frozen.keys[i]), frozen.account_start is not None)
+            keys += [self._key(kind, ref) for kind in ("agg", "acc", "hll")]
+            n = int(frozen.count[i])
+            args += [n, *((repr(float(frozen.amount_sum[i])), repr(float(frozen.amount_max[i])), int(frozen.last[i]))
+                          if n else ("", "", ""))]
+            if frozen.account_start is None:
+                args += [0, 0]
+                continue
+            assert frozen.account_code is not None and frozen.account_first is not None
+            assert frozen.accounts_exact is not None and frozen.account_total is not None
+            a_lo, a_hi = int(frozen.account_start[i]), int(frozen.account_start[i + 1])
+            args.append(a_hi - a_lo)
+            for code, first in zip(frozen.account_code[a_lo:a_hi].tolist(), frozen.account_first[a_lo:a_hi].tolist(),
+                                   strict=True):
+                args += [str(accounts[code]), first]
+            args.append(0 if frozen.accounts_exact[i] else int(frozen.account_total[i]))
+        try:
+            self.client.eval(_SEED, len(keys), *keys, *args)
+        except redis.exceptions.RedisError as exc:
+            raise StoreUnavailable(f"feature store seeding failed: {type(exc).__name__}: {exc}") from exc
+        return hi - lo
+
+    def seed_state(self) -> dict[str, str]:
+        """This namespace's seed marker (empty when nothing was seeded)."""
+        try:
+            return {k.decode(): v.decode() for k, v in self.client.hgetall(f"{self.namespace}:seed").items()}
+        except redis.exceptions.RedisError as exc:
+            raise StoreUnavailable(f"feature store read failed: {type(exc).__name__}: {exc}") from exc
+
 # -- frozen snapshot ------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class FrozenColumn:
@@ -525,6 +680,24 @@ class SnapshotStore:
             out.append(state)
         return out
 
+    def records(self) -> list[Record]:
+        """The kept events as transactions to record (each with every entity value that keeps it), in time
+        order: what `RedisStore.seed` writes after the folded aggregates."""
+        by_txn: dict[int, list[EntityRef]] = {}
+        first: dict[int, tuple[int, float, int]] = {}
+        for column, frozen in self.columns.items():
+            paired = frozen.account_start is not None
+            sizes = np.diff(frozen.event_start)
+            for key, ticks, amount, account, txn in zip(np.repeat(frozen.keys, sizes).tolist(),
+                                                        frozen.event_ticks.tolist(), frozen.event_amount.tolist(),
+                                                        frozen.event_account.tolist(), frozen.event_txn.tolist(),
+                                                        strict=True):
+                by_txn.setdefault(txn, []).append(EntityRef(column, str(key), paired))
+                first.setdefault(txn, (ticks, amount, account))
+        out = [Record(str(self.txns[txn]), ticks, amount, None if account < 0 else str(self.accounts[account]),
+                      tuple(by_txn[txn])) for txn, (ticks, amount, account) in first.items()]
+        return sorted(out, key=lambda r: (r.ticks, r.txn))
+
     def write(self, records: Sequence[Record]) -> int:
         raise TypeError("a frozen snapshot is read-only: record transactions in an online store")
 
@@ -582,6 +755,10 @@ class SnapshotStore:
 
 
 SNAPSHOT_FILE = "snapshot.json"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def offsets(lengths: np.ndarray) -> np.ndarray:

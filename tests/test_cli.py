@@ -14,7 +14,8 @@ import pytest
 FRAUDOPS = str(Path(sys.executable).with_name("fraudops"))
 COMMANDS = [[], ["data"], ["data", "generate"], ["train"], ["pipeline"], ["pipeline", "compile"],
             ["pipeline", "run"], ["pipeline", "submit"], ["models"], ["models", "list"], ["models", "show"],
-            ["models", "promote"], ["models", "rollback"], ["models", "history"], ["serve"], ["monitor"],
+            ["models", "promote"], ["models", "rollback"], ["models", "history"], ["serve"], ["features"],
+            ["features", "load-snapshot"], ["features", "rebuild"], ["monitor"],
             ["monitor", "drift"], ["monitor", "exporter"], ["monitor", "export-labelled"], ["trigger"],
             ["trigger", "serve"], ["decisions"], ["decisions", "simulate"], ["rollout"], ["rollout", "start"],
             ["rollout", "status"], ["rollout", "promote"], ["rollout", "abort"], ["rollout", "step"], ["demo"]]

@@ -309,3 +309,39 @@ def test_a_snapshot_reads_as_the_memory_store_that_recorded_the_table(tmp_path) 
     assert_same_features(frame_path.reset_index(drop=True), pd.DataFrame(want, columns=CONFIG.feature_names))
     with pytest.raises(TypeError, match="read-only"):
         OnlineFeatures(CONFIG, loaded).record(rows)
+
+
+def test_a_seeded_redis_store_continues_the_training_table(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new store loaded with a bundle's frozen snapshot gives the live rows after the training table the
+    features of the whole table replayed (windows and all history continue); the load resumes after a loader
+    died half-way without counting anything twice, and happens once per namespace."""
+    from fraudops.entity_features import snapshot
+    from fraudops.online_store import SeedResult, StoreUnavailable
+
+    frame = awkward_table(3000, seed=11)
+    history, later = frame.iloc[:2500], frame.iloc[2500:]
+    limits = StoreLimits(keep_seconds=CONFIG.longest_seconds)
+    frozen = snapshot(history, CONFIG, limits)
+    assert any(f.count.any() for f in frozen.columns.values())  # something was folded
+    store = make_store("redis", redis_url, limits)
+    assert isinstance(store, RedisStore)
+    written: list[int] = []
+
+    def dies_after_one_write(records: list[Any]) -> int:
+        if written:
+            raise StoreUnavailable("loader died")
+        written.append(len(records))
+        return RedisStore.write(store, records)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(store, "write", dies_after_one_write)
+        with pytest.raises(StoreUnavailable, match="loader died"):
+            store.seed(frozen, "fraud-detector:a", chunk=300)
+    assert store.seed_state()["state"] == "loading"
+    result = store.seed(frozen, "fraud-detector:a", chunk=300)
+    assert result.loaded and result.transactions == len(frozen.records())
+    assert store.seed_state()["state"] == "ready"
+    assert store.seed(frozen, "fraud-detector:a") == store.seed(frozen, "fraud-detector:b") == SeedResult(
+        False, "fraud-detector:a")
+    online = replay(OnlineFeatures(CONFIG, store), as_rows(later), sizes=(7, 1, 30))
+    assert_same_features(online, offline_features(frame, CONFIG).iloc[2500:].reset_index(drop=True))

@@ -848,3 +848,40 @@ def test_a_store_that_goes_down_gives_flagged_frozen_answers_and_never_a_failed_
     assert ready
     assert counter(registry, "feature_store_requests") == 6 and counter(registry, "feature_store_fallbacks") == 3
     assert registry.get_sample_value("fraudops_scorer_requests_total", {"endpoint": "score", "outcome": "ok"}) == 6
+
+
+def test_a_lost_store_is_rebuilt_from_the_prediction_log(home, tmp_path, redis_server, trained, monkeypatch):
+    """Score traffic (a retry among it) with a store, lose the store, rebuild it from the log: every entity
+    feature of new transactions is what it was before the loss (the snapshot loaded, each transaction once)."""
+    import redis
+    from click.testing import CliRunner
+
+    from fraudops.cli import main
+
+    scorer = make_scorer(home, tmp_path, feature_store_url=redis_server.url, feature_store_timeout_seconds=2)
+    scorer.reload()
+    traffic, probe = trained["requests"][:400], trained["requests"][400:440]
+    try:
+        for start in range(0, len(traffic), 40):
+            scorer.score(traffic[start:start + 40])
+        scorer.score(traffic[100:103])  # a client's retry
+        live = scorer.model.entities.live
+        rows = scorer.model.schema.validate(probe)
+        before = live.lookup(rows)
+    finally:
+        scorer.close()
+    assert live.store.seed_state()["source"] == trained["a"]
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    assert client.dbsize() == 0
+    monkeypatch.setenv("BENTOML_HOME", str(home))
+    result = CliRunner().invoke(main, ["features", "rebuild", "--from-log", "1h", "--store-url", redis_server.url,
+                                       "--log-root", str(tmp_path / "log")])
+    assert result.exit_code == 0, result.output
+    assert f"loaded the snapshot of {trained['a']}" in result.output
+    assert "replayed 403 logged transactions, 400 new" in result.output
+    np.testing.assert_array_equal(live.lookup(rows), before)
+    again = CliRunner().invoke(main, ["features", "rebuild", "--from-log", "1h", "--store-url", redis_server.url,
+                                      "--log-root", str(tmp_path / "log")])
+    assert "kept its history" in again.output and "403 logged transactions, 0 new" in again.output
+    np.testing.assert_array_equal(live.lookup(rows), before)

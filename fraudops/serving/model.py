@@ -18,6 +18,7 @@ from fraudops.bundle import ModelBundle
 from fraudops.decisions import DECLINE_COLUMN, REVIEW_COLUMN, Bands
 from fraudops.entity_features import OnlineFeatures
 from fraudops.errors import FraudopsError, RegistryError
+from fraudops.feature_store import SEED_TIMEOUT_SECONDS, seed_from_bundle
 from fraudops.online_store import RedisStore, StoreLimits, StoreUnavailable
 from fraudops.predlog import PREDICTIONS, LogChunk
 from fraudops.registry import MODEL_NAME, NO_CHAMPION, Registry, Rollout
@@ -142,6 +143,14 @@ class ServedModel:
         # window than the champion's reads undercounted long windows until it decides (and records) itself
         limits = StoreLimits(keep_seconds=frozen.config.longest_seconds)
         store = RedisStore.from_url(url, limits, timeout_s=config.feature_store_timeout_seconds)
+        seeder = RedisStore.from_url(url, limits, timeout_s=SEED_TIMEOUT_SECONDS)
+        try:  # a new store starts warm: the training table's history, unless the store has history already
+            seed_from_bundle(seeder, bundle, tag)
+        except StoreUnavailable as exc:
+            log.warning("the snapshot of %s was not loaded into the feature store (%s); it is loaded at the next "
+                        "model load or by `fraudops features load-snapshot`", tag, exc)
+        finally:
+            seeder.client.close()
         return replace(served, entities=EntityFeatures(frozen, OnlineFeatures(frozen.config, store)))
 
     def run(self, rows: list[dict[str, Any]], explain: bool = False, reasons: int = 3, record: bool = False
