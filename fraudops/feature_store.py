@@ -47,8 +47,8 @@ def seed_from_bundle(store: RedisStore, bundle: ModelBundle, tag: str) -> SeedRe
         log.info("feature store %s seeded with the snapshot of %s: %d entity values, %d transactions",
                  store.namespace, tag, result.entities, result.transactions)
     else:
-        log.info("feature store %s already has history (seeded from %s): snapshot of %s not loaded",
-                 store.namespace, result.source, tag)
+        log.debug("feature store %s already has history (seeded from %s): snapshot of %s not loaded",
+                  store.namespace, result.source, tag)
     return result
 
 

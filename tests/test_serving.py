@@ -885,3 +885,21 @@ def test_a_lost_store_is_rebuilt_from_the_prediction_log(home, tmp_path, redis_s
                                       "--log-root", str(tmp_path / "log")])
     assert "kept its history" in again.output and "403 logged transactions, 0 new" in again.output
     np.testing.assert_array_equal(live.lookup(rows), before)
+
+
+def test_a_store_restarted_empty_gets_the_snapshot_again_at_the_next_poll(home, tmp_path, redis_server, trained):
+    import redis
+
+    scorer = make_scorer(home, tmp_path, feature_store_url=redis_server.url, feature_store_timeout_seconds=2)
+    scorer.reload()
+    store = scorer.model.entities.live.store
+    rows = scorer.model.schema.validate(trained["requests"][:20])
+    try:
+        warm = scorer.model.entities.live.lookup(rows)
+        redis.Redis.from_url(redis_server.url).flushall()  # a restart without persistence
+        assert store.seed_state() == {}
+        assert not scorer.reload()["changed"]  # the champion poll
+        assert store.seed_state()["source"] == trained["a"]
+        np.testing.assert_array_equal(scorer.model.entities.live.lookup(rows), warm)
+    finally:
+        scorer.close()

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -57,13 +58,16 @@ class Scored:
 class EntityFeatures:
     """Where a served model's entity features come from: the online store when there is one (read, and recorded
     by the models whose decisions are returned), else, or when the store is slow or down, the bundle's frozen
-    snapshot (never updated)."""
+    snapshot (never updated). ``seed`` loads that snapshot into the store if the store has no history (at model
+    load, then at every champion poll, so that a store restarted empty starts warm again)."""
 
     WARN_SECONDS = 60.0
 
-    def __init__(self, frozen: OnlineFeatures, live: OnlineFeatures | None) -> None:
+    def __init__(self, frozen: OnlineFeatures, live: OnlineFeatures | None,
+                 seed: Callable[[], None] | None = None) -> None:
         self.frozen = frozen
         self.live = live
+        self.seed = seed
         self._warned = -math.inf
 
     def compute(self, rows: list[dict[str, Any]], record: bool) -> tuple[np.ndarray, bool]:
@@ -81,6 +85,19 @@ class EntityFeatures:
                     self._warned = now
                     log.warning("the feature store is unavailable, serving frozen entity features: %s", exc)
         return self.frozen.lookup(rows), self.live is not None
+
+
+def _seed(url: str, limits: StoreLimits, bundle: ModelBundle, tag: str) -> None:
+    """`seed_from_bundle` over a connection of its own (a load takes longer than a request's timeout); a store
+    that does not answer is logged, and tried again at the next champion poll."""
+    seeder = RedisStore.from_url(url, limits, timeout_s=SEED_TIMEOUT_SECONDS)
+    try:
+        seed_from_bundle(seeder, bundle, tag)
+    except StoreUnavailable as exc:
+        log.warning("the snapshot of %s was not loaded into the feature store (%s); tried again at the next "
+                    "champion poll, or load it with `fraudops features load-snapshot`", tag, exc)
+    finally:
+        seeder.client.close()
 
 
 def schema_mismatch(model: DatasetSpec, service: DatasetSpec) -> list[str]:
@@ -143,15 +160,9 @@ class ServedModel:
         # window than the champion's reads undercounted long windows until it decides (and records) itself
         limits = StoreLimits(keep_seconds=frozen.config.longest_seconds)
         store = RedisStore.from_url(url, limits, timeout_s=config.feature_store_timeout_seconds)
-        seeder = RedisStore.from_url(url, limits, timeout_s=SEED_TIMEOUT_SECONDS)
-        try:  # a new store starts warm: the training table's history, unless the store has history already
-            seed_from_bundle(seeder, bundle, tag)
-        except StoreUnavailable as exc:
-            log.warning("the snapshot of %s was not loaded into the feature store (%s); it is loaded at the next "
-                        "model load or by `fraudops features load-snapshot`", tag, exc)
-        finally:
-            seeder.client.close()
-        return replace(served, entities=EntityFeatures(frozen, OnlineFeatures(frozen.config, store)))
+        seed = functools.partial(_seed, url, limits, bundle, tag)
+        seed()  # a new store starts warm: the training table's history, unless the store has history already
+        return replace(served, entities=EntityFeatures(frozen, OnlineFeatures(frozen.config, store), seed))
 
     def run(self, rows: list[dict[str, Any]], explain: bool = False, reasons: int = 3, record: bool = False
             ) -> Scored:

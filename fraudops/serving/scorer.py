@@ -103,6 +103,8 @@ class Scorer:
             try:
                 tag, path, rollout = self.source.locate()
                 if previous is not None and tag == previous.tag:
+                    if previous.entities is not None and previous.entities.seed is not None:
+                        previous.entities.seed()  # a store restarted empty gets the snapshot again
                     self._refresh_rollout(rollout)
                     return {"model_tag": tag, "previous": tag, "changed": False, **self._rollout_state()}
                 challenger = self._challenger
