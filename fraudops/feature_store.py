@@ -17,13 +17,15 @@ from fraudops.entity_features import OnlineFeatures
 from fraudops.errors import ConfigError
 from fraudops.online_store import RedisStore, SeedResult, StoreLimits
 from fraudops.predlog import read_predictions
+from fraudops.registry import CANARY, CHAMPION
 
 log = logging.getLogger(__name__)
 
 SEED_TIMEOUT_SECONDS = 30.0
 """Longest wait for one call while seeding or rebuilding (a chunk of a few thousand keys), not a request's."""
-DECIDED_ROLES = ("champion", "canary")
-"""Prediction-log roles whose model decided the transaction, and so recorded it in the store (not shadow)."""
+DECIDED_ROLES = (CHAMPION, CANARY)
+"""Prediction-log roles whose model decided the transaction, and so recorded it in the store (not the shadow's
+nor the champion's counterfactual scores of canary rows)."""
 
 
 def open_store(url: str, bundle: ModelBundle, timeout_s: float = SEED_TIMEOUT_SECONDS) -> RedisStore:

@@ -360,14 +360,16 @@ return {redis.call('HGET', KEYS[1], 'state'), source}
 """
 
 # One chunk of a snapshot's folded aggregates and accounts, applied at most once (its id joins the done set in
-# the same call). KEYS: seed hash, done set, then per entity value agg, acc, hll. ARGV: source, chunk id,
-# exact_accounts, retention_seconds, n_entities, then per entity value: folded n, sum, max, last ('' when n is
-# 0), n_accounts, then account, first ticks pairs, then how many accounts beyond exact_accounts it had (added
-# to the HyperLogLog as placeholders). Folded aggregates are added to the folded and to the total fields, so the
+# the same call; nothing once the seed is ready, when a loader that finished first has dropped the done set).
+# KEYS: seed hash, done set, then per entity value agg, acc, hll. ARGV: source, chunk id, exact_accounts,
+# retention_seconds, n_entities, then per entity value: folded n, sum, max, last ('' when n is 0), n_accounts,
+# then account, first ticks pairs, then how many accounts beyond exact_accounts it had (added to the HyperLogLog
+# as placeholders). Folded aggregates are added to the folded and to the total fields, so the
 # kept events recorded before or after (through the write script) add up the same.
 _SEED = """
-if redis.call('HGET', KEYS[1], 'source') ~= ARGV[1] then return -1 end
-if redis.call('SADD', KEYS[2], ARGV[2]) == 0 then return 0 end
+local claim = redis.call('HMGET', KEYS[1], 'source', 'state')
+if claim[1] ~= ARGV[1] then return -1 end
+if claim[2] == 'ready' or redis.call('SADD', KEYS[2], ARGV[2]) == 0 then return 0 end
 local exact, ttl = tonumber(ARGV[3]), tonumber(ARGV[4])
 local function num(x) return string.format('%.17g', x) end
 local function add(agg, nf, sf, mf, lf, n, s, mx, last)
