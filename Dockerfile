@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # The one fraudops image: scorer, drift job and exporter, retrain trigger and pipeline steps all run the
-# `fraudops` CLI from it. Build with `make image` (scripts/image.sh), which tags it fraudops:<version from
+# `fraudops` CLI from it; the feature store runs its Debian redis-server. Build with `make image` (scripts/image.sh), which tags it fraudops:<version from
 # pyproject.toml> (never :latest).
 #
 # PYTHON_IMAGE is the base of both stages: any Debian bookworm image with python3 (3.11) and its venv module.
@@ -53,6 +53,12 @@ LABEL org.opencontainers.image.title="fraudops" \
       org.opencontainers.image.description="Kubernetes-native lifecycle for fraud-detection models" \
       org.opencontainers.image.source="https://github.com/fraudops/fraudops" \
       org.opencontainers.image.licenses="Apache-2.0"
+
+# Debian's redis-server: the chart's feature store runs this image too (featureStore in values.yaml).
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server \
+ && apt-get clean \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
 
 RUN groupadd --system --gid 10001 fraudops \
  && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/fraudops --no-create-home \

@@ -10,15 +10,17 @@ export BENTOML_DO_NOT_TRACK := True
 
 install: $(VENV)/.installed system-deps
 
-# Prometheus, Alertmanager (the embedded loop, rule tests) and shellcheck (script tests), from Debian/Ubuntu.
-SYSTEM_TOOLS := prometheus prometheus-alertmanager promtool amtool shellcheck
+# Prometheus, Alertmanager (the embedded loop, rule tests), redis-server (the online feature store of the demo
+# and the tests) and shellcheck (script tests), from Debian/Ubuntu.
+SYSTEM_TOOLS := prometheus prometheus-alertmanager promtool amtool redis-server shellcheck
 system-deps:
 	@missing=$$(for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || echo $$t; done); \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -qq && apt-get install -y -qq --no-install-recommends \
-	      prometheus prometheus-alertmanager shellcheck >/dev/null; \
-	  else echo "missing: $$missing; run: sudo apt-get install prometheus prometheus-alertmanager shellcheck" >&2; \
+	      prometheus prometheus-alertmanager redis-server shellcheck >/dev/null; \
+	  else echo "missing: $$missing; run: sudo apt-get install prometheus prometheus-alertmanager redis-server" \
+	    "shellcheck" >&2; \
 	    exit 1; fi; \
 	fi
 

@@ -64,7 +64,8 @@ def _drift_child(reference_rows: int, current_rows: int, max_current: int) -> No
     import evidently  # noqa: F401  (imported before timing: the job pays it once per process)
 
     start = time.perf_counter()
-    summary, result = compute_drift(reference, current, bundle.feature_names, state.categorical_features, policy)
+    summary, result = compute_drift(reference, current, bundle.feature_names, state.categorical_features, policy,
+                                    entity_features=state.entity_feature_names)
     elapsed = time.perf_counter() - start
     with tempfile.TemporaryDirectory() as tmp:
         html_start = time.perf_counter()
@@ -423,7 +424,8 @@ def replay_windows(data: pd.DataFrame, spec: Any, numeric: list[str], *, first_e
         return fitted[until]
 
     def scored(bundle: Any, rows: pd.DataFrame) -> pd.DataFrame:
-        x = bundle.features(rows)
+        # the features a scorer with the online store computes: the stream up to these rows replayed in event time
+        x = bundle.state.training_features(data[t <= t[data.index.get_indexer(rows.index)].max()]).loc[rows.index]
         return x.assign(score=bundle.score_features(x), label=rows[spec.target].to_numpy())
 
     def window_scores(until: float, i: int, window: pd.DataFrame) -> pd.DataFrame:
@@ -437,7 +439,8 @@ def replay_windows(data: pd.DataFrame, spec: Any, numeric: list[str], *, first_e
                 references[until] = scored(train(until), data[(t >= until - valid_s) & (t < until)])
             model = train(until)
             drifts[until, i], _ = compute_drift(references[until], window_scores(until, i, window),
-                                                model.feature_names, model.state.categorical_features, policy)
+                                                model.feature_names, model.state.categorical_features, policy,
+                                                entity_features=model.state.entity_feature_names)
         return drifts[until, i]
 
     def metrics(y: np.ndarray, score: np.ndarray, threshold: float) -> list[str]:

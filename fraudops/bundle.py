@@ -18,7 +18,7 @@ MODEL_FILE = "model.cbm"
 META_FILE = "bundle.json"
 STATE_DIR = "features"
 REFERENCE_FILE = "reference.parquet"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: point-in-time entity features and their frozen snapshot (1: leave-one-out statistics)
 
 
 @dataclass
@@ -37,7 +37,8 @@ class ModelBundle:
         return self.state.feature_names
 
     def features(self, transactions: pd.DataFrame) -> pd.DataFrame:
-        """Features for raw transactions that the model has not seen (serving, holdout)."""
+        """Features for raw transactions after the training table (holdouts, backtests): entity features from the
+        frozen snapshot (`FeatureState.transform`)."""
         return self.state.transform(transactions)
 
     def pool(self, features: pd.DataFrame, labels: np.ndarray | None = None) -> Pool:
@@ -75,6 +76,10 @@ class ModelBundle:
         current = META_FILE
         try:
             meta = json.loads((directory / META_FILE).read_text())
+            if meta.get("format_version") != FORMAT_VERSION:
+                raise RegistryError(f"model bundle at {directory} has format {meta.get('format_version')!r}; this "
+                                    f"fraudops reads format {FORMAT_VERSION} (point-in-time entity features): "
+                                    "retrain the model")
             current = MODEL_FILE
             model = CatBoostClassifier()
             model.load_model(str(directory / MODEL_FILE))

@@ -506,6 +506,83 @@ def serve(model_tag: str, host: str, port: int, poll_seconds: float | None, pred
     os.execv(bentoml, [bentoml, "serve", "services.scorer:FraudScorer", "--host", host, "--port", str(port)])
 
 
+# -- features -----------------------------------------------------------------------------------------------
+@main.group()
+def features() -> None:
+    """The online feature store of the entity features (Redis): load a model's snapshot, rebuild from the log."""
+
+
+def _store_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option("--store-url", envvar="FRAUDOPS_FEATURE_STORE_URL", required=True,
+                     help="redis:// URL of the feature store (default: $FRAUDOPS_FEATURE_STORE_URL)."),
+        click.option("--model", "model_tag", default="champion", show_default=True,
+                     help="Model whose entity snapshot and windows to use."),
+        click.option("--registry-url", default=None, help="Object-store registry (default: $FRAUDOPS_REGISTRY_URL)."),
+    ]
+    return functools.reduce(lambda f, opt: opt(f), reversed(options), func)
+
+
+def _store_and_model(store_url: str, model_tag: str, registry_url: str | None) -> tuple[Any, Any, str]:
+    from fraudops.feature_store import open_store
+
+    registry = _registry(registry_url)
+    tag = registry.resolve(model_tag)
+    bundle = registry.load(tag)
+    return open_store(store_url, bundle), bundle, tag
+
+
+@features.command("load-snapshot")
+@_store_options
+@friendly_errors
+def features_load_snapshot(store_url: str, model_tag: str, registry_url: str | None) -> None:
+    """Load the model's frozen snapshot (the entity history at its training table's end) into the store, unless
+    the store already has history (the scorer does this at start; idempotent)."""
+    from fraudops.feature_store import seed_from_bundle
+    from fraudops.online_store import StoreUnavailable
+
+    store, bundle, tag = _store_and_model(store_url, model_tag, registry_url)
+    try:
+        with console.status(f"loading the snapshot of {tag}"):
+            result = seed_from_bundle(store, bundle, tag)
+    except StoreUnavailable as exc:
+        raise FraudopsError(str(exc)) from None
+    if result.loaded:
+        out.print(f"loaded the snapshot of {tag}: {result.entities:,} entity values, {result.transactions:,} "
+                  "transactions")
+    else:
+        out.print(f"not loaded: the store already has history (seeded from {result.source})")
+
+
+@features.command("rebuild")
+@click.option("--from-log", "window", required=True, help="How far back to replay the prediction log (30m, 1h, 7d).")
+@click.option("--log-root", default=None, help="Prediction log root (default: $FRAUDOPS_PREDICTION_LOG).")
+@_store_options
+@friendly_errors
+def features_rebuild(window: str, log_root: str | None, store_url: str, model_tag: str,
+                     registry_url: str | None) -> None:
+    """Rebuild a lost store: the model's snapshot if the store has no history, then the decided transactions of
+    the last WINDOW of the prediction log in event-time order (idempotent by transaction id)."""
+    from datetime import UTC, datetime
+
+    from fraudops.feature_store import rebuild_from_log
+    from fraudops.monitoring.job import parse_window
+    from fraudops.online_store import StoreUnavailable
+    from fraudops.predlog import default_root
+
+    span = parse_window(window)
+    store, bundle, tag = _store_and_model(store_url, model_tag, registry_url)
+    end = datetime.now(UTC)
+    try:
+        with console.status(f"replaying the last {window} of the prediction log"):
+            result = rebuild_from_log(store, bundle, tag, log_root or default_root(), end - span, end)
+    except StoreUnavailable as exc:
+        raise FraudopsError(str(exc)) from None
+    seeded = (f"loaded the snapshot of {tag}" if result.seed.loaded
+              else f"kept its history (seeded from {result.seed.source})")
+    out.print(f"store {seeded}; replayed {result.transactions:,} logged transactions, {result.recorded:,} new")
+
+
 # -- monitor ------------------------------------------------------------------------------------------------
 @main.group()
 def monitor() -> None:

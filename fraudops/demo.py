@@ -1,5 +1,6 @@
-"""The whole loop on one machine: train, serve, normal traffic, drifted traffic, drift job, alert, retrain,
-gate, switch; every step on a timeline."""
+"""The whole loop on one machine: train, serve (entity features live in a private redis-server, warm from the
+model's snapshot), normal traffic, drifted traffic, drift job, alert, retrain, gate, switch; every step on a
+timeline."""
 
 from __future__ import annotations
 
@@ -100,8 +101,12 @@ class DemoSettings:
     drifted_rows: int = 8_000
     iterations: int = 300
     seed: int = 7
-    drift: DriftConfig = field(default_factory=lambda: DriftConfig(amount_shift=0.5, category_mix=0.6,
+    drift: DriftConfig = field(default_factory=lambda: DriftConfig(amount_shift=1.0, category_mix=0.8,
                                                                    new_pattern=True, fraud_rate_multiplier=2.0))
+    """The drifted traffic: amounts x2.7, a gift-card heavy mix, account takeover and twice the fraud. Milder
+    (x1.6 amounts) it was within the policy for a model with live entity features, whose amount statistics per
+    device, IP and account absorb part of the shift (PR-AUC 24% below the reference, 2 of 9 transaction features
+    drifted)."""
     alert_timeout: float = 120
     retrain_timeout: float = 600
     rollout_rows: int = 3_000
@@ -187,8 +192,10 @@ def run_demo(home: Path, settings: DemoSettings, timeline: Timeline,
                 iterations=settings.iterations, seed=settings.seed)), home / "runs")
             result["first_model"] = first.tag
             timeline.add("first model trained", f"{first.tag}: gate {first.verdict} ({first.reason})")
+            store = stack.start_feature_store()
+            timeline.add("feature store up", store)
             scorer = stack.start_scorer()
-            timeline.add("scorer serving", f"{scorer} with {first.tag}")
+            timeline.add("scorer serving", f"{scorer} with {first.tag}; entity features live in {store}")
             stack.start_monitoring()
             timeline.add("monitoring up", ", ".join(f"{n} {stack.url(n)}" for n in
                                                     ("exporter", "trigger", "prometheus", "alertmanager")))

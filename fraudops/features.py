@@ -1,103 +1,76 @@
-"""The one feature function shared by training and serving, and the entity statistics it needs.
+"""The model's features: one definition for training and serving, fed by a table or by validated rows.
 
-Entity features describe a transaction by the history of its device, IP, card or account: how many *other*
-transactions and *other* accounts used the same value, and how its amount compares with theirs. The history is
-the training window; its statistics are fitted once (`FeatureState.fit`), saved with the model and used again
-by the scoring service, so that one transaction is featurised exactly as during training. Training rows are
-part of that history, so their own contribution is removed (``exclude_self=True``, leave-one-out): a training
-row then sees the same kind of value as a transaction the model has never seen.
+**Row features** describe the transaction itself: its categories, numbers, hour, day of week and seconds since
+signup (`row_features`). **Entity features** describe the history of its device, IP, card or account strictly
+before it, in sliding windows (`fraudops.entity_features`: counts, distinct accounts, amounts, recency).
+
+Each is computed by one function fed by two adapters, a table (`frame_inputs`) or rows validated by
+`fraudops.serving.RowSchema` (`row_inputs`). Training replays the whole table in event-time order
+(`FeatureState.training_features`: point in time correct). The state also keeps a frozen snapshot of the entity
+history at the end of that table (`fraudops.online_store.SnapshotStore`), which `transform` and a scorer without
+an online store read and never update: their windowed counts then describe the end of the training window, not
+the live stream. A scorer with an online store reads (and records) live history instead.
 """
 
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from fraudops.entity_features import EntityFeatureConfig, OnlineFeatures, offline_features, snapshot
+from fraudops.normalize import MISSING, entity_keys, seconds, time_kind_of, to_times
+from fraudops.online_store import SnapshotStore, StoreLimits
 from fraudops.schema import DatasetSpec
 
-MISSING = "__missing__"
 STATE_FILE = "feature_state.json"
+SNAPSHOT_DIR = "snapshot"
 
 
-def to_times(values: pd.Series, kind: str, time_format: str | None = None) -> pd.Series:
-    """Parse a time column: ``datetime`` -> naive UTC datetime64, ``seconds`` -> float; bad values -> NaT/NaN."""
-    if kind == "seconds":
-        return pd.to_numeric(values, errors="coerce").astype("float64")
-    if pd.api.types.is_datetime64_any_dtype(values):
-        parsed = values
-    else:
-        parsed = pd.to_datetime(values, errors="coerce", format=time_format or "mixed", utc=True)
-    if getattr(parsed.dt, "tz", None) is not None:
-        parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
-    return parsed.astype("datetime64[ns]")
+@dataclass(frozen=True)
+class RowInputs:
+    """What the row features read: category keys (text, `MISSING` where missing), numbers (float, NaN where
+    missing), the event time and signup time in seconds (None when the spec has none)."""
 
-
-# A text column whose non-empty values are at least this share numbers holds numbers (with some bad values).
-NUMERIC_SHARE = 0.95
-
-
-def looks_numeric(values: pd.Series) -> bool:
-    """True for numeric columns and for text columns whose values are (almost all) numbers."""
-    if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
-        return True
-    if pd.api.types.is_datetime64_any_dtype(values):
-        return False
-    present = values.dropna()
-    return len(present) > 0 and pd.to_numeric(present, errors="coerce").notna().mean() >= NUMERIC_SHARE
-
-
-def time_kind_of(values: pd.Series) -> str:
-    """``seconds`` for numeric time columns (offsets such as IEEE-CIS TransactionDT), else ``datetime``."""
-    return "seconds" if looks_numeric(values) else "datetime"
-
-
-def _seconds(values: pd.Series, kind: str) -> np.ndarray:
-    if kind == "seconds":
-        return values.to_numpy(dtype="float64")
-    stamps = values.to_numpy(dtype="datetime64[ns]")
-    return np.where(np.isnat(stamps), np.nan, stamps.astype("int64") / 1e9)
-
-
-_WHOLE_FLOAT = r"^(-?\d+)\.0$"
-
-
-def _keys(values: pd.Series) -> pd.Series:
-    """Entity values as strings (missing -> MISSING), so that 1, 1.0 and "1" are one entity."""
-    out = values.astype("string")
-    if pd.api.types.is_float_dtype(values):
-        out = out.str.removesuffix(".0")
-    elif values.dtype == object:
-        out = out.str.replace(_WHOLE_FLOAT, r"\1", regex=True)
-    return out.fillna(MISSING)
-
-
-def _pair_hash(entity_keys: pd.Series, account_keys: pd.Series) -> np.ndarray:
-    return pd.util.hash_array((entity_keys + "\x1f" + account_keys).to_numpy(dtype=object))
+    categorical: dict[str, np.ndarray]
+    numeric: dict[str, np.ndarray]
+    time: np.ndarray | None
+    signup: np.ndarray | None
 
 
 @dataclass
 class FeatureState:
-    """Everything the feature function needs besides the transaction itself; fitted on the training window."""
+    """Everything the feature function needs besides the transactions: the dataset's column roles, its time kind,
+    the numeric inputs, and the frozen entity snapshot of the training table."""
 
     spec: DatasetSpec
     time_kind: str
     numeric: list[str]
-    entity_stats: dict[str, pd.DataFrame] = field(default_factory=dict)
-    account_pairs: dict[str, np.ndarray] = field(default_factory=dict)
+    snapshot: SnapshotStore | None = None
+
+    @property
+    def entities(self) -> EntityFeatureConfig | None:
+        """The entity feature configuration (None without a timestamp or entity columns)."""
+        spec = self.spec
+        if not spec.timestamp or not (spec.entities or spec.account):
+            return None
+        return EntityFeatureConfig.create(spec, self.time_kind, spec.windows)
 
     @property
     def entity_columns(self) -> list[str]:
         """Columns with entity features: the entities, then the account if it is not one of them."""
-        cols = list(self.spec.entities)
-        if self.spec.account and self.spec.account not in cols:
-            cols.append(self.spec.account)
-        return cols
+        config = self.entities
+        return config.columns if config is not None else []
+
+    @property
+    def entity_feature_names(self) -> list[str]:
+        """The entity features among the model inputs (velocity and link counts; empty without entities)."""
+        config = self.entities
+        return config.feature_names if config is not None else []
 
     @property
     def categorical_features(self) -> list[str]:
@@ -105,20 +78,19 @@ class FeatureState:
         return list(self.spec.categorical)
 
     @property
-    def feature_names(self) -> list[str]:
-        """Model inputs, in the order the model sees them."""
+    def row_feature_names(self) -> list[str]:
+        """Features of the transaction itself, in model order."""
         names = [*self.spec.categorical, *self.numeric]
         if self.spec.timestamp:
             names += ["hour", "day_of_week"]
-        if self.spec.timestamp and self.spec.signup_time:
-            names.append("seconds_since_signup")
-        for col in self.entity_columns:
-            names.append(f"{col}__txn_count")
-            if self.spec.account and col != self.spec.account:
-                names.append(f"{col}__account_count")
-            if self.spec.amount:
-                names.append(f"{col}__amount_ratio")
+            if self.spec.signup_time:
+                names.append("seconds_since_signup")
         return names
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Model inputs, in the order the model sees them: row features, then entity features."""
+        return [*self.row_feature_names, *self.entity_feature_names]
 
     @property
     def input_columns(self) -> list[str]:
@@ -130,80 +102,101 @@ class FeatureState:
 
     @classmethod
     def fit(cls, history: pd.DataFrame, spec: DatasetSpec, numeric: list[str]) -> FeatureState:
-        """Learn entity statistics from the training window (a validated, typed frame)."""
+        """The state of a training table (validated, typed): its time kind and its entity snapshot."""
         kind = time_kind_of(history[spec.timestamp]) if spec.timestamp else "datetime"
         state = cls(spec=spec, time_kind=kind, numeric=list(numeric))
-        amount = history[spec.amount].astype("float64") if spec.amount else None
-        for col in state.entity_columns:
-            keys = _keys(history[col])
-            frame = pd.DataFrame({"key": keys.to_numpy(dtype=object)})
-            agg: dict[str, tuple[str, str]] = {"txn_count": ("key", "size")}
-            if amount is not None:
-                frame["amount"] = amount.to_numpy()
-                agg["amount_sum"] = ("amount", "sum")
-            if spec.account and col != spec.account:
-                frame["account"] = _keys(history[spec.account]).to_numpy(dtype=object)
-                agg["account_count"] = ("account", "nunique")
-                pairs = _pair_hash(keys, _keys(history[spec.account]))
-                state.account_pairs[col] = np.unique(pairs)
-            state.entity_stats[col] = frame.groupby("key", sort=True).agg(**agg)
+        config = state.entities
+        if config is not None:
+            state.snapshot = snapshot(history, config, StoreLimits(keep_seconds=config.longest_seconds))
         return state
 
-    def transform(self, frame: pd.DataFrame, *, exclude_self: bool = False) -> pd.DataFrame:
-        """The model's input features for raw transactions (missing optional columns become missing values).
-
-        ``exclude_self`` is for the rows the state was fitted on (the training window), see the module doc.
-        """
+    # -- adapters and the row features ------------------------------------------------------------------
+    def frame_inputs(self, frame: pd.DataFrame) -> RowInputs:
+        """The row features' input from a table (missing optional columns become missing values)."""
         spec, n = self.spec, len(frame)
 
         def column(name: str) -> pd.Series:
             return frame[name] if name in frame else pd.Series([None] * n, index=frame.index, dtype=object)
 
-        out: dict[str, pd.Series | np.ndarray] = {}
-        for col in spec.categorical:
-            out[col] = _keys(column(col))
-        for col in self.numeric:
-            out[col] = pd.to_numeric(column(col), errors="coerce").astype("float64")
-        if spec.timestamp:
-            ts = _seconds(to_times(column(spec.timestamp), self.time_kind, spec.time_format), self.time_kind)
+        def times(name: str | None) -> np.ndarray | None:
+            return seconds(to_times(column(name), self.time_kind, spec.time_format), self.time_kind) if name else None
+
+        return RowInputs(
+            categorical={c: entity_keys(column(c)).to_numpy(dtype=object) for c in spec.categorical},
+            numeric={c: pd.to_numeric(column(c), errors="coerce").to_numpy(dtype="float64") for c in self.numeric},
+            time=times(spec.timestamp), signup=times(spec.signup_time if spec.timestamp else None))
+
+    def row_inputs(self, rows: list[dict[str, Any]]) -> RowInputs:
+        """The row features' input from rows validated by `fraudops.serving.RowSchema` (text keys or None,
+        floats or None, times as UTC nanoseconds or seconds)."""
+        spec = self.spec
+        scale = 1.0 if self.time_kind == "seconds" else 1e9
+
+        def times(name: str | None) -> np.ndarray | None:
+            if not name:
+                return None
+            dtype = "float64" if self.time_kind == "seconds" else "int64"
+            return np.array([row[name] for row in rows], dtype=dtype) / scale
+
+        return RowInputs(
+            categorical={c: np.array([MISSING if (v := row.get(c)) is None else v for row in rows], dtype=object)
+                         for c in spec.categorical},
+            numeric={c: np.array([row.get(c) for row in rows], dtype="float64") for c in self.numeric},
+            time=times(spec.timestamp), signup=times(spec.signup_time if spec.timestamp else None))
+
+    def row_features(self, inputs: RowInputs) -> dict[str, np.ndarray]:
+        """The features of the transactions themselves (`row_feature_names`), whichever adapter fed them."""
+        out: dict[str, np.ndarray] = {**inputs.categorical, **inputs.numeric}
+        if inputs.time is not None:
+            ts = inputs.time
             out["hour"] = np.floor(ts / 3600.0) % 24
             out["day_of_week"] = np.floor(ts / 86400.0 + (0 if self.time_kind == "seconds" else 3)) % 7
-            if spec.signup_time:
-                signup = to_times(column(spec.signup_time), self.time_kind, spec.time_format)
-                out["seconds_since_signup"] = ts - _seconds(signup, self.time_kind)
-        amount = (
-            pd.to_numeric(column(spec.amount), errors="coerce").to_numpy(dtype="float64") if spec.amount else None
-        )
-        self_weight = 1.0 if exclude_self else 0.0
-        for col in self.entity_columns:
-            keys = _keys(column(col))
-            stats = self.entity_stats[col].reindex(keys.to_numpy(dtype=object))
-            count = stats["txn_count"].fillna(0).to_numpy(dtype="float64") - self_weight
-            out[f"{col}__txn_count"] = count
-            if spec.account and col != spec.account:
-                pairs = self.account_pairs[col]
-                hashed = _pair_hash(keys, _keys(column(spec.account)))
-                pos = np.minimum(np.searchsorted(pairs, hashed), max(len(pairs) - 1, 0))
-                known = (pairs[pos] == hashed) if len(pairs) else np.zeros(n, dtype=bool)
-                out[f"{col}__account_count"] = stats["account_count"].fillna(0).to_numpy(dtype="float64") - known
-            if amount is not None:
-                other_sum = stats["amount_sum"].fillna(0).to_numpy(dtype="float64") - self_weight * amount
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    mean_other = np.where(count > 0, other_sum / np.maximum(count, 1), np.nan)
-                    out[f"{col}__amount_ratio"] = np.where(mean_other > 0, amount / mean_other, np.nan)
-        features = pd.DataFrame(out, index=frame.index)
-        return features[self.feature_names]
+            if inputs.signup is not None:
+                out["seconds_since_signup"] = ts - inputs.signup
+        return {name: out[name] for name in self.row_feature_names}
 
+    # -- tables -----------------------------------------------------------------------------------------
+    def training_features(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """The model's input features of a training table, its entity features replayed over the table itself
+        in event-time order (each row sees the strictly earlier rows only)."""
+        out = pd.DataFrame(self.row_features(self.frame_inputs(frame)), index=frame.index)
+        config = self.entities
+        if config is not None:
+            out = pd.concat([out, offline_features(self._with_entity_columns(frame), config)], axis=1)
+        return out[self.feature_names]
+
+    def transform(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """The model's input features of new transactions (holdouts, backtests): entity features looked up in the
+        frozen snapshot, the rows of ``frame`` seeing each other's strictly earlier transactions, as in one request
+        to a scorer without an online store."""
+        out = pd.DataFrame(self.row_features(self.frame_inputs(frame)), index=frame.index)
+        frozen = self.frozen()
+        if frozen is not None:
+            out = pd.concat([out, frozen.lookup_frame(self._with_entity_columns(frame))], axis=1)
+        return out[self.feature_names]
+
+    def frozen(self) -> OnlineFeatures | None:
+        """Entity features against the frozen snapshot (None without entity features)."""
+        config = self.entities
+        if config is None:
+            return None
+        if self.snapshot is None:
+            raise ValueError("the feature state has entity features but no entity snapshot")
+        return OnlineFeatures(config, self.snapshot)
+
+    def _with_entity_columns(self, frame: pd.DataFrame) -> pd.DataFrame:
+        absent = [c for c in self.entity_columns if c not in frame]
+        return frame.assign(**{c: None for c in absent}) if absent else frame
+
+    # -- files ------------------------------------------------------------------------------------------
     def save(self, directory: str | Path) -> None:
-        """Write the state as JSON plus one Parquet file per entity."""
+        """Write the state as JSON and the entity snapshot as Parquet files (`SnapshotStore.save`)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         meta = {"spec": self.spec.model_dump(mode="json"), "time_kind": self.time_kind, "numeric": self.numeric}
         (directory / STATE_FILE).write_text(json.dumps(meta, indent=2))
-        for col, stats in self.entity_stats.items():
-            stats.to_parquet(directory / f"entity__{col}.parquet")
-        for col, pairs in self.account_pairs.items():
-            np.save(directory / f"pairs__{col}.npy", pairs)
+        if self.snapshot is not None:
+            self.snapshot.save(directory / SNAPSHOT_DIR)
 
     @classmethod
     def load(cls, directory: str | Path) -> FeatureState:
@@ -212,136 +205,8 @@ class FeatureState:
         meta = json.loads((directory / STATE_FILE).read_text())
         state = cls(spec=DatasetSpec.model_validate(meta["spec"]), time_kind=meta["time_kind"],
                     numeric=list(meta["numeric"]))
-        for col in state.entity_columns:
-            state.entity_stats[col] = pd.read_parquet(directory / f"entity__{col}.parquet")
-            pairs_file = directory / f"pairs__{col}.npy"
-            if pairs_file.exists():
-                state.account_pairs[col] = np.load(pairs_file)
+        if state.entities is not None:
+            if not (directory / SNAPSHOT_DIR).is_dir():
+                raise ValueError(f"the feature state at {directory} has entity features but no {SNAPSHOT_DIR}/")
+            state.snapshot = SnapshotStore.load(directory / SNAPSHOT_DIR)
         return state
-
-
-@dataclass(frozen=True)
-class _Entity:
-    column: str
-    index: pd.Index
-    txn: np.ndarray
-    accounts: np.ndarray | None
-    amount_sum: np.ndarray | None
-    pairs: np.ndarray | None
-
-
-class FastFeatures:
-    """Row-by-row twin of `FeatureState.transform` for small batches of new transactions (the scorer's path).
-
-    `FeatureState.transform` is the definition; it costs ~8 ms per call in pandas overhead whatever the row count,
-    this twin tens of microseconds per row, reading the same fitted statistics. Rows come validated and
-    normalised by `fraudops.serving.RowSchema` (text keys, floats, times as UTC nanoseconds or seconds). The
-    scorer compares both on probe rows at every model load and serves with `transform` alone if any value
-    differs; tests check them equal on many rows. Change both together.
-    """
-
-    def __init__(self, state: FeatureState) -> None:
-        spec = state.spec
-        self.categorical = list(spec.categorical)
-        self.numeric = list(state.numeric)
-        self.timestamp = spec.timestamp
-        self.signup = spec.signup_time if spec.timestamp else None
-        self.seconds = state.time_kind == "seconds"
-        self.amount = spec.amount
-        self.account = spec.account
-        self.entities = []
-        names = [*self.categorical, *self.numeric]
-        names += ["hour", "day_of_week"] if self.timestamp else []
-        names += ["seconds_since_signup"] if self.signup else []
-        for col in state.entity_columns:
-            stats = state.entity_stats[col]
-            if not stats.index.is_unique:
-                raise ValueError(f"entity statistics of {col!r} have duplicate keys")
-            paired = bool(spec.account) and col != spec.account
-            self.entities.append(_Entity(
-                column=col, index=stats.index, txn=stats["txn_count"].to_numpy(dtype="float64"),
-                accounts=stats["account_count"].to_numpy(dtype="float64") if paired else None,
-                amount_sum=stats["amount_sum"].to_numpy(dtype="float64") if spec.amount else None,
-                pairs=state.account_pairs[col] if paired else None))
-            names += [f"{col}__txn_count", *([f"{col}__account_count"] if paired else []),
-                      *([f"{col}__amount_ratio"] if spec.amount else [])]
-        if names != state.feature_names:
-            raise ValueError(f"feature order {names} differs from the feature state's {state.feature_names}")
-
-    def _known_pairs(self, rows: list[dict[str, Any]], positions: list[list[int]]) -> np.ndarray:
-        """known[i, j]: row i's (entity, account) pair was seen in training, for the j-th entity with pairs.
-
-        Only pairs whose entity was seen are hashed: a pair with an unseen entity cannot be among the training
-        pairs (barring a 64-bit hash collision), and new devices and IPs are the common case.
-        """
-        paired = [(e, where) for e, where in zip(self.entities, positions, strict=True) if e.pairs is not None]
-        known = np.zeros((len(rows), len(paired)), dtype=bool)
-        seen = [(i, j) for j, (_, where) in enumerate(paired) for i, pos in enumerate(where) if pos >= 0]
-        if not seen:
-            return known
-        texts = [f"{_text(rows[i].get(paired[j][0].column))}\x1f{_text(rows[i].get(self.account or ''))}"
-                 for i, j in seen]
-        hashed = pd.util.hash_array(np.array(texts, dtype=object), categorize=False)
-        at_row, at_col = np.array(seen).T
-        for j, (entity, _) in enumerate(paired):
-            pairs, mine = entity.pairs, at_col == j
-            if pairs is not None and len(pairs) and mine.any():
-                pos = np.minimum(np.searchsorted(pairs, hashed[mine]), len(pairs) - 1)
-                known[at_row[mine], j] = pairs[pos] == hashed[mine]
-        return known
-
-    @staticmethod
-    def _positions(entity: _Entity, rows: list[dict[str, Any]]) -> list[int]:
-        """Row of each transaction's key in the entity statistics (-1: unseen in training)."""
-        keys = [_text(row.get(entity.column)) for row in rows]
-        if len(keys) > 8:  # one vectorised lookup beats per-key calls from here on
-            return entity.index.get_indexer(np.array(keys, dtype=object)).tolist()
-        positions = []
-        for key in keys:
-            try:
-                positions.append(entity.index.get_loc(key))
-            except KeyError:
-                positions.append(-1)
-        return positions
-
-    def rows(self, rows: list[dict[str, Any]]) -> list[list[Any]]:
-        """Feature rows (in `FeatureState.feature_names` order) for validated transactions."""
-        positions = [self._positions(entity, rows) for entity in self.entities]
-        known = self._known_pairs(rows, positions)
-        out = []
-        for i, row in enumerate(rows):
-            values: list[Any] = [_text(row.get(c)) for c in self.categorical]
-            values += [math.nan if (v := row.get(c)) is None else float(v) for c in self.numeric]
-            if self.timestamp:
-                ts = self._seconds(row[self.timestamp])
-                values += [float(math.floor(ts / 3600.0) % 24),
-                           float(math.floor(ts / 86400.0 + (0 if self.seconds else 3)) % 7)]
-                if self.signup:
-                    values.append(ts - self._seconds(row[self.signup]))
-            amount = math.nan if not self.amount or row.get(self.amount) is None else float(row[self.amount])
-            paired = 0
-            for entity, where in zip(self.entities, positions, strict=True):
-                pos = where[i]
-                count = 0.0 if pos < 0 else float(entity.txn[pos])
-                values.append(count)
-                if entity.accounts is not None:
-                    accounts = 0.0 if pos < 0 else _zero_if_nan(entity.accounts[pos])
-                    values.append(accounts - float(known[i, paired]))
-                    paired += 1
-                if entity.amount_sum is not None:
-                    other_sum = 0.0 if pos < 0 else _zero_if_nan(entity.amount_sum[pos])
-                    mean_other = other_sum / max(count, 1.0) if count > 0 else math.nan
-                    values.append(amount / mean_other if mean_other > 0 else math.nan)
-            out.append(values)
-        return out
-
-    def _seconds(self, value: float | int) -> float:
-        return float(value) if self.seconds else value / 1e9
-
-
-def _text(value: str | None) -> str:
-    return MISSING if value is None else value
-
-
-def _zero_if_nan(value: float) -> float:
-    return 0.0 if value != value else float(value)

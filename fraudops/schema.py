@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ class DatasetSpec(BaseModel):
     seconds from an undisclosed origin, as in IEEE-CIS). ``account`` and ``entities`` drive the entity
     features (transactions and accounts per device, per IP, ...); they are not model inputs themselves.
     ``categorical`` columns go to CatBoost as native categories; every other remaining column is numeric
-    unless listed in ``drop``.
+    unless listed in ``drop``. ``windows`` are the sliding windows of the entity features (besides all history).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -35,6 +36,8 @@ class DatasetSpec(BaseModel):
     categorical: tuple[str, ...] = ()
     drop: tuple[str, ...] = ()
     id_column: str | None = None
+    windows: tuple[str, ...] = Field(default=("1h", "24h", "7d"), description="sliding windows of the entity "
+                                     "features (a whole number and a unit s, m, h, d or w), besides all history")
 
     @model_validator(mode="after")
     def _roles_are_consistent(self) -> DatasetSpec:
@@ -43,6 +46,9 @@ class DatasetSpec(BaseModel):
             clash = special.intersection(cols)
             if clash:
                 raise ValueError(f"{role} must not contain target/timestamp/id columns: {sorted(clash)}")
+        bad = [w for w in self.windows if not re.fullmatch(r"[1-9]\d*[smhdw]", w)]
+        if bad:
+            raise ValueError(f"windows must be a whole number and a unit (s, m, h, d or w) such as 1h or 7d, got {bad}")
         if self.target in self.drop:
             raise ValueError(f"target column {self.target!r} cannot be dropped")
         return self

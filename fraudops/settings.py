@@ -89,10 +89,23 @@ class ServingConfig(StoreSettings):
     workers: int = Field(1, ge=1, le=64, description="BentoML worker processes (each polls the champion itself)")
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="largest request body (413 above, unread)")
     body_timeout_seconds: float = Field(30.0, gt=0, description="time a client has to send its body (408 after)")
+    feature_store_url: SecretStr = Field(SecretStr(""), description="redis:// URL of the online feature store every "
+                                         "replica shares (live entity features); empty: the model's frozen snapshot "
+                                         "of the training window only")
+    feature_store_timeout_seconds: float = Field(0.05, gt=0, le=10, description="longest wait for the feature "
+                                                 "store per request; then the frozen snapshot answers, flagged")
     internal_token: SecretStr = Field(SecretStr(""), description="bearer token of /feedback and /reload; empty: "
                                       "read FRAUDOPS_INTERNAL_TOKEN_FILE, else generated at start (see the log)")
     internal_token_file: str = Field("", description="file holding the bearer token (a mounted Secret); empty: "
                                      "$BENTOML_HOME/fraudops/internal-token, created 0600 if missing")
+
+    @model_validator(mode="after")
+    def _store_url_is_redis(self) -> ServingConfig:
+        url = self.feature_store_url.get_secret_value()
+        if url and not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"FRAUDOPS_FEATURE_STORE_URL must start with redis://, rediss:// or unix://, got "
+                             f"{url.split('://')[0]!r}://...")
+        return self
 
     @model_validator(mode="after")
     def _bands_are_ordered(self) -> ServingConfig:

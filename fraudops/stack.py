@@ -1,5 +1,6 @@
-"""The embedded monitoring loop on one machine: scorer, drift exporter, retrain trigger, Prometheus and
-Alertmanager as local processes on free loopback ports, started together and always stopped together.
+"""The embedded monitoring loop on one machine: the online feature store (Debian's redis-server), scorer, drift
+exporter, retrain trigger, Prometheus and Alertmanager as local processes on free loopback ports, started
+together and always stopped together.
 
 Prometheus gets a copy of ``monitoring/rules/fraudops.rules.yaml`` with its windows shortened (``for``,
 ``keep_firing_for`` and range selectors), so that the loop closes in seconds instead of minutes.
@@ -139,8 +140,33 @@ class LocalStack:
         state = "exited" if process.popen.poll() is not None else f"not ready after {timeout:.0f} s"
         raise FraudopsError(f"{name} {state} (log {process.log}):\n{tail}")
 
+    def start_feature_store(self) -> str:
+        """A private ``redis-server`` (no persistence) as the online feature store of the scorer started after it
+        (``FRAUDOPS_FEATURE_STORE_URL``); returns its URL."""
+        import redis
+
+        port = free_port()
+        data = self.home / "redis"
+        data.mkdir(parents=True, exist_ok=True)
+        url = f"redis://127.0.0.1:{port}/0"
+        process = self._start("redis", [_binary("redis-server", package="redis-server"), "--port", str(port),
+                                        "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir",
+                                        str(data)], url)
+        client = redis.Redis(port=port, socket_timeout=1)
+        try:
+            wait_for(lambda: process.popen.poll() is not None or _pings(client), 20, interval=0.1,
+                     what="redis-server to answer")
+        finally:
+            client.close()
+        if process.popen.poll() is not None:
+            raise FraudopsError(f"redis-server exited (log {process.log}):\n"
+                                f"{process.log.read_text(errors='replace')[-2000:]}")
+        self.env.update(FRAUDOPS_FEATURE_STORE_URL=url, FRAUDOPS_FEATURE_STORE_TIMEOUT_SECONDS="0.5")
+        return url
+
     def start_scorer(self) -> str:
-        """The BentoML scoring service following the champion pointer."""
+        """The BentoML scoring service following the champion pointer (with the feature store if one was
+        started)."""
         port = free_port()
         self._fraudops("scorer", ["serve", "--port", str(port), "--poll-seconds", str(self.poll_seconds)],
                        f"http://127.0.0.1:{port}")
@@ -239,13 +265,21 @@ class LocalStack:
         return httpx.get(self.url("trigger") + "/runs", timeout=10).json()["runs"]
 
 
-def _binary(*names: str) -> str:
+def _binary(*names: str, package: str = "prometheus prometheus-alertmanager") -> str:
     for name in names:
         found = shutil.which(name)
         if found:
             return found
-    raise FraudopsError(f"{names[0]} is not installed; on Debian/Ubuntu: apt-get install prometheus "
-                        "prometheus-alertmanager")
+    raise FraudopsError(f"{names[0]} is not installed; on Debian/Ubuntu: apt-get install {package}")
+
+
+def _pings(client: Any) -> bool:
+    import redis
+
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
 
 
 def wait_for(condition: Any, timeout: float, interval: float = 0.5, what: str = "condition") -> Any:

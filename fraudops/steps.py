@@ -104,7 +104,7 @@ def validate_step(in_dir: str | Path, out_dir: str | Path, *, max_bad_fraction: 
 
 
 def split_features(in_dir: str | Path, out_dir: str | Path, config: TrainConfig) -> dict[str, Any]:
-    """Split validated rows (time-based by default), fit entity statistics on the training window and write
+    """Split validated rows (time-based by default), replay the entity features over the whole table and write
     the raw parts, their features and the feature state."""
     src, out = Path(in_dir), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -178,7 +178,8 @@ def _cost(y: np.ndarray, flagged: np.ndarray, params: TrainConfig) -> float:
 
 def gate_step(split_dir: str | Path, eval_dir: str | Path, registry: Registry, policy: GatePolicy,
               out_dir: str | Path) -> dict[str, Any]:
-    """Compare the challenger with the champion on the challenger's test window (the same recent holdout)."""
+    """Compare the challenger with the champion on the challenger's test window (the same recent holdout), each
+    with its own features replayed over the split's whole table."""
     src, out = Path(split_dir), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     challenger = json.loads((Path(eval_dir) / METRICS_FILE).read_text())
@@ -188,6 +189,7 @@ def gate_step(split_dir: str | Path, eval_dir: str | Path, registry: Registry, p
     else:
         champion = registry.load(champion_tag)
         spec = DatasetSpec.model_validate(_read_spec(src)["spec"])
+        whole = pd.concat([pd.read_parquet(src / f"{name}.parquet") for name in PARTS], ignore_index=True)
         test = pd.read_parquet(src / "test.parquet")
         missing = set(champion.state.input_columns) - set(test.columns)
         if champion.state.spec.target != spec.target or missing:
@@ -198,8 +200,11 @@ def gate_step(split_dir: str | Path, eval_dir: str | Path, registry: Registry, p
                       "champion": None, "champion_tag": champion_tag}
             _write_json(out / GATE_FILE, result)
             return result
-        champion_metrics = fraud_metrics(test[spec.target].to_numpy(), champion.score(test), champion.threshold,
-                                         what="the test window")
+        # the champion's own feature definition replayed over the same table: what it would have seen serving
+        # these transactions with an online store, as the challenger's test features do
+        features = champion.state.training_features(whole).iloc[len(whole) - len(test):]
+        champion_metrics = fraud_metrics(test[spec.target].to_numpy(), champion.score_features(features),
+                                         champion.threshold, what="the test window")
         decision = decide(challenger, champion_metrics, policy, champion_tag)
     result = decision.to_dict()
     _write_json(out / GATE_FILE, result)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
 from catboost import CatBoostClassifier
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -102,10 +104,16 @@ class _ProgressCallback:
 
 def featurize(splits: Splits, spec: DatasetSpec, numeric: list[str]
               ) -> tuple[FeatureState, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Fit entity statistics on the training window; features for train (leave-one-out), valid and test."""
-    state = FeatureState.fit(splits.train, spec, numeric)
-    return (state, state.transform(splits.train, exclude_self=True), state.transform(splits.valid),
-            state.transform(splits.test))
+    """Features for train, valid and test: the whole table replayed in event time, so that each row's entity
+    features come from the rows strictly before it whichever part they are in (what a scorer with an online
+    store sees). The state's entity snapshot is the history at the end of the table (no labels are involved)."""
+    parts = (splits.train, splits.valid, splits.test)
+    whole = pd.concat(parts, ignore_index=True)
+    state = FeatureState.fit(whole, spec, numeric)
+    features = state.training_features(whole)
+    bounds = np.cumsum([0, *(len(p) for p in parts)])
+    train, valid, test = (features.iloc[lo:hi].reset_index(drop=True) for lo, hi in pairwise(bounds))
+    return state, train, valid, test
 
 
 def fit(state: FeatureState, x_train: pd.DataFrame, y_train: Any, x_valid: pd.DataFrame, y_valid: Any,

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from fraudops.errors import DataError
-from fraudops.features import looks_numeric, time_kind_of, to_times
+from fraudops.normalize import looks_numeric, time_kind_of, to_times
 from fraudops.schema import DatasetSpec
 
 ROW_COLUMN = "_row"

@@ -65,7 +65,7 @@ def validate(dataset: Input[Dataset], max_bad_fraction: float, clean: Output[Dat
 
 
 def split_features(clean: Input[Dataset], train_config: str, splits: Output[Dataset]) -> None:
-    """Time-based split and features (entity statistics fitted on the training window)."""
+    """Time-based split and features (entity features replayed over the table, its end-state snapshot)."""
     from fraudops.steps import split_features as run
     from fraudops.training import TrainConfig
 

@@ -6,7 +6,7 @@
 #      training table (synthetic transactions from the project's generator);
 #   3. the Prometheus Operator: its CRDs (from its Go module), the operator, one Prometheus, one Alertmanager;
 #   4. the bearer tokens of the trigger and of the scorer's /feedback and /reload (Secrets fraudops-trigger-token,
-#      fraudops-scorer-token);
+#      fraudops-scorer-token) and the feature store's password (Secret fraudops-feature-store);
 #   5. a first champion, trained by `fraudops pipeline job` in a Kubernetes Job (the retrain Job's shape);
 #   6. the chart, with real Helm, waiting for every pod to be Ready.
 #
@@ -121,6 +121,10 @@ for secret in fraudops-trigger-token fraudops-scorer-token; do
     kube -n "$NAMESPACE" create secret generic "$secret" --from-file=token=<(random_key) > /dev/null
   fi
 done
+# the feature store's password (URL-safe: the scorer's FRAUDOPS_FEATURE_STORE_URL carries it)
+if ! kube -n "$NAMESPACE" get secret fraudops-feature-store > /dev/null 2>&1; then
+  kube -n "$NAMESPACE" create secret generic fraudops-feature-store --from-file=password=<(random_key) > /dev/null
+fi
 
 # --- 5. a first champion (the scorer is not ready without one) ---------------------------------------------------
 [[ -n "$champion" ]] || die "the seed Job did not report the registry's champion"

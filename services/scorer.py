@@ -29,6 +29,8 @@ Metrics on ``/metrics`` besides BentoML's own ``bentoml_service_*``:
 | `fraudops_scorer_role_model_seconds` | histogram | `role` | one model call's time (shadow: a micro-batch) |
 | `fraudops_scorer_shadow_dropped_total` | counter | | requests not shadow-scored (queue full) |
 | `fraudops_scorer_shadow_failures_total` | counter | | shadow scorings that failed (never the request) |
+| `fraudops_scorer_feature_store_requests_total` | counter | | model calls that asked the online feature store |
+| `fraudops_scorer_feature_store_fallbacks_total` | counter | | ... answered from the frozen snapshot (store down) |
 | `fraudops_scorer_rollout_info` | gauge | `challenger`, `mode`, `percent` | 1 for the active rollout |
 | `fraudops_scorer_feedback_labels_total` | counter | `source` | labels recorded: chargeback, manual_review, ... |
 
@@ -115,9 +117,10 @@ class FraudScorer:
         self,
         transactions: Annotated[list[Any], Field(description="1..FRAUDOPS_MAX_BATCH raw transactions (the training "
                                                  "schema; optional fields may be absent)", examples=[[_EXAMPLE]])],
-        explain: Annotated[StrictBool, Field(description="add the top reason codes (SHAP)")] = False,
+        explain: Annotated[StrictBool, Field(description="add the top reason codes (SHAP) and the features the "
+                                                         "model saw")] = False,
     ) -> ScoreResponse:
-        """Fraud score, decision and (with explain) reason codes for each transaction."""
+        """Fraud score, decision and (with explain) reason codes and features for each transaction."""
         try:
             return _json(self.scorer.score(transactions, explain))
         except RequestError as exc:

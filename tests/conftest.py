@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -102,3 +107,74 @@ def save_small_bundle(frame: pd.DataFrame, iterations: int, target: Path) -> str
 def save_bundle():
     """`save_small_bundle`, for module fixtures that train a small model."""
     return save_small_bundle
+
+
+class RedisServer:
+    """A private ``redis-server`` on a free loopback port, without persistence (`stop` ends it)."""
+
+    def __init__(self, binary: str, home: Path) -> None:
+        import redis
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{port}/0"
+        with (home / "redis.log").open("wb") as log:
+            self.process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                             "--appendonly", "no", "--dir", str(home)], stdout=log,
+                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        client = redis.Redis(port=port, socket_timeout=1)
+        deadline = time.monotonic() + 10
+        try:
+            while True:
+                assert self.process.poll() is None, (home / "redis.log").read_text()[-2000:]
+                try:
+                    client.ping()
+                    break
+                except redis.ConnectionError:
+                    assert time.monotonic() < deadline, "redis-server did not answer within 10 s"
+                    time.sleep(0.05)
+        except BaseException:
+            self.stop()
+            raise
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        """End the server (this test's own process, by its handle)."""
+        if self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+
+
+def _redis_binary() -> str:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("needs Debian's redis-server (apt-get install redis-server)")
+    return binary
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The URL of a private ``redis-server`` shared by the session (skips when Debian's redis-server is not
+    installed). Tests keep apart by store namespace."""
+    server = RedisServer(_redis_binary(), tmp_path_factory.mktemp("redis"))
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A private ``redis-server`` of one test, which the test may stop."""
+    server = RedisServer(_redis_binary(), tmp_path_factory.mktemp("redis"))
+    try:
+        yield server
+    finally:
+        server.stop()

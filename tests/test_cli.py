@@ -14,7 +14,8 @@ import pytest
 FRAUDOPS = str(Path(sys.executable).with_name("fraudops"))
 COMMANDS = [[], ["data"], ["data", "generate"], ["train"], ["pipeline"], ["pipeline", "compile"],
             ["pipeline", "run"], ["pipeline", "submit"], ["models"], ["models", "list"], ["models", "show"],
-            ["models", "promote"], ["models", "rollback"], ["models", "history"], ["serve"], ["monitor"],
+            ["models", "promote"], ["models", "rollback"], ["models", "history"], ["serve"], ["features"],
+            ["features", "load-snapshot"], ["features", "rebuild"], ["monitor"],
             ["monitor", "drift"], ["monitor", "exporter"], ["monitor", "export-labelled"], ["trigger"],
             ["trigger", "serve"], ["decisions"], ["decisions", "simulate"], ["rollout"], ["rollout", "start"],
             ["rollout", "status"], ["rollout", "promote"], ["rollout", "abort"], ["rollout", "step"], ["demo"]]
@@ -55,7 +56,7 @@ def test_generate_then_train_writes_the_results(tmp_path: Path) -> None:
     state = json.loads((tmp_path / "one" / "model" / "features" / "feature_state.json").read_text())
     assert (state["spec"]["account"], state["spec"]["entities"]) == ("user_id", ["device_id"])
     names = json.loads((tmp_path / "one" / "model" / "bundle.json").read_text())["feature_names"]
-    assert "device_id__txn_count" in names and not any(n.startswith("ip_address__") for n in names)
+    assert "device_id__count_all" in names and not any(n.startswith("ip_address__") for n in names)
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from fraudops.errors import ConfigError
-from fraudops.monitoring.drift import DriftPolicy, compute_drift
+from fraudops.monitoring.drift import DriftPolicy, EntityDriftPolicy, compute_drift
 
 FEATURES = ["amount", "velocity", "channel"]
 CATEGORICAL = ["channel"]
@@ -54,8 +54,9 @@ def test_policy_defaults_and_is_frozen() -> None:
 def test_policy_from_yaml_file(tmp_path) -> None:
     path = tmp_path / "policy.yaml"
     path.write_text("min_rows: 50\ndrift_share: 0.5\nfeature_thresholds:\n  amount: 0.2\n"
-                    "feature_weights:\n  amount: 3\nseed: 7\n")
+                    "feature_weights:\n  amount: 3\nseed: 7\nentity_features:\n  drift_share: 0.6\n")
     policy = DriftPolicy.from_file(path)
+    assert policy.entity_features == EntityDriftPolicy(drift_share=0.6, feature_threshold=None)
     assert policy.min_rows == 50 and policy.drift_share == 0.5 and policy.seed == 7
     assert policy.feature_thresholds == {"amount": 0.2} and policy.feature_weights == {"amount": 3.0}
     assert policy.cat_method == "jensenshannon"  # untouched keys keep their defaults
@@ -148,6 +149,27 @@ def test_per_feature_threshold_overrides_the_default(reference) -> None:
     loose = POLICY.model_copy(update={"feature_thresholds": {"amount": 1e6}})
     summary, _ = compute_drift(reference, current, FEATURES, CATEGORICAL, loose)
     assert not summary.features["amount"]["drifted"] and summary.share_drifted_features == 0.0
+
+
+def test_entity_features_are_their_own_group(reference) -> None:
+    """Velocity counts that double with traffic volume are reported, not voted, unless the policy says so."""
+    current = traffic(1000, seed=3).assign(velocity=lambda f: f["velocity"] * 2)
+    features = [*FEATURES, "device__count_24h"]
+    ref = reference.assign(device__count_24h=reference["velocity"])
+    cur = current.assign(device__count_24h=current["velocity"])
+    entity = ["velocity", "device__count_24h"]
+    summary, _ = compute_drift(ref, cur, features, CATEGORICAL, POLICY, entity_features=entity)
+    assert summary.features["velocity"]["drifted"] and summary.features["device__count_24h"]["group"] == "entity"
+    assert summary.features["amount"]["group"] == "transaction"
+    assert (summary.share_drifted_features, summary.entity_share_drifted_features) == (0.0, 1.0)
+    assert not summary.dataset_drift and summary.verdict == "ok"
+    voted = POLICY.model_copy(update={"entity_features": EntityDriftPolicy(drift_share=0.5)})
+    summary, _ = compute_drift(ref, cur, features, CATEGORICAL, voted, entity_features=entity)
+    assert summary.dataset_drift and summary.verdict == "drift"
+    assert any("entity_features.drift_share=50%" in reason for reason in summary.reasons)
+    lax = POLICY.model_copy(update={"entity_features": EntityDriftPolicy(drift_share=0.5, feature_threshold=1e6)})
+    summary, _ = compute_drift(ref, cur, features, CATEGORICAL, lax, entity_features=entity)
+    assert summary.entity_share_drifted_features == 0.0 and summary.verdict == "ok"
 
 
 def test_score_drift_alone_is_drift(reference) -> None:

@@ -452,6 +452,8 @@ def test_default_objects(chart: Any) -> None:
         ("Deployment", "fraudops-drift-exporter"), ("Deployment", "fraudops-scorer"),
         ("Deployment", "fraudops-trigger"),
         ("NetworkPolicy", "fraudops-drift"), ("NetworkPolicy", "fraudops-drift-exporter"),
+        ("NetworkPolicy", "fraudops-feature-store"), ("Service", "fraudops-feature-store"),
+        ("StatefulSet", "fraudops-feature-store"),
         ("NetworkPolicy", "fraudops-scorer"), ("NetworkPolicy", "fraudops-trigger"),
         ("PodDisruptionBudget", "fraudops-scorer"), ("Pod", "fraudops-test-score"),
         ("Role", "fraudops-trigger"), ("RoleBinding", "fraudops-trigger"),
@@ -500,6 +502,52 @@ def test_scorer_deployment(chart: Any) -> None:
     assert env["FRAUDOPS_INTERNAL_TOKEN_FILE"] == "/var/run/secrets/fraudops-scorer/token"
     assert volumes[mounts["/var/run/secrets/fraudops-scorer"]]["secret"] == {
         "secretName": "fraudops-scorer-token", "defaultMode": 0o400, "items": [{"key": "token", "path": "token"}]}
+
+
+def test_feature_store_runs_redis_from_the_project_image_and_the_scorer_shares_it(chart: Any) -> None:
+    docs = objects(chart, OBJECT_STORE)
+    store = one(docs, "StatefulSet", "fraudops-feature-store")
+    pod = store["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    scorer = one(docs, "Deployment", "fraudops-scorer")["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == scorer["image"] and store["spec"]["replicas"] == 1
+    script = container["command"][-1]
+    assert "exec redis-server /tmp/redis.conf" in script and "--maxmemory 768mb --maxmemory-policy noeviction" in script
+    assert "--appendonly no" in script and "requirepass" in script and "env" not in container  # from a file
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["password"]["secret"]["secretName"] == "fraudops-feature-store"
+    assert "emptyDir" in volumes["data"] and "volumeClaimTemplates" not in store["spec"]
+    service = one(docs, "Service", "fraudops-feature-store")
+    assert service["spec"]["clusterIP"] == "None" and store["spec"]["serviceName"] == "fraudops-feature-store"
+    env = _env(scorer)
+    assert env["FEATURE_STORE_PASSWORD"] == {"secretKeyRef": {"name": "fraudops-feature-store", "key": "password"}}
+    assert env["FRAUDOPS_FEATURE_STORE_URL"] == ("redis://:$(FEATURE_STORE_PASSWORD)@fraudops-feature-store."
+                                                 f"{NAMESPACE}.svc.cluster.local:6379/0")
+    assert env["FRAUDOPS_FEATURE_STORE_TIMEOUT_SECONDS"] == "0.05"
+    names = [e["name"] for e in scorer["env"]]  # Kubernetes splices only variables defined before
+    assert names.index("FEATURE_STORE_PASSWORD") < names.index("FRAUDOPS_FEATURE_STORE_URL")
+    policy = one(docs, "NetworkPolicy", "fraudops-feature-store")["spec"]
+    assert policy["ingress"] == [{"from": [{"podSelector": {"matchLabels": {
+        "app.kubernetes.io/name": "fraudops", "app.kubernetes.io/instance": RELEASE,
+        "app.kubernetes.io/component": "scorer"}}}], "ports": [{"port": "redis", "protocol": "TCP"}]}]
+    # persistence: a claim per pod, the append-only file
+    kept = objects(chart, merge(OBJECT_STORE, {"featureStore": {"persistence": {
+        "enabled": True, "size": "10Gi", "storageClass": "fast"}, "maxMemory": "2gb"}}))
+    assert validation_errors(kept) == [] and policy_violations(kept) == []
+    store = one(kept, "StatefulSet", "fraudops-feature-store")
+    (claim,) = store["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "10Gi" and claim["spec"]["storageClassName"] == "fast"
+    assert "data" not in {v["name"] for v in store["spec"]["template"]["spec"]["volumes"]}
+    assert "--appendonly yes" in store["spec"]["template"]["spec"]["containers"][0]["command"][-1]
+    # off: no store, and the scorer serves the frozen snapshot
+    off = objects(chart, merge(OBJECT_STORE, {"featureStore": {"enabled": False}}))
+    assert not [d for d in off if "feature-store" in d["metadata"]["name"]]
+    assert "FRAUDOPS_FEATURE_STORE_URL" not in _env(one(off, "Deployment", "fraudops-scorer")["spec"]["template"][
+        "spec"]["containers"][0])
+    with pytest.raises(helm_python.HelmRenderError, match=r"featureStore\.auth\.existingSecret is required"):
+        render(chart, merge(OBJECT_STORE, {"featureStore": {"auth": {"existingSecret": ""}}}))
+    with pytest.raises(helm_python.HelmValuesError, match="/featureStore/maxMemory"):
+        render(chart, merge(OBJECT_STORE, {"featureStore": {"maxMemory": "lots"}}))
 
 
 def test_the_internal_token_secret_is_the_users(chart: Any) -> None:
@@ -593,7 +641,7 @@ def test_drift_cronjob_and_exporter(chart: Any) -> None:
 
 
 def test_drift_policy_goes_from_values_to_the_drift_job(chart: Any, tmp_path: Path) -> None:
-    from fraudops.monitoring.drift import DriftPolicy
+    from fraudops.monitoring.drift import DriftPolicy, EntityDriftPolicy
 
     default = one(objects(chart), "ConfigMap", "fraudops-drift-policy")["data"]["policy.yaml"]
     (tmp_path / "default.yaml").write_text(default)
@@ -606,6 +654,14 @@ def test_drift_policy_goes_from_values_to_the_drift_job(chart: Any, tmp_path: Pa
     # the values schema is DriftPolicy's: a misspelt or out-of-range key fails at install, naming it
     schema = json.loads((CHART_DIR / "values.schema.json").read_text())["properties"]["driftMonitor"]["properties"]
     assert set(schema["policy"]["properties"]) == set(DriftPolicy.model_fields)
+    entity = schema["policy"]["properties"]["entity_features"]["properties"]
+    assert set(entity) == set(EntityDriftPolicy.model_fields)
+    text = one(objects(chart, {"driftMonitor": {"policy": {"entity_features": {"drift_share": 0.6}}}}), "ConfigMap",
+               "fraudops-drift-policy")["data"]["policy.yaml"]
+    (tmp_path / "entity.yaml").write_text(text)
+    assert DriftPolicy.from_file(tmp_path / "entity.yaml").entity_features == EntityDriftPolicy(drift_share=0.6)
+    with pytest.raises(helm_python.HelmValuesError, match="/driftMonitor/policy/entity_features/drift_share"):
+        render(chart, {"driftMonitor": {"policy": {"entity_features": {"drift_share": 0}}}})
     with pytest.raises(helm_python.HelmValuesError, match="drift_shar"):
         render(chart, {"driftMonitor": {"policy": {"drift_shar": 0.2}}})
     with pytest.raises(helm_python.HelmValuesError, match="/driftMonitor/policy/drift_share"):
@@ -720,7 +776,8 @@ def test_trigger_secret_name_is_required(chart: Any) -> None:
 def test_network_policies(chart: Any) -> None:
     docs = objects(chart)
     by_name = {d["metadata"]["name"]: d["spec"] for d in find(docs, "NetworkPolicy")}
-    assert set(by_name) == {"fraudops-scorer", "fraudops-drift-exporter", "fraudops-trigger", "fraudops-drift"}
+    assert set(by_name) == {"fraudops-scorer", "fraudops-drift-exporter", "fraudops-trigger", "fraudops-drift",
+                            "fraudops-feature-store"}
     assert all(spec["policyTypes"] == ["Ingress"] for spec in by_name.values())
     assert "ingress" not in by_name["fraudops-drift"]  # the drift job admits nothing
     prometheus = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
@@ -750,8 +807,8 @@ def _matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
 @pytest.mark.parametrize("case", ["defaults", "everything", "pvc"])
 def test_selectors_and_ports_line_up(chart: Any, case: str) -> None:
     docs = objects(chart, MATRIX[case])
-    workloads = [d for d in docs if d["kind"] in {"Deployment", "CronJob"}]
-    for workload in [d for d in workloads if d["kind"] == "Deployment"]:
+    workloads = [d for d in docs if d["kind"] in {"Deployment", "StatefulSet", "CronJob"}]
+    for workload in [d for d in workloads if d["kind"] != "CronJob"]:
         assert _matches(workload["spec"]["selector"]["matchLabels"], pod_labels(workload))
     for service in find(docs, "Service"):
         (target,) = [w for w in workloads if _matches(service["spec"]["selector"], pod_labels(w))]
@@ -820,7 +877,8 @@ SCORER_METRICS = {"fraudops_scorer_requests_total", "fraudops_scorer_rows_scored
                   "fraudops_scorer_request_latency_seconds_bucket", "fraudops_scorer_score_bucket",
                   "fraudops_scorer_decisions_total", "fraudops_scorer_validation_errors_total",
                   "fraudops_scorer_model_info", "fraudops_scorer_predlog_write_failures_total",
-                  "fraudops_scorer_predlog_wal_write_failures_total", "fraudops_scorer_role_decisions_total",
+                  "fraudops_scorer_predlog_wal_write_failures_total", "fraudops_scorer_feature_store_requests_total",
+                  "fraudops_scorer_feature_store_fallbacks_total", "fraudops_scorer_role_decisions_total",
                   "fraudops_scorer_role_model_seconds_bucket", "fraudops_scorer_shadow_dropped_total",
                   "fraudops_scorer_shadow_failures_total"}
 DRIFT_METRICS = {"fraudops_drift_share_drifted_features", "fraudops_drift_detected", "fraudops_drift_score_drift",

@@ -1,5 +1,5 @@
-"""The whole loop with real processes on loopback ports: scorer (BentoML), drift exporter, retrain trigger,
-Debian's Prometheus and Alertmanager, kfp.local retraining."""
+"""The whole loop with real processes on loopback ports: Debian's redis-server (the feature store), scorer
+(BentoML), drift exporter, retrain trigger, Debian's Prometheus and Alertmanager, kfp.local retraining."""
 
 from __future__ import annotations
 
@@ -14,8 +14,10 @@ from fraudops.registry import Registry
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not (shutil.which("prometheus") and shutil.which("prometheus-alertmanager")),
-                       reason="needs Debian's prometheus and prometheus-alertmanager (apt-get install them)"),
+    pytest.mark.skipif(not (shutil.which("prometheus") and shutil.which("prometheus-alertmanager")
+                            and shutil.which("redis-server")),
+                       reason="needs Debian's prometheus, prometheus-alertmanager and redis-server (apt-get install "
+                              "them)"),
 ]
 
 

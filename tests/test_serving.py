@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from catboost import Pool
 from prometheus_client import CollectorRegistry
 
 from fraudops import steps
@@ -28,7 +27,6 @@ from fraudops.bundle import ModelBundle
 from fraudops.data.synthetic import generate_transactions
 from fraudops.decisions import Bands
 from fraudops.errors import ConfigError, RegistryError
-from fraudops.features import FastFeatures
 from fraudops.predlog import LogWriter, read_feedback, read_predictions
 from fraudops.registry import Registry
 from fraudops.schema import SYNTHETIC, DatasetSpec
@@ -215,10 +213,12 @@ def test_unknown_categories_extra_fields_integer_ids_and_missing_optionals_are_v
 
 
 # -- features and scores --------------------------------------------------------------------------------------
-def test_fast_features_equal_the_canonical_feature_function(scorer, trained):
+def test_row_path_features_equal_the_frame_path(scorer, trained):
+    """The scorer's row adapters (validated rows) give the features of the frame adapters (`bundle.features`),
+    row and entity features alike, on many rows: new and known entities, odd spellings, missing fields."""
     bundle = scorer.model.bundle
     rng = np.random.default_rng(0)
-    # new entities and ones seen in training (known pairs); copies: the shared fixture's rows stay as they are
+    # new entities and ones seen in training; copies: the shared fixture's rows stay as they are
     rows = copy.deepcopy(trained["requests"] + trained["history"][:1500])
     for i, row in enumerate(rows[:400]):  # optional fields missing, odd spellings of keys and times
         if i % 4 == 0:
@@ -228,17 +228,19 @@ def test_fast_features_equal_the_canonical_feature_function(scorer, trained):
         if i % 4 == 2:
             row["purchase_time"] = pd.Timestamp(row["purchase_time"]).tz_localize("UTC").tz_convert(
                 "Asia/Kolkata").isoformat()
-    validated = scorer.model.schema.validate(rows)
-    fast = FastFeatures(bundle.state).rows(validated)
+    served = scorer.model.run(scorer.model.schema.validate(rows))
     canonical = bundle.features(pd.DataFrame(rows))
-    for j, name in enumerate(bundle.feature_names):
-        column = [row[j] for row in fast]
+    assert list(served.features) == bundle.feature_names == list(canonical.columns)
+    for name in bundle.feature_names:
+        column = list(served.features[name])
         if name in bundle.state.categorical_features:
             assert column == canonical[name].astype(str).tolist(), name
         else:
             np.testing.assert_array_equal(np.array(column, dtype="float64"), canonical[name].to_numpy("float64"),
                                           err_msg=name)
-    assert canonical["device_id__account_count"].gt(0).any()  # the rows did exercise known entity/account pairs
+    # the rows did exercise entities known to the snapshot and entities repeated within the batch
+    assert canonical["device_id__accounts_all"].gt(0).any() and canonical["user_id__count_all"].gt(0).any()
+    assert canonical["ip_address__count_1h"].gt(0).any() and canonical["device_id__first_seen"].eq(1).any()
 
 
 @pytest.mark.parametrize("kind", ["time_format", "seconds"])
@@ -258,13 +260,10 @@ def test_models_with_formatted_or_second_offset_times_are_served_like_the_canoni
     steps.train_to_directory(str(tmp_path / "data.parquet"), tmp_path / "out", spec, TrainConfig(iterations=30))
     bundle = ModelBundle.load(tmp_path / "out" / "model")
     served = ServedModel.build("m:1", bundle, ServingConfig(), spec)
-    assert served.fast is not None and served.schema.seconds == (kind == "seconds")
+    assert served.entities is not None and served.entities.live is None
+    assert served.schema.seconds == (kind == "seconds")
     rows = as_requests(frame.tail(400))
-    fast = served.fast.rows(served.schema.validate(rows))
-    np.testing.assert_array_equal(
-        bundle.model.predict_proba(Pool(fast, cat_features=bundle.state.categorical_features,
-                                        feature_names=bundle.feature_names))[:, 1],
-        bundle.score(pd.DataFrame(rows)))
+    np.testing.assert_array_equal(served.run(served.schema.validate(rows)).scores, bundle.score(pd.DataFrame(rows)))
     with pytest.raises(RequestError, match="purchase_time: "):
         served.schema.validate([{**rows[0], "purchase_time": "2026-01-31T12:00:00Z" if kind == "seconds"
                                  else "2026-01-31T12:00:00"}])
@@ -275,28 +274,9 @@ def test_service_scores_equal_the_bundle_scores(scorer, trained):
     expected = scorer.model.bundle.score(pd.DataFrame(rows))
     got = [r["score"] for r in scorer.score(rows)["results"]]
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
-    single = [scorer.score([row])["results"][0]["score"] for row in rows[:20]]
-    np.testing.assert_allclose(single, expected[:20], rtol=0, atol=1e-12)
-
-
-def test_canonical_features_are_used_when_the_fast_path_disagrees(home, tmp_path, trained, monkeypatch, caplog):
-    original = FastFeatures.rows
-
-    def skewed(self: FastFeatures, rows: list[dict[str, Any]]) -> list[list[Any]]:
-        out = original(self, rows)
-        for row in out:
-            row[-1] = 0.0  # a last feature that drifted from FeatureState.transform
-        return out
-
-    monkeypatch.setattr(FastFeatures, "rows", skewed)
-    scorer = make_scorer(home, tmp_path)
-    scorer.reload()
-    assert scorer.model.fast is None
-    assert "fast feature path disagrees with FeatureState.transform (user_id__amount_ratio)" in caplog.text
-    rows = trained["requests"][:30]
-    got = [r["score"] for r in scorer.score(rows)["results"]]
-    scorer.close()
-    np.testing.assert_allclose(got, scorer.model.bundle.score(pd.DataFrame(rows)), rtol=0, atol=1e-12)
+    single = [scorer.score([row])["results"][0]["score"] for row in rows[:20]]  # each alone against the snapshot
+    alone = [scorer.model.bundle.score(pd.DataFrame([row]))[0] for row in rows[:20]]
+    np.testing.assert_allclose(single, alone, rtol=0, atol=1e-12)
 
 
 def test_reason_codes_rank_contributions():
@@ -322,6 +302,13 @@ def test_explain_adds_the_top_reasons_from_shap_values(home, tmp_path, trained):
         contributions = [r["contribution"] for r in item["reasons"]]
         assert len(contributions) == 4 and contributions == sorted(contributions, reverse=True)
         assert {r["feature"] for r in item["reasons"]} <= names
+        assert list(item["features"]) == scorer.model.feature_names and "features" not in same
+        for reason in item["reasons"]:
+            assert item["features"][reason["feature"]] == reason["value"]
+    first = scorer.model.bundle.features(pd.DataFrame(rows)).iloc[0]
+    assert body["results"][0]["features"]["device_id__count_24h"] == first["device_id__count_24h"]
+    assert body["results"][0]["features"]["country"] == rows[0]["country"]
+    assert "features_fallback" not in body
     flagged = [i for i in body["results"] if i["decision"] != "approve"]
     assert flagged and all(i["reasons"][0]["contribution"] > 0 for i in flagged)
 
@@ -771,3 +758,155 @@ def test_a_champion_poll_reads_the_pointer_once(home, trained, tmp_path, monkeyp
     assert scorer.reload()["rollout"]["percent"] == 10  # the champion and the rollout from one read
     scorer.close()
     assert len(reads) == 1
+
+
+# -- the online feature store -----------------------------------------------------------------------------------
+def burst(n: int, device: str, start: str = "2026-03-01T10:00:00+00:00", every: int = 30) -> list[dict[str, Any]]:
+    """A card-testing burst: ``n`` small payments from one device and IP, by several accounts, ``every`` s apart."""
+    t0 = pd.Timestamp(start)
+    return [valid(transaction_id=f"{device}-{i}", user_id=f"{device}-u{i % 3}", device_id=device,
+                  ip_address=f"10.9.{len(device)}.1", amount=1.0 + i,
+                  purchase_time=(t0 + pd.Timedelta(seconds=every * i)).isoformat()) for i in range(n)]
+
+
+def counter(registry: CollectorRegistry, name: str) -> float:
+    return registry.get_sample_value(f"fraudops_scorer_{name}_total") or 0.0
+
+
+def test_scoring_with_a_store_counts_a_burst_once_per_transaction(home, tmp_path, redis_url):
+    """Every scored transaction updates the store (read, then record): a card-testing burst's later transactions
+    see the earlier ones in their 1 h counts, a retried transaction id counts once and sees what it saw."""
+    registry = CollectorRegistry()
+    scorer = make_scorer(home, tmp_path, registry, feature_store_url=redis_url, feature_store_timeout_seconds=2)
+    scorer.reload()
+    assert scorer.model.entities.live is not None
+    rows = burst(8, "BURST-DEV-1")
+    try:
+        seen = [scorer.score([row], explain=True)["results"][0]["features"] for row in rows]
+        retried = scorer.score([rows[3]], explain=True)
+        after = scorer.score(burst(9, "BURST-DEV-1")[8:], explain=True)["results"][0]["features"]
+    finally:
+        scorer.close()
+    assert [f["device_id__count_1h"] for f in seen] == list(range(8))
+    assert [f["device_id__accounts_1h"] for f in seen] == [0, 1, 2, 3, 3, 3, 3, 3]
+    assert [f["ip_address__count_24h"] for f in seen] == list(range(8))
+    assert seen[0]["device_id__first_seen"] == 1 and seen[1]["device_id__seconds_since_prev"] == 30
+    assert seen[2]["device_id__amount_sum_1h"] == 1.0 + 2.0
+    assert retried["results"][0]["features"] == seen[3]  # the retry sees what the first attempt saw
+    assert after["device_id__count_1h"] == 8  # ... and did not count twice
+    assert "features_fallback" not in retried
+    assert counter(registry, "feature_store_requests") == 10 and counter(registry, "feature_store_fallbacks") == 0
+    # without a store the same burst is invisible: every transaction sees the frozen snapshot only
+    frozen = [scorer.model.bundle.features(pd.DataFrame([row])).iloc[0]["device_id__count_1h"] for row in rows]
+    assert frozen == [0.0] * 8
+
+
+def test_shadow_scoring_only_reads_the_store(home, tmp_path, redis_url, trained):
+    """The challenger's shadow scores and the champion's scores of canary rows (the shadow process) read the
+    store and never record: the deciding model already counted the transaction."""
+    from fraudops.registry import SHADOW
+    from fraudops.serving.shadow import ShadowJob, _Models, _score
+
+    scorer = make_scorer(home, tmp_path, feature_store_url=redis_url, feature_store_timeout_seconds=2)
+    scorer.reload()
+    rows = burst(4, "BURST-DEV-2")
+    models = _Models(scorer.config)
+    registry = Registry(home=home)
+    writer = LogWriter(str(tmp_path / "shadow-log"), flush_seconds=60)
+    try:
+        scorer.score(rows[:2])
+        for tag in (trained["a"], trained["b"]):
+            job = ShadowJob(SHADOW, tag, str(registry.path(tag)), "r1", "0" * 32, rows[2:4], [0, 1])
+            outcome = _score([job, job], models, writer)
+            assert outcome.error is None and len(outcome.scores) == 4
+        shadowed = models.get(trained["b"], str(registry.path(trained["b"]))).run(
+            scorer.model.schema.validate(rows[2:3]))
+        answered = scorer.score(rows[2:3], explain=True)["results"][0]["features"]
+    finally:
+        writer.close()
+        scorer.close()
+    assert list(shadowed.features["device_id__count_1h"]) == [2.0]  # shadow calls did not record rows 2 and 3
+    assert answered["device_id__count_1h"] == 2  # the champion sees the 2 it scored, not the shadow's
+
+
+def test_a_store_that_goes_down_gives_flagged_frozen_answers_and_never_a_failed_request(home, tmp_path,
+                                                                                          redis_server):
+    registry = CollectorRegistry()
+    scorer = make_scorer(home, tmp_path, registry, feature_store_url=redis_server.url,
+                         feature_store_timeout_seconds=0.2)
+    scorer.reload()
+    rows = burst(6, "BURST-DEV-3")
+    try:
+        live = [scorer.score([row], explain=True) for row in rows[:3]]
+        redis_server.stop()
+        down = [scorer.score([row], explain=True) for row in rows[3:]]
+        ready = scorer.ready
+    finally:
+        scorer.close()
+    assert [b["results"][0]["features"]["device_id__count_1h"] for b in live] == [0, 1, 2]
+    assert not any("features_fallback" in b for b in live)
+    for body, row in zip(down, rows[3:], strict=True):
+        ScoreResponse.model_validate(body)
+        assert body["features_fallback"] is True
+        frozen = scorer.model.bundle.features(pd.DataFrame([row])).iloc[0]
+        assert body["results"][0]["features"]["device_id__count_1h"] == frozen["device_id__count_1h"] == 0
+        assert body["results"][0]["score"] == pytest.approx(scorer.model.bundle.score(pd.DataFrame([row]))[0],
+                                                             abs=1e-12)
+    assert ready
+    assert counter(registry, "feature_store_requests") == 6 and counter(registry, "feature_store_fallbacks") == 3
+    assert registry.get_sample_value("fraudops_scorer_requests_total", {"endpoint": "score", "outcome": "ok"}) == 6
+
+
+def test_a_lost_store_is_rebuilt_from_the_prediction_log(home, tmp_path, redis_server, trained, monkeypatch):
+    """Score traffic (a retry among it) with a store, lose the store, rebuild it from the log: every entity
+    feature of new transactions is what it was before the loss (the snapshot loaded, each transaction once)."""
+    import redis
+    from click.testing import CliRunner
+
+    from fraudops.cli import main
+
+    scorer = make_scorer(home, tmp_path, feature_store_url=redis_server.url, feature_store_timeout_seconds=2)
+    scorer.reload()
+    traffic, probe = trained["requests"][:400], trained["requests"][400:440]
+    try:
+        for start in range(0, len(traffic), 40):
+            scorer.score(traffic[start:start + 40])
+        scorer.score(traffic[100:103])  # a client's retry
+        live = scorer.model.entities.live
+        rows = scorer.model.schema.validate(probe)
+        before = live.lookup(rows)
+    finally:
+        scorer.close()
+    assert live.store.seed_state()["source"] == trained["a"]
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    assert client.dbsize() == 0
+    monkeypatch.setenv("BENTOML_HOME", str(home))
+    result = CliRunner().invoke(main, ["features", "rebuild", "--from-log", "1h", "--store-url", redis_server.url,
+                                       "--log-root", str(tmp_path / "log")])
+    assert result.exit_code == 0, result.output
+    assert f"loaded the snapshot of {trained['a']}" in result.output
+    assert "replayed 403 logged transactions, 400 new" in result.output
+    np.testing.assert_array_equal(live.lookup(rows), before)
+    again = CliRunner().invoke(main, ["features", "rebuild", "--from-log", "1h", "--store-url", redis_server.url,
+                                      "--log-root", str(tmp_path / "log")])
+    assert "kept its history" in again.output and "403 logged transactions, 0 new" in again.output
+    np.testing.assert_array_equal(live.lookup(rows), before)
+
+
+def test_a_store_restarted_empty_gets_the_snapshot_again_at_the_next_poll(home, tmp_path, redis_server, trained):
+    import redis
+
+    scorer = make_scorer(home, tmp_path, feature_store_url=redis_server.url, feature_store_timeout_seconds=2)
+    scorer.reload()
+    store = scorer.model.entities.live.store
+    rows = scorer.model.schema.validate(trained["requests"][:20])
+    try:
+        warm = scorer.model.entities.live.lookup(rows)
+        redis.Redis.from_url(redis_server.url).flushall()  # a restart without persistence
+        assert store.seed_state() == {}
+        assert not scorer.reload()["changed"]  # the champion poll
+        assert store.seed_state()["source"] == trained["a"]
+        np.testing.assert_array_equal(scorer.model.entities.live.lookup(rows), warm)
+    finally:
+        scorer.close()

@@ -152,8 +152,10 @@ def test_evaluate_step(chain):
     bundle = ModelBundle.load(chain["dirs"]["model"])
     assert list(reference.columns) == [*bundle.feature_names, "score", "label", "purchase_time"]
     assert len(reference) == metrics["n_rows"]
-    test = pd.read_parquet(chain["dirs"]["split"] / "test.parquet")
-    np.testing.assert_allclose(reference["score"], bundle.score(test.drop(columns=["is_fraud"])))
+    # the holdout scored on its replayed (point-in-time) features, the ones the model was trained on
+    test = pd.read_parquet(chain["dirs"]["split"] / "test_features.parquet").drop(columns=[LABEL])
+    np.testing.assert_allclose(reference["score"], bundle.score_features(test))
+    pd.testing.assert_frame_equal(reference[bundle.feature_names], test, check_dtype=False)
 
 
 def test_first_model_passes_the_floor(chain):

@@ -114,13 +114,22 @@ def test_window_without_fraud(validated):
         split(frame, spec, CONFIG)
 
 
-def test_featurize_uses_leave_one_out_for_training_rows(prepared):
+def test_featurize_replays_the_whole_table_in_event_time(prepared):
+    """Every part's entity features come from the rows strictly before it, in whichever part (point in time):
+    a validation row sees the training rows before it, a training row never sees a later row."""
     splits, state, x_train, x_valid, x_test = prepared
-    pd.testing.assert_frame_equal(x_train, state.transform(splits.train, exclude_self=True))
-    pd.testing.assert_frame_equal(x_valid, state.transform(splits.valid))
-    pd.testing.assert_frame_equal(x_test, state.transform(splits.test))
-    # the state only knows the training window
-    assert state.entity_stats["user_id"]["txn_count"].sum() == len(splits.train)
+    whole = pd.concat([splits.train, splits.valid, splits.test], ignore_index=True)
+    expected = state.training_features(whole)
+    got = pd.concat([x_train, x_valid, x_test], ignore_index=True)
+    pd.testing.assert_frame_equal(got, expected)
+    first = whole.groupby("device_id")["purchase_time"].transform("min")
+    seen_before = (whole["purchase_time"] > first).to_numpy()
+    np.testing.assert_array_equal(got["device_id__first_seen"].to_numpy() == 0, seen_before)
+    assert (x_valid["user_id__count_all"] > 0).any()  # validation rows see the training window
+    assert x_train["device_id__count_all"].iloc[0] == 0
+    # the frozen snapshot holds the whole table: every transaction is the newest of its user or folded before it
+    frozen = state.snapshot.columns["user_id"]
+    assert int(np.diff(frozen.event_start).sum() + frozen.count.sum()) == len(whole)
 
 
 def test_fit_threshold_minimises_valid_cost(bundle, prepared):
@@ -213,14 +222,14 @@ def test_load_incomplete_bundle_names_the_file(saved_bundle, tmp_path, name):
 
 def test_load_bundle_missing_entity_file(saved_bundle, tmp_path):
     copy = shutil.copytree(saved_bundle, tmp_path / "copy")
-    (copy / STATE_DIR / "entity__device_id.parquet").unlink()
-    with pytest.raises(RegistryError, match=r"entity__device_id\.parquet"):
+    (copy / STATE_DIR / "snapshot" / "device_id.events.parquet").unlink()
+    with pytest.raises(RegistryError, match=r"device_id\.events\.parquet"):
         ModelBundle.load(copy)
 
 
 def test_load_bundle_corrupt_state(saved_bundle, tmp_path):
     copy = shutil.copytree(saved_bundle, tmp_path / "copy")
-    (copy / STATE_DIR / "entity__ip_address.parquet").write_bytes(b"not parquet")
+    (copy / STATE_DIR / "snapshot" / "ip_address.keys.parquet").write_bytes(b"not parquet")
     with pytest.raises(RegistryError, match="unreadable"):
         ModelBundle.load(copy)
 
@@ -252,4 +261,12 @@ def test_load_inconsistent_bundle(saved_bundle, tmp_path):
     meta["feature_names"] = meta["feature_names"][::-1]
     (copy / META_FILE).write_text(json.dumps(meta))
     with pytest.raises(RegistryError, match="inconsistent"):
+        ModelBundle.load(copy)
+
+
+def test_load_bundle_of_an_older_format_says_retrain(saved_bundle, tmp_path):
+    copy = shutil.copytree(saved_bundle, tmp_path / "copy")
+    meta = json.loads((copy / META_FILE).read_text())
+    (copy / META_FILE).write_text(json.dumps({**meta, "format_version": 1}))
+    with pytest.raises(RegistryError, match=r"has format 1; this fraudops reads format 2 .* retrain the model"):
         ModelBundle.load(copy)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -38,8 +39,26 @@ def load_policy(cls: type[PolicyT], path: str | Path, what: str) -> PolicyT:
         raise ConfigError(f"invalid {what} {path}: {problems(exc, 'policy')}") from None
 
 
+class EntityDriftPolicy(BaseModel):
+    """How the entity features (velocity and link counts over windows, `fraudops.entity_features`) count.
+
+    They move with traffic volume and with the time since training (all-history counts only grow), so by default
+    they are a group of their own: measured, reported and exported per feature, but not part of the vote on input
+    drift."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    drift_share: float | None = Field(None, gt=0, le=1, description="weighted share of drifted entity features "
+                                      "for a drift verdict; null: reported, not voted")
+    feature_threshold: float | None = Field(None, gt=0, description="distance at which one entity feature counts "
+                                            "as drifted; null: the policy's feature_threshold")
+
+
 class DriftPolicy(BaseModel):
-    """When traffic counts as drifted or the model as degraded (a YAML file holds these keys)."""
+    """When traffic counts as drifted or the model as degraded (a YAML file holds these keys).
+
+    ``drift_share`` is the vote of the transaction's own features; the entity features have their own section,
+    ``entity_features`` (`EntityDriftPolicy`). ``feature_thresholds`` and ``feature_weights`` apply to both."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -52,7 +71,10 @@ class DriftPolicy(BaseModel):
     feature_thresholds: dict[str, float] = Field(default_factory=dict, description="per-feature overrides")
     feature_weights: dict[str, float] = Field(default_factory=dict,
                                               description="features that matter more (default weight 1)")
-    drift_share: float = Field(0.3, gt=0, le=1, description="weighted share of drifted features for a drift verdict")
+    drift_share: float = Field(0.3, gt=0, le=1, description="weighted share of drifted features of the transaction "
+                               "itself (not entity features) for a drift verdict")
+    entity_features: EntityDriftPolicy = Field(default_factory=EntityDriftPolicy,
+                                               description="the entity features' own group")
     score_threshold: float = Field(0.1, gt=0, description="distance of the score distribution for score drift")
     min_labelled_rows: int = Field(200, ge=1, description="labelled rows needed to judge performance")
     max_pr_auc_drop: float = Field(0.25, ge=0, le=1,
@@ -74,6 +96,9 @@ class DriftSummary:
     reference_rows: int
     labelled_rows: int = 0
     share_drifted_features: float = 0.0
+    """Of the transaction's own features (the vote on input drift)."""
+    entity_share_drifted_features: float = 0.0
+    """Of the entity features (voted only when the policy's ``entity_features.drift_share`` is set)."""
     dataset_drift: bool = False
     score_drift: float = 0.0
     score_drifted: bool = False
@@ -97,11 +122,17 @@ def _sample(frame: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
     return frame.sample(rows, random_state=seed) if len(frame) > rows else frame
 
 
+def _share(drifted: dict[str, bool], weights: dict[str, float]) -> float:
+    return sum(weights[f] for f, d in drifted.items() if d) / max(sum(weights[f] for f in drifted), 1e-12)
+
+
 def compute_drift(reference: pd.DataFrame, current: pd.DataFrame, features: list[str], categorical: list[str],
                   policy: DriftPolicy, reference_decisions: pd.Series | None = None,
-                  current_decisions: pd.Series | None = None) -> tuple[DriftSummary, DriftResult | None]:
+                  current_decisions: pd.Series | None = None, entity_features: Sequence[str] = ()
+                  ) -> tuple[DriftSummary, DriftResult | None]:
     """Compare ``current`` with ``reference`` on ``features`` and the score; judge performance where
-    ``current`` has labels (``label`` column, NaN where unknown).
+    ``current`` has labels (``label`` column, NaN where unknown). The ``entity_features`` among ``features`` are
+    judged as their own group (`EntityDriftPolicy`).
 
     Returns the summary and Evidently's result (None when there were too few rows to compare).
     """
@@ -120,26 +151,38 @@ def compute_drift(reference: pd.DataFrame, current: pd.DataFrame, features: list
     ref, cur = reference.copy(), current.copy()
     for name in categorical:  # Evidently wants one type per categorical column
         ref[name], cur[name] = ref[name].astype(str), cur[name].astype(str)
-    thresholds = {f: policy.feature_thresholds.get(f, policy.feature_threshold) for f in usable}
+    entity = set(entity_features)
+    entity_threshold = policy.entity_features.feature_threshold or policy.feature_threshold
+    thresholds = {f: policy.feature_thresholds.get(f, entity_threshold if f in entity else policy.feature_threshold)
+                  for f in usable}
     thresholds[SCORE] = policy.score_threshold
     result = column_drift(ref, cur, [*numerical, SCORE], categorical, num_method=policy.num_method,
                           cat_method=policy.cat_method, thresholds=thresholds)
     weights = {f: policy.feature_weights.get(f, 1.0) for f in usable}
-    drifted_weight = sum(weights[f] for f in usable if result.columns[f].drifted)
-    summary.share_drifted_features = drifted_weight / max(sum(weights.values()), 1e-12)
-    summary.dataset_drift = summary.share_drifted_features >= policy.drift_share
+    summary.share_drifted_features = _share({f: result.columns[f].drifted for f in usable if f not in entity},
+                                            weights)
+    summary.entity_share_drifted_features = _share({f: result.columns[f].drifted for f in usable if f in entity},
+                                                   weights)
+    entity_share = policy.entity_features.drift_share
+    entity_drift = entity_share is not None and summary.entity_share_drifted_features >= entity_share
+    summary.dataset_drift = summary.share_drifted_features >= policy.drift_share or entity_drift
     summary.features = {f: {"distance": result.columns[f].distance, "drifted": result.columns[f].drifted,
-                            "method": result.columns[f].method, "weight": weights[f]} for f in usable}
+                            "method": result.columns[f].method, "weight": weights[f],
+                            "group": "entity" if f in entity else "transaction"} for f in usable}
     summary.score_drift = result.columns[SCORE].distance
     summary.score_drifted = result.columns[SCORE].drifted
     if current_decisions is not None:
         summary.decision_rates = _rates(current_decisions)
     if reference_decisions is not None:
         summary.reference_decision_rates = _rates(reference_decisions)
-    if summary.dataset_drift:
+    if summary.share_drifted_features >= policy.drift_share:
         summary.verdict = "drift"
         summary.reasons.append(f"{summary.share_drifted_features:.0%} of the (weighted) features drifted, at least "
                                f"drift_share={policy.drift_share:.0%}")
+    if entity_drift:
+        summary.verdict = "drift"
+        summary.reasons.append(f"{summary.entity_share_drifted_features:.0%} of the (weighted) entity features "
+                               f"drifted, at least entity_features.drift_share={entity_share:.0%}")
     if summary.score_drifted:
         summary.verdict = "drift"
         summary.reasons.append(f"score distribution moved by {summary.score_drift:.3f} >= {policy.score_threshold}")

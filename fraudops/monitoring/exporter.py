@@ -32,8 +32,13 @@ class DriftCollector(Collector):
             return GaugeMetricFamily(PREFIX + name, doc, labels=["model", *(extra or [])])
 
         simple: dict[str, tuple[str, Callable[[dict[str, Any]], float | None]]] = {
-            "share_drifted_features": ("Weighted share of drifted features", lambda s: s["share_drifted_features"]),
-            "detected": ("1 when the dataset drifted (share of drifted features above the policy's)",
+            "share_drifted_features": ("Weighted share of drifted features of the transaction itself (the vote "
+                                       "on input drift)", lambda s: s["share_drifted_features"]),
+            "entity_share_drifted_features": ("Weighted share of drifted entity features (velocity and link "
+                                              "counts; voted only when the policy says so)",
+                                              lambda s: s.get("entity_share_drifted_features")),
+            "detected": ("1 when the dataset drifted (share of drifted features, or of entity features where "
+                         "voted, at least the policy's)",
                          lambda s: float(s["dataset_drift"])),
             "score_drift": ("Distance between reference and live score distributions", lambda s: s["score_drift"]),
             "score_drifted": ("1 when the score distribution drifted", lambda s: float(s["score_drifted"])),

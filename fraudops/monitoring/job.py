@@ -99,7 +99,7 @@ def run_drift_job(*, window: timedelta, registry: Registry | None = None, log_ro
     summary, result = compute_drift(
         reference, current, features, bundle.state.categorical_features, policy,
         reference_decisions=pd.Series(bands.decide(reference[SCORE].tolist())),
-        current_decisions=current.get("decision"))
+        current_decisions=current.get("decision"), entity_features=bundle.state.entity_feature_names)
     run_id = f"{end.strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:6]}"
     name, version = tag.split(":", 1)
     run_dir = storage.join(monitor_root, "runs", name, version, run_id)

@@ -4,7 +4,7 @@
 | --- | --- |
 | `fraudops.settings` | `ServingConfig`: every FRAUDOPS_* variable of the service |
 | `errors` | `Problem`, `RequestError`: bad rows and fields, named, with their metric reasons |
-| `rows` | `RowSchema`: validation of raw transactions, normalised for the fast feature path |
+| `rows` | `RowSchema`: validation of raw transactions, normalised for the row adapters of the features |
 | `model` | `ServedModel` (schema checks, probes, warm-up, scoring, log rows), `ModelSource` (where it comes from) |
 | `challenger` | `Challenger`: the rollout's model beside the champion, the canary's sticky buckets |
 | `shadow` | `ShadowProcess`: scoring nobody waits for, in a process of its own |

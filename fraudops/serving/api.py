@@ -68,6 +68,8 @@ class ScoredTransaction(BaseModel):
     score: float
     decision: Literal["approve", "review", "decline"]
     reasons: list[Reason] | None = None
+    features: dict[str, str | float | None] | None = Field(
+        None, description="with explain: every feature the model saw (name -> value; null: missing)")
 
 
 class Thresholds(BaseModel):
@@ -84,6 +86,9 @@ class ScoreResponse(BaseModel):
     model_tag: str
     thresholds: Thresholds
     results: list[ScoredTransaction]
+    features_fallback: bool | None = Field(
+        None, description="true when the online feature store was slow or down and the entity features came from "
+        "the model's frozen snapshot (the training window's end)")
 
 
 class FeedbackResponse(BaseModel):

@@ -63,6 +63,12 @@ class ScorerMetrics:
                                            "queue was full", registry=reg)
         self.shadow_failures = prom.Counter(p + "shadow_failures", "Shadow scorings that failed (the answer was "
                                             "already given)", registry=reg)
+        self.feature_store_requests = prom.Counter(p + "feature_store_requests", "Model calls of scored requests "
+                                                   "that asked the online feature store for entity features",
+                                                   registry=reg)
+        self.feature_store_fallbacks = prom.Counter(p + "feature_store_fallbacks", "... of which the store was slow "
+                                                    "or down: answered with the frozen snapshot's entity features "
+                                                    "(features_fallback in the response)", registry=reg)
         self.rollout_info = prom.Gauge(p + "rollout_info", "1 for the active rollout's challenger, mode and canary "
                                        "percent (0 once changed)", ["challenger", "mode", "percent"],
                                        multiprocess_mode="livemax", registry=reg)

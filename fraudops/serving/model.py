@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from catboost import Pool
 
 from fraudops.bundle import ModelBundle
 from fraudops.decisions import DECLINE_COLUMN, REVIEW_COLUMN, Bands
+from fraudops.entity_features import OnlineFeatures
 from fraudops.errors import FraudopsError, RegistryError
-from fraudops.features import FastFeatures
+from fraudops.feature_store import SEED_TIMEOUT_SECONDS, seed_from_bundle
+from fraudops.online_store import RedisStore, StoreLimits, StoreUnavailable
 from fraudops.predlog import PREDICTIONS, LogChunk
 from fraudops.registry import MODEL_NAME, NO_CHAMPION, Registry, Rollout
 from fraudops.schema import DatasetSpec
@@ -33,20 +35,6 @@ class ModelLoadError(FraudopsError):
     """A model cannot be served: missing, unreadable, or built for another transaction schema."""
 
 
-def _same_features(fast: list[list[Any]], canonical: pd.DataFrame) -> str | None:
-    """None if the fast rows equal the canonical frame, else the first differing feature."""
-    for j, name in enumerate(canonical.columns):
-        column = [row[j] for row in fast]
-        if isinstance(column[0], str):
-            equal = column == [str(v) for v in canonical[name]]
-        else:
-            equal = np.array_equal(np.array(column, dtype="float64"), canonical[name].to_numpy(dtype="float64"),
-                                   equal_nan=True)
-        if not equal:
-            return name
-    return None
-
-
 # -- served model ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Scored:
@@ -57,6 +45,59 @@ class Scored:
     features: Mapping[str, Sequence[Any]]
     seconds: float
     reasons: list[list[dict[str, Any]]] | None = None
+    store: bool = False
+    """The online feature store was asked for the entity features."""
+    fallback: bool = False
+    """... and did not answer in time: the entity features are the frozen snapshot's."""
+
+    def features_of(self, i: int) -> dict[str, str | float | None]:
+        """Row ``i``'s features as the model saw them (missing numbers as None)."""
+        return {name: _plain(values[i]) for name, values in self.features.items()}
+
+
+class EntityFeatures:
+    """Where a served model's entity features come from: the online store when there is one (read, and recorded
+    by the models whose decisions are returned), else, or when the store is slow or down, the bundle's frozen
+    snapshot (never updated). ``seed`` loads that snapshot into the store if the store has no history (at model
+    load, then at every champion poll, so that a store restarted empty starts warm again)."""
+
+    WARN_SECONDS = 60.0
+
+    def __init__(self, frozen: OnlineFeatures, live: OnlineFeatures | None,
+                 seed: Callable[[], None] | None = None) -> None:
+        self.frozen = frozen
+        self.live = live
+        self.seed = seed
+        self._warned = -math.inf
+
+    def compute(self, rows: list[dict[str, Any]], record: bool) -> tuple[np.ndarray, bool]:
+        """The entity features of validated rows (rows x names), and whether they fell back on the snapshot.
+
+        ``record``: read then record the rows (a transaction id already recorded is not counted again);
+        otherwise only read (shadow scoring: the deciding model records the transaction). A failed write after a
+        good read falls back too: the transaction is not counted, and the response says so."""
+        if self.live is not None:
+            try:
+                return (self.live.process(rows) if record else self.live.lookup(rows)), False
+            except StoreUnavailable as exc:
+                now = time.monotonic()
+                if now - self._warned >= self.WARN_SECONDS:
+                    self._warned = now
+                    log.warning("the feature store is unavailable, serving frozen entity features: %s", exc)
+        return self.frozen.lookup(rows), self.live is not None
+
+
+def _seed(url: str, limits: StoreLimits, bundle: ModelBundle, tag: str) -> None:
+    """`seed_from_bundle` over a connection of its own (a load takes longer than a request's timeout); a store
+    that does not answer is logged, and tried again at the next champion poll."""
+    seeder = RedisStore.from_url(url, limits, timeout_s=SEED_TIMEOUT_SECONDS)
+    try:
+        seed_from_bundle(seeder, bundle, tag)
+    except StoreUnavailable as exc:
+        log.warning("the snapshot of %s was not loaded into the feature store (%s); tried again at the next "
+                    "champion poll, or load it with `fraudops features load-snapshot`", tag, exc)
+    finally:
+        seeder.client.close()
 
 
 def schema_mismatch(model: DatasetSpec, service: DatasetSpec) -> list[str]:
@@ -80,7 +121,7 @@ class ServedModel:
     bundle: ModelBundle
     bands: Bands
     schema: RowSchema
-    fast: FastFeatures | None
+    entities: EntityFeatures | None
     trained_at: str
     feature_names: list[str]
     path: str | None = None
@@ -98,46 +139,57 @@ class ServedModel:
         if not 0 < bundle.threshold <= 1:
             raise ModelLoadError(f"model {tag} has an invalid decision threshold {bundle.threshold}")
         schema = RowSchema(bundle.state)
+        state = bundle.state
+        frozen = state.frozen()
+        served = cls(tag=tag, bundle=bundle, schema=schema,
+                     entities=EntityFeatures(frozen, None) if frozen is not None else None,
+                     trained_at=str(bundle.meta.get("created_at", "")), feature_names=bundle.feature_names,
+                     bands=Bands.around(bundle.threshold, config.review_factor, config.decline_factor),
+                     path=None if path is None else str(path))
         probe = schema.probe_rows()
-        canonical = bundle.features(pd.DataFrame(probe))
-        scores = bundle.score_features(canonical)
+        try:
+            scores = np.array(served.run(schema.validate(probe)).scores)
+        except (ValueError, KeyError, TypeError, RequestError) as exc:
+            raise ModelLoadError(f"model {tag} cannot score its probe rows: {exc}") from exc
         if not np.all((scores >= 0) & (scores <= 1)):
             raise ModelLoadError(f"model {tag} returns scores outside [0, 1] on probe rows: {scores.tolist()}")
-        try:
-            fast: FastFeatures | None = FastFeatures(bundle.state)
-            differs = _same_features(fast.rows(schema.validate(probe)), canonical)
-        except (ValueError, KeyError, TypeError, RequestError) as exc:
-            fast, differs = None, f"cannot be built or checked: {exc}"
-        if differs:
-            log.warning("model %s: the fast feature path disagrees with FeatureState.transform (%s); "
-                        "using FeatureState.transform for every request", tag, differs)
-            fast = None
-        return cls(tag=tag, bundle=bundle, schema=schema, fast=fast, trained_at=str(bundle.meta.get("created_at", "")),
-                   bands=Bands.around(bundle.threshold, config.review_factor, config.decline_factor),
-                   feature_names=bundle.feature_names, path=None if path is None else str(path))
+        url = config.feature_store_url.get_secret_value()
+        if frozen is None or not url:
+            return served
+        # the store keeps events for the longest window of the model that records them: a challenger with a longer
+        # window than the champion's reads undercounted long windows until it decides (and records) itself
+        limits = StoreLimits(keep_seconds=frozen.config.longest_seconds)
+        store = RedisStore.from_url(url, limits, timeout_s=config.feature_store_timeout_seconds)
+        seed = functools.partial(_seed, url, limits, bundle, tag)
+        seed()  # a new store starts warm: the training table's history, unless the store has history already
+        return replace(served, entities=EntityFeatures(frozen, OnlineFeatures(frozen.config, store), seed))
 
-    def run(self, rows: list[dict[str, Any]], transactions: list[Any], explain: bool = False, reasons: int = 3
+    def run(self, rows: list[dict[str, Any]], explain: bool = False, reasons: int = 3, record: bool = False
             ) -> Scored:
-        """Features, scores, decisions (and with ``explain`` the top ``reasons`` reason codes) of validated rows."""
+        """Features, scores, decisions (and with ``explain`` the top ``reasons`` reason codes) of validated rows.
+
+        ``record``: record the rows in the online store (the models whose decisions are returned); shadow scoring
+        only reads it."""
         started = time.perf_counter()
         names = self.feature_names
+        state = self.bundle.state
+        features: dict[str, Any] = state.row_features(state.row_inputs(rows))
+        store = fallback = False
+        if self.entities is not None:
+            matrix, fallback = self.entities.compute(rows, record)
+            store = self.entities.live is not None
+            features.update(zip(self.entities.frozen.feature_names, matrix.T, strict=True))
+        columns = [features[name].tolist() for name in names]
+        pool = Pool(list(zip(*columns, strict=True)), cat_features=state.categorical_features, feature_names=names)
         model = self.bundle.model
-        features: Mapping[str, Sequence[Any]]
-        if self.fast is not None:
-            matrix = self.fast.rows(rows)
-            pool = Pool(matrix, cat_features=self.bundle.state.categorical_features, feature_names=names)
-            features = {name: [row[j] for row in matrix] for j, name in enumerate(names)}
-        else:
-            frame = self.bundle.features(pd.DataFrame(transactions))  # the canonical function on raw rows
-            pool = self.bundle.pool(frame)
-            features = {name: frame[name].to_numpy() for name in names}
         scores = model.predict_proba(pool)[:, 1].tolist()
         seconds = time.perf_counter() - started
         codes = None
         if explain:
             shap = model.get_feature_importance(pool, type="ShapValues")[:, :-1]
             codes = reason_codes(shap, names, features, reasons)
-        return Scored(scores, self.bands.decide(scores), features, seconds, codes)
+        return Scored(scores, self.bands.decide(scores), {name: features[name] for name in names}, seconds, codes,
+                      store, fallback)
 
     def log_chunk(self, role: str, index: list[int], rows: list[dict[str, Any]], scored: Scored,
                   transactions: list[Any], request_id: str | list[str], rollout_id: str | None) -> LogChunk:

@@ -1,9 +1,7 @@
-"""Validation of raw transactions against a model's schema, normalised for the fast feature path."""
+"""Validation of raw transactions against a model's schema, normalised for the row adapters of the features."""
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, NotRequired, Required
@@ -14,30 +12,11 @@ from pydantic_core import PydanticCustomError
 from typing_extensions import TypedDict  # pydantic needs typing_extensions' TypedDict before Python 3.12
 
 from fraudops.features import FeatureState
+from fraudops.normalize import key_text
 from fraudops.serving.errors import Problem, RequestError, problems_of
 
 _EPOCH = datetime(1970, 1, 1)
 _EARLIEST, _LATEST = datetime(1678, 1, 1), datetime(2262, 1, 1)  # within pandas' datetime64[ns] range
-
-
-_WHOLE_NUMBER = re.compile(r"(-?\d+)\.0")
-
-
-def _key(value: Any) -> Any:
-    """Entity and category values as the feature state's text keys: 7, 7.0, "7" and "7.0" are one key."""
-    if type(value) is str and not value.endswith(".0"):
-        return value
-    if isinstance(value, bool):
-        return value  # rejected by the string check
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return None
-        value = str(value)
-    if isinstance(value, str) and (whole := _WHOLE_NUMBER.fullmatch(value)):
-        return whole.group(1)
-    return value
 
 
 def _time_parser(time_format: str | None) -> Callable[[Any], int]:
@@ -62,7 +41,7 @@ def _time_parser(time_format: str | None) -> Callable[[Any], int]:
     return parse
 
 
-_Key = Annotated[StrictStr | None, BeforeValidator(_key)]
+_Key = Annotated[StrictStr | None, BeforeValidator(key_text)]
 _Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 _Amount = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=0)]
 
@@ -73,8 +52,9 @@ class RowSchema:
     Required: the time columns and the amount (training rejects rows without them). Optional: categories and
     entities (strings or integer ids; unknown values are fine), other numeric inputs (finite numbers or null).
     Times are ISO 8601 strings, naive = UTC (or the dataset's ``time_format``; numbers for second offsets).
-    Fields the model does not use are ignored. Valid rows come back normalised for `FastFeatures`: text keys
-    (None = missing), floats, and times as UTC nanoseconds (or seconds).
+    Fields the model does not use are ignored. Valid rows come back normalised for the row adapters
+    (`FeatureState.row_inputs`, `fraudops.entity_features.row_columns`): text keys (None = missing), floats, and
+    times as UTC nanoseconds (or seconds).
     """
 
     def __init__(self, state: FeatureState) -> None:
@@ -116,8 +96,8 @@ class RowSchema:
     def probe_rows(self) -> list[dict[str, Any]]:
         """Raw transactions for self-checks at model load: known and unknown entities, keys written as ints,
         floats and "7.0" strings, missing values, times in several ISO 8601 spellings (or ``time_format``)."""
-        stats = self.state.entity_stats
-        known = {col: list(stats[col].index[[0, len(stats[col]) // 2, -1]]) if len(stats[col]) else []
+        frozen = self.state.snapshot.columns if self.state.snapshot is not None else {}
+        known = {col: list(keys[[0, len(keys) // 2, -1]]) if len(keys := frozen[col].keys) else []
                  for col in self.state.entity_columns}
         odd_keys: list[Any] = [None, "probe", "7.0", 7, 7.5, -3.0, ""]
         fmt = self.state.spec.time_format

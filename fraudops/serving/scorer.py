@@ -103,6 +103,8 @@ class Scorer:
             try:
                 tag, path, rollout = self.source.locate()
                 if previous is not None and tag == previous.tag:
+                    if previous.entities is not None and previous.entities.seed is not None:
+                        previous.entities.seed()  # a store restarted empty gets the snapshot again
                     self._refresh_rollout(rollout)
                     return {"model_tag": tag, "previous": tag, "changed": False, **self._rollout_state()}
                 challenger = self._challenger
@@ -120,8 +122,10 @@ class Scorer:
             self.error = None
             self.metrics.model_loads.labels("ok").inc()
             self.metrics.serving(served, previous)
-            log.info("serving model %s (threshold %.4f, fast features: %s)%s", tag, served.bundle.threshold,
-                     served.fast is not None, f", replacing {previous.tag}" if previous else "")
+            store = served.entities is not None and served.entities.live is not None
+            log.info("serving model %s (threshold %.4f, entity features from %s)%s", tag, served.bundle.threshold,
+                     "the online store" if store else "the frozen snapshot",
+                     f", replacing {previous.tag}" if previous else "")
             return {"model_tag": tag, "previous": previous.tag if previous else None, "changed": True,
                     **self._rollout_state()}
 
@@ -243,6 +247,7 @@ class Scorer:
         rollout_id = challenger.rollout.id if challenger is not None else None
         canary = challenger.canary_rows(self._keys(served, rows)) if challenger is not None else []
         results: list[dict[str, Any]] = [{} for _ in rows]
+        fallback = False
         if canary:
             chosen = set(canary)
             rest = [i for i in range(len(rows)) if i not in chosen]
@@ -255,9 +260,14 @@ class Scorer:
             if not index:
                 continue
             raw = transactions if len(index) == len(rows) else [transactions[i] for i in index]
-            scored = model.run(group_rows, raw, explain, self.config.reasons)
+            scored = model.run(group_rows, explain, self.config.reasons, record=True)  # these decisions count
             self.log.append(model.log_chunk(role, index, group_rows, scored, raw, request_id, rollout_id))
             self.metrics.scored(scored.scores, scored.decisions, role, scored.seconds)
+            if scored.store:
+                self.metrics.feature_store_requests.inc()
+                if scored.fallback:
+                    self.metrics.feature_store_fallbacks.inc()
+                    fallback = True
             id_column = model.bundle.state.spec.id_column
             for k, i in enumerate(index):
                 item = results[i]
@@ -269,14 +279,18 @@ class Scorer:
                     item["model_tag"] = model.tag
                 if scored.reasons is not None:
                     item["reasons"] = scored.reasons[k]
+                    item["features"] = scored.features_of(k)
             if role == CANARY and served.path:  # what the champion would have decided: the canary's fair comparison
                 self._shadow.submit(ShadowJob(CHAMPION_ON_CANARY, served.tag, served.path, rollout_id, request_id, raw,
                                               index))
         if challenger is not None and challenger.shadow and challenger.model.path:
             self._shadow.submit(ShadowJob(SHADOW, challenger.model.tag, challenger.model.path, rollout_id,
                                           request_id, transactions, list(range(len(rows)))))
-        return {"request_id": request_id, "model_tag": served.tag,
-                "thresholds": {"review": served.bands.review, "decline": served.bands.decline}, "results": results}
+        answer = {"request_id": request_id, "model_tag": served.tag,
+                  "thresholds": {"review": served.bands.review, "decline": served.bands.decline}, "results": results}
+        if fallback:
+            answer["features_fallback"] = True
+        return answer
 
     def _shadowed(self, outcome: ShadowOutcome) -> None:
         """Count what the shadow process scored (or failed to) in the metrics of its role."""

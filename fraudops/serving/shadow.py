@@ -324,7 +324,7 @@ def _score(jobs: list[ShadowJob], models: _Models, writer: LogWriter) -> ShadowO
             request_ids += [job.request_id] * len(valid)
         if not rows:
             return ShadowOutcome(first.role, first.tag, requests - refused, [], [], 0.0, failed=refused)
-        scored = model.run(rows, transactions)
+        scored = model.run(rows)  # reads the feature store only: the deciding model recorded these transactions
         writer.append(model.log_chunk(SHADOW, index, rows, scored, transactions, request_ids, first.rollout_id))
         return ShadowOutcome(first.role, first.tag, requests - refused, scored.scores, scored.decisions,
                              scored.seconds, failed=refused)

@@ -31,6 +31,26 @@ Names, labels, image and shared pod fragments.
 {{- required "scorer.internalToken.existingSecret is required: create a Secret with the bearer token of /feedback and /reload (kubectl create secret generic fraudops-scorer-token --from-literal=token=$(openssl rand -hex 32)) and set its name" .Values.scorer.internalToken.existingSecret }}
 {{- end }}
 
+{{/* The Secret holding the feature store's password; the chart never holds secret values. */}}
+{{- define "fraudops.featureStoreSecret" -}}
+{{- required "featureStore.auth.existingSecret is required: create a Secret with the feature store's password (kubectl create secret generic fraudops-feature-store --from-literal=password=$(openssl rand -hex 32)) and set its name, or set featureStore.enabled=false" .Values.featureStore.auth.existingSecret }}
+{{- end }}
+
+{{/* The scorer's feature store env: the password from the Secret, spliced into the URL by Kubernetes. */}}
+{{- define "fraudops.featureStoreEnv" -}}
+{{- if .Values.featureStore.enabled }}
+- name: FEATURE_STORE_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "fraudops.featureStoreSecret" . }}
+      key: {{ .Values.featureStore.auth.key }}
+- name: FRAUDOPS_FEATURE_STORE_URL
+  value: {{ printf "redis://:$(FEATURE_STORE_PASSWORD)@%s.%s.svc.%s:6379/0" (include "fraudops.componentName" (dict "ctx" . "component" "feature-store")) .Release.Namespace .Values.clusterDomain | quote }}
+- name: FRAUDOPS_FEATURE_STORE_TIMEOUT_SECONDS
+  value: {{ .Values.featureStore.timeoutSeconds | quote }}
+{{- end }}
+{{- end }}
+
 {{- define "fraudops.chart" -}}
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}

@@ -1,0 +1,238 @@
+"""Entity feature benchmarks: the offline replay's speed (synthetic 590k rows, and IEEE-CIS when present), the
+online path's latency against a local Redis, and Redis memory per million entities.
+
+    .venv/bin/python bench/bench_entity_features.py [--quick] [--only offline,online,memory] [--out FILE]
+
+Prints markdown tables (and writes them to --out). The baseline is measured in the same run: the sequential
+online path (`OnlineFeatures` with the in-memory store, one row at a time) over the first rows of the same table.
+Redis is a private ``redis-server`` on a free loopback port, without persistence, stopped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import fmt, fmt_ratio, machine_info, markdown_table, package_versions
+from fraudops.data.synthetic import generate_transactions
+from fraudops.entity_features import EntityFeatureConfig, OnlineFeatures, compute, frame_columns
+from fraudops.online_store import MemoryStore, RedisStore, StoreLimits
+from fraudops.schema import IEEE_CIS, SYNTHETIC
+
+REPO = Path(__file__).resolve().parent.parent
+IEEE_COLUMNS = ["TransactionID", "TransactionDT", "TransactionAmt", "card1", "addr1", "DeviceInfo"]
+MIB = 2**20
+
+
+def synthetic(rows: int) -> pd.DataFrame:
+    """Synthetic transactions at about IEEE-CIS density (590k rows over 182 days)."""
+    return generate_transactions(rows, seed=1, days=max(1.0, 182 * rows / 590_540))
+
+
+def as_rows(frame: pd.DataFrame, config: EntityFeatureConfig) -> list[dict[str, Any]]:
+    """Rows as the scorer's validation hands them over (UTC nanoseconds for datetimes, None for missing)."""
+    ts = config.spec.timestamp
+    assert ts is not None
+    rows = frame.astype(object).where(frame.notna(), None).to_dict("records")
+    if config.time_kind == "datetime":
+        for row in rows:
+            row[ts] = pd.Timestamp(row[ts]).value
+    return rows
+
+
+# -- 1. offline replay ----------------------------------------------------------------------------------------
+def offline_case(name: str, frame: pd.DataFrame, config: EntityFeatureConfig, repeats: int,
+                 baseline_rows: int) -> list[object]:
+    """Best of ``repeats`` offline runs, and the sequential online path over the first ``baseline_rows``."""
+    best = (float("inf"), 0.0, 0.0)
+    for _ in range(repeats):
+        started = time.perf_counter()
+        columns = frame_columns(frame, config)
+        adapted = time.perf_counter()
+        compute(columns, config)
+        done = time.perf_counter()
+        best = min(best, (done - started, adapted - started, done - adapted))
+    total, adapter, kernel = best
+    head = frame.sort_values(config.spec.timestamp, kind="stable").head(baseline_rows)
+    rows = as_rows(head, config)
+    online = OnlineFeatures(config, MemoryStore(StoreLimits(keep_seconds=config.longest_seconds)))
+    started = time.perf_counter()
+    for row in rows:
+        online.process([row])
+    baseline = len(rows) / (time.perf_counter() - started)
+    rate = len(frame) / total
+    shape = f"{len(config.columns)} × {len(config.windows) + 1}"
+    return [name, fmt(len(frame)), shape, fmt(len(config.feature_names)), fmt(adapter, 2), fmt(kernel, 2),
+            fmt(total, 2), fmt(int(rate)), fmt(int(baseline)), fmt_ratio(rate, baseline, 0)]
+
+
+def bench_offline(quick: bool, data_dir: Path) -> str:
+    rows, repeats, baseline_rows = (50_000, 1, 500) if quick else (590_540, 3, 3_000)
+    cases = [offline_case("synthetic", synthetic(rows), EntityFeatureConfig.create(SYNTHETIC, "datetime"),
+                          repeats, baseline_rows)]
+    ieee = data_dir / "ieee_cis" / "ieee_cis_train.csv.gz"
+    note = ""
+    if ieee.exists():
+        frame = pd.read_csv(ieee, usecols=IEEE_COLUMNS, nrows=rows if quick else None)
+        cases.append(offline_case("IEEE-CIS", frame, EntityFeatureConfig.create(IEEE_CIS, "seconds"), repeats,
+                                  baseline_rows))
+    else:
+        note = f"\n- IEEE-CIS skipped: {ieee} is absent.\n"
+    headers = ["table", "rows", "entity columns × windows", "features", "adapter s", "kernel s", "total s",
+               "rows/s", f"baseline rows/s (sequential online, first {baseline_rows:,} rows)", "speed-up"]
+    return ("## 1. Offline replay (frame -> every row's features, point-in-time; best of "
+            f"{repeats})\n\n" + markdown_table(headers, cases) + "\n" + note)
+
+
+# -- a private Redis ------------------------------------------------------------------------------------------
+@contextmanager
+def redis_server() -> Iterator[str]:
+    """A ``redis-server`` on a free loopback port without persistence; its URL."""
+    import redis
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("needs Debian's redis-server (apt-get install redis-server)")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with tempfile.TemporaryDirectory(prefix="bench-redis-") as home:
+        server = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                   "--appendonly", "no", "--dir", home], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        try:
+            client = redis.Redis(port=port)
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    client.ping()
+                    break
+                except redis.ConnectionError:
+                    if time.monotonic() > deadline or server.poll() is not None:
+                        raise RuntimeError("redis-server did not start") from None
+                    time.sleep(0.05)
+            client.close()
+            yield f"redis://127.0.0.1:{port}/0"
+        finally:
+            server.terminate()
+            server.wait(10)
+
+
+# -- 2. online latency ----------------------------------------------------------------------------------------
+def latencies(online: OnlineFeatures, rows: list[dict[str, Any]], batch: int, calls: int) -> np.ndarray:
+    """Wall milliseconds of `OnlineFeatures.process` per call, over consecutive batches of ``rows``."""
+    out = []
+    for i in range(calls):
+        chunk = rows[i * batch:(i + 1) * batch]
+        started = time.perf_counter()
+        online.process(chunk)
+        out.append((time.perf_counter() - started) * 1000)
+    return np.array(out)
+
+
+def bench_online(quick: bool) -> str:
+    preload, calls = (5_000, 100) if quick else (100_000, 500)
+    config = EntityFeatureConfig.create(SYNTHETIC, "datetime")
+    frame = synthetic(preload + calls * 101)
+    rows = as_rows(frame, config)
+    history, live = rows[:preload], rows[preload:]
+    limits = StoreLimits(keep_seconds=config.longest_seconds)
+    table = []
+    with redis_server() as url:
+        stores = {"Redis (loopback)": RedisStore.from_url(url, limits, timeout_s=1.0),
+                  "in-memory (reference)": MemoryStore(limits)}
+        for name, store in stores.items():
+            online = OnlineFeatures(config, store)
+            for i in range(0, len(history), 500):
+                online.record(history[i:i + 500])
+            offset = 0
+            for batch in (1, 100):
+                n_calls = calls if batch == 1 else max(calls // 10, 10)
+                ms = latencies(online, live[offset:], batch, n_calls)
+                offset += batch * n_calls
+                table.append([name, fmt(batch), fmt(n_calls), fmt(float(np.percentile(ms, 50)), 2),
+                              fmt(float(np.percentile(ms, 99)), 2), fmt(float(ms.mean() / batch), 3)])
+    headers = ["store", "batch rows", "calls", "p50 ms per call", "p99 ms per call", "mean ms per row"]
+    return (f"## 2. Online path (read, compute, record) after {preload:,} recorded transactions\n\n"
+            + markdown_table(headers, table) + "\n\n- one process, sequential calls; Redis on the same machine.\n")
+
+
+# -- 3. Redis memory ------------------------------------------------------------------------------------------
+def bench_memory(quick: bool) -> str:
+    import redis
+
+    n = 20_000 if quick else 200_000
+    config = EntityFeatureConfig.create(SYNTHETIC, "datetime")
+    limits = StoreLimits(keep_seconds=config.longest_seconds)
+    frame = synthetic(n)
+    singles = frame.assign(device_id=[f"d{i}" for i in range(n)], ip_address=[f"i{i}" for i in range(n)],
+                           user_id=[f"u{i}" for i in range(n)])
+    cases = [("synthetic replay", frame), ("one transaction per entity", singles)]
+    table = []
+    with redis_server() as url:
+        client = redis.Redis.from_url(url)
+        for name, data in cases:
+            client.flushall()
+            before = int(client.info("memory")["used_memory"])
+            online = OnlineFeatures(config, RedisStore.from_url(url, limits, timeout_s=10.0))
+            rows = as_rows(data, config)
+            for i in range(0, len(rows), 1000):
+                online.record(rows[i:i + 1000])
+            used = int(client.info("memory")["used_memory"]) - before
+            entities = sum(data[col].nunique() for col in config.columns)
+            per_million = used / entities * 1_000_000 / MIB
+            table.append([name, fmt(len(data)), fmt(int(entities)), fmt(int(client.dbsize())),
+                          fmt(used / MIB, 1), fmt(used / entities, 0), fmt(per_million, 0)])
+        client.close()
+    headers = ["load", "transactions", "entities", "keys", "used_memory MiB", "bytes per entity",
+               "MiB per million entities"]
+    return ("## 3. Redis memory (INFO used_memory after recording, minus before)\n\n"
+            + markdown_table(headers, table)
+            + "\n\n- per entity: its kept events, aggregates and accounts, plus its share of the transaction"
+              " markers (one per transaction, kept for the longest window).\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
+    parser.add_argument("--only", default="offline,online,memory", help="comma-separated sections")
+    parser.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "entity_features.md")
+    args = parser.parse_args()
+    info = machine_info()
+    header = ["# fraudops entity feature benchmark", "",
+              f"- started {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}; {'quick' if args.quick else 'full'}",
+              "- versions: " + ", ".join(f"{k} {v}" for k, v in package_versions(
+                  ["fraudops", "numpy", "pandas", "redis"]).items()),
+              "- machine: " + "; ".join(f"{k}: {v}" for k, v in info.items()), ""]
+    parts = ["\n".join(header)]
+    print(parts[0], flush=True)
+    builders = {"offline": lambda: bench_offline(args.quick, args.data_dir),
+                "online": lambda: bench_online(args.quick), "memory": lambda: bench_memory(args.quick)}
+    for name in [s.strip() for s in args.only.split(",") if s.strip()]:
+        if name not in builders:
+            raise SystemExit(f"unknown section {name!r}; choose from {', '.join(builders)}")
+        start = time.perf_counter()
+        text = builders[name]() + f"\n- section wall time: {time.perf_counter() - start:.0f} s\n"
+        print(text, flush=True)
+        parts.append(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(parts))
+
+
+if __name__ == "__main__":
+    main()

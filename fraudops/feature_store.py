@@ -1,0 +1,97 @@
+"""Operating the online feature store: load a model's frozen snapshot into a new store (so that it starts warm,
+continuing the training table's windows and all-history counts) and rebuild a lost store from the prediction
+log. The scorer seeds at start (`seed_from_bundle`); `fraudops features load-snapshot` and
+`fraudops features rebuild --from-log WINDOW` do the same by hand."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+import pandas as pd
+
+from fraudops.bundle import ModelBundle
+from fraudops.entity_features import OnlineFeatures
+from fraudops.errors import ConfigError
+from fraudops.online_store import RedisStore, SeedResult, StoreLimits
+from fraudops.predlog import read_predictions
+from fraudops.registry import CANARY, CHAMPION
+
+log = logging.getLogger(__name__)
+
+SEED_TIMEOUT_SECONDS = 30.0
+"""Longest wait for one call while seeding or rebuilding (a chunk of a few thousand keys), not a request's."""
+DECIDED_ROLES = (CHAMPION, CANARY)
+"""Prediction-log roles whose model decided the transaction, and so recorded it in the store (not the shadow's
+nor the champion's counterfactual scores of canary rows)."""
+
+
+def open_store(url: str, bundle: ModelBundle, timeout_s: float = SEED_TIMEOUT_SECONDS) -> RedisStore:
+    """The store at ``url`` with the limits a scorer serving ``bundle`` uses (events kept for its longest window)."""
+    config = bundle.state.entities
+    if config is None:
+        raise ConfigError("the model has no entity features (no timestamp or entity columns): nothing to store")
+    try:
+        return RedisStore.from_url(url, StoreLimits(keep_seconds=config.longest_seconds), timeout_s=timeout_s)
+    except ValueError as exc:
+        raise ConfigError(f"feature store URL: {exc}") from None
+
+
+def seed_from_bundle(store: RedisStore, bundle: ModelBundle, tag: str) -> SeedResult:
+    """Load ``bundle``'s frozen snapshot into ``store`` unless its namespace already has history
+    (`RedisStore.seed`); raises `fraudops.online_store.StoreUnavailable` when the store does not answer."""
+    if bundle.state.snapshot is None:
+        raise ConfigError(f"model {tag} has no entity snapshot to load")
+    result = store.seed(bundle.state.snapshot, tag)
+    if result.loaded:
+        log.info("feature store %s seeded with the snapshot of %s: %d entity values, %d transactions",
+                 store.namespace, tag, result.entities, result.transactions)
+    else:
+        log.debug("feature store %s already has history (seeded from %s): snapshot of %s not loaded",
+                  store.namespace, result.source, tag)
+    return result
+
+
+@dataclass(frozen=True)
+class RebuildResult:
+    """What `rebuild_from_log` did: the snapshot seeding, the decided transactions read from the log, and how
+    many of them the store had not recorded before."""
+
+    seed: SeedResult
+    transactions: int
+    recorded: int
+
+
+def rebuild_from_log(store: RedisStore, bundle: ModelBundle, tag: str, log_root: str, start: datetime,
+                     end: datetime, batch: int = 1000) -> RebuildResult:
+    """Rebuild a (new) store: seed it with ``bundle``'s snapshot if its namespace has no history, then record the
+    transactions the prediction log holds from [start, end) in event-time order, as the scorer recorded them.
+
+    Only decided rows count (roles champion and canary: a shadow row's transaction was decided by another model
+    of the same request), each transaction once; recording is idempotent by transaction id, so a rebuild over
+    a store that still has part of the history, or run twice, counts nothing twice. Not recovered: transactions
+    older than the log's retention, and the all-history counts of a transaction that is both in the model's
+    training table and in the log (a retrained model's table holds exported traffic) and older than the longest
+    window at the table's end, which count twice."""
+    seed = seed_from_bundle(store, bundle, tag)
+    frame = read_predictions(log_root, start, end)
+    if len(frame) and not {"role", "input"} <= set(frame):
+        raise ConfigError(f"the prediction log at {log_root} lacks the role or input column: written by an older "
+                          "scorer, it cannot rebuild the store")
+    decided = frame[frame["role"].isin(DECIDED_ROLES)] if len(frame) else frame
+    if {"request_id", "row"} <= set(decided):  # a row the log writer wrote twice (recovery after a crash)
+        decided = decided.drop_duplicates(["request_id", "row"], keep="first")
+    from fraudops.serving.rows import RowSchema
+
+    schema = RowSchema(bundle.state)
+    rows = schema.validate([json.loads(text) for text in decided.get("input", pd.Series(dtype=object))])
+    spec = bundle.state.spec
+    rows.sort(key=lambda row: row[spec.timestamp])  # stable: a time's transactions in the order they were logged
+    config = bundle.state.entities
+    assert config is not None  # open_store checked
+    online = OnlineFeatures(config, store)
+    recorded = sum(online.record(rows[i:i + batch]) for i in range(0, len(rows), batch))
+    log.info("feature store %s rebuilt from %d logged transactions (%d new)", store.namespace, len(rows), recorded)
+    return RebuildResult(seed, len(rows), recorded)

@@ -1,0 +1,131 @@
+"""Online stores: what stays exact beyond their limits, what becomes approximate, expiry, and failures."""
+
+from __future__ import annotations
+
+import socket
+import time
+import uuid
+
+import pandas as pd
+import pytest
+import redis
+
+from fraudops.entity_features import EntityFeatureConfig, OnlineFeatures
+from fraudops.online_store import MemoryStore, RedisStore, StoreLimits, StoreUnavailable
+from fraudops.schema import SYNTHETIC
+
+CONFIG = EntityFeatureConfig.create(SYNTHETIC, "datetime", ["1h", "1d"])
+START = pd.Timestamp("2026-03-01 12:00").value
+
+
+def row(i: int, *, device: str = "dev", user: str | None = None, seconds: float = 60.0) -> dict[str, object]:
+    """Transaction ``i`` of one device, ``seconds`` apart, amount i + 1."""
+    return {"transaction_id": f"t{i}", "purchase_time": START + int(i * seconds * 1e9), "amount": float(i + 1),
+            "device_id": device, "ip_address": f"ip{i}", "user_id": user or f"u{i % 3}"}
+
+
+def feature(online: OnlineFeatures, rows: list[dict[str, object]], name: str) -> float:
+    values = online.lookup(rows)
+    return float(values[-1, online.feature_names.index(name)])
+
+
+@pytest.fixture(params=["memory", "redis"])
+def new_store(request: pytest.FixtureRequest):
+    """A factory of empty stores of the parametrised kind, each in its own Redis namespace."""
+    if request.param == "memory":
+        return MemoryStore
+    url = request.getfixturevalue("redis_url")
+    return lambda limits: RedisStore.from_url(url, limits, timeout_s=2, namespace=f"t{uuid.uuid4().hex[:8]}")
+
+
+def test_beyond_max_events_windows_count_the_newest_and_all_history_stays_exact(new_store) -> None:
+    store = new_store(StoreLimits(keep_seconds=86_400, max_events=5))
+    online = OnlineFeatures(CONFIG, store)
+    online.record([row(i) for i in range(20)])
+    probe = [row(20)]
+    assert feature(online, probe, "device_id__count_1h") == 5  # 20 in the last hour, 5 kept
+    assert feature(online, probe, "device_id__count_all") == 20
+    assert feature(online, probe, "device_id__amount_sum_all") == sum(range(1, 21))
+    assert feature(online, probe, "device_id__amount_max_all") == 20
+    assert feature(online, probe, "device_id__seconds_since_prev") == 60
+    if isinstance(store, RedisStore):
+        assert store.client.zcard(f"{store.namespace}:ev:device_id:dev") == 5
+
+
+def test_beyond_exact_accounts_the_all_history_count_is_an_estimate(new_store) -> None:
+    store = new_store(StoreLimits(keep_seconds=86_400, exact_accounts=10))
+    online = OnlineFeatures(CONFIG, store)
+    online.record([row(i, user=f"acct{i}", seconds=1) for i in range(300)])
+    probe = [row(300, seconds=1)]
+    assert feature(online, probe, "device_id__accounts_1h") == 300  # windows read the kept events: exact
+    estimate = feature(online, probe, "device_id__accounts_all")
+    if isinstance(store, RedisStore):
+        assert abs(estimate - 300) <= 0.03 * 300  # HyperLogLog, standard error 0.81%
+        assert store.client.exists(f"{store.namespace}:hll:device_id:dev")
+        assert not store.client.exists(f"{store.namespace}:acc:device_id:dev")
+    else:
+        assert estimate == 300
+
+
+def test_redis_keys_expire_with_the_longest_window_or_the_retention(redis_url: str) -> None:
+    limits = StoreLimits(keep_seconds=86_400, retention_seconds=30 * 86_400)
+    store = RedisStore.from_url(redis_url, limits, namespace=f"t{uuid.uuid4().hex[:8]}")
+    OnlineFeatures(CONFIG, store).record([row(0)])
+    ttl = {kind: store.client.ttl(f"{store.namespace}:{kind}:device_id:dev") for kind in ("ev", "agg", "acc")}
+    assert 86_000 < ttl["ev"] <= 86_400 < 30 * 86_000 < ttl["agg"] == ttl["acc"] <= 30 * 86_400
+    assert 86_000 < store.client.ttl(f"{store.namespace}:txn:t0") <= 86_400
+
+
+def test_after_the_kept_events_expire_all_history_features_come_from_the_totals(redis_url: str) -> None:
+    store = RedisStore.from_url(redis_url, StoreLimits(keep_seconds=86_400), namespace=f"t{uuid.uuid4().hex[:8]}")
+    online = OnlineFeatures(CONFIG, store)
+    online.record([row(i, seconds=3600) for i in range(5)])
+    store.client.delete(f"{store.namespace}:ev:device_id:dev")  # what the TTL does after a day without events
+    later = [row(100, seconds=3600)]
+    assert feature(online, later, "device_id__count_1d") == 0
+    assert feature(online, later, "device_id__count_all") == 5
+    assert feature(online, later, "device_id__amount_sum_all") == 15
+    assert feature(online, later, "device_id__seconds_since_prev") == 96 * 3600
+    online.record(later)
+    assert feature(online, [row(101, seconds=3600)], "device_id__count_all") == 6
+
+
+def test_an_unreachable_store_raises_store_unavailable() -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    store = RedisStore.from_url(f"redis://127.0.0.1:{port}/0", StoreLimits(keep_seconds=86_400), timeout_s=0.2)
+    online = OnlineFeatures(CONFIG, store)
+    with pytest.raises(StoreUnavailable, match="feature store read failed"):
+        online.lookup([row(0)])
+    with pytest.raises(StoreUnavailable, match="feature store write failed"):
+        online.record([row(0)])
+
+
+def test_a_slow_store_raises_store_unavailable_within_its_timeout(redis_url: str) -> None:
+    store = RedisStore.from_url(redis_url, StoreLimits(keep_seconds=86_400), timeout_s=0.05)
+    admin = redis.Redis.from_url(redis_url)
+    admin.client_pause(400)
+    started = time.monotonic()
+    try:
+        with pytest.raises(StoreUnavailable, match="read failed"):
+            OnlineFeatures(CONFIG, store).lookup([row(0)])
+        assert time.monotonic() - started < 0.3
+    finally:
+        time.sleep(max(0.0, 0.45 - (time.monotonic() - started)))
+        admin.close()
+
+
+@pytest.mark.parametrize(("limits", "message"), [
+    ({"keep_seconds": 0}, "store limit keep_seconds must be an integer >= 1, got 0"),
+    ({"keep_seconds": 100, "max_events": 2.5}, "store limit max_events must be an integer >= 1, got 2.5"),
+    ({"keep_seconds": 100, "retention_seconds": 50}, r"retention_seconds \(50\) must be at least keep_seconds"),
+])
+def test_bad_limits_are_named(limits: dict[str, float], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        StoreLimits(**limits)  # type: ignore[arg-type]
+
+
+def test_a_store_url_must_be_a_redis_url() -> None:
+    with pytest.raises(ValueError, match="must start with redis://"):
+        RedisStore.from_url("http://localhost:6379", StoreLimits(keep_seconds=100))
