@@ -57,8 +57,8 @@ from bench.common import (  # noqa: E402
     timer,
 )
 
-SECTIONS = ("ecommerce", "ieee", "cost", "pipeline")
-ALIASES = {"quality": ("ecommerce", "ieee"), "all": SECTIONS}
+SECTIONS = ("synthetic", "ecommerce", "ieee", "cost", "pipeline")
+ALIASES = {"quality": ("synthetic", "ecommerce", "ieee"), "all": SECTIONS}
 SEED = 0
 
 ECOMMERCE_AIM = 0.85
@@ -133,6 +133,7 @@ class Fitted:
     metrics: dict[str, float]
     fit_s: float
     best_iteration: int | None = None
+    bundle: Any = None
 
 
 def fit_catboost(state: Any, x_train: pd.DataFrame, y_train: np.ndarray, x_valid: pd.DataFrame,
@@ -144,7 +145,63 @@ def fit_catboost(state: Any, x_train: pd.DataFrame, y_train: np.ndarray, x_valid
     with timer() as t:
         bundle = fit(state, x_train, y_train, x_valid, y_valid, config)
     metrics = fraud_metrics(y_test, bundle.score_features(x_test), bundle.threshold, what="the test part")
-    return Fitted(metrics, t["s"], int(bundle.meta.get("best_iteration", 0)))
+    return Fitted(metrics, t["s"], int(bundle.meta.get("best_iteration", 0)), bundle)
+
+
+def rescored(fitted: Fitted, x_test: pd.DataFrame, y_test: np.ndarray) -> Fitted:
+    """The same fitted model's metrics on other features of the same test rows."""
+    from fraudops.evaluation import fraud_metrics
+
+    bundle = fitted.bundle
+    metrics = fraud_metrics(y_test, bundle.score_features(x_test), bundle.threshold, what="the test part")
+    return Fitted(metrics, 0.0, fitted.best_iteration, bundle)
+
+
+def frozen_snapshot_features(parts: Any, spec: Any, numeric: list[str]) -> pd.DataFrame:
+    """The test part's features as a scorer without an online store computes them: the entity history frozen at
+    the end of train + valid (the model's snapshot), each transaction looked up alone (one per request)."""
+    from bench.bench_entity_features import as_rows
+    from fraudops.features import FeatureState
+
+    state = FeatureState.fit(pd.concat([parts.train, parts.valid], ignore_index=True), spec, numeric)
+    test = parts.test.reset_index(drop=True)
+    out = pd.DataFrame(state.row_features(state.frame_inputs(test)))
+    frozen, config = state.frozen(), state.entities
+    if frozen is not None and config is not None:
+        present = test.assign(**{c: None for c in state.entity_columns if c not in test})
+        rows = as_rows(present, config)
+        matrix = np.vstack([frozen.lookup([row]) for row in rows])
+        out = pd.concat([out, pd.DataFrame(matrix, columns=frozen.feature_names)], axis=1)
+    return out[state.feature_names]
+
+
+def frozen_statistics(state: Any, parts: Any) -> list[pd.DataFrame]:
+    """Train, valid and test features of the previous release: per entity column its rows and accounts counted
+    over the whole training window (train + valid, later training rows included), frozen for the test part."""
+    seen = pd.concat([parts.train, parts.valid], ignore_index=True)
+    return [transductive_features(state, seen, p) for p in (parts.train, parts.valid, parts.test)]
+
+
+LIVE_LABEL = "**fraudops CatBoost (defaults), entity features live**"
+SNAPSHOT_LABEL = "same model, entity features from the frozen snapshot (scorer without a store)"
+PREVIOUS_LABEL = "frozen-statistics model (previous release: entity counts over the training window, frozen)"
+
+
+def frozen_variants(state: Any, parts: Any, spec: Any, numeric: list[str], live: Fitted,
+                    y: tuple[np.ndarray, np.ndarray, np.ndarray], config: Any
+                    ) -> list[tuple[str, Fitted, pd.DataFrame]]:
+    """Beside the headline (entity features live, as with the store): the same model fed the frozen snapshot, and
+    a model of the previous release's frozen statistics; each with its label and test features."""
+    y_train, y_valid, y_test = y
+    with timer() as t:
+        x_frozen = frozen_snapshot_features(parts, spec, numeric)
+    log(f"  frozen snapshot features of {len(x_frozen):,} test rows in {t['s']:.0f} s")
+    snapshot = rescored(live, x_frozen, y_test)
+    _log_fit("same model, frozen snapshot", snapshot)
+    xs = frozen_statistics(state, parts)
+    previous = fit_catboost(state, xs[0], y_train, xs[1], y_valid, xs[2], y_test, config)
+    _log_fit("frozen statistics model", previous)
+    return [(SNAPSHOT_LABEL, snapshot, x_frozen), (PREVIOUS_LABEL, previous, xs[2])]
 
 
 def fit_logistic(state: Any, x_train: pd.DataFrame, y_train: np.ndarray, x_test: pd.DataFrame,
@@ -196,6 +253,70 @@ def _log_fit(what: str, fitted: Fitted) -> None:
         f"{m['recall_at_1pct_fpr']:.4f} ({fitted.fit_s:.0f} s{it})")
 
 
+# -- 1. synthetic burst patterns -----------------------------------------------------------------------------
+SYNTHETIC_ROWS, QUICK_SYNTHETIC_ROWS = 300_000, 40_000
+SYNTHETIC_DAYS = 60.0
+
+
+def recall_by_pattern(y: np.ndarray, score: np.ndarray, pattern: np.ndarray, names: list[str]) -> list[float]:
+    """Recall of each fraud pattern at the operating point that declines at most 1% of legitimate rows."""
+    from sklearn.metrics import roc_curve
+
+    from fraudops.evaluation import FPR_BUDGET
+
+    fpr, _, thresholds = roc_curve(y, score)
+    threshold = thresholds[fpr <= FPR_BUDGET][-1]
+    return [float((score[pattern == name] >= threshold).mean()) for name in names]
+
+
+def bench_synthetic(opts: Options) -> Section:
+    from fraudops.data.synthetic import PATTERN_COLUMN, generate_transactions
+    from fraudops.schema import SYNTHETIC
+    from fraudops.training import featurize, split
+    from fraudops.validation import validate
+
+    rows = QUICK_SYNTHETIC_ROWS if opts.quick else SYNTHETIC_ROWS
+    frame = generate_transactions(rows, seed=SEED, days=SYNTHETIC_DAYS, with_pattern=True)
+    names = [p for p in frame[PATTERN_COLUMN].unique() if p != "none"]
+    names.sort()
+    section = Section("1. Quality: synthetic generator (its fraud patterns), time split 70/30",
+                      (*QUALITY_HEADERS[2:7], *(f"recall@1%FPR {n}" for n in names)))
+    result = validate(frame.drop(columns=[PATTERN_COLUMN]), SYNTHETIC)
+    spec, target = result.spec, result.spec.target
+    labelled = result.clean.join(frame[[PATTERN_COLUMN]])  # validation keeps the index of accepted rows
+    extra = {"iterations": QUICK_ITERATIONS} if opts.quick else {}
+    config = train_config(split="time", test_fraction=0.3, **extra)
+    parts = split(labelled, spec, config)
+    pattern = parts.test[PATTERN_COLUMN].to_numpy()
+    parts = type(parts)(**{k: v.drop(columns=[PATTERN_COLUMN]) if isinstance(v, pd.DataFrame) else v
+                           for k, v in vars(parts).items()})
+    y_train, y_valid, y_test = (p[target].to_numpy() for p in (parts.train, parts.valid, parts.test))
+    state, x_train, x_valid, x_test = featurize(parts, spec, result.numeric)
+    n_train = f"{fmt(len(parts.train))}+{fmt(len(parts.valid))}v"
+    live = fit_catboost(state, x_train, y_train, x_valid, y_valid, x_test, y_test, config)
+    _log_fit("synthetic: CatBoost, live entity features", live)
+    variants = [(LIVE_LABEL, live, x_test),
+                *frozen_variants(state, parts, spec, result.numeric, live, (y_train, y_valid, y_test), config)]
+    for model, fitted, x in variants:
+        m = fitted.metrics
+        recalls = recall_by_pattern(y_test, fitted.bundle.score_features(x), pattern, names)
+        section.rows.append([model, f"{n_train} / {fmt(len(y_test))}", fmt(m["pr_auc"]), fmt(m["roc_auc"]),
+                             fmt(m["recall_at_1pct_fpr"]), *(fmt(r) for r in recalls)])
+    counts = pd.Series(pattern).value_counts()
+    section.notes += [
+        f"Data: `generate_transactions({rows:,}, seed={SEED}, days={SYNTHETIC_DAYS:.0f})`, {result.report.n_valid:,} "
+        f"rows accepted, {labelled[target].mean():.2%} fraud; test frauds by pattern: "
+        + ", ".join(f"{n} {counts.get(n, 0):,}" for n in names) + ".",
+        "Per-pattern recall: the share of that pattern's test frauds above the threshold that declines 1% of the "
+        "legitimate test rows (the same operating point as recall@1%FPR).",
+        "Live: each test row's entity features from every earlier row (train, valid and earlier test rows), as a "
+        "scorer with the online store computes them. Frozen snapshot: the history at the end of the validation "
+        "part, each test row looked up alone. Frozen statistics: a model trained on per-entity counts over the "
+        "whole training window (the previous release).",
+    ]
+    return section
+
+
 # -- 1a. e-commerce -----------------------------------------------------------------------------------------
 # CatBoost parameter variants tried next to the defaults (reported as separate rows, never as the headline).
 ECOMMERCE_VARIANTS: list[tuple[str, dict[str, Any]]] = [
@@ -236,13 +357,17 @@ def bench_ecommerce(opts: Options) -> Section:
 
         default = fit_catboost(state, x_train, y_train, x_valid, y_valid, x_test, y_test, config)
         _log_fit(f"{split_name}: CatBoost defaults", default)
-        section.rows.append(quality_row(name, label, "**fraudops CatBoost (defaults)**", n_train, len(y_test),
+        section.rows.append(quality_row(name, label, LIVE_LABEL, n_train, len(y_test),
                                         default, ECOMMERCE_PUBLISHED, ECOMMERCE_AIM))
         baseline = fit_logistic(state, x_train, y_train, x_test, y_test)
         _log_fit(f"{split_name}: logistic regression", baseline)
         section.rows.append(quality_row(name, label, "logistic regression baseline", n_train, len(y_test),
                                         baseline, ECOMMERCE_PUBLISHED, None))
         if split_name != "random":
+            for model, fitted, _ in frozen_variants(state, parts, spec, result.numeric, default,
+                                                    (y_train, y_valid, y_test), config):
+                section.rows.append(quality_row(name, label, model, n_train, len(y_test), fitted,
+                                                ECOMMERCE_PUBLISHED, ECOMMERCE_AIM))
             continue
         # Reference: the published setup counts devices/IPs over the whole table, test rows included.
         everything = pd.concat([parts.train, parts.valid, parts.test], ignore_index=True)
@@ -372,12 +497,15 @@ def bench_ieee(opts: Options) -> Section:
     name = "IEEE-CIS"
     default = fit_catboost(state, x_train, y_train, x_valid, y_valid, x_test, y_test, config)
     _log_fit("CatBoost defaults", default)
-    section.rows.append(quality_row(name, label, "**fraudops CatBoost (defaults)**", n_train, len(y_test),
+    section.rows.append(quality_row(name, label, LIVE_LABEL, n_train, len(y_test),
                                     default, IEEE_PUBLISHED, IEEE_AIM))
     baseline = fit_logistic(state, x_train, y_train, x_test, y_test)
     _log_fit("logistic regression", baseline)
     section.rows.append(quality_row(name, label, "logistic regression baseline", n_train, len(y_test), baseline,
                                     IEEE_PUBLISHED, None))
+    for model, fitted, _ in frozen_variants(state, parts, spec, result.numeric, default, (y_train, y_valid, y_test),
+                                            config):
+        section.rows.append(quality_row(name, label, model, n_train, len(y_test), fitted, IEEE_PUBLISHED, IEEE_AIM))
     if opts.variants:
         for variant, params in IEEE_VARIANTS:
             fitted = fit_catboost(state, x_train, y_train, x_valid, y_valid, x_test, y_test,
@@ -586,7 +714,8 @@ def bench_pipeline(opts: Options) -> Section:
 
 # -- driver -------------------------------------------------------------------------------------------------
 RUNNERS: dict[str, Callable[[Options], Section]] = {
-    "ecommerce": bench_ecommerce, "ieee": bench_ieee, "cost": bench_cost, "pipeline": bench_pipeline,
+    "synthetic": bench_synthetic, "ecommerce": bench_ecommerce, "ieee": bench_ieee, "cost": bench_cost,
+    "pipeline": bench_pipeline,
 }
 
 

@@ -18,7 +18,11 @@ Operator with a Prometheus and an Alertmanager):
 7. the chart's NetworkPolicies were accepted by the API server;
 8. a staged rollout through the registry's pointer: every scorer replica takes up a challenger in shadow (scored,
    never returned), then as a canary of 50% (sticky by account, on every replica alike), and drops it on abort;
-   the champion stays, and the pointer's history records each step with its actor and reason.
+   the champion stays, and the pointer's history records each step with its actor and reason;
+9. the feature store (the chart's Redis StatefulSet) is shared by the scorer replicas: a burst scored on both
+   sees its own earlier transactions, a retry counts once; with the store gone every replica still answers (frozen
+   features, flagged, counted, Ready); back empty, `fraudops features rebuild --from-log` in a scorer pod restores
+   every transaction, also those scored while it was gone.
 
 Skips with the reason when no cluster answers (`make test` on a machine without one); `make kind-e2e` sets
 FRAUDOPS_E2E_REQUIRED=1, which turns that skip into a failure. Settings come from scripts/kind-e2e.sh.
@@ -39,7 +43,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -331,10 +335,12 @@ def test_release_is_deployed_with_every_pod_ready_and_hardened(kube: Any) -> Non
     for component in ("scorer", "trigger", "drift-exporter"):
         deployment = apps.read_namespaced_deployment(f"{RELEASE}-{component}", NAMESPACE)
         assert deployment.status.available_replicas == deployment.spec.replicas, component
+    store = apps.read_namespaced_stateful_set(f"{RELEASE}-feature-store", NAMESPACE)
+    assert store.status.ready_replicas == store.spec.replicas == 1
     assert kube.BatchV1Api().read_namespaced_cron_job(f"{RELEASE}-drift", NAMESPACE)
     running = [p for p in pods(kube, f"app.kubernetes.io/instance={RELEASE}") if p.status.phase == "Running"]
     assert {p.metadata.labels["app.kubernetes.io/component"] for p in running} >= {"scorer", "trigger",
-                                                                                   "drift-exporter"}
+                                                                                   "drift-exporter", "feature-store"}
     for pod in running:
         assert all(c.ready for c in pod.status.container_statuses), pod.metadata.name
         assert_hardened(pod)
@@ -619,9 +625,9 @@ def replica_metrics(pod: str) -> str:
                               "'http://127.0.0.1:3000/metrics', timeout=30).read().decode())")
 
 
-def replica_score(pod: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+def replica_score(pod: str, rows: list[dict[str, Any]], explain: bool = False) -> dict[str, Any]:
     """Score ``rows`` on one replica, inside its pod."""
-    body = json.dumps({"transactions": rows})
+    body = json.dumps({"transactions": rows, "explain": explain})
     return json.loads(python_in_pod(pod, (
         "import urllib.request; print(urllib.request.urlopen(urllib.request.Request('http://127.0.0.1:3000/score', "
         f"data={body!r}.encode(), headers={{'Content-Type': 'application/json'}}), timeout=60).read().decode())")))
@@ -827,3 +833,83 @@ def test_rollout_shadow_then_canary_then_abort_on_every_scorer_replica(kube: Any
     assert (history[1]["mode"], history[1]["percent"]) == ("canary", 50.0), history[1]
     with httpx.Client(timeout=30) as client:
         assert served_tag(client) == champion
+
+
+# --- 9. the feature store ------------------------------------------------------------------------------------------
+
+def card_testing_burst(device: str, n: int, start: datetime) -> list[dict[str, Any]]:
+    """``n`` small payments 30 s apart from one new device and IP by three accounts of the base table."""
+    rows, _ = traffic(n, seed=47, start="2026-02-01")
+    accounts = list(dict.fromkeys(row["user_id"] for row in rows))[:3]
+    return [{**row, "transaction_id": f"{device}-{i}", "device_id": device, "ip_address": f"198.51.100.{i % 7}",
+             "user_id": accounts[i % 3], "amount": 1.0 + i,
+             "purchase_time": (start + timedelta(seconds=30 * i)).strftime("%Y-%m-%dT%H:%M:%SZ")}
+            for i, row in enumerate(rows)]
+
+
+def scale_store(replicas: int) -> None:
+    kubectl("-n", NAMESPACE, "scale", f"statefulset/{RELEASE}-feature-store", f"--replicas={replicas}")
+    if replicas:
+        kubectl("-n", NAMESPACE, "rollout", "status", f"statefulset/{RELEASE}-feature-store", "--timeout=180s",
+                timeout=200)
+    else:
+        kubectl("-n", NAMESPACE, "wait", "--for=delete", f"pod/{RELEASE}-feature-store-0", "--timeout=120s",
+                timeout=140)
+
+
+def store_counter(pod: str, name: str) -> float:
+    return sum(value for _, value in samples(replica_metrics(pod), f"fraudops_scorer_{name}_total"))
+
+
+def test_feature_store_is_shared_by_the_replicas_survives_its_loss_and_is_rebuilt_from_the_log(kube: Any) -> None:
+    replicas = scorer_replicas(kube)
+    assert len(replicas) >= 2, replicas
+    env = {e.name: e.value for e in pods(kube, "app.kubernetes.io/component=scorer")[0].spec.containers[0].env}
+    assert env["FRAUDOPS_FEATURE_STORE_URL"] == (
+        f"redis://:$(FEATURE_STORE_PASSWORD)@{RELEASE}-feature-store.{NAMESPACE}.svc.cluster.local:6379/0")
+    device = f"E2E-DEV-{int(time.time())}"  # new on every run: the store of a reused cluster keeps older bursts
+    burst = card_testing_burst(device, 12, datetime(2026, 3, 1, 10, tzinfo=UTC))
+
+    def features(pod: str, row: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        body = replica_score(pod, [row], explain=True)
+        return body["results"][0]["features"], bool(body.get("features_fallback"))
+
+    # shared: the burst alternates between two replicas, each transaction sees every earlier one (strictly before)
+    seen = [features(replicas[i % 2], row) for i, row in enumerate(burst[:6])]
+    assert not any(fallback for _, fallback in seen), seen
+    assert [f["device_id__count_1h"] for f, _ in seen] == [0, 1, 2, 3, 4, 5]
+    assert [f["device_id__accounts_1h"] for f, _ in seen] == [0, 1, 2, 3, 3, 3]
+    assert seen[0][0]["device_id__first_seen"] == 1 and seen[1][0]["device_id__first_seen"] == 0
+    assert seen[3][0]["device_id__amount_sum_1h"] == 1.0 + 2.0 + 3.0
+    retried, _ = features(replicas[1], burst[2])  # a client's retry, on the other replica
+    assert retried == seen[2][0]
+    assert features(replicas[0], burst[6])[0]["device_id__count_1h"] == 6  # ... counted once
+
+    fallbacks = {pod: store_counter(pod, "feature_store_fallbacks") for pod in replicas}
+    scale_store(0)
+    try:
+        # gone: every replica answers within its timeout with the frozen snapshot, flags it, counts it, stays Ready
+        down = [features(replicas[i % 2], row) for i, row in enumerate(burst[7:9])]
+        assert all(fallback for _, fallback in down), down
+        assert [f["device_id__count_1h"] for f, _ in down] == [0, 0]  # the snapshot has never seen this device
+        for pod in replicas:
+            assert store_counter(pod, "feature_store_fallbacks") == fallbacks[pod] + 1, pod
+            assert python_in_pod(pod, "import urllib.request; print(urllib.request.urlopen("
+                                      "'http://127.0.0.1:3000/readyz', timeout=10).status)").strip() == "200"
+    finally:
+        scale_store(1)
+    # back, empty (no persistence): the rebuild loads the model's snapshot and replays the prediction log, the
+    # transactions scored while the store was gone included (the log flushes every 10 s: wait until they are in it)
+    logged = ("import json, os; from datetime import UTC, datetime, timedelta; "
+              "from fraudops.predlog import read_predictions; now = datetime.now(UTC); "
+              "frame = read_predictions(os.environ['FRAUDOPS_PREDICTION_LOG'], now - timedelta(hours=1), now); "
+              f"print(len({{json.loads(t)['transaction_id'] for t in frame['input'] if {device!r} in t}}))")
+    wait_for("the burst's 9 transactions in the prediction log",
+             lambda: int(python_in_pod(replicas[0], logged).strip().splitlines()[-1]) == 9, 120, poll=5)
+    output = kubectl("-n", NAMESPACE, "exec", replicas[0], "--", "python", "-m", "fraudops", "features", "rebuild",
+                     "--from-log", "1h", timeout=300)
+    assert re.search(r"replayed [\d,]+ logged transactions, [\d,]+ new", output), output
+    after = [features(replicas[i % 2], row) for i, row in enumerate(burst[9:11])]
+    assert not any(fallback for _, fallback in after), after
+    assert [f["device_id__count_1h"] for f, _ in after] == [9, 10]
+    assert after[0][0]["device_id__accounts_1h"] == 3
