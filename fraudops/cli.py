@@ -63,6 +63,8 @@ def dataset_options(func: Callable[..., Any]) -> Callable[..., Any]:
                                        "canary is sticky by it)."),
         click.option("--entities", help="Comma-separated entity columns (device, IP, card, email, ...) whose "
                                         "history becomes features; empty: none."),
+        click.option("--windows", help="Comma-separated sliding windows of the entity features, besides all "
+                                       "history (a whole number and s, m, h, d or w; default 1h,24h,7d)."),
         click.option("--ip-table", default="", help="IP-range-to-country table (adds a country column)."),
     ]
     return functools.reduce(lambda f, opt: opt(f), reversed(options), func)
@@ -90,17 +92,19 @@ def train_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return functools.reduce(lambda f, opt: opt(f), reversed(options), func)
 
 
-SPEC_FLAGS = ("preset", "dataset_config", "target", "timestamp", "categorical", "drop", "account", "entities")
+SPEC_FLAGS = ("preset", "dataset_config", "target", "timestamp", "categorical", "drop", "account", "entities",
+              "windows")
 """The keyword arguments `dataset_options` adds, in `_spec`'s order."""
 
 
 def _spec(preset: str | None, dataset_config: str | None, target: str | None, timestamp: str | None,
-          categorical: str | None, drop: str | None, account: str | None, entities: str | None) -> Any:
+          categorical: str | None, drop: str | None, account: str | None, entities: str | None,
+          windows: str | None) -> Any:
     """The column roles from flags (over a preset or config file); without any, the project's synthetic schema."""
     from fraudops.schema import resolve_spec
 
     return resolve_spec(preset, dataset_config, target=target, timestamp=timestamp, categorical=_csv(categorical),
-                        drop=_csv(drop), account=account, entities=_csv(entities))
+                        drop=_csv(drop), account=account, entities=_csv(entities), windows=_csv(windows))
 
 
 def _train_config(**kwargs: Any) -> Any:

@@ -51,12 +51,15 @@ def test_generate_then_train_writes_the_results(tmp_path: Path) -> None:
     assert "pr_auc" in trained.stdout
     # column roles from flags over the default schema: one entity instead of device and IP
     trained = run(["train", "--data", str(data), "--output", str(tmp_path / "one"), "--iterations", "10",
-                   "--account", "user_id", "--entities", "device_id"], tmp_path / "b", tmp_path)
+                   "--account", "user_id", "--entities", "device_id", "--windows", "30m,2d"], tmp_path / "b", tmp_path)
     assert trained.returncode == 0, trained.stderr[-2000:]
     state = json.loads((tmp_path / "one" / "model" / "features" / "feature_state.json").read_text())
     assert (state["spec"]["account"], state["spec"]["entities"]) == ("user_id", ["device_id"])
+    assert state["spec"]["windows"] == ["30m", "2d"]
     names = json.loads((tmp_path / "one" / "model" / "bundle.json").read_text())["feature_names"]
     assert "device_id__count_all" in names and not any(n.startswith("ip_address__") for n in names)
+    assert {"device_id__count_30m", "device_id__accounts_2d"} <= set(names)
+    assert not any(n.endswith(("_1h", "_24h", "_7d")) for n in names)
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -67,6 +70,8 @@ def test_generate_then_train_writes_the_results(tmp_path: Path) -> None:
      "either a preset or a dataset config file"),
     (["train", "--data", "tx.csv", "--output", "o", "--target", "is_fraud", "--entities", "device"],
      "missing required column(s) ['device']"),
+    (["train", "--data", "tx.csv", "--output", "o", "--target", "is_fraud", "--windows", "1h,1 day"],
+     "windows must be a whole number and a unit"),
     (["models", "promote", "fraud-detector:doesnotexist"], "is not in the model store"),
     (["models", "rollback"], "nothing to roll back to"),
     (["monitor", "drift", "--window", "soon"], "window 'soon' is not a duration"),
