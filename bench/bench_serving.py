@@ -12,7 +12,9 @@ One run (loopback only, bounded in requests and time) measures and prints as mar
    (b0) the service without its write-ahead log (``FRAUDOPS_PREDICTION_WAL=off``), the cost of crash durability,
    and (b2) the service with a second model in a shadow rollout (scored off the request path, logged, never
    returned), the cost of a shadow: the bench checks that the shadow is loaded and reports how many shadow rows
-   were logged against champion rows and how many requests the bounded shadow queue dropped;
+   were logged against champion rows and how many requests the bounded shadow queue dropped, and (b3) the
+   service with the online feature store in the path (a private redis-server; every request reads and records
+   its entities' history, each a new transaction), the cost of live entity features;
 2. a load test of the service: N requests at concurrency 32, counting 5xx, then SIGTERM and a check that every
    accepted prediction is in the prediction log;
 3. peak RSS of each server's process tree (psutil, sampled).
@@ -379,6 +381,59 @@ def measure(name: str, single: Callable[[float], tuple[list[float], int]],
     return out
 
 
+def measure_with_store(env: dict[str, str], work: Path, calls: dict[int, int], seconds: float) -> dict[str, Any]:
+    """(b3): the service with a private redis-server as its feature store, fed transactions it has not seen (new
+    ids: a repeated id would be a retry, which reads but records nothing). Returns the measures and the store's
+    counts."""
+    import redis
+
+    from bench.bench_entity_features import redis_server
+    from fraudops.data.synthetic import generate_transactions
+
+    frame = generate_transactions(80_000, seed=14, start="2026-02-01", days=20).drop(columns=["is_fraud"])
+    frame["transaction_id"] = "b3-" + frame["transaction_id"].astype(str)
+    cursor = iter(json.loads(frame.to_json(orient="records", date_format="iso")))
+
+    def take(size: int, count: int) -> list[bytes]:
+        bodies = [json.dumps({"transactions": list(itertools.islice(cursor, size))}).encode() for _ in range(count)]
+        if json.loads(bodies[-1])["transactions"] == [] or len(json.loads(bodies[-1])["transactions"]) < size:
+            raise RuntimeError("(b3) ran out of new transactions: generate more")
+        return bodies
+
+    with redis_server() as url:
+        port = free_port()
+        timeout = env.get("FRAUDOPS_FEATURE_STORE_TIMEOUT_SECONDS", "0.05")
+        server = Server([str(BENTOML), "serve", "services.scorer:FraudScorer", "--host", "127.0.0.1", "--port",
+                         str(port)], {**env, "FRAUDOPS_FEATURE_STORE_URL": url,
+                                      "FRAUDOPS_FEATURE_STORE_TIMEOUT_SECONDS": timeout,
+                                      "FRAUDOPS_PREDICTION_LOG": str(work / "store-log"),
+                                      "FRAUDOPS_PREDICTION_WAL": str(work / "store-wal")}, work / "store.log")
+        try:
+            server.wait_ready()
+            closed_loop(port, take(1, 200), 200, 4)  # warm-up (also loads the model's snapshot into the store)
+
+            def single(rate: float) -> tuple[list[float], int]:
+                return open_loop(port, take(1, int(rate * seconds)), rate, seconds)
+
+            def throughput(size: int) -> float:
+                closed_loop(port, take(size, 4), 4, 2)  # warm-up
+                run = closed_loop(port, take(size, calls[size]), calls[size], 8 if size == 1 else 2)
+                return sum(s == 200 for s in run["statuses"]) * size / run["seconds"]
+
+            results = measure("b3", single, throughput)
+            metrics = http_call(port, "/metrics")[1].decode()
+        finally:
+            server.stop()
+        client = redis.Redis.from_url(url)
+        memory = int(client.info("memory")["used_memory"])
+        entities = sum(1 for _ in client.scan_iter(match="*:agg:*", count=10_000))
+        client.close()
+    results["rss"] = server.peak_rss
+    return {"results": results, "timeout": timeout, "memory": memory, "entities": entities,
+            "requests": metric_total(metrics, "fraudops_scorer_feature_store_requests_total"),
+            "fallbacks": metric_total(metrics, "fraudops_scorer_feature_store_fallbacks_total")}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="shorter runs and a smaller model")
@@ -541,6 +596,10 @@ def main(argv: list[str] | None = None) -> int:
             "backlog": max((b for b in backlogs if b[2] != "warm-up"), default=(0, 0.0, "-"))}
         print(f"  b2: {shadow_result}", flush=True)
 
+        print("(b3) fraudops service with the online feature store (a private redis-server)", flush=True)
+        store_result = measure_with_store(env, work, calls, seconds)
+        results["b3"] = store_result.pop("results")
+
         print("(c) Starlette + uvicorn around the same Scorer", flush=True)
         port = free_port()
         reference = Server([sys.executable, __file__, "--reference", "--port", str(port)],
@@ -556,27 +615,30 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    a, a2, b0, b, b2, c = (results[k] for k in ("a", "a2", "b0", "b", "b2", "c"))
+    a, a2, b0, b, b2, b3, c = (results[k] for k in ("a", "a2", "b0", "b", "b2", "b3", "c"))
     rows = []
     for rate in RATES:
         for q in ("p50", "p99"):
             key = f"{q}@{rate}"
             cells = [fmt(r[key], 2) + (f" ({r[f'failed@{rate}']} failed)" if r[f"failed@{rate}"] else "")
-                     for r in (a, a2, b0, b, b2, c)]
+                     for r in (a, a2, b0, b, b2, b3, c)]
             rows.append([f"1 transaction, {q} at {rate} req/s (ms)", *cells, fmt_ratio(b[key], b0[key]),
-                         fmt_ratio(b2[key], b[key]), fmt_ratio(b[key], a[key]), fmt_ratio(b[key], c[key])])
+                         fmt_ratio(b2[key], b[key]), fmt_ratio(b3[key], b[key]), f"{b3[key] - b[key]:+.2f} ms",
+                         fmt_ratio(b[key], a[key]), fmt_ratio(b3[key], a[key]), fmt_ratio(b[key], c[key])])
     for size in BATCHES:
         key = f"rows/s@{size}"
-        rows.append([f"throughput, batches of {size} (rows/s)", *(fmt(r[key], 0) for r in (a, a2, b0, b, b2, c)),
-                     fmt_ratio(b[key], b0[key]), fmt_ratio(b2[key], b[key]), fmt_ratio(b[key], a[key]),
-                     fmt_ratio(b[key], c[key])])
+        rows.append([f"throughput, batches of {size} (rows/s)",
+                     *(fmt(r[key], 0) for r in (a, a2, b0, b, b2, b3, c)), fmt_ratio(b[key], b0[key]),
+                     fmt_ratio(b2[key], b[key]), fmt_ratio(b3[key], b[key]), "—", fmt_ratio(b[key], a[key]),
+                     fmt_ratio(b3[key], a[key]), fmt_ratio(b[key], c[key])])
     rows.append(["peak RSS of the server process tree (MiB)", "—", "—", "—", fmt(b["rss"] / MIB, 0),
-                 fmt(b2["rss"] / MIB, 0), fmt(c["rss"] / MIB, 0), "—", fmt_ratio(b2["rss"], b["rss"]), "—",
+                 fmt(b2["rss"] / MIB, 0), fmt(b3["rss"] / MIB, 0), fmt(c["rss"] / MIB, 0), "—",
+                 fmt_ratio(b2["rss"], b["rss"]), fmt_ratio(b3["rss"], b["rss"]), "—", "—", "—",
                  fmt_ratio(b["rss"], c["rss"])])
     main_table = markdown_table(
         ["measure", "(a) in-process bundle.score", "(a') in-process Scorer.score", "(b0) service, no write-ahead",
-         "(b) fraudops service", "(b2) service + shadow challenger", "(c) Starlette + the same Scorer", "b/b0",
-         "b2/b", "b/a", "b/c"], rows)
+         "(b) fraudops service", "(b2) service + shadow challenger", "(b3) service + feature store",
+         "(c) Starlette + the same Scorer", "b/b0", "b2/b", "b3/b", "b3 − b", "b/a", "b3/a", "b/c"], rows)
     sr = shadow_result
     shadow_line = (
         f"(b2): challenger {sr['challenger']} in shadow beside champion {sr['champion']}, checked loaded (POST "
@@ -587,6 +649,14 @@ def main(argv: list[str] | None = None) -> int:
         "(b2) measurements the bench waits until the shadow queue is empty, so none pays for the previous one's "
         f"backlog; the largest backlog left at the end of one was {sr['backlog'][0]} rows after {sr['backlog'][2]} "
         f"({fmt(sr['backlog'][1], 1)} s to drain, not in its figures). b2/b is the cost of the shadow.")
+    st = store_result
+    store_line = (
+        f"(b3): the service with `FRAUDOPS_FEATURE_STORE_URL` set (a private redis-server on loopback, no "
+        f"persistence; timeout {st['timeout']} s): every transaction reads its entities' history and records itself "
+        f"(one Lua call each way per request), each a new transaction id (no retries). "
+        f"{st['requests']:,.0f} model calls, {st['fallbacks']:,.0f} answered from the frozen snapshot because the "
+        f"store was slow or down; the store held {st['entities']:,} entity values ({fmt(st['memory'] / MIB, 1)} MiB "
+        f"used_memory) at the end. b3 − b: what the store adds to a request.")
     lr = load_result
     load_table = markdown_table(
         ["requests", "concurrency", "seconds", "req/s", "p50 (ms)", "p99 (ms)", "5xx", "other non-200",
@@ -605,6 +675,7 @@ def main(argv: list[str] | None = None) -> int:
         f"the run took {(time.monotonic() - began) / 60:.1f} minutes.",
         main_table,
         shadow_line,
+        store_line,
         "### Load test of the service (single transactions), then SIGTERM",
         load_table,
     ])
@@ -612,7 +683,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text + "\n")
-    return 0 if lr["5xx"] == 0 and lr["in_log"] == lr["accepted"] and sr["shadow_rows"] > 0 else 1
+    return 0 if lr["5xx"] == 0 and lr["in_log"] == lr["accepted"] and sr["shadow_rows"] > 0 \
+        and st["requests"] > 0 else 1
 
 
 if __name__ == "__main__":
