@@ -847,11 +847,19 @@ def card_testing_burst(device: str, n: int, start: datetime) -> list[dict[str, A
             for i, row in enumerate(rows)]
 
 
-def scale_store(replicas: int) -> None:
+def scale_store(replicas: int, client_pod: str) -> None:
+    """Scale the feature store to 0 (and wait until its pod is gone) or 1 (and wait until ``client_pod``, a scorer
+    pod, reaches it through the Service with its password: endpoints reach kube-proxy after the pod is Ready)."""
     kubectl("-n", NAMESPACE, "scale", f"statefulset/{RELEASE}-feature-store", f"--replicas={replicas}")
     if replicas:
         kubectl("-n", NAMESPACE, "rollout", "status", f"statefulset/{RELEASE}-feature-store", "--timeout=180s",
                 timeout=200)
+        ping = ("import os, redis; print(redis.Redis.from_url(os.environ['FRAUDOPS_FEATURE_STORE_URL'], "
+                "socket_timeout=2, socket_connect_timeout=2).ping())")
+        wait_for("the feature store Service to answer a scorer pod",
+                 lambda: "True" in subprocess.run([KUBECTL, "-n", NAMESPACE, "exec", client_pod, "--", "python",
+                                                   "-c", ping], capture_output=True, text=True, timeout=60).stdout,
+                 60, poll=1)
     else:
         kubectl("-n", NAMESPACE, "wait", "--for=delete", f"pod/{RELEASE}-feature-store-0", "--timeout=120s",
                 timeout=140)
@@ -886,7 +894,7 @@ def test_feature_store_is_shared_by_the_replicas_survives_its_loss_and_is_rebuil
     assert features(replicas[0], burst[6])[0]["device_id__count_1h"] == 6  # ... counted once
 
     fallbacks = {pod: store_counter(pod, "feature_store_fallbacks") for pod in replicas}
-    scale_store(0)
+    scale_store(0, replicas[0])
     try:
         # gone: every replica answers within its timeout with the frozen snapshot, flags it, counts it, stays Ready
         down = [features(replicas[i % 2], row) for i, row in enumerate(burst[7:9])]
@@ -897,7 +905,7 @@ def test_feature_store_is_shared_by_the_replicas_survives_its_loss_and_is_rebuil
             assert python_in_pod(pod, "import urllib.request; print(urllib.request.urlopen("
                                       "'http://127.0.0.1:3000/readyz', timeout=10).status)").strip() == "200"
     finally:
-        scale_store(1)
+        scale_store(1, replicas[0])
     # back, empty (no persistence): the rebuild loads the model's snapshot and replays the prediction log, the
     # transactions scored while the store was gone included (the log flushes every 10 s: wait until they are in it)
     logged = ("import json, os; from datetime import UTC, datetime, timedelta; "
