@@ -27,7 +27,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import fmt, fmt_ratio, machine_info, markdown_table, package_versions
+from bench.common import fmt, fmt_ratio, markdown_table, report_sections
 from fraudops.data.synthetic import generate_transactions
 from fraudops.entity_features import EntityFeatureConfig, OnlineFeatures, compute, frame_columns
 from fraudops.online_store import MemoryStore, RedisStore, StoreLimits
@@ -213,25 +213,10 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "entity_features.md")
     args = parser.parse_args()
-    info = machine_info()
-    header = ["# fraudops entity feature benchmark", "",
-              f"- started {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}; {'quick' if args.quick else 'full'}",
-              "- versions: " + ", ".join(f"{k} {v}" for k, v in package_versions(
-                  ["fraudops", "numpy", "pandas", "redis"]).items()),
-              "- machine: " + "; ".join(f"{k}: {v}" for k, v in info.items()), ""]
-    parts = ["\n".join(header)]
-    print(parts[0], flush=True)
     builders = {"offline": lambda: bench_offline(args.quick, args.data_dir),
                 "online": lambda: bench_online(args.quick), "memory": lambda: bench_memory(args.quick)}
-    for name in [s.strip() for s in args.only.split(",") if s.strip()]:
-        if name not in builders:
-            raise SystemExit(f"unknown section {name!r}; choose from {', '.join(builders)}")
-        start = time.perf_counter()
-        text = builders[name]() + f"\n- section wall time: {time.perf_counter() - start:.0f} s\n"
-        print(text, flush=True)
-        parts.append(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(parts))
+    report_sections("fraudops entity feature benchmark", ["fraudops", "numpy", "pandas", "redis"], args.quick,
+                    builders, [s.strip() for s in args.only.split(",") if s.strip()], args.out)
 
 
 if __name__ == "__main__":

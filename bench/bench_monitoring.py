@@ -28,7 +28,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import fmt, fmt_mib, fmt_ratio, machine_info, markdown_table, package_versions, run_measured
+from bench.common import fmt, fmt_mib, fmt_ratio, markdown_table, report_sections, run_measured
 
 if TYPE_CHECKING:
     from fraudops.decisions import Bands
@@ -597,22 +597,11 @@ def main() -> None:
         _drift_child(*args.drift_child)
         return
     sections = [s.strip() for s in args.only.split(",") if s.strip()]
-    info = machine_info()
-    header = ["# fraudops monitoring benchmark", "",
-              f"- started {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}; {'quick' if args.quick else 'full'}",
-              "- versions: " + ", ".join(f"{k} {v}" for k, v in package_versions(
-                  ["fraudops", "evidently", "catboost", "kfp", "bentoml", "pandas"]).items()),
-              "- machine: " + "; ".join(f"{k}: {v}" for k, v in info.items()), ""]
-    parts = ["\n".join(header)]
     builders = {"drift": lambda: bench_drift(args.quick), "loop": lambda: bench_loop(args.quick),
                 "ieee": lambda: bench_ieee(args.quick, args.data_dir)}
-    for name in sections:
-        start = time.perf_counter()
-        text = builders[name]() + f"\n- section wall time: {time.perf_counter() - start:.0f} s\n"
-        print(text, flush=True)
-        parts.append(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(parts))
+    report_sections("fraudops monitoring benchmark",
+                    ["fraudops", "evidently", "catboost", "kfp", "bentoml", "pandas"], args.quick, builders, sections,
+                    args.out)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import platform
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
@@ -263,3 +263,25 @@ def _split_row(line: str) -> list[str]:
         escaped = False
     parts.append(cur.strip())
     return parts
+
+
+def report_sections(title: str, packages: Sequence[str], quick: bool, builders: dict[str, Callable[[], str]],
+                    names: Sequence[str], out: Path) -> None:
+    """Print a report's header (start, versions, machine) and each named section with its wall time as it
+    finishes; then write the whole report to ``out``. An unknown name stops before anything runs."""
+    unknown = [name for name in names if name not in builders]
+    if unknown:
+        raise SystemExit(f"unknown section {unknown[0]!r}; choose from {', '.join(builders)}")
+    header = [f"# {title}", "",
+              f"- started {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}; {'quick' if quick else 'full'}",
+              "- versions: " + ", ".join(f"{k} {v}" for k, v in package_versions(packages).items()),
+              "- machine: " + "; ".join(f"{k}: {v}" for k, v in machine_info().items()), ""]
+    parts = ["\n".join(header)]
+    print(parts[0], flush=True)
+    for name in names:
+        start = time.perf_counter()
+        text = builders[name]() + f"\n- section wall time: {time.perf_counter() - start:.0f} s\n"
+        print(text, flush=True)
+        parts.append(text)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(parts))
