@@ -8,8 +8,9 @@ Each is computed by one function fed by two adapters, a table (`frame_inputs`) o
 `fraudops.serving.RowSchema` (`row_inputs`). Training replays the whole table in event-time order
 (`FeatureState.training_features`: point in time correct). The state also keeps a frozen snapshot of the entity
 history at the end of that table (`fraudops.online_store.SnapshotStore`), which `transform` and a scorer without
-an online store read and never update: their windowed counts then describe the end of the training window, not
-the live stream. A scorer with an online store reads (and records) live history instead.
+an online store read and never update: a transaction more than a window after the table's end finds no events in
+that window (counts 0, amount mean and max missing, a long time since the previous transaction); only the
+all-history features still describe the entity. A scorer with an online store reads (and records) live history.
 """
 
 from __future__ import annotations

@@ -244,12 +244,19 @@ class MemoryStore:
 # -- Redis --------------------------------------------------------------------------------------------------
 # KEYS per transaction: its marker, then per entity value: ev (sorted set of kept events scored by ticks),
 # agg (hash: fn/fsum/fmax/flast folded, n/sum/max/last all events), acc (sorted set: account -> first ticks),
-# hll (HyperLogLog of accounts, replacing acc beyond exact_accounts).
+# hll (HyperLogLog of accounts, replacing acc beyond exact_accounts); last, the namespace's limits hash.
 # ARGV: keep_ticks, max_events, exact_accounts, keep_seconds, retention_seconds, n_transactions, then per
 # transaction: n_entities, then per entity value: ticks, member, amount, account, track the account (0/1).
+# The horizons are the namespace's: the longest any writer has asked for (a challenger with shorter windows than
+# the champion's must not fold or expire the history the champion's windows still read).
 _WRITE = """
-local keep, cap, exact = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local ttl_window, ttl_keep = tonumber(ARGV[4]), tonumber(ARGV[5])
+local cap, exact = tonumber(ARGV[2]), tonumber(ARGV[3])
+local limits = KEYS[#KEYS]
+local held = redis.call('HMGET', limits, 'keep_ticks', 'keep_seconds', 'retention_seconds')
+local keep = math.max(tonumber(ARGV[1]), tonumber(held[1]) or 0)
+local ttl_window = math.max(tonumber(ARGV[4]), tonumber(held[2]) or 0)
+local ttl_keep = math.max(tonumber(ARGV[5]), tonumber(held[3]) or 0)
+redis.call('HSET', limits, 'keep_ticks', keep, 'keep_seconds', ttl_window, 'retention_seconds', ttl_keep)
 local function num(x) return string.format('%.17g', x) end
 local function fold(agg, members)
   if #members == 0 then return end
@@ -442,7 +449,9 @@ class RedisStore:
     expires ``keep_seconds`` after its last write; then the totals stand in for it), ``{ns}:agg:{column}:{value}``
     (hash of folded and total aggregates), ``{ns}:acc:{column}:{value}`` (sorted set account -> first ticks) or, beyond
     ``exact_accounts``, ``{ns}:hll:{column}:{value}`` (HyperLogLog; all three expire ``retention_seconds``
-    after the last write), and ``{ns}:txn:{id}`` (the idempotency marker, ``keep_seconds``).
+    after the last write), and ``{ns}:txn:{id}`` (the idempotency marker, ``keep_seconds``). ``{ns}:limits`` holds
+    the longest ``keep_seconds`` and ``retention_seconds`` any writer has used, and every write uses those: models
+    with different windows share the namespace without one folding away what the other's windows read.
     A read and a write are one Lua script call (EVALSHA) each for the whole batch, atomic; a write applies each
     transaction at most once. Any Redis error (timeout, connection, out of memory) raises
     `StoreUnavailable`, without retries; a write that timed out may still have been applied, and retrying it
@@ -463,7 +472,9 @@ class RedisStore:
                  namespace: str = "fraudops") -> RedisStore:
         """A store at a ``redis://`` URL; every call fails with `StoreUnavailable` after ``timeout_s``."""
         if not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"feature store URL must start with redis://, rediss:// or unix://, got {url!r}")
+            scheme = url.split("://", 1)[0] + "://" if "://" in url else "no scheme"
+            raise ValueError(f"feature store URL must start with redis://, rediss:// or unix://, got {scheme} (the "
+                             "rest of the URL is not shown: it may hold the password)")
         if not timeout_s > 0:
             raise ValueError(f"feature store timeout must be > 0 seconds, got {timeout_s!r}")
         client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
@@ -522,6 +533,7 @@ class RedisStore:
                 keys += [self._key(kind, ref) for kind in ("ev", "agg", "acc", "hll")]
                 tracked = ref.paired and record.account is not None
                 args += [record.ticks, member, repr(event.amount), record.account or "", int(tracked)]
+        keys.append(f"{self.namespace}:limits")
         try:
             return int(self._write(keys=keys, args=args))
         except redis.exceptions.RedisError as exc:
@@ -541,7 +553,8 @@ class RedisStore:
         events go through `write` (idempotent by transaction id), so a loader that died half-way, or two replicas
         loading at once, end with the snapshot loaded once. Transactions recorded meanwhile add up with it.
         Approximate: an entity the snapshot counted beyond ``exact_accounts`` accounts gets placeholders in its
-        HyperLogLog, so its accounts seen again later count twice."""
+        HyperLogLog for the accounts the snapshot no longer names, so those of them that are also among the
+        snapshot's kept events, or are seen again later, count twice."""
         seed_key = f"{self.namespace}:seed"
         try:
             state, owner = (v.decode() for v in self.client.eval(_CLAIM, 1, seed_key, source, _now()))

@@ -93,7 +93,8 @@ class ServingConfig(StoreSettings):
                                          "replica shares (live entity features); empty: the model's frozen snapshot "
                                          "of the training window only")
     feature_store_timeout_seconds: float = Field(0.05, gt=0, le=10, description="longest wait for the feature "
-                                                 "store per request; then the frozen snapshot answers, flagged")
+                                                 "store per call (each connect and reply); then the frozen "
+                                                 "snapshot answers, flagged")
     internal_token: SecretStr = Field(SecretStr(""), description="bearer token of /feedback and /reload; empty: "
                                       "read FRAUDOPS_INTERNAL_TOKEN_FILE, else generated at start (see the log)")
     internal_token_file: str = Field("", description="file holding the bearer token (a mounted Secret); empty: "

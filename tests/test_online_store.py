@@ -76,6 +76,25 @@ def test_redis_keys_expire_with_the_longest_window_or_the_retention(redis_url: s
     assert 86_000 < store.client.ttl(f"{store.namespace}:txn:t0") <= 86_400
 
 
+def test_a_writer_with_shorter_windows_keeps_the_history_longer_windows_read(redis_url: str) -> None:
+    """A canary trained with 1 h windows records into the champion's namespace (1 h and 1 d windows): the store
+    keeps the day the champion reads, with the expiry of the longest horizon any writer has asked for."""
+    namespace = f"t{uuid.uuid4().hex[:8]}"
+    champion = RedisStore.from_url(redis_url, StoreLimits(keep_seconds=86_400), namespace=namespace)
+    canary = RedisStore.from_url(redis_url, StoreLimits(keep_seconds=3_600, retention_seconds=3_600),
+                                 namespace=namespace)
+    OnlineFeatures(CONFIG, champion).record([row(i, seconds=1800) for i in range(10)])  # 4.5 hours of a device
+    short = EntityFeatureConfig.create(SYNTHETIC, "datetime", ["1h"])
+    OnlineFeatures(short, canary).record([row(10, seconds=1800)])
+    probe = [row(11, seconds=1800)]
+    online = OnlineFeatures(CONFIG, champion)
+    assert feature(online, probe, "device_id__count_1d") == 11  # nothing folded at the canary's 1 h horizon
+    assert feature(online, probe, "device_id__count_1h") == 2
+    assert champion.client.zcard(f"{namespace}:ev:device_id:dev") == 11
+    assert 86_000 < champion.client.ttl(f"{namespace}:ev:device_id:dev") <= 86_400
+    assert 86_000 < champion.client.ttl(f"{namespace}:txn:t10") <= 86_400
+
+
 def test_after_the_kept_events_expire_all_history_features_come_from_the_totals(redis_url: str) -> None:
     store = RedisStore.from_url(redis_url, StoreLimits(keep_seconds=86_400), namespace=f"t{uuid.uuid4().hex[:8]}")
     online = OnlineFeatures(CONFIG, store)
@@ -127,5 +146,6 @@ def test_bad_limits_are_named(limits: dict[str, float], message: str) -> None:
 
 
 def test_a_store_url_must_be_a_redis_url() -> None:
-    with pytest.raises(ValueError, match="must start with redis://"):
-        RedisStore.from_url("http://localhost:6379", StoreLimits(keep_seconds=100))
+    with pytest.raises(ValueError, match="must start with redis://") as error:
+        RedisStore.from_url("http://:s3cret@localhost:6379", StoreLimits(keep_seconds=100))
+    assert "s3cret" not in str(error.value) and "got http://" in str(error.value)

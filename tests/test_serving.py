@@ -894,6 +894,23 @@ def test_a_lost_store_is_rebuilt_from_the_prediction_log(home, tmp_path, redis_s
     np.testing.assert_array_equal(live.lookup(rows), before)
 
 
+def test_only_the_champion_claims_an_empty_store(home, tmp_path, redis_server, trained):
+    """A challenger (rollout) or the shadow process loading its model never seeds the store: the champion's
+    snapshot would not load into a namespace another model claimed."""
+    registry = Registry(home=home)
+    config = ServingConfig(prediction_log=str(tmp_path / "log"), feature_store_url=redis_server.url,
+                           feature_store_timeout_seconds=2)
+    bundle = registry.load(trained["b"])
+    challenger = ServedModel.build(trained["b"], bundle, config, bundle.state.spec)
+    assert challenger.entities.live.store.seed_state() == {}
+    scorer = make_scorer(home, tmp_path, feature_store_url=redis_server.url, feature_store_timeout_seconds=2)
+    try:
+        scorer.reload()
+        assert challenger.entities.live.store.seed_state()["source"] == trained["a"]
+    finally:
+        scorer.close()
+
+
 def test_a_store_restarted_empty_gets_the_snapshot_again_at_the_next_poll(home, tmp_path, redis_server, trained):
     import redis
 

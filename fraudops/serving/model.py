@@ -129,9 +129,10 @@ class ServedModel:
 
     @classmethod
     def build(cls, tag: str, bundle: ModelBundle, config: ServingConfig, service: DatasetSpec,
-              path: str | Path | None = None) -> ServedModel:
+              path: str | Path | None = None, seed: bool = False) -> ServedModel:
         """Check a bundle (read from ``path``) against the service and warm it up; `ModelLoadError` says why it
-        cannot be served."""
+        cannot be served. ``seed``: load the bundle's snapshot into a feature store without history (the
+        champion's load in a scorer worker; a challenger or the shadow process never claims the store)."""
         mismatch = schema_mismatch(bundle.state.spec, service)
         if mismatch:
             raise ModelLoadError(f"model {tag} was trained on a schema ({bundle.state.spec.name}) that does not match "
@@ -156,13 +157,14 @@ class ServedModel:
         url = config.feature_store_url.get_secret_value()
         if frozen is None or not url:
             return served
-        # the store keeps events for the longest window of the model that records them: a challenger with a longer
+        # the store keeps events for the longest window any model recording them has: a challenger with a longer
         # window than the champion's reads undercounted long windows until it decides (and records) itself
         limits = StoreLimits(keep_seconds=frozen.config.longest_seconds)
         store = RedisStore.from_url(url, limits, timeout_s=config.feature_store_timeout_seconds)
-        seed = functools.partial(_seed, url, limits, bundle, tag)
-        seed()  # a new store starts warm: the training table's history, unless the store has history already
-        return replace(served, entities=EntityFeatures(frozen, OnlineFeatures(frozen.config, store), seed))
+        seeder = functools.partial(_seed, url, limits, bundle, tag)
+        if seed:
+            seeder()  # a new store starts warm: the training table's history, unless the store has history already
+        return replace(served, entities=EntityFeatures(frozen, OnlineFeatures(frozen.config, store), seeder))
 
     def run(self, rows: list[dict[str, Any]], explain: bool = False, reasons: int = 3, record: bool = False
             ) -> Scored:

@@ -108,8 +108,13 @@ class Scorer:
                     self._refresh_rollout(rollout)
                     return {"model_tag": tag, "previous": tag, "changed": False, **self._rollout_state()}
                 challenger = self._challenger
-                served = (challenger.model if challenger is not None and challenger.model.tag == tag else
-                          ServedModel.build(tag, ModelBundle.load(path), self.config, self.service_spec, path))
+                if challenger is not None and challenger.model.tag == tag:  # promoted: already loaded
+                    served = challenger.model
+                    if served.entities is not None and served.entities.seed is not None:
+                        served.entities.seed()
+                else:
+                    served = ServedModel.build(tag, ModelBundle.load(path), self.config, self.service_spec, path,
+                                               seed=True)
             except Exception as exc:  # missing, corrupt or mismatched: whatever it is, keep the current model
                 self._failed(tag, exc)
                 raise ModelLoadError(self.error) from exc
