@@ -324,12 +324,20 @@ end
 return applied
 """
 
-# KEYS per query: ev, agg, acc, hll. ARGV per query: paired (0/1), n_times, times..., n_accounts, accounts...
-# Returns per query: {kept members, agg fields (folded, then totals), in_hll, pfcount, counts before each time,
+# KEYS per query: ev, agg, acc, hll; then, when ARGV[1] is '1', the namespace's seed hash, which must be ready
+# (else the NOHISTORY error: a store restarted empty would answer as if every entity were new). ARGV: that flag,
+# then per query: paired (0/1), n_times, times..., n_accounts, accounts... Returns per query: {kept members,
+# agg fields (folded, then totals), in_hll, pfcount, counts before each time,
 # first ticks of each account (nil: unknown)}, the last four for paired queries only.
 _READ = """
-local out, a = {}, 1
-for q = 0, #KEYS / 4 - 1 do
+local out, a, n = {}, 2, #KEYS
+if ARGV[1] == '1' then
+  n = n - 1
+  if redis.call('HGET', KEYS[n + 1], 'state') ~= 'ready' then
+    return redis.error_reply('NOHISTORY the namespace has no history (not seeded yet, or the store restarted empty)')
+  end
+end
+for q = 0, n / 4 - 1 do
   local ev, agg, acc, hll = KEYS[4 * q + 1], KEYS[4 * q + 2], KEYS[4 * q + 3], KEYS[4 * q + 4]
   local paired = ARGV[a] == '1'
   local reply = {redis.call('ZRANGE', ev, 0, -1),
@@ -458,18 +466,22 @@ class RedisStore:
     is safe (idempotent).
     """
 
-    def __init__(self, client: redis.Redis, limits: StoreLimits, namespace: str = "fraudops") -> None:
+    def __init__(self, client: redis.Redis, limits: StoreLimits, namespace: str = "fraudops",
+                 require_history: bool = False) -> None:
         if not namespace or ":" in namespace:
             raise ValueError(f"store namespace must be a non-empty name without ':', got {namespace!r}")
         self.client = client
         self.limits = limits
         self.namespace = namespace
+        self.require_history = require_history
+        """Reads fail (`StoreUnavailable`) unless the namespace's seed is ready: the scorer's reads, so that a
+        store restarted empty is a flagged fallback, not features of brand-new entities."""
         self._read = client.register_script(_READ)
         self._write = client.register_script(_WRITE)
 
     @classmethod
     def from_url(cls, url: str, limits: StoreLimits, *, timeout_s: float = 0.05,
-                 namespace: str = "fraudops") -> RedisStore:
+                 namespace: str = "fraudops", require_history: bool = False) -> RedisStore:
         """A store at a ``redis://`` URL; every call fails with `StoreUnavailable` after ``timeout_s``."""
         if not url.startswith(("redis://", "rediss://", "unix://")):
             scheme = url.split("://", 1)[0] + "://" if "://" in url else "no scheme"
@@ -479,7 +491,7 @@ class RedisStore:
             raise ValueError(f"feature store timeout must be > 0 seconds, got {timeout_s!r}")
         client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
                                       retry=Retry(NoBackoff(), 0))
-        return cls(client, limits, namespace)
+        return cls(client, limits, namespace, require_history)
 
     def _key(self, kind: str, ref: EntityRef) -> str:
         if ":" in ref.column:
@@ -490,10 +502,12 @@ class RedisStore:
         if not queries:
             return []
         keys: list[str] = []
-        args: list[str | int] = []
+        args: list[str | int] = [int(self.require_history)]
         for query in queries:
             keys += [self._key(kind, query.entity) for kind in ("ev", "agg", "acc", "hll")]
             args += [int(query.entity.paired), len(query.times), *query.times, len(query.accounts), *query.accounts]
+        if self.require_history:
+            keys.append(f"{self.namespace}:seed")
         try:
             replies = self._read(keys=keys, args=args)
         except redis.exceptions.RedisError as exc:

@@ -38,7 +38,7 @@ ALERTMANAGER = ROOT / "monitoring" / "alertmanager" / "alertmanager.yml"
 RETRAIN_ALERTS = {"FraudopsFeatureDrift", "FraudopsScoreDrift", "FraudopsPerformanceDrop"}
 ALL_ALERTS = RETRAIN_ALERTS | {"FraudopsDriftJobStale", "FraudopsDriftMetricsAbsent", "FraudopsScorerErrorRate",
                                "FraudopsScorerLatencyHigh", "FraudopsPredictionLogFailing",
-                               "FraudopsFeatureStoreFallback"}
+                               "FraudopsFeatureStoreFallback", "FraudopsFeatureStoreLostHistory"}
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
 
 

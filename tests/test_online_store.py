@@ -145,6 +145,21 @@ def test_bad_limits_are_named(limits: dict[str, float], message: str) -> None:
         StoreLimits(**limits)  # type: ignore[arg-type]
 
 
+def test_a_store_that_requires_history_refuses_reads_until_its_seed_is_ready(redis_url: str) -> None:
+    namespace = f"t{uuid.uuid4().hex[:8]}"
+    store = RedisStore.from_url(redis_url, StoreLimits(keep_seconds=86_400), namespace=namespace,
+                                require_history=True)
+    online = OnlineFeatures(CONFIG, store)
+    online.record([row(0)])  # writes are not refused: a rebuild may replay before the seed is marked
+    with pytest.raises(StoreUnavailable, match="NOHISTORY"):
+        online.lookup([row(1)])
+    store.client.hset(f"{namespace}:seed", mapping={"source": "m:1", "state": "loading"})
+    with pytest.raises(StoreUnavailable, match="no history"):
+        online.lookup([row(1)])
+    store.client.hset(f"{namespace}:seed", "state", "ready")
+    assert feature(online, [row(1)], "device_id__count_1h") == 1
+
+
 def test_a_store_url_must_be_a_redis_url() -> None:
     with pytest.raises(ValueError, match="must start with redis://") as error:
         RedisStore.from_url("http://:s3cret@localhost:6379", StoreLimits(keep_seconds=100))

@@ -914,16 +914,24 @@ def test_only_the_champion_claims_an_empty_store(home, tmp_path, redis_server, t
 def test_a_store_restarted_empty_gets_the_snapshot_again_at_the_next_poll(home, tmp_path, redis_server, trained):
     import redis
 
-    scorer = make_scorer(home, tmp_path, feature_store_url=redis_server.url, feature_store_timeout_seconds=2)
+    registry = CollectorRegistry()
+    scorer = make_scorer(home, tmp_path, registry, feature_store_url=redis_server.url,
+                         feature_store_timeout_seconds=2)
     scorer.reload()
     store = scorer.model.entities.live.store
     rows = scorer.model.schema.validate(trained["requests"][:20])
     try:
         warm = scorer.model.entities.live.lookup(rows)
+        assert not scorer.reload()["changed"] and counter(registry, "feature_store_reseeds") == 0
         redis.Redis.from_url(redis_server.url).flushall()  # a restart without persistence
         assert store.seed_state() == {}
+        # until the poll: not features of brand-new entities, but the frozen snapshot's, flagged and counted
+        assert scorer.score(trained["requests"][20:21])["features_fallback"] is True
+        assert counter(registry, "feature_store_fallbacks") == 1
         assert not scorer.reload()["changed"]  # the champion poll
         assert store.seed_state()["source"] == trained["a"]
+        assert counter(registry, "feature_store_reseeds") == 1
         np.testing.assert_array_equal(scorer.model.entities.live.lookup(rows), warm)
+        assert "features_fallback" not in scorer.score(trained["requests"][21:22])
     finally:
         scorer.close()

@@ -69,6 +69,10 @@ class ScorerMetrics:
         self.feature_store_fallbacks = prom.Counter(p + "feature_store_fallbacks", "... of which the store was slow "
                                                     "or down: answered with the frozen snapshot's entity features "
                                                     "(features_fallback in the response)", registry=reg)
+        self.feature_store_reseeds = prom.Counter(p + "feature_store_reseeds", "Champion polls that found the "
+                                                  "feature store without history (restarted empty) and loaded the "
+                                                  "model's snapshot again: the live history since training needs "
+                                                  "`fraudops features rebuild --from-log`", registry=reg)
         self.rollout_info = prom.Gauge(p + "rollout_info", "1 for the active rollout's challenger, mode and canary "
                                        "percent (0 once changed)", ["challenger", "mode", "percent"],
                                        multiprocess_mode="livemax", registry=reg)

@@ -64,7 +64,7 @@ class EntityFeatures:
     WARN_SECONDS = 60.0
 
     def __init__(self, frozen: OnlineFeatures, live: OnlineFeatures | None,
-                 seed: Callable[[], None] | None = None) -> None:
+                 seed: Callable[[], bool] | None = None) -> None:
         self.frozen = frozen
         self.live = live
         self.seed = seed
@@ -87,15 +87,16 @@ class EntityFeatures:
         return self.frozen.lookup(rows), self.live is not None
 
 
-def _seed(url: str, limits: StoreLimits, bundle: ModelBundle, tag: str) -> None:
+def _seed(url: str, limits: StoreLimits, bundle: ModelBundle, tag: str) -> bool:
     """`seed_from_bundle` over a connection of its own (a load takes longer than a request's timeout); a store
-    that does not answer is logged, and tried again at the next champion poll."""
+    that does not answer is logged, and tried again at the next champion poll. Whether this call loaded it."""
     seeder = RedisStore.from_url(url, limits, timeout_s=SEED_TIMEOUT_SECONDS)
     try:
-        seed_from_bundle(seeder, bundle, tag)
+        return seed_from_bundle(seeder, bundle, tag).loaded
     except StoreUnavailable as exc:
         log.warning("the snapshot of %s was not loaded into the feature store (%s); tried again at the next "
                     "champion poll, or load it with `fraudops features load-snapshot`", tag, exc)
+        return False
     finally:
         seeder.client.close()
 
@@ -160,7 +161,7 @@ class ServedModel:
         # the store keeps events for the longest window any model recording them has: a challenger with a longer
         # window than the champion's reads undercounted long windows until it decides (and records) itself
         limits = StoreLimits(keep_seconds=frozen.config.longest_seconds)
-        store = RedisStore.from_url(url, limits, timeout_s=config.feature_store_timeout_seconds)
+        store = RedisStore.from_url(url, limits, timeout_s=config.feature_store_timeout_seconds, require_history=True)
         seeder = functools.partial(_seed, url, limits, bundle, tag)
         if seed:
             seeder()  # a new store starts warm: the training table's history, unless the store has history already

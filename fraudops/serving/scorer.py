@@ -103,8 +103,12 @@ class Scorer:
             try:
                 tag, path, rollout = self.source.locate()
                 if previous is not None and tag == previous.tag:
-                    if previous.entities is not None and previous.entities.seed is not None:
-                        previous.entities.seed()  # a store restarted empty gets the snapshot again
+                    if previous.entities is not None and previous.entities.seed is not None \
+                            and previous.entities.seed():  # a store restarted empty gets the snapshot again
+                        self.metrics.feature_store_reseeds.inc()
+                        log.warning("the feature store had no history (restarted empty?): loaded the snapshot of %s "
+                                    "again; its live history since training is missing until `fraudops features "
+                                    "rebuild --from-log WINDOW`", tag)
                     self._refresh_rollout(rollout)
                     return {"model_tag": tag, "previous": tag, "changed": False, **self._rollout_state()}
                 challenger = self._challenger
