@@ -458,7 +458,8 @@ def test_default_objects(chart: Any) -> None:
         ("PodDisruptionBudget", "fraudops-scorer"), ("Pod", "fraudops-test-score"),
         ("Role", "fraudops-trigger"), ("RoleBinding", "fraudops-trigger"),
         ("Service", "fraudops-drift-exporter"), ("Service", "fraudops-scorer"), ("Service", "fraudops-trigger"),
-        ("ServiceAccount", "fraudops"), ("ServiceAccount", "fraudops-trigger"),
+        ("ServiceAccount", "fraudops"), ("ServiceAccount", "fraudops-feature-store"),
+        ("ServiceAccount", "fraudops-trigger"),
     ])
 
 
@@ -511,6 +512,9 @@ def test_feature_store_runs_redis_from_the_project_image_and_the_scorer_shares_i
     (container,) = pod["containers"]
     scorer = one(docs, "Deployment", "fraudops-scorer")["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == scorer["image"] and store["spec"]["replicas"] == 1
+    # its own identity: not the scorer's ServiceAccount (which may carry object-store cloud roles)
+    assert pod["serviceAccountName"] == "fraudops-feature-store" and pod["automountServiceAccountToken"] is False
+    assert one(docs, "ServiceAccount", "fraudops-feature-store")["automountServiceAccountToken"] is False
     script = container["command"][-1]
     assert "exec redis-server /tmp/redis.conf" in script and "--maxmemory 768mb --maxmemory-policy noeviction" in script
     assert "--appendonly no" in script and "requirepass" in script and "env" not in container  # from a file
@@ -878,7 +882,8 @@ SCORER_METRICS = {"fraudops_scorer_requests_total", "fraudops_scorer_rows_scored
                   "fraudops_scorer_decisions_total", "fraudops_scorer_validation_errors_total",
                   "fraudops_scorer_model_info", "fraudops_scorer_predlog_write_failures_total",
                   "fraudops_scorer_predlog_wal_write_failures_total", "fraudops_scorer_feature_store_requests_total",
-                  "fraudops_scorer_feature_store_fallbacks_total", "fraudops_scorer_role_decisions_total",
+                  "fraudops_scorer_feature_store_fallbacks_total", "fraudops_scorer_feature_store_reseeds_total",
+                  "fraudops_scorer_role_decisions_total",
                   "fraudops_scorer_role_model_seconds_bucket", "fraudops_scorer_shadow_dropped_total",
                   "fraudops_scorer_shadow_failures_total"}
 DRIFT_METRICS = {"fraudops_drift_share_drifted_features", "fraudops_drift_detected", "fraudops_drift_score_drift",
