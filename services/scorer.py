@@ -31,6 +31,7 @@ Metrics on ``/metrics`` besides BentoML's own ``bentoml_service_*``:
 | `fraudops_scorer_shadow_failures_total` | counter | | shadow scorings that failed (never the request) |
 | `fraudops_scorer_feature_store_requests_total` | counter | | model calls that asked the online feature store |
 | `fraudops_scorer_feature_store_fallbacks_total` | counter | | ... answered from the frozen snapshot (store down) |
+| `fraudops_scorer_feature_store_reseeds_total` | counter | | polls that found the store empty: snapshot loaded again |
 | `fraudops_scorer_rollout_info` | gauge | `challenger`, `mode`, `percent` | 1 for the active rollout |
 | `fraudops_scorer_feedback_labels_total` | counter | `source` | labels recorded: chargeback, manual_review, ... |
 
