@@ -26,6 +26,7 @@ history from a `fraudops.online_store` store, computes with the same kernel, the
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -105,7 +106,7 @@ class EntityFeatureConfig:
         """A configuration with windows given as text (``["1h", "24h", "7d"]``)."""
         return cls(spec, time_kind, tuple(Window.parse(w) for w in windows))
 
-    @property
+    @functools.cached_property
     def columns(self) -> list[str]:
         """Entity columns: the entities, then the account if it is not one of them."""
         cols = list(self.spec.entities)
@@ -123,6 +124,13 @@ class EntityFeatureConfig:
 
     def column_feature_names(self, column: str) -> list[str]:
         """The features of one entity column, in order."""
+        return self._names_by_column[column]
+
+    @functools.cached_property
+    def _names_by_column(self) -> dict[str, list[str]]:
+        return {column: self._column_names(column) for column in self.columns}
+
+    def _column_names(self, column: str) -> list[str]:
         names = []
         for span in [*(w.name for w in self.windows), ALL]:
             names.append(f"{column}__count_{span}")
@@ -132,7 +140,7 @@ class EntityFeatureConfig:
                 names += [f"{column}__amount_{stat}_{span}" for stat in ("sum", "mean", "max")]
         return [*names, f"{column}__seconds_since_prev", f"{column}__first_seen"]
 
-    @property
+    @functools.cached_property
     def feature_names(self) -> list[str]:
         """All features, in order."""
         return [name for col in self.columns for name in self.column_feature_names(col)]
@@ -321,7 +329,8 @@ def _entity_features(config: EntityFeatureConfig, column: str, table: _Table, co
     from a sparse table (windows) and a running maximum (all history); distinct accounts in `_distinct_accounts`.
     """
     n = len(codes)
-    out = {name: np.full(n, np.nan) for name in config.column_feature_names(column)}
+    names = config.column_feature_names(column)
+    out = dict(zip(names, np.full((len(names), n), np.nan), strict=True))  # one allocation: a request is small
     rows = np.flatnonzero(codes >= 0)
     if not len(rows):
         return out
@@ -396,7 +405,7 @@ def _distinct_accounts(config: EntityFeatureConfig, table: _Table, account: np.n
     width = len(table.unique_ticks) + 1
     base = c * width
     present = np.flatnonzero(account >= 0)
-    pair = pd.factorize(c[present] * (int(account.max()) + 1) + account[present])[0]
+    pair = _codes(c[present] * (int(account.max()) + 1) + account[present])
     order = np.argsort(pair * width + rank[present])  # each pair's occurrences in time order
     by_pair, pair = present[order], pair[order]
     repeat_of = pair[1:] == pair[:-1]
@@ -563,6 +572,12 @@ def _factorize(texts: list[str | None]) -> tuple[np.ndarray, np.ndarray]:
     index: dict[str, int] = {}
     codes = [-1 if text is None else index.setdefault(text, len(index)) for text in texts]
     return np.array(codes, dtype=np.int64), np.array(list(index), dtype=object)
+
+
+def _codes(values: np.ndarray) -> np.ndarray:
+    """Codes of int64 values into their distinct values: sorting is cheaper for the few rows of a request,
+    hashing for a training table."""
+    return np.unique(values, return_inverse=True)[1] if len(values) < 4096 else pd.factorize(values)[0]
 
 
 def _members(codes: np.ndarray, n_keys: int) -> list[np.ndarray]:

@@ -668,14 +668,14 @@ class SnapshotStore:
         self.columns = columns
         self.accounts = accounts
         self.txns = txns
-        self._index = {col: pd.Index(frozen.keys) for col, frozen in columns.items()}
+        self._index = {col: {key: i for i, key in enumerate(frozen.keys.tolist())} for col, frozen in columns.items()}
         self._account_code = {text: code for code, text in enumerate(accounts.tolist())}
 
     def read(self, queries: Sequence[KeyQuery]) -> list[KeyState]:
         out = []
         for query in queries:
             frozen = self.columns.get(query.entity.column)
-            found = self._index[query.entity.column].get_indexer([query.entity.key])[0] if frozen else -1
+            found = self._index[query.entity.column].get(query.entity.key, -1) if frozen else -1
             if frozen is None or found < 0:
                 out.append(KeyState(accounts_before=[0] * len(query.times)))
                 continue
