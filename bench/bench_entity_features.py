@@ -10,7 +10,6 @@ Redis is a private ``redis-server`` on a free loopback port, without persistence
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import socket
 import subprocess
@@ -27,7 +26,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import fmt, fmt_ratio, markdown_table, report_sections
+from bench.common import fmt, fmt_ratio, markdown_table, report_sections, section_parser
 from fraudops.data.synthetic import generate_transactions
 from fraudops.entity_features import EntityFeatureConfig, OnlineFeatures, compute, frame_columns
 from fraudops.online_store import MemoryStore, RedisStore, StoreLimits
@@ -207,12 +206,7 @@ def bench_memory(quick: bool) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
-    parser.add_argument("--only", default="offline,online,memory", help="comma-separated sections")
-    parser.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "entity_features.md")
-    args = parser.parse_args()
+    args = section_parser(__doc__, ["offline", "online", "memory"], "entity_features.md").parse_args()
     builders = {"offline": lambda: bench_offline(args.quick, args.data_dir),
                 "online": lambda: bench_online(args.quick), "memory": lambda: bench_memory(args.quick)}
     report_sections("fraudops entity feature benchmark", ["fraudops", "numpy", "pandas", "redis"], args.quick,

@@ -28,7 +28,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import fmt, fmt_mib, fmt_ratio, markdown_table, report_sections, run_measured
+from bench.common import fmt, fmt_mib, fmt_ratio, markdown_table, report_sections, run_measured, section_parser
 
 if TYPE_CHECKING:
     from fraudops.decisions import Bands
@@ -586,11 +586,7 @@ def bench_ieee(quick: bool, data_dir: Path) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
-    parser.add_argument("--only", default="drift,loop,ieee", help="comma-separated sections")
-    parser.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "monitoring.md")
+    parser = section_parser(__doc__, ["drift", "loop", "ieee"], "monitoring.md")
     parser.add_argument("--drift-child", nargs=3, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.drift_child:

@@ -3,6 +3,7 @@ markdown tables (printing and parsing them back)."""
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import platform
@@ -285,3 +286,15 @@ def report_sections(title: str, packages: Sequence[str], quick: bool, builders: 
         parts.append(text)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(parts))
+
+
+def section_parser(doc: str | None, sections: Sequence[str], report: str) -> argparse.ArgumentParser:
+    """The options of a benchmark made of sections: --quick, --only, --data-dir and --out (default
+    ``bench/results/<report>``)."""
+    repo = Path(__file__).resolve().parents[1]
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
+    parser.add_argument("--only", default=",".join(sections), help="comma-separated sections")
+    parser.add_argument("--data-dir", type=Path, default=repo.parent / "shared" / "data")
+    parser.add_argument("--out", type=Path, default=repo / "bench" / "results" / report)
+    return parser
