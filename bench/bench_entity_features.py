@@ -32,7 +32,6 @@ from fraudops.entity_features import EntityFeatureConfig, OnlineFeatures, comput
 from fraudops.online_store import MemoryStore, RedisStore, StoreLimits
 from fraudops.schema import IEEE_CIS, SYNTHETIC
 
-REPO = Path(__file__).resolve().parent.parent
 IEEE_COLUMNS = ["TransactionID", "TransactionDT", "TransactionAmt", "card1", "addr1", "DeviceInfo"]
 MIB = 2**20
 

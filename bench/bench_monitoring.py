@@ -34,7 +34,6 @@ if TYPE_CHECKING:
     from fraudops.decisions import Bands
     from fraudops.rollout import Decision, GroupStats, RolloutPolicy
 
-REPO = Path(__file__).resolve().parent.parent
 DAY = 86_400
 
 
