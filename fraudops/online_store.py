@@ -31,7 +31,8 @@ from __future__ import annotations
 import json
 import math
 from bisect import insort
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -508,10 +509,8 @@ class RedisStore:
             args += [int(query.entity.paired), len(query.times), *query.times, len(query.accounts), *query.accounts]
         if self.require_history:
             keys.append(f"{self.namespace}:seed")
-        try:
+        with _unavailable("read"):
             replies = self._read(keys=keys, args=args)
-        except redis.exceptions.RedisError as exc:
-            raise StoreUnavailable(f"feature store read failed: {type(exc).__name__}: {exc}") from exc
         return [self._state(query, reply) for query, reply in zip(queries, replies, strict=True)]
 
     @staticmethod
@@ -548,11 +547,8 @@ class RedisStore:
                 tracked = ref.paired and record.account is not None
                 args += [record.ticks, member, repr(event.amount), record.account or "", int(tracked)]
         keys.append(f"{self.namespace}:limits")
-        try:
+        with _unavailable("write"):
             return int(self._write(keys=keys, args=args))
-        except redis.exceptions.RedisError as exc:
-            raise StoreUnavailable(f"feature store write failed: {type(exc).__name__}: {exc}") from exc
-
 
     # -- seeding ------------------------------------------------------------------------------------------------
     def seed(self, snapshot: SnapshotStore, source: str, chunk: int = 2000) -> SeedResult:
@@ -570,10 +566,8 @@ class RedisStore:
         HyperLogLog for the accounts the snapshot no longer names, so those of them that are also among the
         snapshot's kept events, or are seen again later, count twice."""
         seed_key = f"{self.namespace}:seed"
-        try:
+        with _unavailable("seeding"):
             state, owner = (v.decode() for v in self.client.eval(_CLAIM, 1, seed_key, source, _now()))
-        except redis.exceptions.RedisError as exc:
-            raise StoreUnavailable(f"feature store seeding failed: {type(exc).__name__}: {exc}") from exc
         if owner != source or state == "ready":
             return SeedResult(False, owner)
         entities = 0
@@ -583,11 +577,9 @@ class RedisStore:
         records = snapshot.records()
         for start in range(0, len(records), chunk):
             self.write(records[start:start + chunk])
-        try:
+        with _unavailable("seeding"):
             self.client.hset(seed_key, mapping={"state": "ready", "finished": _now()})
             self.client.delete(f"{self.namespace}:seed:done")
-        except redis.exceptions.RedisError as exc:
-            raise StoreUnavailable(f"feature store seeding failed: {type(exc).__name__}: {exc}") from exc
         return SeedResult(True, source, entities, len(records))
 
     def _seed_chunk(self, snapshot: SnapshotStore, column: str, lo: int, hi: int, source: str) -> int:
@@ -613,18 +605,15 @@ class RedisStore:
                                    strict=True):
                 args += [str(accounts[code]), first]
             args.append(0 if frozen.accounts_exact[i] else int(frozen.account_total[i]))
-        try:
+        with _unavailable("seeding"):
             self.client.eval(_SEED, len(keys), *keys, *args)
-        except redis.exceptions.RedisError as exc:
-            raise StoreUnavailable(f"feature store seeding failed: {type(exc).__name__}: {exc}") from exc
         return hi - lo
 
     def seed_state(self) -> dict[str, str]:
         """This namespace's seed marker (empty when nothing was seeded)."""
-        try:
+        with _unavailable("read"):
             return {k.decode(): v.decode() for k, v in self.client.hgetall(f"{self.namespace}:seed").items()}
-        except redis.exceptions.RedisError as exc:
-            raise StoreUnavailable(f"feature store read failed: {type(exc).__name__}: {exc}") from exc
+
 
 # -- frozen snapshot ------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -784,6 +773,15 @@ class SnapshotStore:
 
 
 SNAPSHOT_FILE = "snapshot.json"
+
+
+@contextmanager
+def _unavailable(what: str) -> Iterator[None]:
+    """Any Redis error inside as `StoreUnavailable` ("feature store <what> failed: ...")."""
+    try:
+        yield
+    except redis.exceptions.RedisError as exc:
+        raise StoreUnavailable(f"feature store {what} failed: {type(exc).__name__}: {exc}") from exc
 
 
 def _now() -> str:

@@ -189,8 +189,8 @@ def gate_step(split_dir: str | Path, eval_dir: str | Path, registry: Registry, p
     else:
         champion = registry.load(champion_tag)
         spec = DatasetSpec.model_validate(_read_spec(src)["spec"])
-        whole = pd.concat([pd.read_parquet(src / f"{name}.parquet") for name in PARTS], ignore_index=True)
-        test = pd.read_parquet(src / "test.parquet")
+        parts = {name: pd.read_parquet(src / f"{name}.parquet") for name in PARTS}
+        test = parts["test"]
         missing = set(champion.state.input_columns) - set(test.columns)
         if champion.state.spec.target != spec.target or missing:
             reason = (f"champion {champion_tag} was trained on another schema ({champion.state.spec.name}; "
@@ -202,6 +202,7 @@ def gate_step(split_dir: str | Path, eval_dir: str | Path, registry: Registry, p
             return result
         # the champion's own feature definition replayed over the same table: what it would have seen serving
         # these transactions with an online store, as the challenger's test features do
+        whole = pd.concat(parts.values(), ignore_index=True)
         features = champion.state.training_features(whole).iloc[len(whole) - len(test):]
         champion_metrics = fraud_metrics(test[spec.target].to_numpy(), champion.score_features(features),
                                          champion.threshold, what="the test window")

@@ -167,6 +167,12 @@ class ServedModel:
             seeder()  # a new store starts warm: the training table's history, unless the store has history already
         return replace(served, entities=EntityFeatures(frozen, OnlineFeatures(frozen.config, store), seeder))
 
+    def seed_store(self) -> bool:
+        """Load the bundle's snapshot into the feature store if the store has no history; whether this call did
+        (False without a store)."""
+        entities = self.entities
+        return entities is not None and entities.seed is not None and entities.seed()
+
     def run(self, rows: list[dict[str, Any]], explain: bool = False, reasons: int = 3, record: bool = False
             ) -> Scored:
         """Features, scores, decisions (and with ``explain`` the top ``reasons`` reason codes) of validated rows.

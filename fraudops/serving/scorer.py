@@ -103,8 +103,7 @@ class Scorer:
             try:
                 tag, path, rollout = self.source.locate()
                 if previous is not None and tag == previous.tag:
-                    if previous.entities is not None and previous.entities.seed is not None \
-                            and previous.entities.seed():  # a store restarted empty gets the snapshot again
+                    if previous.seed_store():  # a store restarted empty gets the snapshot again
                         self.metrics.feature_store_reseeds.inc()
                         log.warning("the feature store had no history (restarted empty?): loaded the snapshot of %s "
                                     "again; its live history since training is missing until `fraudops features "
@@ -114,8 +113,7 @@ class Scorer:
                 challenger = self._challenger
                 if challenger is not None and challenger.model.tag == tag:  # promoted: already loaded
                     served = challenger.model
-                    if served.entities is not None and served.entities.seed is not None:
-                        served.entities.seed()
+                    served.seed_store()
                 else:
                     served = ServedModel.build(tag, ModelBundle.load(path), self.config, self.service_spec, path,
                                                seed=True)
