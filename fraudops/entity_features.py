@@ -128,17 +128,64 @@ class EntityFeatureConfig:
 
     @functools.cached_property
     def _names_by_column(self) -> dict[str, list[str]]:
-        return {column: self._column_names(column) for column in self.columns}
+        return {column: [f"{column}__{name}" for name in self.kernel_names(self.paired(column))]
+                for column in self.columns}
 
-    def _column_names(self, column: str) -> list[str]:
-        names = []
-        for span in [*(w.name for w in self.windows), ALL]:
-            names.append(f"{column}__count_{span}")
-            if self.paired(column):
-                names.append(f"{column}__accounts_{span}")
-            if self.spec.amount:
-                names += [f"{column}__amount_{stat}_{span}" for stat in ("sum", "mean", "max")]
-        return [*names, f"{column}__seconds_since_prev", f"{column}__first_seen"]
+    def kernel_names(self, paired: bool) -> list[str]:
+        """The features of an entity column without its column's prefix, in order (``paired``: with distinct
+        accounts)."""
+        return self._kernel_names[paired]
+
+    @functools.cached_property
+    def _kernel_names(self) -> dict[bool, list[str]]:
+        out = {}
+        for paired in (False, True):
+            names = []
+            for span in self.spans:
+                names.append(f"count_{span}")
+                if paired:
+                    names.append(f"accounts_{span}")
+                if self.spec.amount:
+                    names += [f"amount_{stat}_{span}" for stat in ("sum", "mean", "max")]
+            out[paired] = [*names, "seconds_since_prev", "first_seen"]
+        return out
+
+    @property
+    def spans(self) -> list[str]:
+        """The windows' names, then ``all``."""
+        return [*(w.name for w in self.windows), ALL]
+
+    def stacked_order(self, paired: bool) -> np.ndarray:
+        """Where each of `kernel_names` is among the kernel's stacked rows: per statistic (count, amount sum, mean,
+        max, accounts) one row per span, then the recency rows."""
+        return self._stacked_order[paired]
+
+    @functools.cached_property
+    def _stacked_order(self) -> dict[bool, np.ndarray]:
+        out = {}
+        for paired in (False, True):
+            stats = ["count", *(["amount_sum", "amount_mean", "amount_max"] if self.spec.amount else []),
+                     *(["accounts"] if paired else [])]
+            rows = [f"{stat}_{span}" for stat in stats for span in self.spans] + ["seconds_since_prev", "first_seen"]
+            out[paired] = np.array([rows.index(name) for name in self.kernel_names(paired)])
+        return out
+
+    @functools.cached_property
+    def any_paired(self) -> bool:
+        """Whether some entity column has distinct-account features."""
+        return any(self.paired(column) for column in self.columns)
+
+    @functools.cached_property
+    def layout(self) -> list[tuple[str, int, np.ndarray]]:
+        """Per entity column: its first position in `feature_names`, and which of the kernel's columns
+        (`kernel_names` of `any_paired`) are its features."""
+        kernel = self.kernel_names(self.any_paired)
+        out, offset = [], 0
+        for column in self.columns:
+            names = self.kernel_names(self.paired(column))
+            out.append((column, offset, np.array([kernel.index(name) for name in names])))
+            offset += len(names)
+        return out
 
     @functools.cached_property
     def feature_names(self) -> list[str]:
@@ -251,32 +298,50 @@ class _Table:
     """Times and amounts of the transactions the kernel sees, ranked once for all entity columns.
 
     Times are replaced by their rank among the distinct times, so that (key, time) pairs become one int64 and
-    window boundaries become ranks: for the time of rank r, ``window_start[w][r]`` is the first rank at or after
-    that time - w, ``window_end[w][r]`` the first rank after that time + w.
+    window boundaries become ranks: for the time of rank r, ``window_start[i, r]`` is the first rank at or after
+    that time - window i, ``window_end[i, r]`` the first rank after that time + window i.
     """
 
     ticks: np.ndarray
     amount: np.ndarray
     unique_ticks: np.ndarray
     rank: np.ndarray
-    window_start: dict[str, np.ndarray]
-    window_end: dict[str, np.ndarray]
+    window_start: np.ndarray
+    window_end: np.ndarray
     unique_amounts: np.ndarray
     amount_rank: np.ndarray
 
     @classmethod
     def of(cls, ticks_: np.ndarray, amount: np.ndarray, windows: Sequence[Window]) -> _Table:
-        unique_ticks, rank = np.unique(ticks_, return_inverse=True)
-        unique_amounts, amount_rank = np.unique(amount, return_inverse=True)
-        start = {w.name: np.searchsorted(unique_ticks, unique_ticks - w.ticks, "left") for w in windows}
-        end = {w.name: np.searchsorted(unique_ticks, unique_ticks + w.ticks, "right") for w in windows}
-        return cls(ticks_, amount, unique_ticks, rank.astype(np.int64), start, end, unique_amounts,
-                   amount_rank.astype(np.int64))
+        unique_ticks, rank = _ranked(ticks_)
+        unique_amounts, amount_rank = _ranked(amount)
+        lengths = np.array([w.ticks for w in windows], dtype=np.int64)[:, None]
+        return cls(ticks_, amount, unique_ticks, rank, np.searchsorted(unique_ticks, unique_ticks - lengths, "left"),
+                   np.searchsorted(unique_ticks, unique_ticks + lengths, "right"), unique_amounts, amount_rank)
+
+
+def _ranked(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct values, sorted, and each value's rank among them (`np.unique` with ``return_inverse``,
+    without its overhead on a request's few values)."""
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    new = _changes(ordered)
+    rank = np.empty(len(values), dtype=np.int64)
+    rank[order] = np.cumsum(new) - 1
+    return ordered[new], rank
+
+
+def _changes(values: np.ndarray) -> np.ndarray:
+    """Whether each value differs from the one before it (the first does)."""
+    out = np.empty(len(values), dtype=bool)
+    out[:1] = True
+    np.not_equal(values[1:], values[:-1], out=out[1:])
+    return out
 
 
 @dataclass(frozen=True)
 class _Prior:
-    """What a store knows beyond the table's transactions: per key code (folded aggregates), per table row
+    """What a store knows beyond the table's transactions: per key code (folded aggregates), per entry
     (accounts first seen strictly before it; when its account was first seen, `_NEVER` or `_NONE`)."""
 
     count: np.ndarray
@@ -301,7 +366,7 @@ class _RangeMax:
             self.table[k, :len(level)] = level
 
     def query(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-        """max(values[lo:hi]) per pair; NaN for empty ranges."""
+        """max(values[lo:hi]) per pair (arrays of any shape, broadcast); NaN for empty ranges."""
         length = hi - lo
         level = np.frexp(np.maximum(length, 1))[1] - 1  # floor(log2(length))
         top = np.maximum(self.table[level, lo], self.table[level, np.maximum(hi - (1 << level), 0)])
@@ -310,101 +375,98 @@ class _RangeMax:
 
 def _prefix(flags: np.ndarray) -> np.ndarray:
     """prefix[i] = how many of flags[:i] are set."""
-    return np.concatenate([[0], np.cumsum(flags, dtype=np.int64)])
+    out = np.zeros(len(flags) + 1, dtype=np.int64)
+    np.cumsum(flags, out=out[1:])
+    return out
 
 
-def _count_at_most(item_group: np.ndarray, item_rank: np.ndarray, group_base: np.ndarray, rank: np.ndarray,
+def _count_at_most(item_group: np.ndarray, item_rank: np.ndarray, group: np.ndarray, rank: np.ndarray,
                    width: int) -> np.ndarray:
-    """Per query: items of its group whose rank is <= the query's rank (``group_base`` = group * width)."""
-    keys = np.sort(item_group * width + item_rank)
-    return np.searchsorted(keys, group_base + rank, "right") - np.searchsorted(keys, group_base, "left")
+    """Per query (``group``, ``rank``): the items of its group whose rank is <= the query's. With ``item_rank`` of
+    shape windows x items, the answer is windows x queries, each window's items counted for its own queries."""
+    layers = item_rank if item_rank.ndim == 2 else item_rank[None]
+    groups = int(max(group.max(initial=0), item_group.max(initial=0))) + 1
+    layer = np.arange(len(layers))[:, None] * groups
+    keys = np.sort(((layer + item_group) * width + layers).ravel())
+    base = (layer + group) * width
+    found = np.searchsorted(keys, base + rank, "right") - np.searchsorted(keys, base, "left")
+    return found if item_rank.ndim == 2 else found[0]
 
 
-def _entity_features(config: EntityFeatureConfig, column: str, table: _Table, codes: np.ndarray,
-                     accounts: np.ndarray | None, prior: _Prior | None) -> dict[str, np.ndarray]:
-    """The features of one entity column for every row of ``table`` (NaN where the key is missing).
+def _entity_features(config: EntityFeatureConfig, table: _Table, entry_row: np.ndarray, codes: np.ndarray,
+                     accounts: np.ndarray | None, prior: _Prior | None) -> np.ndarray:
+    """The features of entries, (table row, key code) pairs: a matrix of entries x `kernel_names` (with distinct
+    accounts when ``accounts``, the entries' account codes, -1 for none, is given). Keys of several entity columns
+    can share one call (codes in one space), and every window is computed at once, so that a request's few
+    transactions pay for one pass of a few dozen array operations.
 
-    Rows are sorted by (key, time). Row i's strictly earlier transactions are the slice [start, end) of its key's
-    run; window w's start is found by binary search on (key, rank of t - w). Sums come from a prefix sum, maxima
-    from a sparse table (windows) and a running maximum (all history); distinct accounts in `_distinct_accounts`.
+    Entries are sorted by (key, time). An entry's strictly earlier transactions are the slice [start, end) of its
+    key's run; window w's start is found by binary search on (key, rank of t - w). Sums come from a prefix sum,
+    maxima from a sparse table (windows) and a running maximum (all history); distinct accounts in
+    `_distinct_accounts`.
     """
-    n = len(codes)
-    names = config.column_feature_names(column)
-    out = dict(zip(names, np.full((len(names), n), np.nan), strict=True))  # one allocation: a request is small
-    rows = np.flatnonzero(codes >= 0)
-    if not len(rows):
+    paired = accounts is not None
+    out = np.empty((len(codes), len(config.kernel_names(paired))))
+    if not len(codes):
         return out
     width = len(table.unique_ticks) + 1
-    sort_key = codes[rows] * width + table.rank[rows]
+    sort_key = codes * width + table.rank[entry_row]
     by = np.argsort(sort_key)  # ties (same key and time) see the same rows whatever their order
-    rows, sort_key = rows[by], sort_key[by]
-    c, rank, t, amount = codes[rows], table.rank[rows], table.ticks[rows], table.amount[rows]
+    rows, sort_key, c = entry_row[by], sort_key[by], codes[by]
+    rank, t, amount = table.rank[rows], table.ticks[rows], table.amount[rows]
     pos = np.arange(len(rows))
-    new_key = np.r_[True, c[1:] != c[:-1]]
+    new_key = _changes(c)
     start = np.maximum.accumulate(np.where(new_key, pos, 0))
-    end = np.maximum.accumulate(np.where(new_key | np.r_[True, rank[1:] != rank[:-1]], pos, 0))
+    end = np.maximum.accumulate(np.where(new_key | _changes(rank), pos, 0))
     base = c * width
-    lows = {w.name: np.searchsorted(sort_key, base + table.window_start[w.name][rank], "left") for w in config.windows}
-    widest = max(config.windows, key=lambda w: w.seconds).name
-    found: dict[str, np.ndarray] = {}
-    spec = config.spec
-    if spec.amount:
-        sums = np.concatenate([[0], np.cumsum(amount, dtype=np.longdouble)])
-        range_max = _RangeMax(amount, int((end - lows[widest]).max()))
-    for w in config.windows:
-        lo = lows[w.name]
-        found[f"count_{w.name}"] = end - lo
-        if spec.amount:
-            found[f"amount_sum_{w.name}"] = (sums[end] - sums[lo]).astype("float64")
-            found[f"amount_max_{w.name}"] = range_max.query(lo, end)
+    lo = np.searchsorted(sort_key, base + table.window_start[:, rank], "left")  # windows x entries
     earlier = end > start
     before = np.maximum(end - 1, 0)
     count_all = end - start
-    if spec.amount:
-        sum_all = (sums[end] - sums[start]).astype("float64")
-        amount_width = len(table.unique_amounts) + 1
-        running = np.maximum.accumulate(c * amount_width + table.amount_rank[rows])
-        top = np.clip(running[before] - c * amount_width, 0, len(table.unique_amounts) - 1)
-        max_all = np.where(earlier, table.unique_amounts[top], np.nan)
     prev = np.where(earlier, t[before], _NONE)
     if prior is not None:
         count_all = count_all + prior.count[c]
         prev = np.where(earlier, prev, prior.last[c])
-        if spec.amount:
-            sum_all = sum_all + prior.amount_sum[c]
+    stacked = [end - lo, count_all[None]]
+    if config.spec.amount:
+        sums = np.zeros(len(amount) + 1, dtype=np.longdouble)
+        np.cumsum(amount, dtype=np.longdouble, out=sums[1:])
+        total = np.vstack([sums[end] - sums[lo], (sums[end] - sums[start])[None]]).astype("float64")
+        range_max = _RangeMax(amount, int((end - lo).max()))
+        amount_width = len(table.unique_amounts) + 1
+        running = np.maximum.accumulate(c * amount_width + table.amount_rank[rows])
+        top = np.clip(running[before] - c * amount_width, 0, len(table.unique_amounts) - 1)
+        max_all = np.where(earlier, table.unique_amounts[top], np.nan)
+        if prior is not None:
+            total[-1] += prior.amount_sum[c]
             max_all = np.fmax(max_all, prior.amount_max[c])
-    found[f"count_{ALL}"] = count_all
-    if spec.amount:
-        found[f"amount_sum_{ALL}"], found[f"amount_max_{ALL}"] = sum_all, max_all
-        for span in [*(w.name for w in config.windows), ALL]:
-            total, count = found[f"amount_sum_{span}"], found[f"count_{span}"]
-            with np.errstate(invalid="ignore", divide="ignore"):
-                found[f"amount_mean_{span}"] = np.where(count > 0, total / count, np.nan)
-    found["seconds_since_prev"] = np.where(prev == _NONE, np.nan, (t - prev) / TICKS_PER_SECOND)
-    found["first_seen"] = (count_all == 0).astype("float64")
-    if accounts is not None:
-        known = None if prior is None else (prior.accounts_before[rows], prior.account_first[rows])
-        found.update(_distinct_accounts(config, table, accounts[rows], c, rank, t, start, end, lows, known))
-    for name, values in found.items():
-        out[f"{column}__{name}"][rows] = values
+        count = np.vstack(stacked)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(count > 0, total / count, np.nan)
+        stacked = [count, total, mean, range_max.query(lo, end), max_all[None]]
+    if paired:
+        known = None if prior is None else (prior.accounts_before[by], prior.account_first[by])
+        stacked.append(_distinct_accounts(table, accounts[by], c, rank, t, start, end, lo, known))
+    recency = [np.where(prev == _NONE, np.nan, (t - prev) / TICKS_PER_SECOND), count_all == 0]
+    out[by] = np.vstack([*stacked, recency])[config.stacked_order(paired)].T
     return out
 
 
-def _distinct_accounts(config: EntityFeatureConfig, table: _Table, account: np.ndarray, c: np.ndarray,
-                       rank: np.ndarray, t: np.ndarray, start: np.ndarray, end: np.ndarray,
-                       lows: dict[str, np.ndarray], known: tuple[np.ndarray, np.ndarray] | None,
-                       ) -> dict[str, np.ndarray]:
-    """Distinct accounts per window and over all history, for rows sorted by (key, time) (`_entity_features`).
+def _distinct_accounts(table: _Table, account: np.ndarray, c: np.ndarray, rank: np.ndarray, t: np.ndarray,
+                       start: np.ndarray, end: np.ndarray, lo: np.ndarray,
+                       known: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+    """Distinct accounts per window (rows), then over all history (the last row), for entries sorted by (key, time)
+    (`_entity_features`; ``lo``: each window's first entry, windows x entries).
 
     Occurrence j of a (key, account) pair counts for window w at time t when it lies in [t - w, t) and the
     pair's previous occurrence does not: for t in (max(t_j, t_prev + w), t_j + w]. So the count at t is
     (first occurrences before t) + (repeats whose interval opened before t) - (occurrences before t - w).
-    ``known`` (online): per row, the accounts the store saw first strictly before it, and when the store first
-    saw the row's account.
+    ``known`` (online): per entry, the accounts the store saw first strictly before it, and when the store first
+    saw the entry's account.
     """
     width = len(table.unique_ticks) + 1
-    base = c * width
-    present = np.flatnonzero(account >= 0)
+    has_account = account >= 0
+    present = np.flatnonzero(has_account)
     pair = _codes(c[present] * (int(account.max()) + 1) + account[present])
     order = np.argsort(pair * width + rank[present])  # each pair's occurrences in time order
     by_pair, pair = present[order], pair[order]
@@ -412,28 +474,22 @@ def _distinct_accounts(config: EntityFeatureConfig, table: _Table, account: np.n
     later, earlier = by_pair[1:][repeat_of], by_pair[:-1][repeat_of]
     prev_rank = np.full(len(account), -1)
     prev_rank[later] = rank[earlier]
-    has_account = account >= 0
     first = has_account & (prev_rank < 0)
     repeat = has_account & (prev_rank >= 0) & (prev_rank < rank)  # a repeat at the same time never counts
     counted_before = _prefix(first | repeat)
     first_before = _prefix(first)
     firsts = first_before[end] - first_before[start]
-    found = {}
-    for w in config.windows:
-        lo = lows[w.name]
-        opened = np.maximum(rank[repeat] + 1, table.window_end[w.name][prev_rank[repeat]])
-        repeats = _count_at_most(c[repeat], opened, base, rank, width)
-        found[f"accounts_{w.name}"] = firsts + repeats - (counted_before[lo] - counted_before[start])
+    opened = np.maximum(rank[repeat] + 1, table.window_end[:, prev_rank[repeat]])
+    windows = firsts + _count_at_most(c[repeat], opened, c, rank, width) - (counted_before[lo] - counted_before[start])
     if known is None:
-        found[f"accounts_{ALL}"] = firsts
-    else:  # pairs first seen here count until the store's first sight of them (then they are in accounts_before)
-        accounts_before, store_first = known
-        new = first & (store_first > t)
-        new_before = _prefix(new)
-        store_rank = np.searchsorted(table.unique_ticks, store_first[new], "right")
-        found[f"accounts_{ALL}"] = (accounts_before + new_before[end] - new_before[start]
-                                    - _count_at_most(c[new], store_rank, base, rank, width))
-    return found
+        return np.vstack([windows, firsts])
+    # pairs first seen here count until the store's first sight of them (then they are in accounts_before)
+    accounts_before, store_first = known
+    new = first & (store_first > t)
+    new_before = _prefix(new)
+    store_rank = np.searchsorted(table.unique_ticks, store_first[new], "right")
+    return np.vstack([windows, accounts_before + new_before[end] - new_before[start]
+                      - _count_at_most(c[new], store_rank, c, rank, width)])
 
 
 def compute(columns: Columns, config: EntityFeatureConfig) -> dict[str, np.ndarray]:
@@ -441,10 +497,15 @@ def compute(columns: Columns, config: EntityFeatureConfig) -> dict[str, np.ndarr
     table = _Table.of(columns.ticks, columns.amount, config.windows)
     account = columns.account.codes if columns.account is not None else None
     out: dict[str, np.ndarray] = {}
-    for col in config.columns:
-        out.update(_entity_features(config, col, table, columns.keys[col].codes,
-                                    account if config.paired(col) else None, None))
-    return {name: out[name] for name in config.feature_names}
+    for col in config.columns:  # one column at a time: a training table's entries are many
+        codes = columns.keys[col].codes
+        present = np.flatnonzero(codes >= 0)
+        paired = account is not None and config.paired(col)
+        found = _entity_features(config, table, present, codes[present], account[present] if paired else None, None)
+        block = np.full((len(codes), found.shape[1]), np.nan)
+        block[present] = found
+        out.update(zip(config.column_feature_names(col), block.T, strict=True))
+    return out
 
 
 def offline_features(frame: pd.DataFrame, config: EntityFeatureConfig) -> pd.DataFrame:
@@ -474,9 +535,7 @@ class OnlineFeatures:
     def process(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """Features of the rows (rows x `feature_names`), then the rows recorded in the store."""
         columns = row_columns(rows, self.config)
-        features = self._lookup(columns)
-        self.store.write(self._records(columns))
-        return features
+        return self._lookup(columns, record=True)
 
     def lookup(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """Features of the rows (rows x `feature_names`), without recording them."""
@@ -502,62 +561,74 @@ class OnlineFeatures:
                              if (code := columns.keys[col].codes[i]) >= 0))
                 for i, txn in enumerate(columns.txn)]
 
-    def _lookup(self, columns: Columns) -> np.ndarray:
-        """Read the batch's entity values, then run the kernel over one table: every stored event (not queried)
-        followed by the batch's rows. A retried transaction is left out of the stored events: it counts once, as
-        in the batch, and sees what it saw the first time (unless its event was folded, a week or more ago)."""
+    def _lookup(self, columns: Columns, record: bool = False) -> np.ndarray:
+        """Read the batch's entity values, then run the kernel once over one table: every stored event (not queried)
+        followed by the batch's rows, each under each of its entity values (one code per value read). A retried
+        transaction is left out of the stored events: it counts once, as in the batch, and sees what it saw the
+        first time (unless its event was folded, a week or more ago)."""
         config, n = self.config, len(columns.ticks)
         if not n:
             return np.empty((0, len(config.feature_names)))
-        plans, queries = {}, []
+        first: dict[str, int] = {}
+        members: dict[str, list[np.ndarray]] = {}
+        queries: list[KeyQuery] = []
         for col in config.columns:
             keys = columns.keys[col]
-            members = _members(keys.codes, len(keys.uniques))
-            plans[col] = (len(queries), members)
+            first[col], members[col] = len(queries), _members(keys.codes, len(keys.uniques))
             queries += [self._query(EntityRef(col, key, config.paired(col)), columns, rows)
-                        for key, rows in zip(keys.uniques, members, strict=True)]
-        states = self.store.read(queries)
+                        for key, rows in zip(keys.uniques, members[col], strict=True)]
+        states = self.store.read_and_write(queries, self._records(columns)) if record else self.store.read(queries)
         retried = set(columns.txn or ())
-        by_column = {col: states[first:first + len(members)] for col, (first, members) in plans.items()}
-        stored = [(j, code, event) for j, col in enumerate(config.columns) for code, state in enumerate(by_column[col])
-                  for event in state.events if event.txn not in retried]
+        stored = [(code, event) for code, state in enumerate(states) for event in state.events
+                  if event.txn not in retried]
         m = len(stored)
-        owner = np.array([j for j, _, _ in stored], dtype=np.int64)
-        owner_code = np.array([code for _, code, _ in stored], dtype=np.int64)
-        table = _Table.of(np.array([e.ticks for _, _, e in stored] + columns.ticks.tolist(), dtype=np.int64),
-                          np.array([e.amount for _, _, e in stored] + columns.amount.tolist()), config.windows)
-        batch_accounts = columns.account
-        texts = [e.account for _, _, e in stored]
-        if batch_accounts is not None:
-            texts += [None if code < 0 else batch_accounts.uniques[code] for code in batch_accounts.codes]
-        accounts = _factorize(texts)[0] if batch_accounts is not None else None
-        out: dict[str, np.ndarray] = {}
-        for j, col in enumerate(config.columns):
-            codes = np.concatenate([np.where(owner == j, owner_code, -1), columns.keys[col].codes])
-            prior = self._prior(by_column[col], plans[col][1], texts if config.paired(col) else None, m, n)
-            found = _entity_features(config, col, table, codes, accounts if config.paired(col) else None, prior)
-            out.update({name: values[m:] for name, values in found.items()})
-        return np.column_stack([out[name] for name in config.feature_names])
+        table = _Table.of(np.array([e.ticks for _, e in stored] + columns.ticks.tolist(), dtype=np.int64),
+                          np.array([e.amount for _, e in stored] + columns.amount.tolist()), config.windows)
+        batch = [np.flatnonzero(columns.keys[col].codes >= 0) for col in config.columns]
+        entry_row = np.concatenate([np.arange(m), *(m + rows for rows in batch)])
+        codes = np.concatenate([np.array([code for code, _ in stored], dtype=np.int64),
+                                *(first[col] + columns.keys[col].codes[rows]
+                                  for col, rows in zip(config.columns, batch, strict=True))])
+        accounts = texts = None
+        if config.any_paired and columns.account is not None:
+            account = columns.account
+            texts = [e.account for _, e in stored]
+            texts += [None if code < 0 else account.uniques[code] for code in account.codes]
+            paired = np.array([query.entity.paired for query in queries])
+            accounts = np.where(paired[codes], _factorize(texts)[0][entry_row], -1)
+        prior = self._prior(states, members, batch, texts, m, n)
+        found = _entity_features(config, table, entry_row, codes, accounts, prior)
+        out = np.full((n, len(config.feature_names)), np.nan)
+        at = m
+        for (_, offset, kernel_columns), rows in zip(config.layout, batch, strict=True):
+            out[rows, offset:offset + len(kernel_columns)] = found[at:at + len(rows)][:, kernel_columns]
+            at += len(rows)
+        return out
 
-    @staticmethod
-    def _prior(states: list[KeyState], members: list[np.ndarray], texts: list[str | None] | None, m: int,
-               n: int) -> _Prior:
-        """What the store knows beyond the table, for one column (stored events: their accounts are known);
-        ``texts``: the table's accounts, None for a column without distinct-account features."""
-        accounts_before = np.zeros(m + n, dtype=np.int64)
-        account_first = np.full(m + n, _NONE)
-        for state, rows in zip(states, members, strict=True) if texts is not None else ():
-            at = m + rows
-            if state.accounts_before:
-                accounts_before[at] = state.accounts_before
-            if state.accounts_exact:
-                account_first[at] = [_NEVER if (text := texts[i]) is None else state.account_first.get(text, _NEVER)
-                                     for i in at.tolist()]
+    def _prior(self, states: list[KeyState], members: dict[str, list[np.ndarray]], batch: list[np.ndarray],
+               texts: list[str | None] | None, m: int, n: int) -> _Prior:
+        """What the store knows beyond the table: per value read (folded aggregates), per entry (stored events: none;
+        the batch's rows under a paired column: the accounts first seen strictly before them, and when their own
+        account was). ``texts``: the table's accounts (``m`` stored events, then the ``n`` rows of the batch), None
+        without distinct-account features."""
+        accounts_before, account_first = [np.zeros(m, dtype=np.int64)], [np.full(m, _NONE)]
+        at = 0
+        for col, rows in zip(self.config.columns, batch, strict=True):
+            col_states, at = states[at:at + len(members[col])], at + len(members[col])
+            before, first = np.zeros(n, dtype=np.int64), np.full(n, _NONE)
+            for state, key_rows in zip(col_states, members[col], strict=True) if self.config.paired(col) else ():
+                if state.accounts_before:
+                    before[key_rows] = state.accounts_before
+                if state.accounts_exact and texts is not None:
+                    first[key_rows] = [_NEVER if (text := texts[m + i]) is None
+                                       else state.account_first.get(text, _NEVER) for i in key_rows.tolist()]
+            accounts_before.append(before[rows])
+            account_first.append(first[rows])
         return _Prior(count=np.array([s.count for s in states], dtype=np.int64),
                       amount_sum=np.array([s.amount_sum for s in states], dtype="float64"),
                       amount_max=np.array([s.amount_max for s in states], dtype="float64"),
                       last=np.array([_NONE if s.last is None else s.last for s in states], dtype=np.int64),
-                      accounts_before=accounts_before, account_first=account_first)
+                      accounts_before=np.concatenate(accounts_before), account_first=np.concatenate(account_first))
 
     def _query(self, ref: EntityRef, columns: Columns, rows: np.ndarray) -> KeyQuery:
         if not ref.paired or columns.account is None:

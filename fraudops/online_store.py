@@ -151,6 +151,10 @@ class FeatureStore(Protocol):
         """Record the transactions not recorded before (by id); returns how many were new."""
         ...
 
+    def read_and_write(self, queries: Sequence[KeyQuery], records: Sequence[Record]) -> list[KeyState]:
+        """`read`, then `write` (a scored batch: its history, then itself), as one call where the store can."""
+        ...
+
 
 # -- in memory ----------------------------------------------------------------------------------------------
 def _member(event: Event) -> str:
@@ -207,6 +211,11 @@ class MemoryStore:
                     state.account_first = {a: firsts[a] for a in query.accounts if a in firsts}
             out.append(state)
         return out
+
+    def read_and_write(self, queries: Sequence[KeyQuery], records: Sequence[Record]) -> list[KeyState]:
+        states = self.read(queries)
+        self.write(records)
+        return states
 
     def write(self, records: Sequence[Record]) -> int:
         applied = 0
@@ -362,6 +371,27 @@ end
 return out
 """
 
+# `_READ` then `_WRITE` in one atomic call (a scored batch reads its history, then records itself: one round trip,
+# and no other client's write between the two). ARGV[1], ARGV[2]: how many KEYS and ARGV are the read's; the rest
+# are the write's. Returns {the read's reply, the write's}; nothing is written when the read fails (NOHISTORY).
+_READ_WRITE = f"""
+local function slice(t, from, to)
+  local out = {{}}
+  for i = from, to do out[#out + 1] = t[i] end
+  return out
+end
+local function read_part(KEYS, ARGV)
+{_READ}
+end
+local function write_part(KEYS, ARGV)
+{_WRITE}
+end
+local nk, na = tonumber(ARGV[1]), tonumber(ARGV[2])
+local read = read_part(slice(KEYS, 1, nk), slice(ARGV, 3, 2 + na))
+if read.err then return read end
+return {{read, write_part(slice(KEYS, nk + 1, #KEYS), slice(ARGV, 3 + na, #ARGV))}}
+"""
+
 
 
 # Seeding a namespace with a frozen snapshot (`RedisStore.seed`). KEYS[1]: the namespace's seed hash (source,
@@ -479,6 +509,7 @@ class RedisStore:
         store restarted empty is a flagged fallback, not features of brand-new entities."""
         self._read = client.register_script(_READ)
         self._write = client.register_script(_WRITE)
+        self._read_write = client.register_script(_READ_WRITE)
 
     @classmethod
     def from_url(cls, url: str, limits: StoreLimits, *, timeout_s: float = 0.05,
@@ -502,6 +533,25 @@ class RedisStore:
     def read(self, queries: Sequence[KeyQuery]) -> list[KeyState]:
         if not queries:
             return []
+        keys, args = self._read_args(queries)
+        with _unavailable("read"):
+            replies = self._read(keys=keys, args=args)
+        return [self._state(query, reply) for query, reply in zip(queries, replies, strict=True)]
+
+    def read_and_write(self, queries: Sequence[KeyQuery], records: Sequence[Record]) -> list[KeyState]:
+        """One atomic script call: the read, then the write (none when the read fails)."""
+        if not queries or not records:
+            states = self.read(queries)
+            self.write(records)
+            return states
+        read_keys, read_args = self._read_args(queries)
+        write_keys, write_args = self._write_args(records)
+        with _unavailable("read and write"):
+            replies, _ = self._read_write(keys=read_keys + write_keys,
+                                          args=[len(read_keys), len(read_args), *read_args, *write_args])
+        return [self._state(query, reply) for query, reply in zip(queries, replies, strict=True)]
+
+    def _read_args(self, queries: Sequence[KeyQuery]) -> tuple[list[str], list[str | int]]:
         keys: list[str] = []
         args: list[str | int] = [int(self.require_history)]
         for query in queries:
@@ -509,9 +559,7 @@ class RedisStore:
             args += [int(query.entity.paired), len(query.times), *query.times, len(query.accounts), *query.accounts]
         if self.require_history:
             keys.append(f"{self.namespace}:seed")
-        with _unavailable("read"):
-            replies = self._read(keys=keys, args=args)
-        return [self._state(query, reply) for query, reply in zip(queries, replies, strict=True)]
+        return keys, args
 
     @staticmethod
     def _state(query: KeyQuery, reply: list[Any]) -> KeyState:
@@ -533,6 +581,11 @@ class RedisStore:
     def write(self, records: Sequence[Record]) -> int:
         if not records:
             return 0
+        keys, args = self._write_args(records)
+        with _unavailable("write"):
+            return int(self._write(keys=keys, args=args))
+
+    def _write_args(self, records: Sequence[Record]) -> tuple[list[str], list[str | int]]:
         limits = self.limits
         keys: list[str] = []
         args: list[str | int] = [limits.keep_ticks, limits.max_events, limits.exact_accounts, limits.keep_seconds,
@@ -547,8 +600,7 @@ class RedisStore:
                 tracked = ref.paired and record.account is not None
                 args += [record.ticks, member, repr(event.amount), record.account or "", int(tracked)]
         keys.append(f"{self.namespace}:limits")
-        with _unavailable("write"):
-            return int(self._write(keys=keys, args=args))
+        return keys, args
 
     # -- seeding ------------------------------------------------------------------------------------------------
     def seed(self, snapshot: SnapshotStore, source: str, chunk: int = 2000) -> SeedResult:
@@ -718,6 +770,10 @@ class SnapshotStore:
 
     def write(self, records: Sequence[Record]) -> int:
         raise TypeError("a frozen snapshot is read-only: record transactions in an online store")
+
+    def read_and_write(self, queries: Sequence[KeyQuery], records: Sequence[Record]) -> list[KeyState]:
+        self.write(records)  # read-only: raises
+        return self.read(queries)
 
     # -- files ------------------------------------------------------------------------------------------------
     def save(self, directory: Path) -> None:

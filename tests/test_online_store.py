@@ -160,6 +160,39 @@ def test_a_store_that_requires_history_refuses_reads_until_its_seed_is_ready(red
     assert feature(online, [row(1)], "device_id__count_1h") == 1
 
 
+def test_a_scored_batch_reads_then_records_itself_in_one_call(new_store) -> None:
+    """`process` is one store call: the batch sees the history before it, then is recorded (a retry sees the same
+    and counts once)."""
+    online = OnlineFeatures(CONFIG, new_store(StoreLimits(keep_seconds=86_400)))
+    calls: list[str] = []
+    store = online.store
+    for name in ("read", "write", "read_and_write"):
+        real = getattr(store, name)
+        setattr(store, name, lambda *args, _real=real, _name=name: calls.append(_name) or _real(*args))
+    counts = [online.process([row(i)])[0, online.feature_names.index("device_id__count_1h")] for i in range(3)]
+    assert counts == [0, 1, 2]
+    assert calls.count("read_and_write") == 3
+    if isinstance(store, RedisStore):
+        assert calls == ["read_and_write"] * 3  # one round trip per scored batch
+    assert online.process([row(2)])[0, online.feature_names.index("device_id__count_1h")] == 2  # a retry
+    assert feature(online, [row(3)], "device_id__count_1h") == 3
+
+
+def test_a_refused_read_records_nothing(redis_url: str) -> None:
+    """A store without history refuses the read of a scored batch and does not record it either (the scorer answers
+    from the frozen snapshot, flagged; the rebuild from the prediction log restores it)."""
+    namespace = f"t{uuid.uuid4().hex[:8]}"
+    store = RedisStore.from_url(redis_url, StoreLimits(keep_seconds=86_400), namespace=namespace,
+                                require_history=True)
+    online = OnlineFeatures(CONFIG, store)
+    with pytest.raises(StoreUnavailable, match="NOHISTORY"):
+        online.process([row(0)])
+    assert not store.client.exists(f"{namespace}:txn:t0")
+    store.client.hset(f"{namespace}:seed", mapping={"source": "m:1", "state": "ready"})
+    assert online.process([row(0)])[0, online.feature_names.index("device_id__count_1h")] == 0
+    assert store.client.exists(f"{namespace}:txn:t0")
+
+
 def test_a_store_url_must_be_a_redis_url() -> None:
     with pytest.raises(ValueError, match="must start with redis://") as error:
         RedisStore.from_url("http://:s3cret@localhost:6379", StoreLimits(keep_seconds=100))
