@@ -369,6 +369,7 @@ def combined_table(chunks: list[LogChunk]) -> pa.Table:
     data = {TIME_COLUMN: pa.array(times, pa.timestamp("us", tz="UTC"))}
     for name in names:
         pieces = [_values(c, name) for c in chunks]
+        pieces = [p.tolist() if isinstance(p, np.ndarray) and p.dtype.kind == "O" else p for p in pieces]
         if all(isinstance(p, list) for p in pieces):
             json_valued = any(name in c.json_columns for c in chunks)
             data[name] = pa.array([v for p in pieces for v in p], pa.string() if json_valued else None)
@@ -403,8 +404,9 @@ def _groups(chunks: list[LogChunk]) -> dict[tuple[str, str], list[LogChunk]]:
 def encode_record(chunk: LogChunk) -> bytes:
     """A chunk as one WAL record: payload length and CRC-32 (little-endian uint32 each), then the payload.
 
-    The payload is JSON (``J``; lists as they are, 1-d NumPy arrays of the kinds `combined_table` joins and long
-    float lists as dtype and base64 bytes; tens of microseconds for a scorer's one-row chunk) or, for values JSON
+    The payload is JSON (``J``; lists and object arrays (texts) as lists, 1-d NumPy arrays of the kinds
+    `combined_table` joins and long float lists as dtype and base64 bytes; tens of microseconds for a scorer's
+    one-row chunk) or, for values JSON
     cannot hold exactly, ``A``: the chunk's kind, time and rows as JSON, a newline, then `LogChunk.to_table` as an
     Arrow IPC stream. Neither runs code when read back (unlike pickle), and both survive upgrades of the libraries
     between the write and the recovery.
@@ -452,6 +454,8 @@ def _json_payload(head: list[Any], chunk: LogChunk) -> bytes | None:
             columns[name] = _binary(np.array(values, "float64"), as_list=True) if floats else values
         elif isinstance(values, np.ndarray) and values.ndim == 1 and values.dtype.kind in "biufUMm":
             columns[name] = _binary(values, as_list=False)
+        elif isinstance(values, np.ndarray) and values.ndim == 1 and values.dtype.kind == "O":
+            columns[name] = values.tolist()  # texts (categories); anything JSON cannot hold fails below
         else:
             return None
     try:
