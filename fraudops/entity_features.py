@@ -548,7 +548,11 @@ class OnlineFeatures:
 
     def record(self, rows: Sequence[Mapping[str, Any]]) -> int:
         """Record the rows in the store; returns how many were new (by transaction id)."""
-        return self.store.write(self._records(row_columns(rows, self.config)))
+        return self.store.write(self.records(rows))
+
+    def records(self, rows: Sequence[Mapping[str, Any]]) -> list[Record]:
+        """The rows as the store records them (to write later: `fraudops.serving.model.StoreGuard`)."""
+        return self._records(row_columns(rows, self.config))
 
     def _records(self, columns: Columns) -> list[Record]:
         assert columns.txn is not None

@@ -50,7 +50,12 @@ DAY = 86_400
 
 
 class StoreUnavailable(RuntimeError):
-    """The online store did not answer in time or could not be reached (the caller falls back)."""
+    """The online store did not answer in time, could not be reached, or refused (the caller falls back).
+    ``answered``: the store answered (a refusal such as NOHISTORY, or out of memory), so it is not slow."""
+
+    def __init__(self, message: str, answered: bool = False) -> None:
+        super().__init__(message)
+        self.answered = answered
 
 
 @dataclass(frozen=True)
@@ -837,7 +842,8 @@ def _unavailable(what: str) -> Iterator[None]:
     try:
         yield
     except redis.exceptions.RedisError as exc:
-        raise StoreUnavailable(f"feature store {what} failed: {type(exc).__name__}: {exc}") from exc
+        raise StoreUnavailable(f"feature store {what} failed: {type(exc).__name__}: {exc}",
+                               answered=isinstance(exc, redis.exceptions.ResponseError)) from exc
 
 
 def _now() -> str:

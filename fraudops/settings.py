@@ -95,6 +95,12 @@ class ServingConfig(StoreSettings):
     feature_store_timeout_seconds: float = Field(0.05, gt=0, le=10, description="longest wait for the feature "
                                                  "store per call (each connect and reply); then the frozen "
                                                  "snapshot answers, flagged")
+    feature_store_retry_seconds: float = Field(1.0, ge=0, le=600, description="after the feature store was slow or "
+                                               "unreachable, how long requests skip it (frozen snapshot at once, "
+                                               "flagged) before one tries it again")
+    feature_store_max_pending: int = Field(50_000, ge=0, description="most transactions a worker holds to record "
+                                           "once the feature store is back (beyond, the oldest are dropped and "
+                                           "counted; `fraudops features rebuild --from-log` restores them)")
     internal_token: SecretStr = Field(SecretStr(""), description="bearer token of /feedback and /reload; empty: "
                                       "read FRAUDOPS_INTERNAL_TOKEN_FILE, else generated at start (see the log)")
     internal_token_file: str = Field("", description="file holding the bearer token (a mounted Secret); empty: "

@@ -883,6 +883,7 @@ SCORER_METRICS = {"fraudops_scorer_requests_total", "fraudops_scorer_rows_scored
                   "fraudops_scorer_model_info", "fraudops_scorer_predlog_write_failures_total",
                   "fraudops_scorer_predlog_wal_write_failures_total", "fraudops_scorer_feature_store_requests_total",
                   "fraudops_scorer_feature_store_fallbacks_total", "fraudops_scorer_feature_store_reseeds_total",
+                  "fraudops_scorer_feature_store_pending_writes", "fraudops_scorer_feature_store_dropped_writes_total",
                   "fraudops_scorer_role_decisions_total",
                   "fraudops_scorer_role_model_seconds_bucket", "fraudops_scorer_shadow_dropped_total",
                   "fraudops_scorer_shadow_failures_total"}

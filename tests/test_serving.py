@@ -27,6 +27,7 @@ from fraudops.bundle import ModelBundle
 from fraudops.data.synthetic import generate_transactions
 from fraudops.decisions import Bands
 from fraudops.errors import ConfigError, RegistryError
+from fraudops.online_store import StoreUnavailable
 from fraudops.predlog import LogWriter, read_feedback, read_predictions
 from fraudops.registry import Registry
 from fraudops.schema import SYNTHETIC, DatasetSpec
@@ -855,6 +856,100 @@ def test_a_store_that_goes_down_gives_flagged_frozen_answers_and_never_a_failed_
     assert ready
     assert counter(registry, "feature_store_requests") == 6 and counter(registry, "feature_store_fallbacks") == 3
     assert registry.get_sample_value("fraudops_scorer_requests_total", {"endpoint": "score", "outcome": "ok"}) == 6
+
+
+class FlakyStore:
+    """A memory store that fails like a slow or unreachable one while ``down``, counting the calls it was asked."""
+
+    def __init__(self, store: Any) -> None:
+        self.store, self.limits, self.down, self.calls = store, store.limits, False, 0
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.store, name)
+
+        def call(*args: Any) -> Any:
+            self.calls += 1
+            if self.down:
+                raise StoreUnavailable("feature store read and write failed: TimeoutError: Timeout reading")
+            return method(*args)
+        return call
+
+
+def test_a_failing_store_is_skipped_for_a_while_and_the_writes_it_missed_are_made_when_it_answers() -> None:
+    from fraudops.entity_features import EntityFeatureConfig, OnlineFeatures, snapshot
+    from fraudops.online_store import MemoryStore, StoreLimits
+    from fraudops.serving.model import EntityFeatures, StoreGuard
+
+    config = EntityFeatureConfig.create(SYNTHETIC, "datetime", ["1h"])
+    limits = StoreLimits(keep_seconds=3600)
+    history = generate_transactions(200, seed=3, start="2026-01-01", days=2)
+    frozen = OnlineFeatures(config, snapshot(history, config, limits))
+    store = FlakyStore(MemoryStore(limits))
+    now = [0.0]
+    guard = StoreGuard(retry_seconds=1.0, max_pending=100, clock=lambda: now[0])
+    entities = EntityFeatures(frozen, OnlineFeatures(config, store), guard=guard)
+    schema_rows = [{**row, "purchase_time": pd.Timestamp(row["purchase_time"]).value}  # as validated
+                   for row in burst(6, "FLAKY-DEV")]
+    count = config.feature_names.index("device_id__count_1h")
+
+    def score(i: int, at: float) -> tuple[float, bool]:
+        now[0] = at
+        features, fallback = entities.compute(schema_rows[i:i + 1], record=True)
+        return features[0, count], fallback
+
+    assert score(0, 0.0) == (0, False)
+    store.down = True
+    assert score(1, 0.0)[1] is True and store.calls == 2  # tried, timed out: the breaker opens for 1 s
+    assert score(2, 0.5)[1] is True and store.calls == 2  # skipped: answered at once from the snapshot
+    store.down = False
+    assert score(3, 0.9)[1] is True and store.calls == 2 and len(guard.pending) == 3
+    assert score(4, 1.2) == (4, False)  # tried again: the 3 held writes first, then this one sees them all
+    assert not guard.pending and store.calls == 4
+    store.down = True
+    guard.failed(StoreUnavailable("NOHISTORY the namespace has no history", answered=True))
+    assert not guard.skipping()  # a quick refusal does not open the breaker
+
+
+def test_held_writes_beyond_the_limit_drop_the_oldest_and_count_them() -> None:
+    from fraudops.online_store import Record
+    from fraudops.serving.model import StoreGuard
+
+    guard = StoreGuard(max_pending=2)
+    records = [Record(f"t{i}", i, 1.0, None, ()) for i in range(5)]
+    guard.hold(records[:3])
+    guard.hold(records[3:])
+    assert [r.txn for r in guard.pending] == ["t3", "t4"]
+    assert guard.take_dropped() == 3 and guard.take_dropped() == 0
+
+
+def test_a_frozen_store_records_the_outage_once_it_answers_again(home, tmp_path, redis_server):
+    """Redis stopped (SIGSTOP: every call times out), then resumed: the requests meanwhile were answered from the
+    snapshot, flagged, and held; once it answers, the next request sees every transaction of the outage, counted
+    once (the timed-out calls Redis ran on resuming and the held writes are the same transactions)."""
+    registry = CollectorRegistry()
+    scorer = make_scorer(home, tmp_path, registry, feature_store_url=redis_server.url,
+                         feature_store_timeout_seconds=0.2, feature_store_retry_seconds=0)
+    scorer.reload()
+    rows = burst(6, "BURST-DEV-5")
+    count = []
+    try:
+        for row in rows[:2]:
+            count.append(scorer.score([row], explain=True)["results"][0]["features"]["device_id__count_1h"])
+        os.kill(redis_server.process.pid, signal.SIGSTOP)
+        try:
+            down = [scorer.score([row]) for row in rows[2:5]]
+            pending = registry.get_sample_value("fraudops_scorer_feature_store_pending_writes")
+        finally:
+            os.kill(redis_server.process.pid, signal.SIGCONT)
+        back = scorer.score([rows[5]], explain=True)
+    finally:
+        scorer.close()
+    assert count == [0, 1]
+    assert all(body["features_fallback"] is True for body in down) and pending == 3
+    assert "features_fallback" not in back
+    assert back["results"][0]["features"]["device_id__count_1h"] == 5
+    assert registry.get_sample_value("fraudops_scorer_feature_store_pending_writes") == 0
+    assert counter(registry, "feature_store_dropped_writes") == 0
 
 
 def test_a_lost_store_is_rebuilt_from_the_prediction_log(home, tmp_path, redis_server, trained, monkeypatch):

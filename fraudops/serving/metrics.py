@@ -69,6 +69,13 @@ class ScorerMetrics:
         self.feature_store_fallbacks = prom.Counter(p + "feature_store_fallbacks", "... of which the store was slow "
                                                     "or down: answered with the frozen snapshot's entity features "
                                                     "(features_fallback in the response)", registry=reg)
+        self.feature_store_pending = prom.Gauge(p + "feature_store_pending_writes", "Transactions held to record in "
+                                                "the feature store once it answers again (it was down or slow)",
+                                                multiprocess_mode="livesum", registry=reg)
+        self.feature_store_dropped = prom.Counter(p + "feature_store_dropped_writes", "Held transactions dropped "
+                                                  "unrecorded (more than FRAUDOPS_FEATURE_STORE_MAX_PENDING "
+                                                  "waited): `fraudops features rebuild --from-log` restores them",
+                                                  registry=reg)
         self.feature_store_reseeds = prom.Counter(p + "feature_store_reseeds", "Champion polls that found the "
                                                   "feature store without history (restarted empty) and loaded the "
                                                   "model's snapshot again: the live history since training needs "

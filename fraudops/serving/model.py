@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import math
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -20,7 +23,7 @@ from fraudops.decisions import DECLINE_COLUMN, REVIEW_COLUMN, Bands
 from fraudops.entity_features import OnlineFeatures
 from fraudops.errors import FraudopsError, RegistryError
 from fraudops.feature_store import SEED_TIMEOUT_SECONDS, seed_from_bundle
-from fraudops.online_store import RedisStore, StoreLimits, StoreUnavailable
+from fraudops.online_store import FeatureStore, Record, RedisStore, StoreLimits, StoreUnavailable
 from fraudops.predlog import PREDICTIONS, LogChunk
 from fraudops.registry import MODEL_NAME, NO_CHAMPION, Registry, Rollout
 from fraudops.schema import DatasetSpec
@@ -55,36 +58,106 @@ class Scored:
         return {name: _plain(values[i]) for name, values in self.features.items()}
 
 
+class StoreGuard:
+    """What a scorer worker does while its feature store fails; one per worker, shared by the models it serves.
+
+    - **Breaker.** Once the store was slow or unreachable, requests skip it for ``retry_seconds`` and answer from
+      the frozen snapshot at once (instead of each waiting for the timeout); then the next request tries it again.
+      A quick refusal (a store without history yet) does not open it.
+    - **Held writes.** The transactions a deciding model could not record wait here, oldest first, and are written
+      before the next scored batch once the store answers, `FLUSH_ROWS` per batch (catching up is spread over
+      requests). At most ``max_pending`` wait: beyond, the oldest are dropped and counted (`fraudops features
+      rebuild --from-log` restores them). A write that timed out but was applied counts once (idempotent by
+      transaction id). Held writes live in the worker's memory: a restart loses them (the prediction log has them).
+    """
+
+    FLUSH_ROWS = 500
+
+    def __init__(self, retry_seconds: float = 1.0, max_pending: int = 50_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.retry_seconds = retry_seconds
+        self.max_pending = max_pending
+        self.clock = clock
+        self.pending: deque[Record] = deque()
+        self._dropped = 0
+        self._skip_until = -math.inf
+        self._lock = threading.Lock()
+
+    def skipping(self) -> bool:
+        """Whether requests skip the store now (the breaker is open)."""
+        return self.clock() < self._skip_until
+
+    def failed(self, exc: StoreUnavailable) -> None:
+        """A store call failed: open the breaker unless the store answered (a refusal)."""
+        if not exc.answered:
+            self._skip_until = self.clock() + self.retry_seconds
+
+    def hold(self, records: list[Record]) -> None:
+        """Keep transactions to write once the store answers (the oldest dropped beyond ``max_pending``)."""
+        with self._lock:
+            self.pending.extend(records)
+            while len(self.pending) > self.max_pending:
+                self.pending.popleft()
+                self._dropped += 1
+
+    def flush(self, store: FeatureStore) -> None:
+        """Write up to `FLUSH_ROWS` held transactions, oldest first; on `StoreUnavailable` they stay held."""
+        with self._lock:
+            chunk = list(itertools.islice(self.pending, self.FLUSH_ROWS))
+        if not chunk:
+            return
+        store.write(chunk)
+        with self._lock:  # another thread may have written (or dropped) some of them meanwhile
+            for record in chunk:
+                if self.pending and self.pending[0] is record:
+                    self.pending.popleft()
+
+    def take_dropped(self) -> int:
+        """Held writes dropped since the last call."""
+        with self._lock:
+            dropped, self._dropped = self._dropped, 0
+        return dropped
+
+
 class EntityFeatures:
     """Where a served model's entity features come from: the online store when there is one (read, and recorded
-    by the models whose decisions are returned), else, or when the store is slow or down, the bundle's frozen
-    snapshot (never updated). ``seed`` loads that snapshot into the store if the store has no history (at model
-    load, then at every champion poll, so that a store restarted empty starts warm again)."""
+    by the models whose decisions are returned), else, or when the store is slow, down or skipped (`StoreGuard`),
+    the bundle's frozen snapshot (never updated). ``seed`` loads that snapshot into the store if the store has no
+    history (at model load, then at every champion poll, so that a store restarted empty starts warm again)."""
 
     WARN_SECONDS = 60.0
 
     def __init__(self, frozen: OnlineFeatures, live: OnlineFeatures | None,
-                 seed: Callable[[], bool] | None = None) -> None:
+                 seed: Callable[[], bool] | None = None, guard: StoreGuard | None = None) -> None:
         self.frozen = frozen
         self.live = live
         self.seed = seed
+        self.guard = guard or StoreGuard()
         self._warned = -math.inf
 
     def compute(self, rows: list[dict[str, Any]], record: bool) -> tuple[np.ndarray, bool]:
         """The entity features of validated rows (rows x names), and whether they fell back on the snapshot.
 
-        ``record``: read then record the rows (a transaction id already recorded is not counted again);
-        otherwise only read (shadow scoring: the deciding model records the transaction). A failed write after a
-        good read falls back too: the transaction is not counted, and the response says so."""
-        if self.live is not None:
+        ``record``: read then record the rows, in one store call (a transaction id already recorded is not counted
+        again), after the writes held from an outage; otherwise only read (shadow scoring: the deciding model
+        records the transaction). When the store fails, the rows that were to be recorded are held for later."""
+        live, guard = self.live, self.guard
+        if live is None:
+            return self.frozen.lookup(rows), False
+        if not guard.skipping():
             try:
-                return (self.live.process(rows) if record else self.live.lookup(rows)), False
+                if record:
+                    guard.flush(live.store)
+                return (live.process(rows) if record else live.lookup(rows)), False
             except StoreUnavailable as exc:
+                guard.failed(exc)
                 now = time.monotonic()
                 if now - self._warned >= self.WARN_SECONDS:
                     self._warned = now
                     log.warning("the feature store is unavailable, serving frozen entity features: %s", exc)
-        return self.frozen.lookup(rows), self.live is not None
+        if record:
+            guard.hold(live.records(rows))
+        return self.frozen.lookup(rows), True
 
 
 def _seed(url: str, limits: StoreLimits, bundle: ModelBundle, tag: str) -> bool:
@@ -130,10 +203,11 @@ class ServedModel:
 
     @classmethod
     def build(cls, tag: str, bundle: ModelBundle, config: ServingConfig, service: DatasetSpec,
-              path: str | Path | None = None, seed: bool = False) -> ServedModel:
+              path: str | Path | None = None, seed: bool = False, guard: StoreGuard | None = None) -> ServedModel:
         """Check a bundle (read from ``path``) against the service and warm it up; `ModelLoadError` says why it
         cannot be served. ``seed``: load the bundle's snapshot into a feature store without history (the
-        champion's load in a scorer worker; a challenger or the shadow process never claims the store)."""
+        champion's load in a scorer worker; a challenger or the shadow process never claims the store). ``guard``:
+        the worker's `StoreGuard` (a new one if not given)."""
         mismatch = schema_mismatch(bundle.state.spec, service)
         if mismatch:
             raise ModelLoadError(f"model {tag} was trained on a schema ({bundle.state.spec.name}) that does not match "
@@ -165,7 +239,7 @@ class ServedModel:
         seeder = functools.partial(_seed, url, limits, bundle, tag)
         if seed:
             seeder()  # a new store starts warm: the training table's history, unless the store has history already
-        return replace(served, entities=EntityFeatures(frozen, OnlineFeatures(frozen.config, store), seeder))
+        return replace(served, entities=EntityFeatures(frozen, OnlineFeatures(frozen.config, store), seeder, guard))
 
     def seed_store(self) -> bool:
         """Load the bundle's snapshot into the feature store if the store has no history; whether this call did

@@ -26,7 +26,7 @@ from fraudops.serving.api import FEEDBACK_LABELS
 from fraudops.serving.challenger import Challenger
 from fraudops.serving.errors import RequestError, check_batch, problems_of
 from fraudops.serving.metrics import ScorerMetrics, private_registry
-from fraudops.serving.model import ModelLoadError, ModelSource, ServedModel
+from fraudops.serving.model import ModelLoadError, ModelSource, ServedModel, StoreGuard
 from fraudops.serving.shadow import LogCounts, ShadowJob, ShadowOutcome, ShadowProcess
 from fraudops.settings import ServingConfig
 
@@ -56,6 +56,7 @@ class Scorer:
         self.error: str | None = "not loaded yet"
         self._model: ServedModel | None = None
         self._challenger: Challenger | None = None
+        self._store_guard = StoreGuard(config.feature_store_retry_seconds, config.feature_store_max_pending)
         self._shadow = ShadowProcess(config, log_writer.options(), on_outcome=self._shadowed,
                                      on_log=self._shadow_logged, on_dropped=self.metrics.shadow_dropped.inc)
         self._reload_lock = threading.Lock()
@@ -116,7 +117,7 @@ class Scorer:
                     served.seed_store()
                 else:
                     served = ServedModel.build(tag, ModelBundle.load(path), self.config, self.service_spec, path,
-                                               seed=True)
+                                               seed=True, guard=self._store_guard)
             except Exception as exc:  # missing, corrupt or mismatched: whatever it is, keep the current model
                 self._failed(tag, exc)
                 raise ModelLoadError(self.error) from exc
@@ -155,7 +156,7 @@ class Scorer:
             try:
                 path = self.source.registry.path(rollout.challenger)
                 model = ServedModel.build(rollout.challenger, ModelBundle.load(path), self.config,
-                                          self.service_spec, path)
+                                          self.service_spec, path, guard=self._store_guard)
             except Exception as exc:
                 if current is None or current.rollout.id != rollout.id:
                     log.error("cannot serve challenger %s of rollout %s; the champion serves alone: %s",
@@ -275,6 +276,8 @@ class Scorer:
                 if scored.fallback:
                     self.metrics.feature_store_fallbacks.inc()
                     fallback = True
+                self.metrics.feature_store_pending.set(len(self._store_guard.pending))
+                self.metrics.feature_store_dropped.inc(self._store_guard.take_dropped())
             id_column = model.bundle.state.spec.id_column
             for k, i in enumerate(index):
                 item = results[i]
