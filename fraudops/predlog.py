@@ -64,6 +64,9 @@ class LogChunk:
     columns: dict[str, Sequence[Any] | np.ndarray] = field(default_factory=dict)
     shared: dict[str, Any] = field(default_factory=dict)
     json_columns: dict[str, Sequence[Any]] = field(default_factory=dict)
+    blocks: dict[tuple[str, ...], np.ndarray] = field(default_factory=dict)
+    """Numeric columns given together as one 2-D array (rows x names): a scorer's features, which the writer joins
+    across chunks with one operation per chunk instead of one per chunk and column."""
     table: pa.Table | None = None
     """Rows already joined into one Arrow table (by the writer; then the other fields other than ``kind``,
     ``at`` and ``rows`` are empty)."""
@@ -82,6 +85,8 @@ class LogChunk:
             data[name] = pa.array([value] * self.rows)
         for name, values in self.columns.items():
             data[name] = pa.array(values)
+        for names, block in self.blocks.items():
+            data.update((name, pa.array(block[:, j])) for j, name in enumerate(names))
         for name, values in self.json_columns.items():
             data[name] = pa.array([json.dumps(v, default=str) for v in values], pa.string())
         return pa.table(data)
@@ -364,10 +369,19 @@ def combined_table(chunks: list[LogChunk]) -> pa.Table:
             if chunk is not None:
                 tables.append(chunk.table)
         return pa.concat_tables(tables, promote_options="permissive")
-    names = list(dict.fromkeys(n for c in chunks for n in (*c.shared, *c.columns, *c.json_columns)))
+    names = list(dict.fromkeys(n for c in chunks for n in (*c.shared, *c.columns, *(n for b in c.blocks for n in b),
+                                                            *c.json_columns)))
     times = [at for c in chunks for at in [pd.Timestamp(c.at).tz_convert("UTC")] * c.rows]  # one per chunk
     data = {TIME_COLUMN: pa.array(times, pa.timestamp("us", tz="UTC"))}
+    joined: dict[str, np.ndarray] = {}
+    for key in dict.fromkeys(key for c in chunks for key in c.blocks):  # a block every chunk has: one array
+        if all(key in c.blocks for c in chunks) and len({c.blocks[key].dtype for c in chunks}) == 1:
+            stacked = np.concatenate([c.blocks[key] for c in chunks])
+            joined.update((name, stacked[:, j]) for j, name in enumerate(key))
     for name in names:
+        if name in joined:
+            data[name] = pa.array(joined[name])
+            continue
         pieces = [_values(c, name) for c in chunks]
         pieces = [p.tolist() if isinstance(p, np.ndarray) and p.dtype.kind == "O" else p for p in pieces]
         if all(isinstance(p, list) for p in pieces):
@@ -390,6 +404,9 @@ def _values(chunk: LogChunk, name: str) -> Any:
     if name in chunk.columns:
         values = chunk.columns[name]
         return list(values) if isinstance(values, tuple) else values
+    for names, block in chunk.blocks.items():
+        if name in names:
+            return block[:, names.index(name)]
     return [None] * chunk.rows
 
 
@@ -458,8 +475,14 @@ def _json_payload(head: list[Any], chunk: LogChunk) -> bytes | None:
             columns[name] = values.tolist()  # texts (categories); anything JSON cannot hold fails below
         else:
             return None
+    blocks = []
+    for names, block in chunk.blocks.items():
+        if block.ndim != 2 or block.dtype.kind not in "biuf":
+            return None
+        blocks.append([list(names), _binary(block.ravel(), as_list=False)])
     try:
-        return b"J" + json.dumps([*head, columns, chunk.shared, chunk.json_columns], separators=(",", ":")).encode()
+        return b"J" + json.dumps([*head, columns, chunk.shared, chunk.json_columns, blocks],
+                                 separators=(",", ":")).encode()
     except (TypeError, ValueError):
         return None
 
@@ -476,12 +499,15 @@ def _decode(payload: bytes) -> LogChunk:
         return LogChunk(kind, datetime.fromisoformat(at), rows, table=pa.ipc.open_stream(stream).read_all())
     if payload[:1] != b"J":
         raise ValueError(f"unknown WAL record type {payload[:1]!r}")
-    kind, at, rows, columns, shared, json_columns = json.loads(payload[1:])
+    kind, at, rows, columns, shared, json_columns, *rest = json.loads(payload[1:])  # rest: blocks (older records: none)
     for name, values in columns.items():
         if isinstance(values, dict):
             array = np.frombuffer(base64.b64decode(values["bytes"]), values["dtype"])
             columns[name] = array.tolist() if values["list"] else array
-    return LogChunk(kind, datetime.fromisoformat(at), rows, columns=columns, shared=shared, json_columns=json_columns)
+    blocks = {tuple(names): np.frombuffer(base64.b64decode(values["bytes"]), values["dtype"]).reshape(rows, len(names))
+              for names, values in (rest[0] if rest else [])}
+    return LogChunk(kind, datetime.fromisoformat(at), rows, columns=columns, shared=shared, json_columns=json_columns,
+                    blocks=blocks)
 
 
 @dataclass

@@ -276,16 +276,32 @@ def dead_segment(wal: Path, chunks: list[LogChunk], tail: bytes = b"") -> Path:
 
 
 def scorer_chunk(rows: int, at: datetime = T0) -> LogChunk:
-    """Columns as the scorer logs them: NumPy int32, float64 and datetime64 arrays, lists with None, shared values
-    and raw request rows."""
+    """Columns as the scorer logs them: NumPy int32, float64 and datetime64 arrays, lists with None, categories as
+    an object array, the numeric features as one block, shared values and raw request rows."""
     columns = {"row": np.arange(rows, dtype="int32"), "score": np.linspace(0, 1, rows),
                "purchase_time": np.array(["2026-03-01T09:00:00.123456789"] * rows, "M8[ns]"),
                "decision": ["approve", None, "decline"][:rows], "country": np.array(["GB", "FR", "US"][:rows], "U2"),
                "seconds_since_signup": [1.5, float("nan"), 3.0][:rows],
-               "is_new": np.array([True, False, True][:rows], bool)}
+               "is_new": np.array([True, False, True][:rows], bool),
+               "browser": np.array(["Chrome", "__missing__", "Safari"][:rows], dtype=object)}
+    features = np.array([[0.0, 12.5], [3.0, float("nan")], [1.0, 7.25]])[:rows]
     return LogChunk(PREDICTIONS, at, rows, columns=columns,
                     shared={"request_id": uuid.uuid4().hex, "model_tag": "m:1", "review_threshold": 0.3},
-                    json_columns={"input": [{"amount": 1.5, "note": None, "tags": ["a"]}, {"amount": 2}, {}][:rows]})
+                    json_columns={"input": [{"amount": 1.5, "note": None, "tags": ["a"]}, {"amount": 2}, {}][:rows]},
+                    blocks={("device_id__count_1h", "device_id__amount_max_1h"): features})
+
+
+def test_the_scorers_chunks_are_joined_without_a_table_per_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Category arrays and feature blocks join with an operation per column or per chunk, not per chunk and column
+    (one-row chunks at hundreds a second made that the service's largest cost)."""
+    import pyarrow as pa
+
+    chunks = [scorer_chunk(3), scorer_chunk(1, T0 + timedelta(seconds=1)), scorer_chunk(2, T0 + timedelta(seconds=2))]
+    expected = pa.concat_tables([c.to_table() for c in chunks], promote_options="permissive")
+    monkeypatch.setattr(LogChunk, "to_table", lambda self: pytest.fail("joined table by table"))
+    got = combined_table(chunks)
+    assert got.schema == expected.schema and got.to_pandas().equals(expected.to_pandas())
+    assert got.column("device_id__count_1h").to_pylist() == [0.0, 3.0, 1.0, 0.0, 0.0, 3.0]
 
 
 def test_wal_records_round_trip_every_column_type():
@@ -303,8 +319,10 @@ def test_wal_records_round_trip_every_column_type():
         assert (after.kind, after.at, after.rows) == (before.kind, before.at, before.rows)
         expected, got = before.to_table(), after.to_table()
         assert got.schema == expected.schema and got.to_pandas().equals(expected.to_pandas())  # NaN == NaN
-    assert {name: type(v) for name, v in decoded[0].columns.items()} == {
-        name: type(v) for name, v in chunks[0].columns.items()}  # arrays stay arrays: combined_table joins them fast
+    assert {name: type(v) for name, v in decoded[0].columns.items()} == {  # combined_table joins them fast:
+        name: list if name == "browser" else type(v) for name, v in chunks[0].columns.items()}  # arrays, texts lists
+    np.testing.assert_array_equal(decoded[0].blocks[("device_id__count_1h", "device_id__amount_max_1h")],
+                                  chunks[0].blocks[("device_id__count_1h", "device_id__amount_max_1h")])
     assert decoded[0].columns["purchase_time"].dtype == np.dtype("M8[ns]")
     assert decoded[3].columns["amount"] == floats and decoded[3].columns["mixed"][-1] == 7
     assert records[3].count(b'"bytes"') == 3  # row (an array), score and amount; not mixed

@@ -292,8 +292,12 @@ class ServedModel:
             columns["request_id"] = request_id
         else:
             shared["request_id"] = request_id
-        return LogChunk(PREDICTIONS, datetime.now(UTC), len(rows), columns={**columns, **scored.features},
-                        shared=shared, json_columns={"input": transactions})
+        numeric = tuple(name for name, values in scored.features.items()
+                        if isinstance(values, np.ndarray) and values.dtype.kind == "f")
+        columns.update((name, values) for name, values in scored.features.items() if name not in numeric)
+        block = np.array([scored.features[name] for name in numeric]).T if numeric else None
+        return LogChunk(PREDICTIONS, datetime.now(UTC), len(rows), columns=columns, shared=shared,
+                        json_columns={"input": transactions}, blocks={numeric: block} if block is not None else {})
 
 
 def reason_codes(contributions: np.ndarray, names: list[str], features: Mapping[str, Sequence[Any]], k: int
