@@ -496,10 +496,10 @@ class RedisStore:
     after the last write), and ``{ns}:txn:{id}`` (the idempotency marker, ``keep_seconds``). ``{ns}:limits`` holds
     the longest ``keep_seconds`` and ``retention_seconds`` any writer has used, and every write uses those: models
     with different windows share the namespace without one folding away what the other's windows read.
-    A read and a write are one Lua script call (EVALSHA) each for the whole batch, atomic; a write applies each
-    transaction at most once. Any Redis error (timeout, connection, out of memory) raises
-    `StoreUnavailable`, without retries; a write that timed out may still have been applied, and retrying it
-    is safe (idempotent).
+    A read, a write, and a scored batch's read then write (`read_and_write`) are one Lua script call (EVALSHA)
+    each for the whole batch, atomic; a write applies each transaction at most once. Any Redis error (timeout,
+    connection, out of memory, a refusal) raises `StoreUnavailable`, without retries; a write that timed out may
+    still have been applied, and retrying it is safe (idempotent).
     """
 
     def __init__(self, client: redis.Redis, limits: StoreLimits, namespace: str = "fraudops",
