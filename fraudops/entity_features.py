@@ -448,13 +448,13 @@ def _entity_features(config: EntityFeatureConfig, table: _Table, entry_row: np.n
         known = None if prior is None else (prior.accounts_before[by], prior.account_first[by])
         stacked.append(_distinct_accounts(table, accounts[by], c, rank, t, start, end, lo, known))
     recency = [np.where(prev == _NONE, np.nan, (t - prev) / TICKS_PER_SECOND), count_all == 0]
-    rows = [row for block in stacked for row in block] + recency  # views, in the stacked order
+    values = [row for block in stacked for row in block] + recency  # views, in the stacked order
     order = config.stacked_order(paired)
     if len(codes) < 4096:  # a request's few entries: one operation
-        out[:, by] = np.array([rows[k] for k in order])
+        out[:, by] = np.array([values[k] for k in order])
     else:  # a training table: a 1-d scatter per feature is several times faster than one 2-d scatter
         for j, k in enumerate(order):
-            out[j, by] = rows[k]
+            out[j, by] = values[k]
     return out
 
 
@@ -577,7 +577,8 @@ class OnlineFeatures:
         """Read the batch's entity values, then run the kernel once over one table: every stored event (not queried)
         followed by the batch's rows, each under each of its entity values (one code per value read). A retried
         transaction is left out of the stored events: it counts once, as in the batch, and sees what it saw the
-        first time (unless its event was folded, a week or more ago)."""
+        first time (unless its event was folded, a week or more ago). ``record``: the same store call then records
+        the batch (`FeatureStore.read_and_write`)."""
         config, n = self.config, len(columns.ticks)
         if not n:
             return np.empty((0, len(config.feature_names)))
