@@ -285,21 +285,32 @@ class LogWriter:
         os.replace(tmp, path)
         return url
 
+    COMPACT_CHUNKS = 32
+    """Most chunks one step of `compact` joins: a step holds the GIL for about a millisecond at a scorer's rows."""
+
     def compact(self) -> None:
-        """Join the queued chunks into one table per log and hour (they stay queued until written)."""
+        """Join the queued chunks into tables per log and hour (they stay queued until written), `COMPACT_CHUNKS` at
+        a time, letting the request threads run between steps (joining a second's worth at once stalled them)."""
         with self._write_lock:
-            with self._cond:
-                if all(c.table is not None for c in self._pending):
+            while True:
+                with self._cond:
+                    at = [i for i, c in enumerate(self._pending) if c.table is None][:self.COMPACT_CHUNKS]
+                    if not at:
+                        return
+                    chunks = [self._pending[i] for i in at]
+                    for i in reversed(at):
+                        del self._pending[i]
+                try:
+                    joined = [LogChunk(kind, group[0].at, sum(c.rows for c in group), table=combined_table(group))
+                              for (kind, _), group in _groups(chunks).items()]
+                except Exception as exc:  # rows that cannot be joined fail again at the write, which reports it
+                    log.warning("cannot join %d queued log chunks: %s", len(chunks), exc)
+                    with self._cond:
+                        self._pending[at[0]:at[0]] = chunks
                     return
-                chunks, self._pending = self._pending, []
-            try:
-                joined = [LogChunk(kind, group[0].at, sum(c.rows for c in group), table=combined_table(group))
-                          for (kind, _), group in _groups(chunks).items()]
-            except Exception as exc:  # rows that cannot be joined fail again at the write, which reports it
-                log.warning("cannot join %d queued log chunks: %s", len(chunks), exc)
-                joined = chunks
-            with self._cond:
-                self._pending[:0] = joined
+                with self._cond:  # appends only add at the end, and flushes wait for the write lock
+                    self._pending[at[0]:at[0]] = joined
+                time.sleep(0)  # let a request thread take the GIL
 
     def _run(self) -> None:
         ok = True
