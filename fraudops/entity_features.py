@@ -176,14 +176,14 @@ class EntityFeatureConfig:
         return any(self.paired(column) for column in self.columns)
 
     @functools.cached_property
-    def layout(self) -> list[tuple[str, int, np.ndarray]]:
-        """Per entity column: its first position in `feature_names`, and which of the kernel's columns
-        (`kernel_names` of `any_paired`) are its features."""
+    def layout(self) -> list[tuple[int, np.ndarray]]:
+        """Per entity column, in `columns` order: its first position in `feature_names`, and which of the kernel's
+        rows (`kernel_names` of `any_paired`) are its features."""
         kernel = self.kernel_names(self.any_paired)
         out, offset = [], 0
         for column in self.columns:
             names = self.kernel_names(self.paired(column))
-            out.append((column, offset, np.array([kernel.index(name) for name in names])))
+            out.append((offset, np.array([kernel.index(name) for name in names])))
             offset += len(names)
         return out
 
@@ -613,7 +613,7 @@ class OnlineFeatures:
         found = _entity_features(config, table, entry_row, codes, accounts, prior)
         out = np.full((n, len(config.feature_names)), np.nan)
         at = m
-        for (_, offset, kernel_columns), rows in zip(config.layout, batch, strict=True):
+        for (offset, kernel_columns), rows in zip(config.layout, batch, strict=True):
             out[rows, offset:offset + len(kernel_columns)] = found[kernel_columns, at:at + len(rows)].T
             at += len(rows)
         return out

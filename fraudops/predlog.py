@@ -433,11 +433,10 @@ def encode_record(chunk: LogChunk) -> bytes:
     """A chunk as one WAL record: payload length and CRC-32 (little-endian uint32 each), then the payload.
 
     The payload is JSON (``J``; lists and object arrays (texts) as lists, 1-d NumPy arrays of the kinds
-    `combined_table` joins and long float lists as dtype and base64 bytes; tens of microseconds for a scorer's
-    one-row chunk) or, for values JSON
-    cannot hold exactly, ``A``: the chunk's kind, time and rows as JSON, a newline, then `LogChunk.to_table` as an
-    Arrow IPC stream. Neither runs code when read back (unlike pickle), and both survive upgrades of the libraries
-    between the write and the recovery.
+    `combined_table` joins, numeric blocks and long float lists as dtype and base64 bytes; tens of microseconds for
+    a scorer's one-row chunk) or, for values JSON cannot hold exactly, ``A``: the chunk's kind, time and rows as
+    JSON, a newline, then `LogChunk.to_table` as an Arrow IPC stream. Neither runs code when read back (unlike
+    pickle), and both survive upgrades of the libraries between the write and the recovery.
     """
     head = [chunk.kind, chunk.at.isoformat(), chunk.rows]
     payload = _json_payload(head, chunk) if chunk.table is None else None
@@ -503,6 +502,11 @@ def _binary(values: np.ndarray, as_list: bool) -> dict[str, Any]:
             "list": as_list}
 
 
+def _unbinary(values: dict[str, Any]) -> np.ndarray:
+    """The array `_binary` encoded (flat)."""
+    return np.frombuffer(base64.b64decode(values["bytes"]), values["dtype"])
+
+
 def _decode(payload: bytes) -> LogChunk:
     if payload[:1] == b"A":
         head, stream = payload[1:].split(b"\n", 1)
@@ -513,10 +517,9 @@ def _decode(payload: bytes) -> LogChunk:
     kind, at, rows, columns, shared, json_columns, *rest = json.loads(payload[1:])  # rest: blocks (older records: none)
     for name, values in columns.items():
         if isinstance(values, dict):
-            array = np.frombuffer(base64.b64decode(values["bytes"]), values["dtype"])
+            array = _unbinary(values)
             columns[name] = array.tolist() if values["list"] else array
-    blocks = {tuple(names): np.frombuffer(base64.b64decode(values["bytes"]), values["dtype"]).reshape(rows, len(names))
-              for names, values in (rest[0] if rest else [])}
+    blocks = {tuple(names): _unbinary(values).reshape(rows, len(names)) for names, values in (rest[0] if rest else [])}
     return LogChunk(kind, datetime.fromisoformat(at), rows, columns=columns, shared=shared, json_columns=json_columns,
                     blocks=blocks)
 

@@ -89,7 +89,7 @@ class ScoreResponse(BaseModel):
     features_fallback: bool | None = Field(
         None, description="true when the online feature store was slow or down and the entity features came from "
         "the model's frozen snapshot (the history at the training table's end: its windowed counts are stale, 0 "
-        "once a window has passed; this transaction was not recorded in the store)")
+        "once a window has passed); the scorer records this transaction once the store answers again")
 
 
 class FeedbackResponse(BaseModel):
