@@ -257,146 +257,162 @@ class MemoryStore:
 
 
 # -- Redis --------------------------------------------------------------------------------------------------
-# KEYS per transaction: its marker, then per entity value: ev (sorted set of kept events scored by ticks),
-# agg (hash: fn/fsum/fmax/flast folded, n/sum/max/last all events), acc (sorted set: account -> first ticks),
-# hll (HyperLogLog of accounts, replacing acc beyond exact_accounts); last, the namespace's limits hash.
-# ARGV: keep_ticks, max_events, exact_accounts, keep_seconds, retention_seconds, n_transactions, then per
-# transaction: n_entities, then per entity value: ticks, member, amount, account, track the account (0/1).
-# The horizons are the namespace's: the longest any writer has asked for (a challenger with shorter windows than
-# the champion's must not fold or expire the history the champion's windows still read).
-_WRITE = """
-local cap, exact = tonumber(ARGV[2]), tonumber(ARGV[3])
-local limits = KEYS[#KEYS]
-local held = redis.call('HMGET', limits, 'keep_ticks', 'keep_seconds', 'retention_seconds')
-local keep = math.max(tonumber(ARGV[1]), tonumber(held[1]) or 0)
-local ttl_window = math.max(tonumber(ARGV[4]), tonumber(held[2]) or 0)
-local ttl_keep = math.max(tonumber(ARGV[5]), tonumber(held[3]) or 0)
-redis.call('HSET', limits, 'keep_ticks', keep, 'keep_seconds', ttl_window, 'retention_seconds', ttl_keep)
+# One script call per batch (`RedisStore._call`): ARGV[1] is the batch as JSON, [namespace, require_history (0/1),
+# [keep_ticks, max_events, exact_accounts, keep_seconds, retention_seconds], records, entities]: a record is
+# [txn, ticks, member, amount, account or null]; an entity value is [column:value, read (0/1), paired (0/1), times,
+# accounts, positions of its records (0-based)]. Times travel as JSON numbers (doubles): exact for ticks below 2^53
+# (microseconds up to the year 2255). Keys per entity value (built here from the namespace; the script
+# runs on standalone Redis only): ev (sorted set of kept events scored by ticks), agg (hash: fn/fsum/fmax/flast
+# folded, n/sum/max/last all events), acc (sorted set: account -> first ticks), hll (HyperLogLog of accounts,
+# replacing acc beyond exact_accounts); per record its marker txn; the namespace's limits hash and seed hash.
+# Each entity value is handled once: read (when asked), then its new records in batch order, from what the read
+# fetched, so the read sees the history before the batch. A read of a namespace whose seed is not ready fails
+# with NOHISTORY when require_history is set (a store restarted empty would answer as if every entity were new),
+# before anything is written. The horizons are the namespace's: the longest any writer has asked for (a
+# challenger with shorter windows than the champion's must not fold or expire the history the champion's windows
+# still read). Returns one JSON text, [new records, replies]: per entity value read, in order, [kept members,
+# agg fields (folded, then totals; as strings)] and for paired ones also in_hll, the HyperLogLog's estimate,
+# the accounts first seen before each time, and the first ticks of each account (null: unknown).
+_BATCH = """
+local batch = cjson.decode(ARGV[1])
+local ns, lim, records, entities = batch[1], batch[3], batch[4], batch[5]
+local null = cjson.null
 local function num(x) return string.format('%.17g', x) end
-local function fold(agg, members)
-  if #members == 0 then return end
-  local f = redis.call('HMGET', agg, 'fn', 'fsum', 'fmax', 'flast')
-  local n, s, mx, last = tonumber(f[1]) or 0, tonumber(f[2]) or 0, tonumber(f[3]), tonumber(f[4])
-  for _, m in ipairs(members) do
-    local e = cjson.decode(m)
-    n = n + 1
-    s = s + e[2]
-    if mx == nil or e[2] > mx then mx = e[2] end
-    if last == nil or e[1] > last then last = e[1] end
-  end
-  redis.call('HSET', agg, 'fn', num(n), 'fsum', num(s), 'fmax', num(mx), 'flast', num(last))
+local function ticks_of(member) return tonumber(string.match(member, '^%[(%-?%d+)')) end
+local function quoted(values)
+  local out = {}
+  for i, v in ipairs(values) do out[i] = v and ('"' .. v .. '"') or 'null' end
+  return '[' .. table.concat(out, ',') .. ']'
 end
-local k, a, applied = 1, 7, 0
-for _ = 1, tonumber(ARGV[6]) do
-  local n_entities = tonumber(ARGV[a])
-  local fresh = redis.call('SET', KEYS[k], '1', 'NX', 'EX', ttl_window)
-  a, k = a + 1, k + 1
-  if fresh then applied = applied + 1 end
-  for _ = 1, n_entities do
-    if fresh then
-      local ev, agg, acc, hll = KEYS[k], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
-      local ticks, member, amount, account = tonumber(ARGV[a]), ARGV[a + 1], tonumber(ARGV[a + 2]), ARGV[a + 3]
-      if redis.call('EXISTS', ev) == 0 then  -- new, or its kept events expired: all it had is folded
-        local t = redis.call('HMGET', agg, 'n', 'sum', 'max', 'last')
-        if t[1] then redis.call('HSET', agg, 'fn', t[1], 'fsum', t[2], 'fmax', t[3], 'flast', t[4]) end
-      end
-      redis.call('ZADD', ev, ARGV[a], member)
-      local t = redis.call('HMGET', agg, 'n', 'sum', 'max', 'last')
-      local mx, last = tonumber(t[3]), tonumber(t[4])
-      if mx == nil or amount > mx then mx = amount end
-      if last == nil or ticks > last then last = ticks end
-      redis.call('HSET', agg, 'n', num((tonumber(t[1]) or 0) + 1), 'sum', num((tonumber(t[2]) or 0) + amount),
-                 'max', num(mx), 'last', num(last))
-      local horizon = tonumber(redis.call('ZRANGE', ev, -1, -1, 'WITHSCORES')[2]) - keep
-      fold(agg, redis.call('ZRANGEBYSCORE', ev, '-inf', '(' .. num(horizon)))
-      redis.call('ZREMRANGEBYSCORE', ev, '-inf', '(' .. num(horizon))
-      local extra = redis.call('ZCARD', ev) - cap
-      if extra > 0 then
-        fold(agg, redis.call('ZRANGE', ev, 0, extra - 1))
-        redis.call('ZREMRANGEBYRANK', ev, 0, extra - 1)
-      end
-      redis.call('EXPIRE', ev, ttl_window)
-      redis.call('EXPIRE', agg, ttl_keep)
-      if ARGV[a + 4] == '1' then
-        if redis.call('EXISTS', hll) == 1 then
-          redis.call('PFADD', hll, account)
-        else
-          redis.call('ZADD', acc, 'LT', ARGV[a], account)
-          if redis.call('ZCARD', acc) > exact then
-            local members = redis.call('ZRANGE', acc, 0, -1)
-            for i = 1, #members, 1000 do
-              redis.call('PFADD', hll, unpack(members, i, math.min(i + 999, #members)))
-            end
-            redis.call('DEL', acc)
-          end
-        end
-        redis.call('EXPIRE', redis.call('EXISTS', hll) == 1 and hll or acc, ttl_keep)
-      end
+local AGG = {'fn', 'fsum', 'fmax', 'flast', 'n', 'sum', 'max', 'last'}
+if batch[2] == 1 and redis.call('HGET', ns .. ':seed', 'state') ~= 'ready' then
+  return redis.error_reply('NOHISTORY the namespace has no history (not seeded yet, or the store restarted empty)')
+end
+local fresh, applied, keep, ttl_window, ttl_keep = {}, 0, 0, 0, 0
+if #records > 0 then
+  local limits = ns .. ':limits'
+  local held = redis.call('HMGET', limits, 'keep_ticks', 'keep_seconds', 'retention_seconds')
+  keep = math.max(lim[1], tonumber(held[1]) or 0)
+  ttl_window = math.max(lim[4], tonumber(held[2]) or 0)
+  ttl_keep = math.max(lim[5], tonumber(held[3]) or 0)
+  redis.call('HSET', limits, 'keep_ticks', num(keep), 'keep_seconds', ttl_window, 'retention_seconds', ttl_keep)
+  for i, r in ipairs(records) do
+    if redis.call('SET', ns .. ':txn:' .. r[1], '1', 'NX', 'EX', ttl_window) then
+      fresh[i], applied = true, applied + 1
     end
-    a, k = a + 5, k + 4
   end
 end
-return applied
-"""
+local cap, exact = lim[2], lim[3]
 
-# KEYS per query: ev, agg, acc, hll; then, when ARGV[1] is '1', the namespace's seed hash, which must be ready
-# (else the NOHISTORY error: a store restarted empty would answer as if every entity were new). ARGV: that flag,
-# then per query: paired (0/1), n_times, times..., n_accounts, accounts... Returns per query: {kept members,
-# agg fields (folded, then totals), in_hll, pfcount, counts before each time,
-# first ticks of each account (nil: unknown)}, the last four for paired queries only.
-_READ = """
-local out, a, n = {}, 2, #KEYS
-if ARGV[1] == '1' then
-  n = n - 1
-  if redis.call('HGET', KEYS[n + 1], 'state') ~= 'ready' then
-    return redis.error_reply('NOHISTORY the namespace has no history (not seeded yet, or the store restarted empty)')
+-- record one entity value's new events (in batch order) and accounts; members, f, in_hll: what the read fetched
+local function apply(ev, agg, acc, hll, todo, paired, members, f, in_hll)
+  local c, o, w
+  if members then
+    c = #members
+  else
+    f = redis.call('HMGET', agg, unpack(AGG))
+    c = redis.call('ZCARD', ev)
+    if c > 0 then members = {redis.call('ZRANGE', ev, 0, 0)[1], redis.call('ZRANGE', ev, -1, -1)[1]} end
   end
+  if c > 0 then o, w = ticks_of(members[1]), ticks_of(members[#members]) end
+  local fn, fs, fm, fl = tonumber(f[1]) or 0, tonumber(f[2]) or 0, tonumber(f[3]), tonumber(f[4])
+  local tn, ts, tm, tl = tonumber(f[5]), tonumber(f[6]), tonumber(f[7]), tonumber(f[8])
+  local folded = false
+  local function fold(list)
+    for _, m in ipairs(list) do
+      local x = cjson.decode(m)
+      fn, fs = fn + 1, fs + x[2]
+      if fm == nil or x[2] > fm then fm = x[2] end
+      if fl == nil or x[1] > fl then fl = x[1] end
+    end
+    folded = folded or #list > 0
+  end
+  for _, r in ipairs(todo) do
+    local t, amount = r[2], r[4]
+    if c == 0 and tn then fn, fs, fm, fl, folded = tn, ts, tm, tl, true end  -- new, or its kept events expired
+    c = c + redis.call('ZADD', ev, num(t), r[3])
+    tn, ts = (tn or 0) + 1, (ts or 0) + amount
+    if tm == nil or amount > tm then tm = amount end
+    if tl == nil or t > tl then tl = t end
+    if w == nil or t > w then w = t end
+    if o == nil or t < o then o = t end
+    if o < w - keep then
+      local bound = '(' .. num(w - keep)
+      local old = redis.call('ZRANGEBYSCORE', ev, '-inf', bound)
+      fold(old)
+      redis.call('ZREMRANGEBYSCORE', ev, '-inf', bound)
+      c = c - #old
+      o = ticks_of(redis.call('ZRANGE', ev, 0, 0)[1])
+    end
+    if c > cap then
+      local extra = c - cap
+      fold(redis.call('ZRANGE', ev, 0, extra - 1))
+      redis.call('ZREMRANGEBYRANK', ev, 0, extra - 1)
+      c = cap
+      o = ticks_of(redis.call('ZRANGE', ev, 0, 0)[1])
+    end
+  end
+  if folded then
+    redis.call('HSET', agg, 'n', num(tn), 'sum', num(ts), 'max', num(tm), 'last', num(tl),
+               'fn', num(fn), 'fsum', num(fs), 'fmax', num(fm), 'flast', num(fl))
+  else
+    redis.call('HSET', agg, 'n', num(tn), 'sum', num(ts), 'max', num(tm), 'last', num(tl))
+  end
+  redis.call('EXPIRE', ev, ttl_window)
+  redis.call('EXPIRE', agg, ttl_keep)
+  if not paired then return end
+  local firsts, names = {}, {}
+  for _, r in ipairs(todo) do
+    if r[5] ~= null then
+      local n = #firsts
+      firsts[n + 1], firsts[n + 2] = num(r[2]), r[5]
+      names[#names + 1] = r[5]
+    end
+  end
+  if #names == 0 then return end
+  if in_hll == nil then in_hll = redis.call('EXISTS', hll) end
+  if in_hll == 0 then
+    for i = 1, #firsts, 1000 do redis.call('ZADD', acc, 'LT', unpack(firsts, i, math.min(i + 999, #firsts))) end
+    if redis.call('ZCARD', acc) > exact then
+      names, in_hll = redis.call('ZRANGE', acc, 0, -1), 1
+      redis.call('DEL', acc)
+    end
+  end
+  if in_hll == 1 then
+    for i = 1, #names, 1000 do redis.call('PFADD', hll, unpack(names, i, math.min(i + 999, #names))) end
+  end
+  redis.call('EXPIRE', in_hll == 1 and hll or acc, ttl_keep)
 end
-for q = 0, n / 4 - 1 do
-  local ev, agg, acc, hll = KEYS[4 * q + 1], KEYS[4 * q + 2], KEYS[4 * q + 3], KEYS[4 * q + 4]
-  local paired = ARGV[a] == '1'
-  local reply = {redis.call('ZRANGE', ev, 0, -1),
-                 redis.call('HMGET', agg, 'fn', 'fsum', 'fmax', 'flast', 'n', 'sum', 'max', 'last')}
-  local n_times = tonumber(ARGV[a + 1])
-  a = a + 2
-  local counts = {}
-  for i = 1, n_times do
-    if paired then counts[i] = redis.call('ZCOUNT', acc, '-inf', '(' .. ARGV[a + i - 1]) end
-  end
-  a = a + n_times
-  local n_accounts = tonumber(ARGV[a])
-  local firsts = {}
-  for i = 1, n_accounts do firsts[i] = redis.call('ZSCORE', acc, ARGV[a + i]) end
-  a = a + 1 + n_accounts
-  if paired then
-    reply[3], reply[4], reply[5], reply[6] = redis.call('EXISTS', hll), redis.call('PFCOUNT', hll), counts, firsts
-  end
-  out[q + 1] = reply
-end
-return out
-"""
 
-# `_READ` then `_WRITE` in one atomic call (a scored batch reads its history, then records itself: one round trip,
-# and no other client's write between the two). ARGV[1], ARGV[2]: how many KEYS and ARGV are the read's; the rest
-# are the write's. Returns {the read's reply, the write's}; nothing is written when the read fails (NOHISTORY).
-_READ_WRITE = f"""
-local function slice(t, from, to)
-  local out = {{}}
-  for i = from, to do out[#out + 1] = t[i] end
-  return out
+local out = {}
+for _, e in ipairs(entities) do
+  local ev, agg, acc, hll = ns .. ':ev:' .. e[1], ns .. ':agg:' .. e[1], ns .. ':acc:' .. e[1], ns .. ':hll:' .. e[1]
+  local paired, members, f, in_hll = e[3] == 1
+  if e[2] == 1 then
+    members, f = redis.call('ZRANGE', ev, 0, -1), redis.call('HMGET', agg, unpack(AGG))
+    local reply = '[[' .. table.concat(members, ',') .. '],' .. quoted(f)
+    if paired then
+      local counts, firsts = {}, {}
+      for i, t in ipairs(e[4]) do counts[i] = redis.call('ZCOUNT', acc, '-inf', '(' .. num(t)) end
+      for i = 1, #e[5], 1000 do
+        for _, v in ipairs(redis.call('ZMSCORE', acc, unpack(e[5], i, math.min(i + 999, #e[5])))) do
+          firsts[#firsts + 1] = v
+        end
+      end
+      in_hll = redis.call('EXISTS', hll)
+      local estimate = in_hll == 1 and redis.call('PFCOUNT', hll) or 0
+      reply = reply .. ',' .. in_hll .. ',' .. estimate .. ',[' .. table.concat(counts, ',') .. '],' .. quoted(firsts)
+    end
+    out[#out + 1] = reply .. ']'
+  end
+  local todo = {}
+  for _, i in ipairs(e[6]) do
+    if fresh[i + 1] then todo[#todo + 1] = records[i + 1] end
+  end
+  if #todo > 0 then apply(ev, agg, acc, hll, todo, paired, members, f, in_hll) end
 end
-local function read_part(KEYS, ARGV)
-{_READ}
-end
-local function write_part(KEYS, ARGV)
-{_WRITE}
-end
-local nk, na = tonumber(ARGV[1]), tonumber(ARGV[2])
-local read = read_part(slice(KEYS, 1, nk), slice(ARGV, 3, 2 + na))
-if read.err then return read end
-return {{read, write_part(slice(KEYS, nk + 1, #KEYS), slice(ARGV, 3 + na, #ARGV))}}
+return '[' .. applied .. ',[' .. table.concat(out, ',') .. ']]'
 """
-
 
 
 # Seeding a namespace with a frozen snapshot (`RedisStore.seed`). KEYS[1]: the namespace's seed hash (source,
@@ -487,7 +503,7 @@ class SeedResult:
 
 class RedisStore:
     """The shared online store: Redis 7+ (tested with Debian's 7.0), standalone or with replicas, not Redis
-    Cluster (one script touches the keys of many entities).
+    Cluster (one script touches the keys of many entities, and names them itself).
 
     Keys, all under ``namespace``: ``{ns}:ev:{column}:{value}`` (sorted set of kept events, scored by ticks,
     expires ``keep_seconds`` after its last write; then the totals stand in for it), ``{ns}:agg:{column}:{value}``
@@ -497,7 +513,8 @@ class RedisStore:
     the longest ``keep_seconds`` and ``retention_seconds`` any writer has used, and every write uses those: models
     with different windows share the namespace without one folding away what the other's windows read.
     A read, a write, and a scored batch's read then write (`read_and_write`) are one Lua script call (EVALSHA)
-    each for the whole batch, atomic; a write applies each transaction at most once. Any Redis error (timeout,
+    each for the whole batch, atomic, which takes the batch as one JSON argument and answers one JSON text (each
+    entity value read and written once); a write applies each transaction at most once. Any Redis error (timeout,
     connection, out of memory, a refusal) raises `StoreUnavailable`, without retries; a write that timed out may
     still have been applied, and retrying it is safe (idempotent).
     """
@@ -512,9 +529,7 @@ class RedisStore:
         self.require_history = require_history
         """Reads fail (`StoreUnavailable`) unless the namespace's seed is ready: the scorer's reads, so that a
         store restarted empty is a flagged fallback, not features of brand-new entities."""
-        self._read = client.register_script(_READ)
-        self._write = client.register_script(_WRITE)
-        self._read_write = client.register_script(_READ_WRITE)
+        self._batch = client.register_script(_BATCH)
 
     @classmethod
     def from_url(cls, url: str, limits: StoreLimits, *, timeout_s: float = 0.05,
@@ -531,45 +546,56 @@ class RedisStore:
         return cls(client, limits, namespace, require_history)
 
     def _key(self, kind: str, ref: EntityRef) -> str:
-        if ":" in ref.column:
-            raise ValueError(f"entity column names must not contain ':' in the feature store, got {ref.column!r}")
-        return f"{self.namespace}:{kind}:{ref.column}:{ref.key}"
+        return f"{self.namespace}:{kind}:{self._suffix(ref)}"
 
     def read(self, queries: Sequence[KeyQuery]) -> list[KeyState]:
-        if not queries:
-            return []
-        keys, args = self._read_args(queries)
-        with _unavailable("read"):
-            replies = self._read(keys=keys, args=args)
-        return [self._state(query, reply) for query, reply in zip(queries, replies, strict=True)]
+        return self._call(queries, (), "read")[0] if queries else []
 
     def read_and_write(self, queries: Sequence[KeyQuery], records: Sequence[Record]) -> list[KeyState]:
         """One atomic script call: the read, then the write (none when the read fails)."""
-        if not queries or not records:
-            states = self.read(queries)
-            self.write(records)
-            return states
-        read_keys, read_args = self._read_args(queries)
-        write_keys, write_args = self._write_args(records)
-        with _unavailable("read and write"):
-            replies, _ = self._read_write(keys=read_keys + write_keys,
-                                          args=[len(read_keys), len(read_args), *read_args, *write_args])
-        return [self._state(query, reply) for query, reply in zip(queries, replies, strict=True)]
+        return self._call(queries, records, "read and write")[0]
 
-    def _read_args(self, queries: Sequence[KeyQuery]) -> tuple[list[str], list[str | int]]:
-        keys: list[str] = []
-        args: list[str | int] = [int(self.require_history)]
+    def write(self, records: Sequence[Record]) -> int:
+        return self._call((), records, "write")[1] if records else 0
+
+    def _call(self, queries: Sequence[KeyQuery], records: Sequence[Record], what: str) -> tuple[list[KeyState], int]:
+        """The batch script (`_BATCH`): the queries' states, and how many records were new."""
+        if not queries and not records:
+            return [], 0
+        entities: list[list[Any]] = []
+        at: dict[tuple[str, str], int] = {}
         for query in queries:
-            keys += [self._key(kind, query.entity) for kind in ("ev", "agg", "acc", "hll")]
-            args += [int(query.entity.paired), len(query.times), *query.times, len(query.accounts), *query.accounts]
-        if self.require_history:
-            keys.append(f"{self.namespace}:seed")
-        return keys, args
+            ref = query.entity
+            at[ref[:2]] = len(entities)  # a repeated query: its records join the last, read after all of them
+            entities.append([self._suffix(ref), 1, int(ref.paired), query.times, query.accounts, []])
+        rows = []
+        for i, record in enumerate(records):
+            amount = float(record.amount)
+            rows.append([record.txn, record.ticks, _member(Event(record.ticks, amount, record.account, record.txn)),
+                         amount, record.account])
+            for ref in record.entities:
+                j = at.get(ref[:2])
+                if j is None:
+                    j = at[ref[:2]] = len(entities)
+                    entities.append([self._suffix(ref), 0, int(ref.paired), (), (), []])
+                entities[j][5].append(i)
+        limits = self.limits
+        batch = [self.namespace, int(self.require_history and bool(queries)),  # only reads need the history
+                 [limits.keep_ticks, limits.max_events, limits.exact_accounts, limits.keep_seconds,
+                  limits.retention_seconds], rows, entities]
+        with _unavailable(what):
+            applied, replies = json.loads(self._batch(args=[json.dumps(batch, separators=(",", ":"))]))
+        return [self._state(query, reply) for query, reply in zip(queries, replies, strict=True)], applied
+
+    @staticmethod
+    def _suffix(ref: EntityRef) -> str:
+        if ":" in ref.column:
+            raise ValueError(f"entity column names must not contain ':' in the feature store, got {ref.column!r}")
+        return f"{ref.column}:{ref.key}"
 
     @staticmethod
     def _state(query: KeyQuery, reply: list[Any]) -> KeyState:
-        events = [Event(int(t), float(amount), account, txn)  # one JSON parse for all kept events
-                  for t, amount, account, txn in json.loads(b"[" + b",".join(reply[0]) + b"]")]
+        events = [Event(*event) for event in reply[0]]
         fields = [None if v is None else float(v) for v in reply[1]]
         count, amount_sum, amount_max, last = fields[:4] if events else fields[4:]  # no kept events: all folded
         state = KeyState(events=events, count=int(count or 0), amount_sum=amount_sum or 0.0,
@@ -578,34 +604,11 @@ class RedisStore:
         if query.entity.paired:
             in_hll, estimate, counts, firsts = reply[2:6]
             state.accounts_exact = not in_hll
-            state.accounts_before = [int(c) + int(estimate) for c in counts]
+            state.accounts_before = [c + estimate for c in counts]
             state.account_first = {a: int(float(f)) for a, f in zip(query.accounts, firsts, strict=True)
                                    if f is not None}
         return state
 
-    def write(self, records: Sequence[Record]) -> int:
-        if not records:
-            return 0
-        keys, args = self._write_args(records)
-        with _unavailable("write"):
-            return int(self._write(keys=keys, args=args))
-
-    def _write_args(self, records: Sequence[Record]) -> tuple[list[str], list[str | int]]:
-        limits = self.limits
-        keys: list[str] = []
-        args: list[str | int] = [limits.keep_ticks, limits.max_events, limits.exact_accounts, limits.keep_seconds,
-                                 limits.retention_seconds, len(records)]
-        for record in records:
-            keys.append(f"{self.namespace}:txn:{record.txn}")
-            args.append(len(record.entities))
-            event = Event(record.ticks, float(record.amount), record.account, record.txn)
-            member = _member(event)
-            for ref in record.entities:
-                keys += [self._key(kind, ref) for kind in ("ev", "agg", "acc", "hll")]
-                tracked = ref.paired and record.account is not None
-                args += [record.ticks, member, repr(event.amount), record.account or "", int(tracked)]
-        keys.append(f"{self.namespace}:limits")
-        return keys, args
 
     # -- seeding ------------------------------------------------------------------------------------------------
     def seed(self, snapshot: SnapshotStore, source: str, chunk: int = 2000) -> SeedResult:

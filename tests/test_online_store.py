@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from fraudops.entity_features import EntityFeatureConfig, OnlineFeatures
-from fraudops.online_store import MemoryStore, RedisStore, StoreLimits, StoreUnavailable
+from fraudops.online_store import EntityRef, KeyQuery, MemoryStore, Record, RedisStore, StoreLimits, StoreUnavailable
 from fraudops.schema import SYNTHETIC
 
 CONFIG = EntityFeatureConfig.create(SYNTHETIC, "datetime", ["1h", "1d"])
@@ -176,6 +176,19 @@ def test_a_scored_batch_reads_then_records_itself_in_one_call(new_store) -> None
         assert calls == ["read_and_write"] * 3  # one round trip per scored batch
     assert online.process([row(2)])[0, online.feature_names.index("device_id__count_1h")] == 2  # a retry
     assert feature(online, [row(3)], "device_id__count_1h") == 3
+
+
+def test_a_value_queried_twice_in_one_call_reads_the_history_before_the_batch_twice(new_store) -> None:
+    """The store answers each query, in order, from the history before the call, and records the batch once."""
+    store, ref, ticks = new_store(StoreLimits(keep_seconds=86_400)), EntityRef("device_id", "dev", True), START // 1000
+    store.write([Record("a", ticks, 5.0, "u1", (ref,))])
+    query = KeyQuery(ref, (ticks + 10,), ("u1", "u2"))
+    states = store.read_and_write([query, query], [Record("b", ticks + 10, 7.0, "u2", (ref,))])
+    assert [[e.txn for e in s.events] for s in states] == [["a"], ["a"]]
+    assert [s.account_first for s in states] == [{"u1": ticks}] * 2
+    (after,) = store.read([KeyQuery(ref, (ticks + 20,), ("u2",))])
+    assert [e.txn for e in after.events] == ["a", "b"] and after.accounts_before == [2]
+    assert after.account_first == {"u2": ticks + 10}
 
 
 def test_a_refused_read_records_nothing(redis_url: str) -> None:
