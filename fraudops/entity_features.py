@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -588,25 +589,30 @@ class OnlineFeatures:
         for col in config.columns:
             keys = columns.keys[col]
             first[col], members[col] = len(queries), _members(keys.codes, len(keys.uniques))
-            queries += [self._query(EntityRef(col, key, config.paired(col)), columns, rows)
-                        for key, rows in zip(keys.uniques, members[col], strict=True)]
+            queries += self._queries(col, columns, members[col])
         states = self.store.read_and_write(queries, self._records(columns)) if record else self.store.read(queries)
-        retried = set(columns.txn or ())
-        stored = [(code, event) for code, state in enumerate(states) for event in state.events
-                  if event.txn not in retried]
-        m = len(stored)
-        table = _Table.of(np.array([e.ticks for _, e in stored] + columns.ticks.tolist(), dtype=np.int64),
-                          np.array([e.amount for _, e in stored] + columns.amount.tolist()), config.windows)
+        events = [event for state in states for event in state.events]
+        event_code = np.repeat(np.arange(len(states)), [len(state.events) for state in states])
+        stored_ticks, stored_amount, stored_account, stored_txn = (zip(*events, strict=True) if events
+                                                                   else ((), (), (), ()))
+        if columns.txn and not set(columns.txn).isdisjoint(stored_txn):  # retried transactions: drop their events
+            retried = set(columns.txn)
+            keep = [txn not in retried for txn in stored_txn]
+            event_code = event_code[keep]
+            stored_ticks, stored_amount, stored_account = (list(itertools.compress(values, keep)) for values in
+                                                          (stored_ticks, stored_amount, stored_account))
+        m = len(event_code)
+        table = _Table.of(np.array([*stored_ticks, *columns.ticks.tolist()], dtype=np.int64),
+                          np.array([*stored_amount, *columns.amount.tolist()], dtype="float64"), config.windows)
         batch = [np.flatnonzero(columns.keys[col].codes >= 0) for col in config.columns]
         entry_row = np.concatenate([np.arange(m), *(m + rows for rows in batch)])
-        codes = np.concatenate([np.array([code for code, _ in stored], dtype=np.int64),
+        codes = np.concatenate([event_code,
                                 *(first[col] + columns.keys[col].codes[rows]
                                   for col, rows in zip(config.columns, batch, strict=True))])
         accounts = texts = None
         if config.any_paired and columns.account is not None:
             account = columns.account
-            texts = [e.account for _, e in stored]
-            texts += [None if code < 0 else account.uniques[code] for code in account.codes]
+            texts = [*stored_account, *(None if code < 0 else account.uniques[code] for code in account.codes)]
             paired = np.array([query.entity.paired for query in queries])
             accounts = np.where(paired[codes], _factorize(texts)[0][entry_row], -1)
         prior = self._prior(states, members, batch, texts, m, n)
@@ -643,12 +649,19 @@ class OnlineFeatures:
                       last=np.array([_NONE if s.last is None else s.last for s in states], dtype=np.int64),
                       accounts_before=np.concatenate(accounts_before), account_first=np.concatenate(account_first))
 
-    def _query(self, ref: EntityRef, columns: Columns, rows: np.ndarray) -> KeyQuery:
-        if not ref.paired or columns.account is None:
-            return KeyQuery(ref)
-        account = columns.account
-        names = {account.uniques[code] for code in account.codes[rows] if code >= 0}
-        return KeyQuery(ref, tuple(int(x) for x in columns.ticks[rows]), tuple(sorted(names)))
+    def _queries(self, col: str, columns: Columns, members: list[np.ndarray]) -> list[KeyQuery]:
+        """One query per key of ``col`` (``members``: its rows); a paired column's also name the rows' times and
+        accounts."""
+        uniques = columns.keys[col].uniques
+        if not self.config.paired(col) or columns.account is None:
+            return [KeyQuery(EntityRef(col, key, self.config.paired(col))) for key in uniques]
+        ticks, codes, names = columns.ticks.tolist(), columns.account.codes.tolist(), columns.account.uniques
+        out = []
+        for key, rows in zip(uniques, members, strict=True):
+            at = rows.tolist()
+            out.append(KeyQuery(EntityRef(col, key, True), tuple(ticks[i] for i in at),
+                                tuple(sorted({names[c] for i in at if (c := codes[i]) >= 0}))))
+        return out
 
 
 def _factorize(texts: list[str | None]) -> tuple[np.ndarray, np.ndarray]:

@@ -563,10 +563,10 @@ class RedisStore:
         if not queries and not records:
             return [], 0
         entities: list[list[Any]] = []
-        at: dict[tuple[str, str], int] = {}
+        at: dict[EntityRef, int] = {}
         for query in queries:
             ref = query.entity
-            at[ref[:2]] = len(entities)  # a repeated query: its records join the last, read after all of them
+            at[ref] = len(entities)  # a repeated query: its records join the last, read after all of them
             entities.append([self._suffix(ref), 1, int(ref.paired), query.times, query.accounts, []])
         rows = []
         for i, record in enumerate(records):
@@ -574,9 +574,9 @@ class RedisStore:
             rows.append([record.txn, record.ticks, _member(Event(record.ticks, amount, record.account, record.txn)),
                          amount, record.account])
             for ref in record.entities:
-                j = at.get(ref[:2])
+                j = at.get(ref)
                 if j is None:
-                    j = at[ref[:2]] = len(entities)
+                    j = at[ref] = len(entities)
                     entities.append([self._suffix(ref), 0, int(ref.paired), (), (), []])
                 entities[j][5].append(i)
         limits = self.limits
