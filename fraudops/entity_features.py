@@ -565,14 +565,16 @@ class OnlineFeatures:
 
     def _records(self, columns: Columns) -> list[Record]:
         assert columns.txn is not None
-        account = columns.account
-        refs = {col: [EntityRef(col, key, self.config.paired(col)) for key in columns.keys[col].uniques]
-                for col in self.config.columns}
-        return [Record(txn, int(columns.ticks[i]), float(columns.amount[i]),
-                       None if account is None or account.codes[i] < 0 else account.uniques[account.codes[i]],
-                       tuple(refs[col][code] for col in self.config.columns
-                             if (code := columns.keys[col].codes[i]) >= 0))
-                for i, txn in enumerate(columns.txn)]
+        config, account = self.config, columns.account
+        refs = []  # per column, per row: its entity value (None: missing)
+        for col in config.columns:
+            values = [EntityRef(col, key, config.paired(col)) for key in columns.keys[col].uniques]
+            refs.append([values[code] if code >= 0 else None for code in columns.keys[col].codes.tolist()])
+        accounts = ([None] * len(columns.txn) if account is None else
+                    [account.uniques[code] if code >= 0 else None for code in account.codes.tolist()])
+        return [Record(txn, ticks, amount, name, tuple(ref for ref in row_refs if ref is not None))
+                for txn, ticks, amount, name, *row_refs in zip(columns.txn, columns.ticks.tolist(),
+                                                               columns.amount.tolist(), accounts, *refs, strict=True)]
 
     def _lookup(self, columns: Columns, record: bool = False) -> np.ndarray:
         """Read the batch's entity values, then run the kernel once over one table: every stored event (not queried)

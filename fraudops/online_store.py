@@ -284,6 +284,11 @@ local function quoted(values)
   for i, v in ipairs(values) do out[i] = v and ('"' .. v .. '"') or 'null' end
   return '[' .. table.concat(out, ',') .. ']'
 end
+local function numbers(values)  -- scores: first ticks, written by this script as integers
+  local out = {}
+  for i, v in ipairs(values) do out[i] = v or 'null' end
+  return '[' .. table.concat(out, ',') .. ']'
+end
 local AGG = {'fn', 'fsum', 'fmax', 'flast', 'n', 'sum', 'max', 'last'}
 if batch[2] == 1 and redis.call('HGET', ns .. ':seed', 'state') ~= 'ready' then
   return redis.error_reply('NOHISTORY the namespace has no history (not seeded yet, or the store restarted empty)')
@@ -401,7 +406,7 @@ for _, e in ipairs(entities) do
       end
       in_hll = redis.call('EXISTS', hll)
       local estimate = in_hll == 1 and redis.call('PFCOUNT', hll) or 0
-      reply = reply .. ',' .. in_hll .. ',' .. estimate .. ',[' .. table.concat(counts, ',') .. '],' .. quoted(firsts)
+      reply = reply .. ',' .. in_hll .. ',' .. estimate .. ',[' .. table.concat(counts, ',') .. '],' .. numbers(firsts)
     end
     out[#out + 1] = reply .. ']'
   end
@@ -595,7 +600,7 @@ class RedisStore:
 
     @staticmethod
     def _state(query: KeyQuery, reply: list[Any]) -> KeyState:
-        events = [Event(*event) for event in reply[0]]
+        events = list(map(Event._make, reply[0]))
         fields = [None if v is None else float(v) for v in reply[1]]
         count, amount_sum, amount_max, last = fields[:4] if events else fields[4:]  # no kept events: all folded
         state = KeyState(events=events, count=int(count or 0), amount_sum=amount_sum or 0.0,
@@ -605,8 +610,7 @@ class RedisStore:
             in_hll, estimate, counts, firsts = reply[2:6]
             state.accounts_exact = not in_hll
             state.accounts_before = [c + estimate for c in counts]
-            state.account_first = {a: int(float(f)) for a, f in zip(query.accounts, firsts, strict=True)
-                                   if f is not None}
+            state.account_first = {a: int(f) for a, f in zip(query.accounts, firsts, strict=True) if f is not None}
         return state
 
 
