@@ -76,7 +76,9 @@ from fraudops.serving import (
 )
 from fraudops.serving.auth import internal_token
 from fraudops.serving.openapi import AmendedDocs, amend
+from services import traffic
 
+traffic.install()  # before the app is built: BentoML's request timer would hold every request for the timeout
 CONFIG = ServingConfig.from_env()
 # The model `bentoml build` packages; when serving a Bento it names the Bento's own copy (used without a registry).
 PACKAGED_TAG = packaged_model_tag(CONFIG.model_tag)
