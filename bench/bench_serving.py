@@ -14,14 +14,16 @@ One run (loopback only, bounded in requests and time) measures and prints as mar
    returned), the cost of a shadow: the bench checks that the shadow is loaded and reports how many shadow rows
    were logged against champion rows and how many requests the bounded shadow queue dropped, and (b3) the
    service with the online feature store in the path (a private redis-server; every request reads and records
-   its entities' history, each a new transaction), the cost of live entity features;
+   its entities' history, each a new transaction), the cost of live entity features; for (b), (b3) and (c) also
+   p99 at 200 req/s held for a minute (``--sustained-seconds``), where what piles up in a server process over a
+   minute (pending timers, garbage) shows;
 2. a load test of the service: N requests at concurrency 32, counting 5xx, then SIGTERM and a check that every
    accepted prediction is in the prediction log;
 3. peak RSS of each server's process tree (psutil, sampled).
 
 Usage::
 
-    .venv/bin/python bench/bench_serving.py            # ~6-7 minutes on 2 cores
+    .venv/bin/python bench/bench_serving.py            # ~9-10 minutes on 2 cores
     .venv/bin/python bench/bench_serving.py --quick    # ~1.5-2 minutes
 """
 
@@ -61,6 +63,7 @@ from bench.common import MIB, fmt, fmt_ratio, machine_info, markdown_table, pack
 
 BENTOML = Path(sys.executable).with_name("bentoml")
 RATES = (50, 100, 200)
+SUSTAINED_RATE = 200
 BATCHES = (1, 100, 1000)
 
 
@@ -362,17 +365,21 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) * 1000 if values else float("nan")
 
 
-def measure(name: str, single: Callable[[float], tuple[list[float], int]],
-            throughput: Callable[[int], float], settle: Callable[[str], None] = lambda _after: None
-            ) -> dict[str, Any]:
-    """Latency at each rate and throughput at each batch size; ``settle(what ran last)`` runs between them."""
+def measure(name: str, single: Callable[[float, float], tuple[list[float], int]],
+            throughput: Callable[[int], float], settle: Callable[[str], None] = lambda _after: None,
+            seconds: float = 10.0, sustained_seconds: float = 0.0) -> dict[str, Any]:
+    """Latency at each rate (``single(rate, seconds)``), then held at `SUSTAINED_RATE` for ``sustained_seconds``
+    (none when 0), and throughput at each batch size; ``settle(what ran last)`` runs between them."""
     out: dict[str, Any] = {}
     settle("warm-up")
-    for rate in RATES:
-        latencies, failed = single(rate)
-        out[f"p50@{rate}"], out[f"p99@{rate}"], out[f"failed@{rate}"] = pct(latencies, 50), pct(latencies, 99), failed
-        print(f"  {name}: {rate} req/s p50 {out[f'p50@{rate}']:.2f} ms p99 {out[f'p99@{rate}']:.2f} ms "
-              f"failed {failed}", flush=True)
+    runs = [(rate, seconds, str(rate)) for rate in RATES]
+    if sustained_seconds:
+        runs.append((SUSTAINED_RATE, sustained_seconds, "sustained"))
+    for rate, duration, key in runs:
+        latencies, failed = single(rate, duration)
+        out[f"p50@{key}"], out[f"p99@{key}"], out[f"failed@{key}"] = pct(latencies, 50), pct(latencies, 99), failed
+        print(f"  {name}: {rate} req/s for {duration:g} s: p50 {out[f'p50@{key}']:.2f} ms p99 "
+              f"{out[f'p99@{key}']:.2f} ms failed {failed}", flush=True)
         settle(f"{rate} req/s")
     for size in BATCHES:
         out[f"rows/s@{size}"] = throughput(size)
@@ -381,7 +388,8 @@ def measure(name: str, single: Callable[[float], tuple[list[float], int]],
     return out
 
 
-def measure_with_store(env: dict[str, str], work: Path, calls: dict[int, int], seconds: float) -> dict[str, Any]:
+def measure_with_store(env: dict[str, str], work: Path, calls: dict[int, int], seconds: float,
+                       sustained_seconds: float) -> dict[str, Any]:
     """(b3): the service with a private redis-server as its feature store, fed transactions it has not seen (new
     ids: a repeated id would be a retry, which reads but records nothing). Returns the measures and the store's
     counts."""
@@ -390,7 +398,7 @@ def measure_with_store(env: dict[str, str], work: Path, calls: dict[int, int], s
     from bench.bench_entity_features import redis_server
     from fraudops.data.synthetic import generate_transactions
 
-    frame = generate_transactions(80_000, seed=14, start="2026-02-01", days=20).drop(columns=["is_fraud"])
+    frame = generate_transactions(100_000, seed=14, start="2026-02-01", days=20).drop(columns=["is_fraud"])
     frame["transaction_id"] = "b3-" + frame["transaction_id"].astype(str)
     cursor = iter(json.loads(frame.to_json(orient="records", date_format="iso")))
 
@@ -414,15 +422,15 @@ def measure_with_store(env: dict[str, str], work: Path, calls: dict[int, int], s
             server.wait_ready()
             closed_loop(port, take(1, 200), 200, 4)  # warm-up (also loads the model's snapshot into the store)
 
-            def single(rate: float) -> tuple[list[float], int]:
-                return open_loop(port, take(1, int(rate * seconds)), rate, seconds)
+            def single(rate: float, duration: float) -> tuple[list[float], int]:
+                return open_loop(port, take(1, int(rate * duration)), rate, duration)
 
             def throughput(size: int) -> float:
                 closed_loop(port, take(size, 4), 4, 2)  # warm-up
                 run = closed_loop(port, take(size, calls[size]), calls[size], 8 if size == 1 else 2)
                 return sum(s == 200 for s in run["statuses"]) * size / run["seconds"]
 
-            results = measure("b3", single, throughput)
+            results = measure("b3", single, throughput, seconds=seconds, sustained_seconds=sustained_seconds)
             metrics = http_call(port, "/metrics")[1].decode()
         finally:
             server.stop()
@@ -441,11 +449,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="shorter runs and a smaller model")
     parser.add_argument("--rate-seconds", type=float, help="seconds per fixed rate (default 10; quick 3)")
     parser.add_argument("--load-requests", type=int, help="requests in the load test (default 20000; quick 2000)")
+    parser.add_argument("--sustained-seconds", type=float,
+                        help=f"seconds at {SUSTAINED_RATE} req/s held for (b), (b3), (c) (default 60; quick 15)")
     parser.add_argument("--workers", type=int, default=1, help="BentoML workers of the service")
     parser.add_argument("--out", type=Path, help="also write the tables to this markdown file")
     args = parser.parse_args(argv)
     began = time.monotonic()
     seconds = args.rate_seconds or (3.0 if args.quick else 10.0)
+    sustained = args.sustained_seconds or (15.0 if args.quick else 60.0)
     load_requests = args.load_requests or (2000 if args.quick else 20_000)
     scale = 0.2 if args.quick else 1.0
     calls = {1: int(1500 * scale), 100: int(200 * scale), 1000: max(int(40 * scale), 5)}
@@ -487,10 +498,10 @@ def main(argv: list[str] | None = None) -> int:
 
         print("(a) in-process bundle.score", flush=True)
         results["a"] = measure(
-            "a", lambda rate: in_process_open_loop(lambda rows: bundle.score(pd.DataFrame(rows)),
-                                                   [[r] for r in requests], rate, seconds),
+            "a", lambda rate, duration: in_process_open_loop(lambda rows: bundle.score(pd.DataFrame(rows)),
+                                                             [[r] for r in requests], rate, duration),
             lambda size: in_process_throughput(lambda rows: bundle.score(pd.DataFrame(rows)), batches[size],
-                                               calls[size], size))
+                                               calls[size], size), seconds=seconds)
 
         print("(a') in-process Scorer.score", flush=True)
         scorer = Scorer(ServingConfig(prediction_log=str(work / "inproc-log"), max_batch=1000),
@@ -498,13 +509,14 @@ def main(argv: list[str] | None = None) -> int:
                         ScorerMetrics(CollectorRegistry()))
         scorer.reload()
         results["a2"] = measure(
-            "a'", lambda rate: in_process_open_loop(scorer.score, [[r] for r in requests], rate, seconds),
-            lambda size: in_process_throughput(scorer.score, batches[size], calls[size], size))
+            "a'", lambda rate, duration: in_process_open_loop(scorer.score, [[r] for r in requests], rate,
+                                                              duration),
+            lambda size: in_process_throughput(scorer.score, batches[size], calls[size], size), seconds=seconds)
         scorer.close()
 
-        def http(port: int) -> tuple[Callable[[float], tuple[list[float], int]], Callable[[int], float]]:
-            def single(rate: float) -> tuple[list[float], int]:
-                return open_loop(port, single_bodies, rate, seconds)
+        def http(port: int) -> tuple[Callable[[float, float], tuple[list[float], int]], Callable[[int], float]]:
+            def single(rate: float, duration: float) -> tuple[list[float], int]:
+                return open_loop(port, single_bodies, rate, duration)
 
             def throughput(size: int) -> float:
                 closed_loop(port, batch_bodies[size][:2], 4, 2)  # warm-up
@@ -528,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             bare.wait_ready()
             closed_loop(port, single_bodies, 200, 4)  # warm-up
-            results["b0"] = measure("b0", *http(port))
+            results["b0"] = measure("b0", *http(port), seconds=seconds)
         finally:
             bare.stop()
 
@@ -539,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             service.wait_ready()
             closed_loop(port, single_bodies, 200, 4)  # warm-up
-            results["b"] = measure("b", *http(port))
+            results["b"] = measure("b", *http(port), seconds=seconds, sustained_seconds=sustained)
             print(f"load test: {load_requests} requests at concurrency 32", flush=True)
             load = closed_loop(port, single_bodies, load_requests, 32)
         finally:
@@ -580,7 +592,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  b2: shadow backlog after {after}: {rows_behind} rows, {waited:.1f} s to drain",
                           flush=True)
 
-                results["b2"] = measure("b2", *http(port), settle=settle)
+                results["b2"] = measure("b2", *http(port), settle=settle, seconds=seconds)
                 metrics = http_call(port, "/metrics")[1].decode()
             finally:
                 shadowed.stop()
@@ -599,7 +611,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  b2: {shadow_result}", flush=True)
 
         print("(b3) fraudops service with the online feature store (a private redis-server)", flush=True)
-        store_result = measure_with_store(env, work, calls, seconds)
+        store_result = measure_with_store(env, work, calls, seconds, sustained)
         results["b3"] = store_result.pop("results")
 
         print("(c) Starlette + uvicorn around the same Scorer", flush=True)
@@ -610,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             reference.wait_ready()
             closed_loop(port, single_bodies, 200, 4)  # warm-up
-            results["c"] = measure("c", *http(port))
+            results["c"] = measure("c", *http(port), seconds=seconds, sustained_seconds=sustained)
         finally:
             reference.stop()
         results["c"]["rss"] = reference.peak_rss
@@ -627,6 +639,11 @@ def main(argv: list[str] | None = None) -> int:
             rows.append([f"1 transaction, {q} at {rate} req/s (ms)", *cells, fmt_ratio(b[key], b0[key]),
                          fmt_ratio(b2[key], b[key]), fmt_ratio(b3[key], b[key]), f"{b3[key] - b[key]:+.2f} ms",
                          fmt_ratio(b[key], a[key]), fmt_ratio(b3[key], a[key]), fmt_ratio(b[key], c[key])])
+    key = "p99@sustained"
+    rows.append([f"1 transaction, p99 at {SUSTAINED_RATE} req/s held for {sustained:g} s (ms)",
+                 *(fmt(r[key], 2) + (f" ({r['failed@sustained']} failed)" if r["failed@sustained"] else "")
+                   if key in r else "—" for r in (a, a2, b0, b, b2, b3, c)), "—", "—", fmt_ratio(b3[key], b[key]),
+                 f"{b3[key] - b[key]:+.2f} ms", "—", "—", fmt_ratio(b[key], c[key])])
     for size in BATCHES:
         key = f"rows/s@{size}"
         rows.append([f"throughput, batches of {size} (rows/s)",
