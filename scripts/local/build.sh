@@ -152,7 +152,8 @@ main() {
     tools=(kubernetes pause crictl coredns helm seaweedfs prometheus prometheus-operator)
   fi
   local built_before
-  built_before="$(find "$CACHE_DIR/bin" -name .complete 2> /dev/null | wc -l)"
+  mkdir -p "$CACHE_DIR/bin" # absent on a machine that never built: find would fail the pipeline (pipefail)
+  built_before="$(find "$CACHE_DIR/bin" -name .complete | wc -l)"
   for tool in "${tools[@]}"; do
     case "$tool" in
       kubernetes) build_kubernetes ;;
