@@ -4,8 +4,8 @@ BentoML 1.4's ``TimeoutMiddleware`` (``traffic.timeout``) schedules ``loop.call_
 request and never cancels it, so each answered request stays referenced from the event loop for the whole timeout
 (60 s here): its waiter future, and the context it captured, with the request's OpenTelemetry span (about 20
 objects the garbage collector tracks). At 200 requests a second that is ~250,000 objects held at any time, and
-every full collection walks them all: 40-100 ms pauses that made the service's p99 (measured: a gen-2 collection
-every ~9 s, growing from 44,000 to 180,000 objects between two of them; p99 at 200 req/s 26-93 ms). `install`
+every full collection walks them all (measured: a gen-2 collection every ~9 s, the heap growing from 44,000 to
+180,000 objects between two of them, pauses growing from 10 to 60+ ms; p99 at 200 req/s 26-93 ms). `install`
 replaces the middleware's ``__call__`` with the same behaviour (504 after the timeout, the handler cancelled) that
 cancels the timer once the response has started or the request ended.
 """
