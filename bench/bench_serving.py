@@ -8,7 +8,9 @@ One run (loopback only, bounded in requests and time) measures and prints as mar
    (a) in-process ``bundle.score`` on a DataFrame (no HTTP; one thread), (b) the fraudops BentoML service,
    (c) a reference server (Starlette + uvicorn, one process, the service's own handler: ``Scorer.score`` with the
    same settings, so that b/c is what BentoML costs), plus
-   (a') the service's own logic in-process (``Scorer.score``: validation, features, log, metrics; no HTTP) and
+   (a') the service's own logic in-process (``Scorer.score``: validation, features, log, metrics; no HTTP), (a3)
+   the same with the online feature store (another private redis-server), so that b3/a3 is what the HTTP service
+   adds to scoring with the store, and
    (b0) the service without its write-ahead log (``FRAUDOPS_PREDICTION_WAL=off``), the cost of crash durability,
    and (b2) the service with a second model in a shadow rollout (scored off the request path, logged, never
    returned), the cost of a shadow: the bench checks that the shadow is loaded and reports how many shadow rows
@@ -19,12 +21,14 @@ One run (loopback only, bounded in requests and time) measures and prints as mar
    minute (pending timers, garbage) shows;
 2. a load test of the service: N requests at concurrency 32, counting 5xx, then SIGTERM and a check that every
    accepted prediction is in the prediction log;
-3. peak RSS of each server's process tree (psutil, sampled).
+3. peak RSS of each server's process tree (psutil, sampled);
+4. (b) and (b3) again with more BentoML workers (``--more-workers``, default 2): the single-transaction rows at
+   200 req/s (10 s, then held), to show what a second process on the same cores does to the tail.
 
 Usage::
 
-    .venv/bin/python bench/bench_serving.py            # ~9-10 minutes on 2 cores
-    .venv/bin/python bench/bench_serving.py --quick    # ~1.5-2 minutes
+    .venv/bin/python bench/bench_serving.py            # ~15 minutes on 2 cores
+    .venv/bin/python bench/bench_serving.py --quick    # ~4-5 minutes
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -354,7 +358,9 @@ def in_process_open_loop(fn: Callable[[Any], Any], items: list[Any], rate: float
 
 
 def in_process_throughput(fn: Callable[[Any], Any], batches: list[Any], calls: int, size: int) -> float:
-    fn(batches[0])
+    """Rows/s of ``calls`` calls after a warm-up call on the last batch (given ``calls`` + 1 batches, each call
+    gets a batch of its own)."""
+    fn(batches[-1])
     started = time.perf_counter()
     for i in range(calls):
         fn(batches[i % len(batches)])
@@ -367,12 +373,13 @@ def pct(values: list[float], q: float) -> float:
 
 def measure(name: str, single: Callable[[float, float], tuple[list[float], int]],
             throughput: Callable[[int], float], settle: Callable[[str], None] = lambda _after: None,
-            seconds: float = 10.0, sustained_seconds: float = 0.0) -> dict[str, Any]:
+            seconds: float = 10.0, sustained_seconds: float = 0.0, rates: Sequence[int] = RATES,
+            batches: Sequence[int] = BATCHES) -> dict[str, Any]:
     """Latency at each rate (``single(rate, seconds)``), then held at `SUSTAINED_RATE` for ``sustained_seconds``
     (none when 0), and throughput at each batch size; ``settle(what ran last)`` runs between them."""
     out: dict[str, Any] = {}
     settle("warm-up")
-    runs = [(rate, seconds, str(rate)) for rate in RATES]
+    runs = [(rate, seconds, str(rate)) for rate in rates]
     if sustained_seconds:
         runs.append((SUSTAINED_RATE, sustained_seconds, "sustained"))
     for rate, duration, key in runs:
@@ -381,7 +388,7 @@ def measure(name: str, single: Callable[[float, float], tuple[list[float], int]]
         print(f"  {name}: {rate} req/s for {duration:g} s: p50 {out[f'p50@{key}']:.2f} ms p99 "
               f"{out[f'p99@{key}']:.2f} ms failed {failed}", flush=True)
         settle(f"{rate} req/s")
-    for size in BATCHES:
+    for size in batches:
         out[f"rows/s@{size}"] = throughput(size)
         print(f"  {name}: batch {size}: {out[f'rows/s@{size}']:.0f} rows/s", flush=True)
         settle(f"batch {size}")
@@ -389,48 +396,57 @@ def measure(name: str, single: Callable[[float, float], tuple[list[float], int]]
 
 
 def measure_with_store(env: dict[str, str], work: Path, calls: dict[int, int], seconds: float,
-                       sustained_seconds: float) -> dict[str, Any]:
-    """(b3): the service with a private redis-server as its feature store, fed transactions it has not seen (new
-    ids: a repeated id would be a retry, which reads but records nothing). Returns the measures and the store's
-    counts."""
+                       sustained_seconds: float, registry: Any, workers: int, in_process: bool = True,
+                       rates: Sequence[int] = RATES, batches: Sequence[int] = BATCHES) -> dict[str, Any]:
+    """(b3) the service with ``workers`` workers, then (with ``in_process``) (a3) its handler in-process, each with
+    a private redis-server as its feature store, fed transactions not seen before (new ids: a repeated id would be
+    a retry, which reads but records nothing). Returns the measures and the counts of (b3)'s store."""
     import redis
+    from prometheus_client import CollectorRegistry
 
     from bench.bench_entity_features import redis_server
     from fraudops.data.synthetic import generate_transactions
+    from fraudops.predlog import LogWriter
+    from fraudops.serving import ModelSource, Scorer, ScorerMetrics, ServingConfig
 
-    frame = generate_transactions(100_000, seed=14, start="2026-02-01", days=20).drop(columns=["is_fraud"])
+    frame = generate_transactions(180_000, seed=14, start="2026-02-01", days=30).drop(columns=["is_fraud"])
     frame["transaction_id"] = "b3-" + frame["transaction_id"].astype(str)
     cursor = iter(json.loads(frame.to_json(orient="records", date_format="iso")))
 
-    def take(size: int, count: int) -> list[bytes]:
-        bodies = [json.dumps({"transactions": list(itertools.islice(cursor, size))}).encode() for _ in range(count)]
-        if json.loads(bodies[-1])["transactions"] == [] or len(json.loads(bodies[-1])["transactions"]) < size:
+    def take(size: int, count: int) -> list[list[Any]]:
+        batches = [list(itertools.islice(cursor, size)) for _ in range(count)]
+        if len(batches[-1]) < size:
             raise RuntimeError("(b3) ran out of new transactions: generate more")
-        return bodies
+        return batches
 
+    def bodies(size: int, count: int) -> list[bytes]:
+        return [json.dumps({"transactions": batch}).encode() for batch in take(size, count)]
+
+    # the default 50 ms bounds a single transaction's call; a batch of 1000 takes a few hundred ms in the store,
+    # and with 50 ms every such call would time out and be answered from the snapshot instead of measured
+    timeout = env.get("FRAUDOPS_FEATURE_STORE_TIMEOUT_SECONDS", "1.0")
     with redis_server() as url:
         port = free_port()
-        # the default 50 ms bounds a single transaction's call; a batch of 1000 takes a few hundred ms in the store,
-        # and with 50 ms every such call would time out and be answered from the snapshot instead of measured
-        timeout = env.get("FRAUDOPS_FEATURE_STORE_TIMEOUT_SECONDS", "1.0")
         server = Server([str(BENTOML), "serve", "services.scorer:FraudScorer", "--host", "127.0.0.1", "--port",
-                         str(port)], {**env, "FRAUDOPS_FEATURE_STORE_URL": url,
+                         str(port)], {**env, "FRAUDOPS_FEATURE_STORE_URL": url, "FRAUDOPS_WORKERS": str(workers),
                                       "FRAUDOPS_FEATURE_STORE_TIMEOUT_SECONDS": timeout,
-                                      "FRAUDOPS_PREDICTION_LOG": str(work / "store-log"),
-                                      "FRAUDOPS_PREDICTION_WAL": str(work / "store-wal")}, work / "store.log")
+                                      "FRAUDOPS_PREDICTION_LOG": str(work / f"store-log-{workers}"),
+                                      "FRAUDOPS_PREDICTION_WAL": str(work / f"store-wal-{workers}")},
+                        work / f"store-{workers}.log")
         try:
             server.wait_ready()
-            closed_loop(port, take(1, 200), 200, 4)  # warm-up (also loads the model's snapshot into the store)
+            closed_loop(port, bodies(1, 200), 200, 4)  # warm-up (also loads the model's snapshot into the store)
 
             def single(rate: float, duration: float) -> tuple[list[float], int]:
-                return open_loop(port, take(1, int(rate * duration)), rate, duration)
+                return open_loop(port, bodies(1, int(rate * duration)), rate, duration)
 
             def throughput(size: int) -> float:
-                closed_loop(port, take(size, 4), 4, 2)  # warm-up
-                run = closed_loop(port, take(size, calls[size]), calls[size], 8 if size == 1 else 2)
+                closed_loop(port, bodies(size, 4), 4, 2)  # warm-up
+                run = closed_loop(port, bodies(size, calls[size]), calls[size], 8 if size == 1 else 2)
                 return sum(s == 200 for s in run["statuses"]) * size / run["seconds"]
 
-            results = measure("b3", single, throughput, seconds=seconds, sustained_seconds=sustained_seconds)
+            results = measure(f"b3 ({workers} workers)" if workers > 1 else "b3", single, throughput,
+                              seconds=seconds, sustained_seconds=sustained_seconds, rates=rates, batches=batches)
             metrics = http_call(port, "/metrics")[1].decode()
         finally:
             server.stop()
@@ -439,9 +455,30 @@ def measure_with_store(env: dict[str, str], work: Path, calls: dict[int, int], s
         entities = sum(1 for _ in client.scan_iter(match="*:agg:*", count=10_000))
         client.close()
     results["rss"] = server.peak_rss
-    return {"results": results, "timeout": timeout, "memory": memory, "entities": entities,
-            "requests": metric_total(metrics, "fraudops_scorer_feature_store_requests_total"),
-            "fallbacks": metric_total(metrics, "fraudops_scorer_feature_store_fallbacks_total")}
+    found = {"results": results, "timeout": timeout, "memory": memory, "entities": entities,
+             "requests": metric_total(metrics, "fraudops_scorer_feature_store_requests_total"),
+             "fallbacks": metric_total(metrics, "fraudops_scorer_feature_store_fallbacks_total")}
+    if not in_process:
+        return found
+
+    print("(a3) in-process Scorer.score with the feature store (another private redis-server)", flush=True)
+    with redis_server() as url:
+        log_root = str(work / "inproc-store-log")
+        scorer = Scorer(ServingConfig(prediction_log=log_root, max_batch=1000, feature_store_url=url,
+                                      feature_store_timeout_seconds=float(timeout)),
+                        ModelSource(registry=registry), LogWriter(log_root), ScorerMetrics(CollectorRegistry()))
+        scorer.reload()
+        try:
+            for rows in take(1, 200):  # warm-up (also loads the model's snapshot into the store)
+                scorer.score(rows)
+            found["in_process"] = measure(
+                "a3", lambda rate, duration: in_process_open_loop(scorer.score, take(1, int(rate * duration)), rate,
+                                                                  duration),
+                lambda size: in_process_throughput(scorer.score, take(size, calls[size] + 1), calls[size], size),
+                seconds=seconds)
+        finally:
+            scorer.close()
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -452,6 +489,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sustained-seconds", type=float,
                         help=f"seconds at {SUSTAINED_RATE} req/s held for (b), (b3), (c) (default 60; quick 15)")
     parser.add_argument("--workers", type=int, default=1, help="BentoML workers of the service")
+    parser.add_argument("--more-workers", type=int, default=2,
+                        help="also measure (b) and (b3) at 200 req/s with this many workers (skipped unless more "
+                             "than --workers)")
     parser.add_argument("--out", type=Path, help="also write the tables to this markdown file")
     args = parser.parse_args(argv)
     began = time.monotonic()
@@ -611,8 +651,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  b2: {shadow_result}", flush=True)
 
         print("(b3) fraudops service with the online feature store (a private redis-server)", flush=True)
-        store_result = measure_with_store(env, work, calls, seconds, sustained)
-        results["b3"] = store_result.pop("results")
+        store_result = measure_with_store(env, work, calls, seconds, sustained, registry, args.workers)
+        results["b3"], results["a3"] = store_result.pop("results"), store_result.pop("in_process")
 
         print("(c) Starlette + uvicorn around the same Scorer", flush=True)
         port = free_port()
@@ -626,38 +666,60 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             reference.stop()
         results["c"]["rss"] = reference.peak_rss
+
+        more = args.more_workers
+        if more > args.workers:  # the single-transaction rows again with more workers: (b), then (b3)
+            print(f"(b) and (b3) with {more} workers", flush=True)
+            port = free_port()
+            wider = Server([str(BENTOML), "serve", "services.scorer:FraudScorer", "--host", "127.0.0.1", "--port",
+                            str(port)], {**env, "FRAUDOPS_WORKERS": str(more),
+                                         "FRAUDOPS_PREDICTION_LOG": str(work / f"service-log-{more}"),
+                                         "FRAUDOPS_PREDICTION_WAL": str(work / f"wal-{more}")},
+                           work / f"service-{more}.log")
+            try:
+                wider.wait_ready()
+                closed_loop(port, single_bodies, 200, 4)  # warm-up
+                results["bw"] = measure(f"b ({more} workers)", *http(port), seconds=seconds,
+                                        sustained_seconds=sustained, rates=(SUSTAINED_RATE,), batches=(1,))
+            finally:
+                wider.stop()
+            results["bw"]["rss"] = wider.peak_rss
+            results["b3w"] = measure_with_store(env, work, calls, seconds, sustained, registry, more, in_process=False,
+                                                rates=(SUSTAINED_RATE,), batches=(1,))["results"]
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    a, a2, b0, b, b2, b3, c = (results[k] for k in ("a", "a2", "b0", "b", "b2", "b3", "c"))
+    a, a2, a3, b0, b, b2, b3, c = (results[k] for k in ("a", "a2", "a3", "b0", "b", "b2", "b3", "c"))
     rows = []
     for rate in RATES:
         for q in ("p50", "p99"):
             key = f"{q}@{rate}"
             cells = [fmt(r[key], 2) + (f" ({r[f'failed@{rate}']} failed)" if r[f"failed@{rate}"] else "")
-                     for r in (a, a2, b0, b, b2, b3, c)]
+                     for r in (a, a2, a3, b0, b, b2, b3, c)]
             rows.append([f"1 transaction, {q} at {rate} req/s (ms)", *cells, fmt_ratio(b[key], b0[key]),
                          fmt_ratio(b2[key], b[key]), fmt_ratio(b3[key], b[key]), f"{b3[key] - b[key]:+.2f} ms",
-                         fmt_ratio(b[key], a[key]), fmt_ratio(b3[key], a[key]), fmt_ratio(b[key], c[key])])
+                         fmt_ratio(b[key], a[key]), fmt_ratio(b3[key], a[key]), fmt_ratio(b3[key], a3[key]),
+                         fmt_ratio(b[key], c[key])])
     key = "p99@sustained"
     rows.append([f"1 transaction, p99 at {SUSTAINED_RATE} req/s held for {sustained:g} s (ms)",
                  *(fmt(r[key], 2) + (f" ({r['failed@sustained']} failed)" if r["failed@sustained"] else "")
-                   if key in r else "—" for r in (a, a2, b0, b, b2, b3, c)), "—", "—", fmt_ratio(b3[key], b[key]),
-                 f"{b3[key] - b[key]:+.2f} ms", "—", "—", fmt_ratio(b[key], c[key])])
+                   if key in r else "—" for r in (a, a2, a3, b0, b, b2, b3, c)), "—", "—",
+                 fmt_ratio(b3[key], b[key]), f"{b3[key] - b[key]:+.2f} ms", "—", "—", "—", fmt_ratio(b[key], c[key])])
     for size in BATCHES:
         key = f"rows/s@{size}"
         rows.append([f"throughput, batches of {size} (rows/s)",
-                     *(fmt(r[key], 0) for r in (a, a2, b0, b, b2, b3, c)), fmt_ratio(b[key], b0[key]),
+                     *(fmt(r[key], 0) for r in (a, a2, a3, b0, b, b2, b3, c)), fmt_ratio(b[key], b0[key]),
                      fmt_ratio(b2[key], b[key]), fmt_ratio(b3[key], b[key]), "—", fmt_ratio(b[key], a[key]),
-                     fmt_ratio(b3[key], a[key]), fmt_ratio(b[key], c[key])])
-    rows.append(["peak RSS of the server process tree (MiB)", "—", "—", "—", fmt(b["rss"] / MIB, 0),
+                     fmt_ratio(b3[key], a[key]), fmt_ratio(b3[key], a3[key]), fmt_ratio(b[key], c[key])])
+    rows.append(["peak RSS of the server process tree (MiB)", "—", "—", "—", "—", fmt(b["rss"] / MIB, 0),
                  fmt(b2["rss"] / MIB, 0), fmt(b3["rss"] / MIB, 0), fmt(c["rss"] / MIB, 0), "—",
-                 fmt_ratio(b2["rss"], b["rss"]), fmt_ratio(b3["rss"], b["rss"]), "—", "—", "—",
+                 fmt_ratio(b2["rss"], b["rss"]), fmt_ratio(b3["rss"], b["rss"]), "—", "—", "—", "—",
                  fmt_ratio(b["rss"], c["rss"])])
     main_table = markdown_table(
-        ["measure", "(a) in-process bundle.score", "(a') in-process Scorer.score", "(b0) service, no write-ahead",
-         "(b) fraudops service", "(b2) service + shadow challenger", "(b3) service + feature store",
-         "(c) Starlette + the same Scorer", "b/b0", "b2/b", "b3/b", "b3 − b", "b/a", "b3/a", "b/c"], rows)
+        ["measure", "(a) in-process bundle.score", "(a') in-process Scorer.score",
+         "(a3) in-process Scorer.score + feature store", "(b0) service, no write-ahead", "(b) fraudops service",
+         "(b2) service + shadow challenger", "(b3) service + feature store", "(c) Starlette + the same Scorer",
+         "b/b0", "b2/b", "b3/b", "b3 − b", "b/a", "b3/a", "b3/a3", "b/c"], rows)
     sr = shadow_result
     shadow_line = (
         f"(b2): challenger {sr['challenger']} in shadow beside champion {sr['champion']}, checked loaded (POST "
@@ -676,6 +738,26 @@ def main(argv: list[str] | None = None) -> int:
         f"{st['requests']:,.0f} model calls, {st['fallbacks']:,.0f} answered from the frozen snapshot because the "
         f"store was slow or down; the store held {st['entities']:,} entity values ({fmt(st['memory'] / MIB, 1)} MiB "
         f"used_memory) at the end. b3 − b: what the store adds to a request.")
+    workers_parts: list[str] = []
+    if "bw" in results:
+        key = f"@{SUSTAINED_RATE}"
+        configs = [("(b) fraudops service", args.workers, b), ("(b) fraudops service", more, results["bw"]),
+                   ("(b3) service + feature store", args.workers, b3),
+                   ("(b3) service + feature store", more, results["b3w"])]
+        workers_parts = [
+            f"### Workers: single transactions at {SUSTAINED_RATE} req/s",
+            markdown_table(
+                ["service", "workers", f"p50 at {SUSTAINED_RATE} req/s (ms)", f"p99 at {SUSTAINED_RATE} req/s (ms)",
+                 f"p99 held for {sustained:g} s (ms)", "throughput, batches of 1, 8 in flight (req/s)",
+                 "peak RSS (MiB)"],
+                [[name, n, fmt(r["p50" + key], 2), fmt(r["p99" + key], 2), fmt(r["p99@sustained"], 2),
+                  fmt(r["rows/s@1"], 0), fmt(r["rss"] / MIB, 0)] for name, n, r in configs]),
+            f"b3 − b, p99 at {SUSTAINED_RATE} req/s: {b3['p99' + key] - b['p99' + key]:+.2f} ms with {args.workers} "
+            f"worker(s), {results['b3w']['p99' + key] - results['bw']['p99' + key]:+.2f} ms with {more}; held for "
+            f"{sustained:g} s: {b3['p99@sustained'] - b['p99@sustained']:+.2f} ms and "
+            f"{results['b3w']['p99@sustained'] - results['bw']['p99@sustained']:+.2f} ms. Each worker is a process "
+            "with its own model, prediction log writer and store connection.",
+        ]
     lr = load_result
     load_table = markdown_table(
         ["requests", "concurrency", "seconds", "req/s", "p50 (ms)", "p99 (ms)", "5xx", "other non-200",
@@ -689,12 +771,13 @@ def main(argv: list[str] | None = None) -> int:
         "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
         f"Settings: {'--quick, ' if args.quick else ''}{seconds:g} s per rate in every column (open loop, latency "
         f"from the scheduled send time), model of {iterations} iterations on {rows_n} rows, {args.workers} service "
-        "worker(s); "
-        "b/b0, b2/b, b/a and b/c: latency ratios above 1 and throughput ratios below 1 mean the service is slower; "
+        "worker(s); b/b0, b2/b, b/a, b3/a3 and b/c: latency ratios above 1 and throughput ratios below 1 mean the "
+        "service is slower; "
         f"the run took {(time.monotonic() - began) / 60:.1f} minutes.",
         main_table,
         shadow_line,
         store_line,
+        *workers_parts,
         "### Load test of the service (single transactions), then SIGTERM",
         load_table,
     ])
