@@ -86,7 +86,9 @@ class ServingConfig(StoreSettings):
                                 "`off`: no write-ahead")
     wal_fsync_seconds: float = Field(1.0, ge=0, description="most seconds between fsyncs of the write-ahead log "
                                      "(what a node crash can lose); 0: fsync before every answer")
-    workers: int = Field(1, ge=1, le=64, description="BentoML worker processes (each polls the champion itself)")
+    workers: int = Field(1, ge=1, le=64, description="BentoML worker processes, each with its own model and store "
+                         "connection (each polls the champion itself); up to one per core the scorer has (the serving "
+                         "benchmark's workers table)")
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="largest request body (413 above, unread)")
     body_timeout_seconds: float = Field(30.0, gt=0, description="time a client has to send its body (408 after)")
     feature_store_url: SecretStr = Field(SecretStr(""), description="redis:// URL of the online feature store every "
