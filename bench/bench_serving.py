@@ -262,6 +262,12 @@ class Server:
         return self.proc.returncode
 
 
+def scorer_service(env: dict[str, str], log: Path) -> Server:
+    """`bentoml serve` of the fraudops scorer on a free loopback port, with ``env``."""
+    return Server([str(BENTOML), "serve", "services.scorer:FraudScorer", "--host", "127.0.0.1", "--port",
+                   str(free_port())], env, log)
+
+
 def reference_server(port: int) -> None:
     """The reference: Starlette + uvicorn around the service's own handler (`Scorer`, configured by the same
     FRAUDOPS_* variables as the service: validation, features, prediction log with write-ahead, metrics), the
@@ -395,44 +401,42 @@ def measure(name: str, single: Callable[[float, float], tuple[list[float], int]]
     return out
 
 
-def measure_with_store(env: dict[str, str], work: Path, calls: dict[int, int], seconds: float,
-                       sustained_seconds: float, registry: Any, workers: int, in_process: bool = True,
-                       rates: Sequence[int] = RATES, batches: Sequence[int] = BATCHES) -> dict[str, Any]:
-    """(b3) the service with ``workers`` workers, then (with ``in_process``) (a3) its handler in-process, each with
-    a private redis-server as its feature store, fed transactions not seen before (new ids: a repeated id would be
-    a retry, which reads but records nothing). Returns the measures and the counts of (b3)'s store."""
-    import redis
-    from prometheus_client import CollectorRegistry
-
-    from bench.bench_entity_features import redis_server
+def fresh_transactions(count: int) -> Callable[[int, int], list[list[Any]]]:
+    """``take(size, count)``: ``count`` batches of ``size`` synthetic transactions, none taken before (new ids: a
+    repeated id would be a retry, which a feature store reads but does not record again)."""
     from fraudops.data.synthetic import generate_transactions
-    from fraudops.predlog import LogWriter
-    from fraudops.serving import ModelSource, Scorer, ScorerMetrics, ServingConfig
 
-    frame = generate_transactions(180_000, seed=14, start="2026-02-01", days=30).drop(columns=["is_fraud"])
+    frame = generate_transactions(count, seed=14, start="2026-02-01", days=30).drop(columns=["is_fraud"])
     frame["transaction_id"] = "b3-" + frame["transaction_id"].astype(str)
     cursor = iter(json.loads(frame.to_json(orient="records", date_format="iso")))
 
     def take(size: int, count: int) -> list[list[Any]]:
         batches = [list(itertools.islice(cursor, size)) for _ in range(count)]
         if len(batches[-1]) < size:
-            raise RuntimeError("(b3) ran out of new transactions: generate more")
+            raise RuntimeError("the store measurements ran out of new transactions: generate more")
         return batches
+
+    return take
+
+
+def measure_with_store(env: dict[str, str], work: Path, take: Callable[[int, int], list[list[Any]]],
+                       calls: dict[int, int], seconds: float, sustained_seconds: float, workers: int,
+                       rates: Sequence[int] = RATES, batches: Sequence[int] = BATCHES) -> dict[str, Any]:
+    """(b3): the service with ``workers`` workers and a private redis-server as its feature store, fed new
+    transactions from ``take``. Returns the measures and the store's counts."""
+    import redis
+
+    from bench.bench_entity_features import redis_server
 
     def bodies(size: int, count: int) -> list[bytes]:
         return [json.dumps({"transactions": batch}).encode() for batch in take(size, count)]
 
-    # the default 50 ms bounds a single transaction's call; a batch of 1000 takes a few hundred ms in the store,
-    # and with 50 ms every such call would time out and be answered from the snapshot instead of measured
-    timeout = env.get("FRAUDOPS_FEATURE_STORE_TIMEOUT_SECONDS", "1.0")
     with redis_server() as url:
-        port = free_port()
-        server = Server([str(BENTOML), "serve", "services.scorer:FraudScorer", "--host", "127.0.0.1", "--port",
-                         str(port)], {**env, "FRAUDOPS_FEATURE_STORE_URL": url, "FRAUDOPS_WORKERS": str(workers),
-                                      "FRAUDOPS_FEATURE_STORE_TIMEOUT_SECONDS": timeout,
-                                      "FRAUDOPS_PREDICTION_LOG": str(work / f"store-log-{workers}"),
-                                      "FRAUDOPS_PREDICTION_WAL": str(work / f"store-wal-{workers}")},
-                        work / f"store-{workers}.log")
+        server = scorer_service({**env, "FRAUDOPS_FEATURE_STORE_URL": url, "FRAUDOPS_WORKERS": str(workers),
+                                 "FRAUDOPS_PREDICTION_LOG": str(work / f"store-log-{workers}"),
+                                 "FRAUDOPS_PREDICTION_WAL": str(work / f"store-wal-{workers}")},
+                                work / f"store-{workers}.log")
+        port = server.port
         try:
             server.wait_ready()
             closed_loop(port, bodies(1, 200), 200, 4)  # warm-up (also loads the model's snapshot into the store)
@@ -455,30 +459,37 @@ def measure_with_store(env: dict[str, str], work: Path, calls: dict[int, int], s
         entities = sum(1 for _ in client.scan_iter(match="*:agg:*", count=10_000))
         client.close()
     results["rss"] = server.peak_rss
-    found = {"results": results, "timeout": timeout, "memory": memory, "entities": entities,
-             "requests": metric_total(metrics, "fraudops_scorer_feature_store_requests_total"),
-             "fallbacks": metric_total(metrics, "fraudops_scorer_feature_store_fallbacks_total")}
-    if not in_process:
-        return found
+    return {"results": results, "memory": memory, "entities": entities,
+            "requests": metric_total(metrics, "fraudops_scorer_feature_store_requests_total"),
+            "fallbacks": metric_total(metrics, "fraudops_scorer_feature_store_fallbacks_total")}
 
-    print("(a3) in-process Scorer.score with the feature store (another private redis-server)", flush=True)
+
+def measure_in_process_with_store(work: Path, take: Callable[[int, int], list[list[Any]]], calls: dict[int, int],
+                                  seconds: float, registry: Any, timeout: float) -> dict[str, Any]:
+    """(a3): the service's handler (`Scorer.score`) in-process with a private redis-server as its feature store,
+    fed new transactions from ``take``."""
+    from prometheus_client import CollectorRegistry
+
+    from bench.bench_entity_features import redis_server
+    from fraudops.predlog import LogWriter
+    from fraudops.serving import ModelSource, Scorer, ScorerMetrics, ServingConfig
+
     with redis_server() as url:
         log_root = str(work / "inproc-store-log")
         scorer = Scorer(ServingConfig(prediction_log=log_root, max_batch=1000, feature_store_url=url,
-                                      feature_store_timeout_seconds=float(timeout)),
+                                      feature_store_timeout_seconds=timeout),
                         ModelSource(registry=registry), LogWriter(log_root), ScorerMetrics(CollectorRegistry()))
         scorer.reload()
         try:
             for rows in take(1, 200):  # warm-up (also loads the model's snapshot into the store)
                 scorer.score(rows)
-            found["in_process"] = measure(
+            return measure(
                 "a3", lambda rate, duration: in_process_open_loop(scorer.score, take(1, int(rate * duration)), rate,
                                                                   duration),
                 lambda size: in_process_throughput(scorer.score, take(size, calls[size] + 1), calls[size], size),
                 seconds=seconds)
         finally:
             scorer.close()
-    return found
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -573,10 +584,9 @@ def main(argv: list[str] | None = None) -> int:
                "FRAUDOPS_POLL_SECONDS": "30", "FRAUDOPS_PREDICTION_WAL": str(work / "wal"),
                "FRAUDOPS_INTERNAL_TOKEN": token}
         print("(b0) fraudops service without its write-ahead log", flush=True)
-        port = free_port()
-        bare = Server([str(BENTOML), "serve", "services.scorer:FraudScorer", "--host", "127.0.0.1", "--port",
-                       str(port)], {**env, "FRAUDOPS_PREDICTION_LOG": str(work / "bare-log"),
-                                    "FRAUDOPS_PREDICTION_WAL": "off"}, work / "bare.log")
+        bare = scorer_service({**env, "FRAUDOPS_PREDICTION_LOG": str(work / "bare-log"),
+                               "FRAUDOPS_PREDICTION_WAL": "off"}, work / "bare.log")
+        port = bare.port
         try:
             bare.wait_ready()
             closed_loop(port, single_bodies, 200, 4)  # warm-up
@@ -585,9 +595,8 @@ def main(argv: list[str] | None = None) -> int:
             bare.stop()
 
         print("(b) fraudops service", flush=True)
-        port = free_port()
-        service = Server([str(BENTOML), "serve", "services.scorer:FraudScorer", "--host", "127.0.0.1", "--port",
-                          str(port)], env, work / "service.log")
+        service = scorer_service(env, work / "service.log")
+        port = service.port
         try:
             service.wait_ready()
             closed_loop(port, single_bodies, 200, 4)  # warm-up
@@ -615,11 +624,9 @@ def main(argv: list[str] | None = None) -> int:
         assert rollout is not None
         shadow_root = work / "shadow-log"
         try:
-            port = free_port()
-            shadowed = Server([str(BENTOML), "serve", "services.scorer:FraudScorer", "--host", "127.0.0.1",
-                               "--port", str(port)], {**env, "FRAUDOPS_PREDICTION_LOG": str(shadow_root),
-                                                      "FRAUDOPS_PREDICTION_WAL": str(work / "shadow-wal")},
-                              work / "shadowed.log")
+            shadowed = scorer_service({**env, "FRAUDOPS_PREDICTION_LOG": str(shadow_root),
+                                       "FRAUDOPS_PREDICTION_WAL": str(work / "shadow-wal")}, work / "shadowed.log")
+            port = shadowed.port
             try:
                 shadowed.wait_ready()
                 check_shadow_loaded(shadowed, token, tag2, args.workers)
@@ -651,8 +658,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  b2: {shadow_result}", flush=True)
 
         print("(b3) fraudops service with the online feature store (a private redis-server)", flush=True)
-        store_result = measure_with_store(env, work, calls, seconds, sustained, registry, args.workers)
-        results["b3"], results["a3"] = store_result.pop("results"), store_result.pop("in_process")
+        # the default 50 ms bounds a single transaction's call; a batch of 1000 takes a few hundred ms in the store,
+        # and with 50 ms every such call would time out and be answered from the snapshot instead of measured
+        store_timeout = env.get("FRAUDOPS_FEATURE_STORE_TIMEOUT_SECONDS", "1.0")
+        store_env = {**env, "FRAUDOPS_FEATURE_STORE_TIMEOUT_SECONDS": store_timeout}
+        take = fresh_transactions(180_000)  # enough for (b3), (a3) and (b3) with more workers, each new to its store
+        store_result = measure_with_store(store_env, work, take, calls, seconds, sustained, args.workers)
+        results["b3"] = store_result.pop("results")
+        print("(a3) in-process Scorer.score with the feature store (another private redis-server)", flush=True)
+        results["a3"] = measure_in_process_with_store(work, take, calls, seconds, registry, float(store_timeout))
 
         print("(c) Starlette + uvicorn around the same Scorer", flush=True)
         port = free_port()
@@ -670,12 +684,10 @@ def main(argv: list[str] | None = None) -> int:
         more = args.more_workers
         if more > args.workers:  # the single-transaction rows again with more workers: (b), then (b3)
             print(f"(b) and (b3) with {more} workers", flush=True)
-            port = free_port()
-            wider = Server([str(BENTOML), "serve", "services.scorer:FraudScorer", "--host", "127.0.0.1", "--port",
-                            str(port)], {**env, "FRAUDOPS_WORKERS": str(more),
-                                         "FRAUDOPS_PREDICTION_LOG": str(work / f"service-log-{more}"),
-                                         "FRAUDOPS_PREDICTION_WAL": str(work / f"wal-{more}")},
-                           work / f"service-{more}.log")
+            wider = scorer_service({**env, "FRAUDOPS_WORKERS": str(more),
+                                    "FRAUDOPS_PREDICTION_LOG": str(work / f"service-log-{more}"),
+                                    "FRAUDOPS_PREDICTION_WAL": str(work / f"wal-{more}")}, work / f"service-{more}.log")
+            port = wider.port
             try:
                 wider.wait_ready()
                 closed_loop(port, single_bodies, 200, 4)  # warm-up
@@ -684,7 +696,7 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 wider.stop()
             results["bw"]["rss"] = wider.peak_rss
-            results["b3w"] = measure_with_store(env, work, calls, seconds, sustained, registry, more, in_process=False,
+            results["b3w"] = measure_with_store(store_env, work, take, calls, seconds, sustained, more,
                                                 rates=(SUSTAINED_RATE,), batches=(1,))["results"]
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -733,7 +745,7 @@ def main(argv: list[str] | None = None) -> int:
     st = store_result
     store_line = (
         f"(b3): the service with `FRAUDOPS_FEATURE_STORE_URL` set (a private redis-server on loopback, no "
-        f"persistence; timeout {st['timeout']} s): every transaction reads its entities' history and records itself "
+        f"persistence; timeout {store_timeout} s): every transaction reads its entities' history and records itself "
         f"(one Lua call per request: read, then record), each a new transaction id (no retries). "
         f"{st['requests']:,.0f} model calls, {st['fallbacks']:,.0f} answered from the frozen snapshot because the "
         f"store was slow or down; the store held {st['entities']:,} entity values ({fmt(st['memory'] / MIB, 1)} MiB "
