@@ -63,6 +63,7 @@ SEED = 0
 
 ECOMMERCE_AIM = 0.85
 IEEE_AIM = 0.90
+IEEE_PR_AIM = 0.506  # the issue's bar: PR-AUC above the frozen statistics' 0.506 when it was filed
 COST_AIM_S = 600.0
 COST_AIM_BYTES = 4 * GIB
 PIPELINE_AIM = 1.5
@@ -123,8 +124,11 @@ def train_config(**overrides: Any) -> Any:
     return TrainConfig(**{"seed": SEED, "threads": cores(), **overrides})
 
 
-def aim_text(value: float, aim: float) -> str:
-    return f"yes (≥ {aim:.2f})" if value >= aim else f"NO (< {aim:.2f})"
+def aim_text(metrics: dict[str, float], aim: float, pr_above: float | None = None) -> str:
+    """Whether ROC-AUC reaches ``aim`` (and PR-AUC exceeds ``pr_above``, when given)."""
+    bar = f"ROC-AUC ≥ {aim:.2f}" + (f", PR-AUC > {pr_above:.3f}" if pr_above is not None else "")
+    met = metrics["roc_auc"] >= aim and (pr_above is None or metrics["pr_auc"] > pr_above)
+    return f"yes ({bar})" if met else f"NO ({bar})"
 
 
 @dataclass
@@ -147,6 +151,13 @@ def fit_catboost(state: Any, x_train: pd.DataFrame, y_train: np.ndarray, x_valid
         bundle = fit(state, x_train, y_train, x_valid, y_valid, config)
     metrics = fraud_metrics(y_test, bundle.score_features(x_test), bundle.threshold, what="the test part")
     return Fitted(metrics, t["s"], int(bundle.meta.get("best_iteration", 0)), bundle)
+
+
+def valid_pr_auc(fitted: Fitted, x_valid: pd.DataFrame, y_valid: np.ndarray) -> float:
+    """PR-AUC of a fitted model on the validation window (where its training stopped early)."""
+    from sklearn.metrics import average_precision_score
+
+    return float(average_precision_score(y_valid, fitted.bundle.score_features(x_valid)))
 
 
 def rescored(fitted: Fitted, x_test: pd.DataFrame, y_test: np.ndarray) -> Fitted:
@@ -252,10 +263,10 @@ def fit_logistic(state: Any, x_train: pd.DataFrame, y_train: np.ndarray, x_test:
 
 
 def quality_row(dataset: str, split_name: str, model: str, n_train: str, n_test: int, fitted: Fitted,
-                published: str, aim: float | None) -> list[Any]:
+                published: str, aim: float | None, pr_above: float | None = None) -> list[Any]:
     m = fitted.metrics
     return [dataset, split_name, model, f"{n_train} / {fmt(n_test)}", fmt(m["pr_auc"]), fmt(m["roc_auc"]),
-            fmt(m["recall_at_1pct_fpr"]), published, aim_text(m["roc_auc"], aim) if aim is not None else "—"]
+            fmt(m["recall_at_1pct_fpr"]), published, aim_text(m, aim, pr_above) if aim is not None else "—"]
 
 
 def _log_fit(what: str, fitted: Fitted) -> None:
@@ -459,9 +470,11 @@ def published_recipe(everything: pd.DataFrame, n_fit: int, spec: Any) -> Fitted:
 
 # -- 1b. IEEE-CIS -------------------------------------------------------------------------------------------
 IEEE_VARIANTS: list[tuple[str, dict[str, Any]]] = [
-    # the default run stops early (best round ~440 of 800): smaller steps, chosen on the validation window
-    # (PR-AUC there 0.618 -> 0.624, 2026-12-02), with room for the rounds they need
+    # The default run stops early (best round ~440 of 800): smaller steps with room for the rounds they need, deeper
+    # trees, and both. Each row names its PR-AUC on the validation window, where the choice among them is made.
     ("learning_rate 0.04, up to 4000 rounds", {"learning_rate": 0.04, "iterations": 4000}),
+    ("depth 8", {"depth": 8}),
+    ("depth 8, learning_rate 0.04, up to 4000 rounds", {"depth": 8, "learning_rate": 0.04, "iterations": 4000}),
 ]
 DAY = 86_400.0
 IEEE_SNAPSHOT_SAMPLE = 10_000  # one snapshot lookup per transaction: card1 values with thousands of kept events
@@ -513,8 +526,9 @@ def bench_ieee(opts: Options) -> Section:
     name = "IEEE-CIS"
     default = fit_catboost(state, x_train, y_train, x_valid, y_valid, x_test, y_test, config)
     _log_fit("CatBoost defaults", default)
+    chosen = {"CLI defaults": valid_pr_auc(default, x_valid, y_valid)}
     section.rows.append(quality_row(name, label, LIVE_LABEL, n_train, len(y_test),
-                                    default, IEEE_PUBLISHED, IEEE_AIM))
+                                    default, IEEE_PUBLISHED, IEEE_AIM, IEEE_PR_AIM))
     if opts.baselines:
         baseline = fit_logistic(state, x_train, y_train, x_test, y_test)
         _log_fit("logistic regression", baseline)
@@ -522,14 +536,21 @@ def bench_ieee(opts: Options) -> Section:
                                         IEEE_PUBLISHED, None))
     for model, fitted, x in frozen_variants(state, parts, spec, result.numeric, default, x_test,
                                             (y_train, y_valid, y_test), config, sample=IEEE_SNAPSHOT_SAMPLE):
-        section.rows.append(quality_row(name, label, model, n_train, len(x), fitted, IEEE_PUBLISHED, IEEE_AIM))
+        section.rows.append(quality_row(name, label, model, n_train, len(x), fitted, IEEE_PUBLISHED, IEEE_AIM,
+                                        IEEE_PR_AIM))
     if opts.variants:
         for variant, params in IEEE_VARIANTS:
             fitted = fit_catboost(state, x_train, y_train, x_valid, y_valid, x_test, y_test,
                                   config.model_copy(update=params))
             _log_fit(f"variant {variant}", fitted)
-            section.rows.append(quality_row(name, label, f"variant: CatBoost {variant}", n_train, len(y_test),
-                                            fitted, IEEE_PUBLISHED, IEEE_AIM))
+            chosen[variant] = valid_pr_auc(fitted, x_valid, y_valid)
+            section.rows.append(quality_row(name, label, f"variant: CatBoost {variant} (valid PR-AUC "
+                                            f"{chosen[variant]:.4f})", n_train, len(y_test), fitted,
+                                            IEEE_PUBLISHED, IEEE_AIM, IEEE_PR_AIM))
+        best = max(chosen, key=chosen.__getitem__)
+        section.notes.append("Validation PR-AUC (the early-stopping metric; the choice among the settings is made "
+                             "there, not on the test part): " + ", ".join(f"{k} {v:.4f}" for k, v in chosen.items())
+                             + f". Chosen: {best}.")
 
     quick_note = f" (quick: first {QUICK_IEEE_DAYS:.0f} days only)" if opts.quick else ""
     days = lambda part: (part[spec.timestamp].max() - part[spec.timestamp].min()) / DAY  # noqa: E731
