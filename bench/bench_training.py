@@ -155,9 +155,11 @@ def fit_catboost(state: Any, x_train: pd.DataFrame, y_train: np.ndarray, x_valid
 
 def valid_pr_auc(fitted: Fitted, x_valid: pd.DataFrame, y_valid: np.ndarray) -> float:
     """PR-AUC of a fitted model on the validation window (where its training stopped early)."""
-    from sklearn.metrics import average_precision_score
+    from fraudops.evaluation import fraud_metrics
 
-    return float(average_precision_score(y_valid, fitted.bundle.score_features(x_valid)))
+    bundle = fitted.bundle
+    metrics = fraud_metrics(y_valid, bundle.score_features(x_valid), bundle.threshold, what="the validation window")
+    return metrics["pr_auc"]
 
 
 def rescored(fitted: Fitted, x_test: pd.DataFrame, y_test: np.ndarray) -> Fitted:
