@@ -29,8 +29,7 @@ def model_card(meta: dict[str, Any], metrics: dict[str, Any], title: str = "Frau
               + ", ".join(f"`{f}`" for f in meta.get("feature_names", [])),
               "- categorical (native CatBoost): "
               + (", ".join(f"`{f}`" for f in meta.get("categorical_features", [])) or "none"),
-              f"- iterations used: {meta.get('best_iteration', '?')} (early stopping on the validation window), "
-              f"depth {params.get('depth', '?')}, learning rate {params.get('learning_rate', '?')}, "
+              _rounds(meta) + f", depth {params.get('depth', '?')}, learning rate {params.get('learning_rate', '?')}, "
               f"class weights {params.get('class_weights', '?')}, seed {params.get('seed', '?')}",
               f"- decision threshold {metrics.get('threshold', float('nan')):.4f}: minimises "
               f"{params.get('cost_fn', '?')} x missed frauds + {params.get('cost_fp', '?')} x false declines "
@@ -45,3 +44,14 @@ def model_card(meta: dict[str, Any], metrics: dict[str, Any], title: str = "Frau
               "drifts (fraudops monitors this).",
               "- Evaluated on a single later time window; expect decay as fraud patterns change."]
     return "\n".join(lines) + "\n"
+
+
+def _rounds(meta: dict[str, Any]) -> str:
+    best = meta.get("best_iteration")
+    chosen = f"{best + 1} boosting rounds" if isinstance(best, int) else "? boosting rounds"
+    text = f"- {chosen} chosen by early stopping on the validation window"
+    refit = meta.get("refit")
+    if refit:
+        text += (f"; the final model refit on train + valid ({refit['rows']} rows, {refit['rounds']} rounds; the "
+                 "threshold below is the early-stopped model's)")
+    return text

@@ -82,6 +82,10 @@ def train_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--iterations", type=int, default=800, show_default=True, help="Maximum boosting rounds."),
         click.option("--learning-rate", type=float, default=0.08, show_default=True),
         click.option("--depth", type=int, default=6, show_default=True),
+        click.option("--refit/--no-refit", default=False, show_default=True,
+                     help="After early stopping, train the final model again on train + valid (the latest labelled "
+                          "rows before the test window) for the rounds chosen, scaled by the rows added: a second "
+                          "training run, for a model that has seen the most recent labels."),
         click.option("--threads", type=int, default=-1, show_default=True, help="CatBoost threads (-1: all cores)."),
         click.option("--seed", type=int, default=0, show_default=True, help="Random seed (data and model)."),
         click.option("--cost-fn", type=float, default=100.0, show_default=True, help="Cost of a missed fraud."),
@@ -204,7 +208,7 @@ def train(data_uri: str, output: str, ip_table: str, register: bool, registry_ur
         result = train_to_directory(
             data_uri, output, spec, config, ip_table=ip_table, max_bad_fraction=max_bad_fraction,
             registry=registry, on_step=on_step,
-            progress=lambda i, total: progress.update(fit, completed=i + 1))
+            progress=lambda done, total: progress.update(fit, completed=done, total=total))
         progress.update(steps, description="done", total=1, completed=1)
     _print_metrics(result["metrics"], result["validation"])
     if "tag" in result:

@@ -145,7 +145,10 @@ def train_step(split_dir: str | Path, model_dir: str | Path, config: TrainConfig
         rows_accepted=validation.get("rows_accepted"), rows_rejected=validation.get("rows_rejected"),
     )
     bundle.save(model_dir)
-    return {"best_iteration": bundle.meta["best_iteration"], "threshold": bundle.threshold}
+    summary = {"best_iteration": bundle.meta["best_iteration"], "threshold": bundle.threshold}
+    if "refit" in bundle.meta:
+        summary["refit_rounds"] = bundle.meta["refit"]["rounds"]
+    return summary
 
 
 def evaluate_step(model_dir: str | Path, split_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import pairwise
 from typing import Any, Literal
 
@@ -15,11 +15,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fraudops.bundle import ModelBundle
 from fraudops.errors import DataError
-from fraudops.evaluation import cost_threshold
+from fraudops.evaluation import cost_threshold, fraud_metrics
 from fraudops.features import FeatureState
 from fraudops.schema import DatasetSpec
 
 Progress = Callable[[int, int], None]
+"""Called after each boosting round with the rounds done and the rounds expected in all."""
 
 
 class TrainConfig(BaseModel):
@@ -31,6 +32,10 @@ class TrainConfig(BaseModel):
     learning_rate: float = Field(0.08, gt=0, le=1)
     depth: int = Field(6, ge=1, le=12)
     early_stopping_rounds: int = Field(60, ge=1)
+    refit: bool = Field(False, description="after early stopping on the validation window, train the final model "
+                        "again on train + valid (the most recent labelled rows before the test window) for the "
+                        "rounds early stopping chose, scaled by the rows added; the threshold stays the one "
+                        "picked on valid, and the test window stays held out. Costs a second training run")
     class_weights: Literal["none", "Balanced", "SqrtBalanced"] = "SqrtBalanced"
     seed: int = 0
     threads: int = Field(-1, description="CatBoost threads; -1 = all cores")
@@ -94,11 +99,15 @@ def split(frame: pd.DataFrame, spec: DatasetSpec, config: TrainConfig) -> Splits
 
 
 class _ProgressCallback:
-    def __init__(self, total: int, progress: Progress) -> None:
-        self.total, self.progress = total, progress
+    """Reports the rounds done, ``offset`` + this fit's, out of ``total`` (a refit continues the first fit's
+    count)."""
+
+    def __init__(self, total: int, progress: Progress, offset: int = 0) -> None:
+        self.total, self.progress, self.offset, self.done = total, progress, offset, 0
 
     def after_iteration(self, info: Any) -> bool:
-        self.progress(info.iteration, self.total)
+        self.done = info.iteration  # CatBoost counts from 1
+        self.progress(self.offset + self.done, self.total)
         return True
 
 
@@ -119,9 +128,53 @@ def featurize(splits: Splits, spec: DatasetSpec, numeric: list[str]
 def fit(state: FeatureState, x_train: pd.DataFrame, y_train: Any, x_valid: pd.DataFrame, y_valid: Any,
         config: TrainConfig, progress: Progress | None = None) -> ModelBundle:
     """Train CatBoost with early stopping on the validation window and pick the decision threshold that
-    minimises the expected cost (``cost_fn`` per missed fraud, ``cost_fp`` per false decline) there."""
-    model = CatBoostClassifier(
-        iterations=config.iterations,
+    minimises the expected cost (``cost_fn`` per missed fraud, ``cost_fp`` per false decline) there; then, with
+    ``config.refit``, train the final model on train + valid (`refit`).
+    ``meta["valid_metrics"]``: the early-stopped model's on the validation window, where settings are compared."""
+    model = _classifier(config, config.iterations, od_type="Iter", od_wait=config.early_stopping_rounds,
+                        use_best_model=True)
+    bundle = ModelBundle(model=model, state=state, threshold=0.5)
+    total = config.iterations  # the bar: at most the iterations, then the refit's rounds
+    if config.refit:
+        total += refit_rounds(config.iterations, len(x_train), len(x_valid))
+    first = _ProgressCallback(total, progress) if progress else None
+    model.fit(bundle.pool(x_train, y_train), eval_set=bundle.pool(x_valid, y_valid),
+              callbacks=[first] if first else None)
+    valid_scores = bundle.score_features(x_valid)
+    bundle.threshold = cost_threshold(y_valid, valid_scores, config.cost_fn, config.cost_fp)
+    valid = fraud_metrics(np.asarray(y_valid), valid_scores, bundle.threshold, what="the validation window")
+    bundle.meta.update(best_iteration=int(model.get_best_iteration() or 0), params=config.model_dump(),
+                       valid_metrics={k: valid[k] for k in ("pr_auc", "roc_auc", "recall_at_1pct_fpr")})
+    if config.refit:
+        return refit(bundle, x_train, y_train, x_valid, y_valid, progress, done=first.done if first else 0)
+    return bundle
+
+
+def refit(bundle: ModelBundle, x_train: pd.DataFrame, y_train: Any, x_valid: pd.DataFrame, y_valid: Any,
+          progress: Progress | None = None, done: int = 0) -> ModelBundle:
+    """The early-stopped ``bundle`` (from `fit`) with its model trained again on train + valid, the most recent
+    labelled rows, for `refit_rounds` rounds. Its threshold and validation metrics stay the early-stopped model's
+    (the refit has trained on the validation rows); ``done``: rounds already reported to ``progress``."""
+    config = TrainConfig.model_validate(bundle.meta["params"])
+    rounds = refit_rounds(bundle.meta["best_iteration"] + 1, len(x_train), len(x_valid))
+    final = _classifier(config, rounds)
+    x_all = pd.concat([x_train, x_valid], ignore_index=True)
+    y_all = np.concatenate([np.asarray(y_train), np.asarray(y_valid)])
+    callback = _ProgressCallback(done + rounds, progress, offset=done) if progress else None
+    out = replace(bundle, model=final, meta={**bundle.meta, "refit": {"rounds": rounds, "rows": len(x_all)}})
+    final.fit(out.pool(x_all, y_all), callbacks=[callback] if callback else None)
+    return out
+
+
+def refit_rounds(rounds: int, n_train: int, n_valid: int) -> int:
+    """Boosting rounds for the refit on train + valid: the rounds early stopping chose on train alone, scaled by
+    the rows added (more rows take more rounds to fit to the same depth)."""
+    return max(1, round(rounds * (n_train + n_valid) / n_train))
+
+
+def _classifier(config: TrainConfig, iterations: int, **extra: Any) -> CatBoostClassifier:
+    return CatBoostClassifier(
+        iterations=iterations,
         learning_rate=config.learning_rate,
         depth=config.depth,
         loss_function="Logloss",
@@ -129,15 +182,7 @@ def fit(state: FeatureState, x_train: pd.DataFrame, y_train: Any, x_valid: pd.Da
         auto_class_weights=None if config.class_weights == "none" else config.class_weights,
         random_seed=config.seed,
         thread_count=config.threads if config.threads > 0 else (os.cpu_count() or 1),
-        od_type="Iter",
-        od_wait=config.early_stopping_rounds,
-        use_best_model=True,
         allow_writing_files=False,
         verbose=False,
+        **extra,
     )
-    bundle = ModelBundle(model=model, state=state, threshold=0.5)
-    callbacks = [_ProgressCallback(config.iterations, progress)] if progress else None
-    model.fit(bundle.pool(x_train, y_train), eval_set=bundle.pool(x_valid, y_valid), callbacks=callbacks)
-    bundle.threshold = cost_threshold(y_valid, bundle.score_features(x_valid), config.cost_fn, config.cost_fp)
-    bundle.meta.update(best_iteration=int(model.get_best_iteration() or 0), params=config.model_dump())
-    return bundle

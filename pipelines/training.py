@@ -74,7 +74,8 @@ def split_features(clean: Input[Dataset], train_config: str, splits: Output[Data
 
 
 def train(splits: Input[Dataset], train_config: str, model: Output[Model]) -> None:
-    """CatBoost with native categorical features, early stopping and a cost-based threshold."""
+    """CatBoost with native categorical features, early stopping and a cost-based threshold on valid (with
+    ``refit`` in the config, then the final model trained on train + valid)."""
     from fraudops.steps import train_step
     from fraudops.training import TrainConfig
 

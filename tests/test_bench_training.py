@@ -69,9 +69,10 @@ def test_quick_synthetic_section_compares_live_entity_features_with_frozen_ones(
     [table] = parse_markdown_tables(stdout)
     patterns = ["card_testing", "device_ip_ring", "instant_purchase", "risky_source"]
     assert list(table[0]) == [*QUALITY_COLUMNS[2:7], *(f"recall@1%FPR {p}" for p in patterns)]
-    live, snapshot, previous = table
+    live, refit, snapshot, previous = table
     assert "live" in live["model"] and "frozen snapshot" in snapshot["model"] and "previous" in previous["model"]
-    card_testing = [parse_number(row["recall@1%FPR card_testing"]) for row in table]
+    assert "--refit" in refit["model"] and 0.0 <= parse_number(refit["PR-AUC"]) <= 1.0
+    card_testing = [parse_number(row["recall@1%FPR card_testing"]) for row in (live, snapshot, previous)]
     assert card_testing[0] > card_testing[1] and card_testing[0] > card_testing[2], card_testing
     assert parse_number(live["PR-AUC"]) > parse_number(previous["PR-AUC"])
 
@@ -86,6 +87,7 @@ def test_quick_ecommerce_quality_table(tmp_path: Path) -> None:
     assert list(table[0]) == QUALITY_COLUMNS
     models = [r["model"] for r in table]
     assert any("fraudops CatBoost" in m for m in models) and any("logistic" in m for m in models)
+    assert sum("--refit" in m for m in models) == 2  # one per split
     for row in table:
         for column in ("PR-AUC", "ROC-AUC", "recall@1%FPR"):
             value = parse_number(row[column])

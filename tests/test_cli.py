@@ -50,9 +50,15 @@ def test_generate_then_train_writes_the_results(tmp_path: Path) -> None:
         assert (tmp_path / "out" / name).exists(), name
     assert "pr_auc" in trained.stdout
     # column roles from flags over the default schema: one entity instead of device and IP
+    # (and the final model refit on train + valid)
     trained = run(["train", "--data", str(data), "--output", str(tmp_path / "one"), "--iterations", "10",
-                   "--account", "user_id", "--entities", "device_id", "--windows", "30m,2d"], tmp_path / "b", tmp_path)
+                   "--account", "user_id", "--entities", "device_id", "--windows", "30m,2d", "--refit"],
+                  tmp_path / "b", tmp_path)
     assert trained.returncode == 0, trained.stderr[-2000:]
+    meta = json.loads((tmp_path / "one" / "model" / "bundle.json").read_text())
+    assert meta["params"]["refit"] is True and meta["refit"]["rounds"] >= meta["best_iteration"] + 1
+    assert "refit" not in json.loads((tmp_path / "out" / "model" / "bundle.json").read_text())
+    assert "refit on train + valid" in (tmp_path / "one" / "model_card.md").read_text()
     state = json.loads((tmp_path / "one" / "model" / "features" / "feature_state.json").read_text())
     assert (state["spec"]["account"], state["spec"]["entities"]) == ("user_id", ["device_id"])
     assert state["spec"]["windows"] == ["30m", "2d"]

@@ -14,7 +14,7 @@ from fraudops.bundle import META_FILE, MODEL_FILE, STATE_DIR, ModelBundle
 from fraudops.errors import DataError, RegistryError
 from fraudops.evaluation import cost_threshold
 from fraudops.schema import SYNTHETIC
-from fraudops.training import TrainConfig, featurize, fit, split
+from fraudops.training import TrainConfig, featurize, fit, refit_rounds, split
 from fraudops.validation import validate
 
 N = 2000
@@ -132,6 +132,14 @@ def test_featurize_replays_the_whole_table_in_event_time(prepared):
     assert int(np.diff(frozen.event_start).sum() + frozen.count.sum()) == len(whole)
 
 
+@pytest.fixture(scope="module")
+def refitted(prepared):
+    """The same training with the refit on train + valid."""
+    splits, state, x_train, x_valid, _ = prepared
+    return fit(state, x_train, splits.train["is_fraud"], x_valid, splits.valid["is_fraud"],
+               CONFIG.model_copy(update={"refit": True}))
+
+
 def test_fit_threshold_minimises_valid_cost(bundle, prepared):
     splits, _, _, x_valid, _ = prepared
     y = splits.valid["is_fraud"].to_numpy()
@@ -144,6 +152,35 @@ def test_fit_threshold_minimises_valid_cost(bundle, prepared):
         return CONFIG.cost_fn * ((~flagged) & (y == 1)).sum() + CONFIG.cost_fp * (flagged & (y == 0)).sum()
 
     assert cost(bundle.threshold) == min(cost(t) for t in np.unique(scores))
+
+
+def test_refit_trains_the_final_model_on_train_and_valid_with_the_early_stopping_threshold(
+        refitted, bundle, prepared):
+    splits, _, x_train, x_valid, x_test = prepared
+    best = refitted.meta["best_iteration"]
+    assert best == bundle.meta["best_iteration"]
+    rounds = refit_rounds(best + 1, len(x_train), len(x_valid))
+    assert rounds > best + 1  # more rows, proportionally more rounds
+    assert refitted.meta["refit"] == {"rounds": rounds, "rows": len(splits.train) + len(splits.valid)}
+    assert refitted.model.tree_count_ == rounds
+    assert bundle.model.tree_count_ == best + 1
+    assert "refit" not in bundle.meta
+    # the threshold is the one picked on valid by the early-stopped model (valid is in the refit's training rows)
+    assert refitted.threshold == bundle.threshold
+    assert not np.array_equal(refitted.score_features(x_test), bundle.score_features(x_test))
+    # so are the validation metrics (where settings are compared): the early-stopped model's, not the refit's
+    from sklearn.metrics import average_precision_score
+
+    y_valid = splits.valid["is_fraud"].to_numpy()
+    assert refitted.meta["valid_metrics"] == bundle.meta["valid_metrics"]
+    assert refitted.meta["valid_metrics"]["pr_auc"] == pytest.approx(
+        average_precision_score(y_valid, bundle.score_features(x_valid)))
+
+
+def test_refit_rounds_scale_with_the_rows_added():
+    assert refit_rounds(100, 700, 150) == 121
+    assert refit_rounds(1, 10_000, 1) == 1
+    assert refit_rounds(1, 10, 10) == 2
 
 
 def test_fit_records_meta(bundle):
@@ -170,14 +207,22 @@ def test_same_seed_same_scores(bundle, prepared):
 
 def test_single_thread_and_progress(prepared):
     splits, state, x_train, x_valid, x_test = prepared
-    config = TrainConfig(iterations=20, threads=1, seed=5, class_weights="Balanced")
+    config = TrainConfig(iterations=20, threads=1, seed=5, class_weights="Balanced", refit=True)
     calls: list[tuple[int, int]] = []
     one = fit(state, x_train, splits.train["is_fraud"], x_valid, splits.valid["is_fraud"], config,
               progress=lambda i, total: calls.append((i, total)))
     assert one.model.get_params()["thread_count"] == 1
     assert one.model.get_params()["random_seed"] == 5
     assert one.model.get_params()["auto_class_weights"] == "Balanced"
-    assert calls and all(total == 20 for _, total in calls)
+    done = [d for d, _ in calls]
+    assert done == list(range(1, len(calls) + 1))  # one call per round, early-stopped fit then refit
+    best = one.meta["best_iteration"]
+    refit = one.meta["refit"]["rounds"]
+    assert refit == refit_rounds(best + 1, len(x_train), len(x_valid))
+    first = len(calls) - refit  # rounds the early-stopped fit ran (up to 20)
+    assert best < first <= 20
+    assert all(total == 20 + refit_rounds(20, len(x_train), len(x_valid)) for _, total in calls[:first])
+    assert all(total == len(calls) for _, total in calls[first:])  # the bar ends full
     assert len(one.score_features(x_test)) == len(x_test)
 
 
