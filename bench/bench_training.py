@@ -141,16 +141,22 @@ class Fitted:
     bundle: Any = None
 
 
+def scored(bundle: Any, x_test: pd.DataFrame, y_test: np.ndarray, fit_s: float, best: int | None) -> Fitted:
+    """A model's metrics on the test part at its own threshold."""
+    from fraudops.evaluation import fraud_metrics
+
+    metrics = fraud_metrics(y_test, bundle.score_features(x_test), bundle.threshold, what="the test part")
+    return Fitted(metrics, fit_s, best, bundle)
+
+
 def fit_catboost(state: Any, x_train: pd.DataFrame, y_train: np.ndarray, x_valid: pd.DataFrame,
                  y_valid: np.ndarray, x_test: pd.DataFrame, y_test: np.ndarray, config: Any) -> Fitted:
     """The library's training (early stopping and threshold on valid) and metrics on test."""
-    from fraudops.evaluation import fraud_metrics
     from fraudops.training import fit
 
     with timer() as t:
         bundle = fit(state, x_train, y_train, x_valid, y_valid, config)
-    metrics = fraud_metrics(y_test, bundle.score_features(x_test), bundle.threshold, what="the test part")
-    return Fitted(metrics, t["s"], int(bundle.meta.get("best_iteration", 0)), bundle)
+    return scored(bundle, x_test, y_test, t["s"], int(bundle.meta.get("best_iteration", 0)))
 
 
 def valid_pr_auc(fitted: Fitted) -> float:
@@ -161,23 +167,28 @@ def valid_pr_auc(fitted: Fitted) -> float:
 
 def rescored(fitted: Fitted, x_test: pd.DataFrame, y_test: np.ndarray) -> Fitted:
     """The same fitted model's metrics on other features of the same test rows."""
-    from fraudops.evaluation import fraud_metrics
-
-    bundle = fitted.bundle
-    metrics = fraud_metrics(y_test, bundle.score_features(x_test), bundle.threshold, what="the test part")
-    return Fitted(metrics, 0.0, fitted.best_iteration, bundle)
+    return scored(fitted.bundle, x_test, y_test, 0.0, fitted.best_iteration)
 
 
 def refitted(fitted: Fitted, x_train: pd.DataFrame, y_train: np.ndarray, x_valid: pd.DataFrame,
              y_valid: np.ndarray, x_test: pd.DataFrame, y_test: np.ndarray) -> Fitted:
-    """The same early-stopped model refit on train + valid (`fraudops train --refit`), scored on test."""
-    from fraudops.evaluation import fraud_metrics
+    """The same early-stopped model refit on train + valid (`fraudops train --refit`), scored on test; its
+    ``fit_s`` is the refit's own."""
     from fraudops.training import refit
 
     with timer() as t:
         bundle = refit(fitted.bundle, x_train, y_train, x_valid, y_valid)
-    metrics = fraud_metrics(y_test, bundle.score_features(x_test), bundle.threshold, what="the test part")
-    return Fitted(metrics, fitted.fit_s + t["s"], fitted.best_iteration, bundle)
+    return scored(bundle, x_test, y_test, t["s"], None)
+
+
+def refit_note(what: str, early: Fitted, again: Fitted) -> str:
+    """How the refit moved the operating point: both models at the threshold picked on valid (by the first)."""
+    a, b = early.metrics, again.metrics
+    return (f"{what} --refit ({again.bundle.meta['refit']['rounds']} rounds on train + valid, {again.fit_s:.0f} s "
+            f"after the {early.fit_s:.0f} s fit): at the threshold picked on the validation window, the share of "
+            f"test rows flagged {a['flag_rate_at_threshold']:.4f} -> {b['flag_rate_at_threshold']:.4f}, precision "
+            f"{a['precision_at_threshold']:.3f} -> {b['precision_at_threshold']:.3f}, recall "
+            f"{a['recall_at_threshold']:.3f} -> {b['recall_at_threshold']:.3f}.")
 
 
 def refit_on_validation(state: Any, x_train: pd.DataFrame, y_train: np.ndarray, times: np.ndarray, days: float,
@@ -192,8 +203,9 @@ def refit_on_validation(state: Any, x_train: pd.DataFrame, y_train: np.ndarray, 
     x_in, y_in, x_out, y_out = x_train[~inner], y_train[~inner], x_train[inner], y_train[inner]
     early = fit(state, x_in, y_in, x_out, y_out, config)
     again = refit(early, x_in, y_in, x_out, y_out)
-    return tuple(fraud_metrics(y_valid, b.score_features(x_valid), b.threshold, what="the validation window")["pr_auc"]
-                 for b in (early, again))  # type: ignore[return-value]
+    without, with_refit = (fraud_metrics(y_valid, b.score_features(x_valid), b.threshold,
+                                         what="the validation window")["pr_auc"] for b in (early, again))
+    return without, with_refit
 
 
 def frozen_snapshot_features(parts: Any, spec: Any, numeric: list[str], rows: np.ndarray) -> pd.DataFrame:
@@ -348,6 +360,7 @@ def bench_synthetic(opts: Options) -> Section:
     _log_fit("synthetic: CatBoost, live entity features", live)
     again = refitted(live, x_train, y_train, x_valid, y_valid, x_test, y_test)
     _log_fit("synthetic: the same + refit", again)
+    section.notes.append(refit_note("The live model with", live, again))
     variants = [(LIVE_LABEL, live, x_test), (REFIT_LABEL, again, x_test),
                 *frozen_variants(state, parts, spec, result.numeric, live, x_test, (y_train, y_valid, y_test),
                                  config)]
@@ -415,6 +428,7 @@ def bench_ecommerce(opts: Options) -> Section:
                                         default, ECOMMERCE_PUBLISHED, ECOMMERCE_AIM))
         again = refitted(default, x_train, y_train, x_valid, y_valid, x_test, y_test)
         _log_fit(f"{split_name}: the same + refit", again)
+        section.notes.append(refit_note(f"{label}: the defaults with", default, again))
         section.rows.append(quality_row(name, label, REFIT_LABEL, n_train, len(y_test), again, ECOMMERCE_PUBLISHED,
                                         ECOMMERCE_AIM))
         if opts.baselines:
@@ -583,9 +597,10 @@ def bench_ieee(opts: Options) -> Section:
                                             f"{chosen[variant]:.4f})", n_train, len(y_test), fitted,
                                             IEEE_PUBLISHED, IEEE_AIM, IEEE_PR_AIM))
     best = max(chosen, key=chosen.__getitem__)
-    section.notes.append("Validation PR-AUC (the early-stopping metric; the choice among the settings is made "
-                         "there, not on the test part): " + ", ".join(f"{k} {v:.4f}" for k, v in chosen.items())
-                         + f". Chosen: {best}.")
+    if opts.variants:
+        section.notes.append("Validation PR-AUC (the early-stopping metric; the choice among the settings is made "
+                             "there, not on the test part): " + ", ".join(f"{k} {v:.4f}" for k, v in chosen.items())
+                             + f". Chosen: {best}.")
     # --refit: first judged on the validation window (early stopping on the training part's last days, the refit
     # on the whole training part), then applied to the defaults and to the validation window's pick
     times = parts.train[spec.timestamp].to_numpy(dtype="float64")
@@ -596,6 +611,7 @@ def bench_ieee(opts: Options) -> Section:
     for setting in dict.fromkeys(("CLI defaults", best)):
         fitted = refitted(fitted_by[setting], x_train, y_train, x_valid, y_valid, x_test, y_test)
         _log_fit(f"{setting} + refit", fitted)
+        section.notes.append(refit_note(f"{setting} with", fitted_by[setting], fitted))
         pick = " (the validation window's pick)" if setting == best else ""
         section.rows.append(quality_row(name, label, f"{setting}{pick} + --refit: refit on train + valid "
                                         f"({fitted.bundle.meta['refit']['rounds']} rounds)", n_train, len(y_test),

@@ -79,7 +79,9 @@ def train_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="Share of rows held out for evaluation and the gate (the latest ones with --split time)."),
         click.option("--valid-fraction", type=float, default=0.15, show_default=True,
                      help="Share of rows for early stopping and the threshold (just before the test window)."),
-        click.option("--iterations", type=int, default=800, show_default=True, help="Maximum boosting rounds."),
+        click.option("--iterations", type=int, default=800, show_default=True,
+                     help="Maximum boosting rounds of the early-stopped fit (a --refit scales the rounds chosen by "
+                          "the rows it adds)."),
         click.option("--learning-rate", type=float, default=0.08, show_default=True),
         click.option("--depth", type=int, default=6, show_default=True),
         click.option("--refit/--no-refit", default=False, show_default=True,

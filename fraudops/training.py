@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -21,6 +22,8 @@ from fraudops.schema import DatasetSpec
 
 Progress = Callable[[int, int], None]
 """Called after each boosting round with the rounds done and the rounds expected in all."""
+MAX_ROUNDS = 100_000
+"""Most boosting rounds of one fit (``iterations``, a refit's rounds)."""
 
 
 class TrainConfig(BaseModel):
@@ -28,14 +31,15 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    iterations: int = Field(800, ge=1, le=100_000)
+    iterations: int = Field(800, ge=1, le=MAX_ROUNDS)
     learning_rate: float = Field(0.08, gt=0, le=1)
     depth: int = Field(6, ge=1, le=12)
     early_stopping_rounds: int = Field(60, ge=1)
     refit: bool = Field(False, description="after early stopping on the validation window, train the final model "
                         "again on train + valid (the most recent labelled rows before the test window) for the "
-                        "rounds early stopping chose, scaled by the rows added; the threshold stays the one "
-                        "picked on valid, and the test window stays held out. Costs a second training run")
+                        "rounds early stopping chose, scaled by the rows added (so possibly more than "
+                        "iterations); the threshold stays the one picked on valid, and the test window stays "
+                        "held out. Costs a second training run")
     class_weights: Literal["none", "Balanced", "SqrtBalanced"] = "SqrtBalanced"
     seed: int = 0
     threads: int = Field(-1, description="CatBoost threads; -1 = all cores")
@@ -155,21 +159,24 @@ def refit(bundle: ModelBundle, x_train: pd.DataFrame, y_train: Any, x_valid: pd.
     """The early-stopped ``bundle`` (from `fit`) with its model trained again on train + valid, the most recent
     labelled rows, for `refit_rounds` rounds. Its threshold and validation metrics stay the early-stopped model's
     (the refit has trained on the validation rows); ``done``: rounds already reported to ``progress``."""
-    config = TrainConfig.model_validate(bundle.meta["params"])
-    rounds = refit_rounds(bundle.meta["best_iteration"] + 1, len(x_train), len(x_valid))
+    config = TrainConfig.model_validate({**bundle.meta["params"], "refit": True})
+    early = bundle.meta["best_iteration"] + 1
+    rounds = refit_rounds(early, len(x_train), len(x_valid))
     final = _classifier(config, rounds)
     x_all = pd.concat([x_train, x_valid], ignore_index=True)
     y_all = np.concatenate([np.asarray(y_train), np.asarray(y_valid)])
     callback = _ProgressCallback(done + rounds, progress, offset=done) if progress else None
-    out = replace(bundle, model=final, meta={**bundle.meta, "refit": {"rounds": rounds, "rows": len(x_all)}})
+    meta = {**copy.deepcopy(bundle.meta), "params": config.model_dump(),
+            "refit": {"rounds": rounds, "rows": len(x_all), "early_stopped_rounds": early}}
+    out = replace(bundle, model=final, meta=meta)
     final.fit(out.pool(x_all, y_all), callbacks=[callback] if callback else None)
     return out
 
 
 def refit_rounds(rounds: int, n_train: int, n_valid: int) -> int:
     """Boosting rounds for the refit on train + valid: the rounds early stopping chose on train alone, scaled by
-    the rows added (more rows take more rounds to fit to the same depth)."""
-    return max(1, round(rounds * (n_train + n_valid) / n_train))
+    the rows added (the same rounds per row; may exceed ``iterations``), at most `MAX_ROUNDS`."""
+    return min(MAX_ROUNDS, max(1, round(rounds * (n_train + n_valid) / n_train)))
 
 
 def _classifier(config: TrainConfig, iterations: int, **extra: Any) -> CatBoostClassifier:

@@ -14,7 +14,7 @@ from fraudops.bundle import META_FILE, MODEL_FILE, STATE_DIR, ModelBundle
 from fraudops.errors import DataError, RegistryError
 from fraudops.evaluation import cost_threshold
 from fraudops.schema import SYNTHETIC
-from fraudops.training import TrainConfig, featurize, fit, refit_rounds, split
+from fraudops.training import MAX_ROUNDS, TrainConfig, featurize, fit, refit, refit_rounds, split
 from fraudops.validation import validate
 
 N = 2000
@@ -161,8 +161,12 @@ def test_refit_trains_the_final_model_on_train_and_valid_with_the_early_stopping
     assert best == bundle.meta["best_iteration"]
     rounds = refit_rounds(best + 1, len(x_train), len(x_valid))
     assert rounds > best + 1  # more rows, proportionally more rounds
-    assert refitted.meta["refit"] == {"rounds": rounds, "rows": len(splits.train) + len(splits.valid)}
+    assert refitted.meta["refit"] == {"rounds": rounds, "rows": len(splits.train) + len(splits.valid),
+                                      "early_stopped_rounds": best + 1}
+    assert refitted.meta["params"]["refit"] is True
     assert refitted.model.tree_count_ == rounds
+    params = refitted.model.get_params()
+    assert (params["depth"], params["learning_rate"]) == (CONFIG.depth, CONFIG.learning_rate)
     assert bundle.model.tree_count_ == best + 1
     assert "refit" not in bundle.meta
     # the threshold is the one picked on valid by the early-stopped model (valid is in the refit's training rows)
@@ -177,10 +181,21 @@ def test_refit_trains_the_final_model_on_train_and_valid_with_the_early_stopping
         average_precision_score(y_valid, bundle.score_features(x_valid)))
 
 
+def test_refit_of_a_trained_bundle_leaves_it_unchanged(bundle, refitted, prepared):
+    splits, _, x_train, x_valid, x_test = prepared
+    before = json.dumps(bundle.meta, sort_keys=True)
+    again = refit(bundle, x_train, splits.train["is_fraud"], x_valid, splits.valid["is_fraud"])
+    assert json.dumps(bundle.meta, sort_keys=True) == before  # its meta is copied, not shared
+    assert "refit" not in bundle.meta and bundle.meta["params"]["refit"] is False
+    assert again.meta["params"]["refit"] is True and again.meta["refit"] == refitted.meta["refit"]
+    np.testing.assert_array_equal(again.score_features(x_test), refitted.score_features(x_test))
+
+
 def test_refit_rounds_scale_with_the_rows_added():
     assert refit_rounds(100, 700, 150) == 121
     assert refit_rounds(1, 10_000, 1) == 1
     assert refit_rounds(1, 10, 10) == 2
+    assert refit_rounds(MAX_ROUNDS, 100, 900) == MAX_ROUNDS
 
 
 def test_fit_records_meta(bundle):
@@ -203,6 +218,14 @@ def test_same_seed_same_scores(bundle, prepared):
     again = fit(state, x_train, splits.train["is_fraud"], x_valid, splits.valid["is_fraud"], CONFIG)
     np.testing.assert_array_equal(again.score_features(x_test), bundle.score_features(x_test))
     assert again.threshold == bundle.threshold
+
+
+def test_progress_without_refit_counts_the_early_stopped_fit(prepared):
+    splits, state, x_train, x_valid, _ = prepared
+    calls: list[tuple[int, int]] = []
+    fit(state, x_train, splits.train["is_fraud"], x_valid, splits.valid["is_fraud"], TrainConfig(iterations=15),
+        progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(i, 15) for i in range(1, len(calls) + 1)] and 0 < len(calls) <= 15
 
 
 def test_single_thread_and_progress(prepared):
@@ -315,3 +338,17 @@ def test_load_bundle_of_an_older_format_says_retrain(saved_bundle, tmp_path):
     (copy / META_FILE).write_text(json.dumps({**meta, "format_version": 1}))
     with pytest.raises(RegistryError, match=r"has format 1; this fraudops reads format 2 .* retrain the model"):
         ModelBundle.load(copy)
+
+
+def test_model_card_names_the_rounds_and_the_refit(bundle, refitted):
+    from fraudops.card import model_card
+
+    metrics = {"threshold": bundle.threshold, "pr_auc": 0.5}
+    early = model_card(bundle.meta, metrics)
+    best = bundle.meta["best_iteration"]
+    assert f"- {best + 1} boosting rounds chosen by early stopping on the validation window, depth 6" in early
+    assert "refit" not in early
+    card = model_card(refitted.meta, metrics)
+    info = refitted.meta["refit"]
+    assert (f"{best + 1} boosting rounds chosen by early stopping on the validation window; the final model refit "
+            f"on train + valid ({info['rows']} rows, {info['rounds']} rounds;") in card
