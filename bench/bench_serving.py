@@ -465,7 +465,8 @@ def measure_with_store(env: dict[str, str], work: Path, take: Callable[[int, int
 
 
 def measure_in_process_with_store(work: Path, take: Callable[[int, int], list[list[Any]]], calls: dict[int, int],
-                                  seconds: float, registry: Any, timeout: float) -> dict[str, Any]:
+                                  seconds: float, registry: Any, timeout: float, key_timeout: float
+                                  ) -> dict[str, Any]:
     """(a3): the service's handler (`Scorer.score`) in-process with a private redis-server as its feature store,
     fed new transactions from ``take``."""
     from prometheus_client import CollectorRegistry
@@ -477,7 +478,8 @@ def measure_in_process_with_store(work: Path, take: Callable[[int, int], list[li
     with redis_server() as url:
         log_root = str(work / "inproc-store-log")
         scorer = Scorer(ServingConfig(prediction_log=log_root, max_batch=1000, feature_store_url=url,
-                                      feature_store_timeout_seconds=timeout),
+                                      feature_store_timeout_seconds=timeout,
+                                      feature_store_key_timeout_seconds=key_timeout),
                         ModelSource(registry=registry), LogWriter(log_root), ScorerMetrics(CollectorRegistry()))
         scorer.reload()
         try:
@@ -658,15 +660,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  b2: {shadow_result}", flush=True)
 
         print("(b3) fraudops service with the online feature store (a private redis-server)", flush=True)
-        # the default 50 ms bounds a single transaction's call; a batch of 1000 takes a few hundred ms in the store,
-        # and with 50 ms every such call would time out and be answered from the snapshot instead of measured
-        store_timeout = env.get("FRAUDOPS_FEATURE_STORE_TIMEOUT_SECONDS", "1.0")
-        store_env = {**env, "FRAUDOPS_FEATURE_STORE_TIMEOUT_SECONDS": store_timeout}
+        # the service's timeouts (a call waits 50 ms plus 0.2 ms per entity value by default), as users get them
+        defaults = ServingConfig()
+        store_timeout = float(env.get("FRAUDOPS_FEATURE_STORE_TIMEOUT_SECONDS", defaults.feature_store_timeout_seconds))
+        key_timeout = float(env.get("FRAUDOPS_FEATURE_STORE_KEY_TIMEOUT_SECONDS",
+                                    defaults.feature_store_key_timeout_seconds))
+        store_env = {**env, "FRAUDOPS_FEATURE_STORE_TIMEOUT_SECONDS": str(store_timeout),
+                     "FRAUDOPS_FEATURE_STORE_KEY_TIMEOUT_SECONDS": str(key_timeout)}
         take = fresh_transactions(180_000)  # enough for (b3), (a3) and (b3) with more workers, each new to its store
         store_result = measure_with_store(store_env, work, take, calls, seconds, sustained, args.workers)
         results["b3"] = store_result.pop("results")
         print("(a3) in-process Scorer.score with the feature store (another private redis-server)", flush=True)
-        results["a3"] = measure_in_process_with_store(work, take, calls, seconds, registry, float(store_timeout))
+        results["a3"] = measure_in_process_with_store(work, take, calls, seconds, registry, store_timeout, key_timeout)
 
         print("(c) Starlette + uvicorn around the same Scorer", flush=True)
         port = free_port()
@@ -745,7 +750,8 @@ def main(argv: list[str] | None = None) -> int:
     st = store_result
     store_line = (
         f"(b3): the service with `FRAUDOPS_FEATURE_STORE_URL` set (a private redis-server on loopback, no "
-        f"persistence; timeout {store_timeout} s): every transaction reads its entities' history and records itself "
+        f"persistence; timeouts {store_timeout:g} s per call plus {key_timeout:g} s per entity value): every "
+        "transaction reads its entities' history and records itself "
         f"(one Lua call per request: read, then record), each a new transaction id (no retries). "
         f"{st['requests']:,.0f} model calls, {st['fallbacks']:,.0f} answered from the frozen snapshot because the "
         f"store was slow or down; the store held {st['entities']:,} entity values ({fmt(st['memory'] / MIB, 1)} MiB "

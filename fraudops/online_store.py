@@ -522,24 +522,34 @@ class RedisStore:
     entity value read and written once); a write applies each transaction at most once. Any Redis error (timeout,
     connection, out of memory, a refusal) raises `StoreUnavailable`, without retries; a write that timed out may
     still have been applied, and retrying it is safe (idempotent).
+
+    Timeouts: ``timeout_s`` bounds each connect, send and reply; a batch's script call waits ``key_timeout_s`` more
+    per entity value it reads or records, so that a large batch's legitimate work is not taken for a slow store.
     """
 
     def __init__(self, client: redis.Redis, limits: StoreLimits, namespace: str = "fraudops",
-                 require_history: bool = False) -> None:
+                 require_history: bool = False, *, timeout_s: float = 0.05, key_timeout_s: float = 0.0) -> None:
         if not namespace or ":" in namespace:
             raise ValueError(f"store namespace must be a non-empty name without ':', got {namespace!r}")
+        if not timeout_s > 0:
+            raise ValueError(f"feature store timeout must be > 0 seconds, got {timeout_s!r}")
+        if not key_timeout_s >= 0:
+            raise ValueError(f"feature store timeout per entity value must be >= 0 seconds, got {key_timeout_s!r}")
         self.client = client
         self.limits = limits
         self.namespace = namespace
         self.require_history = require_history
         """Reads fail (`StoreUnavailable`) unless the namespace's seed is ready: the scorer's reads, so that a
         store restarted empty is a flagged fallback, not features of brand-new entities."""
+        self.timeout_s = timeout_s
+        self.key_timeout_s = key_timeout_s
         self._batch = client.register_script(_BATCH)
 
     @classmethod
-    def from_url(cls, url: str, limits: StoreLimits, *, timeout_s: float = 0.05,
+    def from_url(cls, url: str, limits: StoreLimits, *, timeout_s: float = 0.05, key_timeout_s: float = 0.0,
                  namespace: str = "fraudops", require_history: bool = False) -> RedisStore:
-        """A store at a ``redis://`` URL; every call fails with `StoreUnavailable` after ``timeout_s``."""
+        """A store at a ``redis://`` URL; a call fails with `StoreUnavailable` after ``timeout_s`` (each connect,
+        send and reply), plus ``key_timeout_s`` per entity value for a batch's reply."""
         if not url.startswith(("redis://", "rediss://", "unix://")):
             scheme = url.split("://", 1)[0] + "://" if "://" in url else "no scheme"
             raise ValueError(f"feature store URL must start with redis://, rediss:// or unix://, got {scheme} (the "
@@ -548,7 +558,7 @@ class RedisStore:
             raise ValueError(f"feature store timeout must be > 0 seconds, got {timeout_s!r}")
         client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
                                       retry=Retry(NoBackoff(), 0))
-        return cls(client, limits, namespace, require_history)
+        return cls(client, limits, namespace, require_history, timeout_s=timeout_s, key_timeout_s=key_timeout_s)
 
     def _key(self, kind: str, ref: EntityRef) -> str:
         return f"{self.namespace}:{kind}:{self._suffix(ref)}"
@@ -588,9 +598,26 @@ class RedisStore:
         batch = [self.namespace, int(self.require_history and bool(queries)),  # only reads need the history
                  [limits.keep_ticks, limits.max_events, limits.exact_accounts, limits.keep_seconds,
                   limits.retention_seconds], rows, entities]
+        timeout = self.timeout_s + self.key_timeout_s * len(entities)
         with _unavailable(what):
-            applied, replies = json.loads(self._batch(args=[json.dumps(batch, separators=(",", ":"))]))
+            applied, replies = json.loads(self._script(json.dumps(batch, separators=(",", ":")), timeout))
         return [self._state(query, reply) for query, reply in zip(queries, replies, strict=True)], applied
+
+    def _script(self, batch: str, timeout: float) -> bytes:
+        """The batch script's reply, waited for at most ``timeout`` s (the client's own calls have one socket
+        timeout for every command). A timed-out connection is closed, never reused for the next call."""
+        pool = self.client.connection_pool
+        conn = pool.get_connection()
+        try:
+            conn.send_command("EVALSHA", self._batch.sha, 0, batch)
+            try:
+                return conn.read_response(timeout=timeout)
+            except redis.exceptions.NoScriptError:  # a new or restarted server: load the script once
+                self._batch.sha = self.client.script_load(_BATCH)
+                conn.send_command("EVALSHA", self._batch.sha, 0, batch)
+                return conn.read_response(timeout=timeout)
+        finally:
+            pool.release(conn)
 
     @staticmethod
     def _suffix(ref: EntityRef) -> str:

@@ -97,6 +97,10 @@ class ServingConfig(StoreSettings):
     feature_store_timeout_seconds: float = Field(0.05, gt=0, le=10, description="longest wait for the feature "
                                                  "store per call (each connect and reply); then the frozen "
                                                  "snapshot answers, flagged")
+    feature_store_key_timeout_seconds: float = Field(0.0002, ge=0, le=0.1, description="added to that wait for a "
+                                                     "request's store call per entity value it reads or records "
+                                                     "(a batch of 1,000 transactions with 3 entity columns has up "
+                                                     "to 3,000), so that a large batch is not taken for a slow store")
     feature_store_retry_seconds: float = Field(1.0, ge=0, le=600, description="after the feature store was slow or "
                                                "unreachable, how long requests skip it (frozen snapshot at once, "
                                                "flagged) before one tries it again")

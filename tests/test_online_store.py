@@ -135,6 +135,35 @@ def test_a_slow_store_raises_store_unavailable_within_its_timeout(redis_url: str
         admin.close()
 
 
+def test_a_batch_waits_longer_per_entity_value_and_never_reads_a_timed_out_reply(redis_url: str) -> None:
+    """The script call waits ``timeout_s`` plus ``key_timeout_s`` per entity value; a call that timed out closes
+    its connection, so that its late reply is never taken for the next call's."""
+    namespace = f"t{uuid.uuid4().hex[:8]}"
+    limits = StoreLimits(keep_seconds=86_400)
+    patient = OnlineFeatures(CONFIG, RedisStore.from_url(redis_url, limits, timeout_s=0.05, key_timeout_s=0.2,
+                                                         namespace=namespace))
+    hasty = OnlineFeatures(CONFIG, RedisStore.from_url(redis_url, limits, timeout_s=0.05, namespace=namespace))
+    admin = redis.Redis.from_url(redis_url)
+    try:
+        for online in (patient, hasty):  # connected before the pauses (a connection's handshake gets timeout_s)
+            online.lookup([row(0)])
+        admin.client_pause(300)
+        patient.record([row(0), row(1)])  # 3 + 2 entity values (one device): 1.05 s to answer
+        admin.client_pause(300)
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="write failed"):
+            hasty.record([row(2, device="other")])
+        time.sleep(max(0.0, 0.35 - (time.monotonic() - started)))
+        assert feature(hasty, [row(3)], "device_id__count_1h") == 2
+    finally:
+        admin.close()
+
+
+def test_bad_timeouts_are_named(redis_url: str) -> None:
+    with pytest.raises(ValueError, match="timeout per entity value must be >= 0 seconds, got -1"):
+        RedisStore.from_url(redis_url, StoreLimits(keep_seconds=100), key_timeout_s=-1)
+
+
 @pytest.mark.parametrize(("limits", "message"), [
     ({"keep_seconds": 0}, "store limit keep_seconds must be an integer >= 1, got 0"),
     ({"keep_seconds": 100, "max_events": 2.5}, "store limit max_events must be an integer >= 1, got 2.5"),

@@ -802,6 +802,38 @@ def test_scoring_with_a_store_counts_a_burst_once_per_transaction(home, tmp_path
     assert frozen == [0.0] * 8
 
 
+def test_a_full_batch_gets_more_time_from_the_store_than_a_single_transaction(home, tmp_path, redis_url):
+    """With the default timeouts a store call waits 50 ms plus 0.2 ms per entity value: a batch of 1,000 from as
+    many devices and IPs (about 2,200 entity values to read and record; such batches take 80-110 ms of script with a
+    week of history on this machine) is not taken for a slow store, which would answer it from the frozen snapshot
+    and skip the store for the worker's next requests; a single transaction still falls back after about 50 ms.
+    Redis paused for 150 ms stands in for the work."""
+    import redis
+
+    registry = CollectorRegistry()
+    scorer = make_scorer(home, tmp_path, registry, feature_store_url=redis_url, feature_store_retry_seconds=0)
+    scorer.reload()
+    frame = generate_transactions(1000, seed=21, start="2026-03-02", days=1).drop(columns=["is_fraud"])
+    frame["transaction_id"] = "full-" + frame["transaction_id"].astype(str)
+    frame["device_id"] = [f"FULL-DEV-{i}" for i in range(len(frame))]
+    frame["ip_address"] = [f"10.7.{i // 250}.{i % 250}" for i in range(len(frame))]
+    rows = json.loads(frame.to_json(orient="records", date_format="iso"))
+    admin = redis.Redis.from_url(redis_url)
+    try:
+        scorer.score(burst(1, "FULL-BATCH-DEV"))  # the store connection is open before the pauses
+        admin.client_pause(150)
+        full = scorer.score(rows)
+        admin.client_pause(150)
+        single = scorer.score(burst(2, "FULL-BATCH-DEV")[1:])
+    finally:
+        time.sleep(0.2)
+        admin.close()
+        scorer.close()
+    assert "features_fallback" not in full
+    assert single["features_fallback"] is True
+    assert counter(registry, "feature_store_requests") == 3 and counter(registry, "feature_store_fallbacks") == 1
+
+
 def test_shadow_scoring_only_reads_the_store(home, tmp_path, redis_url, trained):
     """The challenger's shadow scores and the champion's scores of canary rows (the shadow process) read the
     store and never record: the deciding model already counted the transaction."""

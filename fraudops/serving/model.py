@@ -235,7 +235,8 @@ class ServedModel:
         # the store keeps events for the longest window any model recording them has: a challenger with a longer
         # window than the champion's reads undercounted long windows until it decides (and records) itself
         limits = StoreLimits(keep_seconds=frozen.config.longest_seconds)
-        store = RedisStore.from_url(url, limits, timeout_s=config.feature_store_timeout_seconds, require_history=True)
+        store = RedisStore.from_url(url, limits, timeout_s=config.feature_store_timeout_seconds,
+                                    key_timeout_s=config.feature_store_key_timeout_seconds, require_history=True)
         seeder = functools.partial(_seed, url, limits, bundle, tag)
         if seed:
             seeder()  # a new store starts warm: the training table's history, unless the store has history already

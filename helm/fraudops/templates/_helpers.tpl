@@ -48,6 +48,8 @@ Names, labels, image and shared pod fragments.
   value: {{ printf "redis://:$(FEATURE_STORE_PASSWORD)@%s.%s.svc.%s:6379/0" (include "fraudops.componentName" (dict "ctx" . "component" "feature-store")) .Release.Namespace .Values.clusterDomain | quote }}
 - name: FRAUDOPS_FEATURE_STORE_TIMEOUT_SECONDS
   value: {{ .Values.featureStore.timeoutSeconds | quote }}
+- name: FRAUDOPS_FEATURE_STORE_KEY_TIMEOUT_SECONDS
+  value: {{ .Values.featureStore.keyTimeoutSeconds | quote }}
 {{- end }}
 {{- end }}
 
