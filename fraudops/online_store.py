@@ -163,8 +163,15 @@ class FeatureStore(Protocol):
 
 # -- in memory ----------------------------------------------------------------------------------------------
 def _member(event: Event) -> str:
-    """An event as one string: Redis's sorted-set member, and the tie order of events at the same time."""
-    return json.dumps([event.ticks, event.amount, event.account, event.txn], separators=(",", ":"))
+    """An event as one string: Redis's sorted-set member, and the tie order of events at the same time. The
+    compact JSON array ``[ticks,amount,account,txn]``, written as `json.dumps` writes it (a fifth of its time)."""
+    if not math.isfinite(event.amount):
+        return json.dumps([event.ticks, event.amount, event.account, event.txn], separators=(",", ":"))
+    account = "null" if event.account is None else _json_text(event.account)
+    return f"[{int(event.ticks)},{float(event.amount)!r},{account},{_json_text(event.txn)}]"
+
+
+_json_text = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]  # a str as json.dumps writes it
 
 
 @dataclass
@@ -271,7 +278,8 @@ class MemoryStore:
 # before anything is written. The horizons are the namespace's: the longest any writer has asked for (a
 # challenger with shorter windows than the champion's must not fold or expire the history the champion's windows
 # still read). Returns one JSON text, [new records, replies]: per entity value read, in order, [kept members,
-# agg fields (folded, then totals; as strings)] and for paired ones also in_hll, the HyperLogLog's estimate,
+# count, sum, max and last of what the members leave out (the folded fields, or the totals when no event is kept;
+# as strings)] and for paired ones also in_hll, the HyperLogLog's estimate,
 # the accounts first seen before each time, and the first ticks of each account (null: unknown).
 _BATCH = """
 local batch = cjson.decode(ARGV[1])
@@ -325,10 +333,11 @@ local function apply(ev, agg, acc, hll, todo, paired, members, f, in_hll)
   local folded = false
   local function fold(list)
     for _, m in ipairs(list) do
-      local x = cjson.decode(m)
-      fn, fs = fn + 1, fs + x[2]
-      if fm == nil or x[2] > fm then fm = x[2] end
-      if fl == nil or x[1] > fl then fl = x[1] end
+      local t, amount = string.match(m, '^%[(%-?%d+),([^,]+),')
+      t, amount = tonumber(t), tonumber(amount)
+      fn, fs = fn + 1, fs + amount
+      if fm == nil or amount > fm then fm = amount end
+      if fl == nil or t > fl then fl = t end
     end
     folded = folded or #list > 0
   end
@@ -377,8 +386,11 @@ local function apply(ev, agg, acc, hll, todo, paired, members, f, in_hll)
   if #names == 0 then return end
   if in_hll == nil then in_hll = redis.call('EXISTS', hll) end
   if in_hll == 0 then
-    for i = 1, #firsts, 1000 do redis.call('ZADD', acc, 'LT', unpack(firsts, i, math.min(i + 999, #firsts))) end
-    if redis.call('ZCARD', acc) > exact then
+    local added = 0
+    for i = 1, #firsts, 1000 do
+      added = added + redis.call('ZADD', acc, 'LT', unpack(firsts, i, math.min(i + 999, #firsts)))
+    end
+    if added > 0 and redis.call('ZCARD', acc) > exact then
       names, in_hll = redis.call('ZRANGE', acc, 0, -1), 1
       redis.call('DEL', acc)
     end
@@ -395,7 +407,8 @@ for _, e in ipairs(entities) do
   local paired, members, f, in_hll = e[3] == 1
   if e[2] == 1 then
     members, f = redis.call('ZRANGE', ev, 0, -1), redis.call('HMGET', agg, unpack(AGG))
-    local reply = '[[' .. table.concat(members, ',') .. '],' .. quoted(f)
+    local totals = #members > 0 and {f[1], f[2], f[3], f[4]} or {f[5], f[6], f[7], f[8]}  -- see the reply above
+    local reply = '[[' .. table.concat(members, ',') .. '],' .. quoted(totals)
     if paired then
       local counts, firsts = {}, {}
       for i, t in ipairs(e[4]) do counts[i] = redis.call('ZCOUNT', acc, '-inf', '(' .. num(t)) end
@@ -628,8 +641,7 @@ class RedisStore:
     @staticmethod
     def _state(query: KeyQuery, reply: list[Any]) -> KeyState:
         events = list(map(Event._make, reply[0]))
-        fields = [None if v is None else float(v) for v in reply[1]]
-        count, amount_sum, amount_max, last = fields[:4] if events else fields[4:]  # no kept events: all folded
+        count, amount_sum, amount_max, last = (None if v is None else float(v) for v in reply[1])
         state = KeyState(events=events, count=int(count or 0), amount_sum=amount_sum or 0.0,
                          amount_max=math.nan if amount_max is None else amount_max,
                          last=None if last is None else int(last))

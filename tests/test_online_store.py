@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 import uuid
@@ -11,7 +12,17 @@ import pytest
 import redis
 
 from fraudops.entity_features import EntityFeatureConfig, OnlineFeatures
-from fraudops.online_store import EntityRef, KeyQuery, MemoryStore, Record, RedisStore, StoreLimits, StoreUnavailable
+from fraudops.online_store import (
+    EntityRef,
+    Event,
+    KeyQuery,
+    MemoryStore,
+    Record,
+    RedisStore,
+    StoreLimits,
+    StoreUnavailable,
+    _member,
+)
 from fraudops.schema import SYNTHETIC
 
 CONFIG = EntityFeatureConfig.create(SYNTHETIC, "datetime", ["1h", "1d"])
@@ -159,6 +170,17 @@ def test_a_batch_waits_longer_per_entity_value_and_never_reads_a_timed_out_reply
         admin.close()
 
 
+def test_a_server_that_lost_the_script_gets_it_again(redis_url: str) -> None:
+    """A restarted or failed-over Redis has no scripts: the first call loads it and goes on."""
+    store = RedisStore.from_url(redis_url, StoreLimits(keep_seconds=86_400), timeout_s=2,
+                                namespace=f"t{uuid.uuid4().hex[:8]}")
+    online = OnlineFeatures(CONFIG, store)
+    online.record([row(0)])
+    store.client.script_flush()
+    online.record([row(1)])
+    assert feature(online, [row(2)], "device_id__count_1h") == 2
+
+
 def test_bad_timeouts_are_named(redis_url: str) -> None:
     with pytest.raises(ValueError, match="timeout per entity value must be >= 0 seconds, got -1"):
         RedisStore.from_url(redis_url, StoreLimits(keep_seconds=100), key_timeout_s=-1)
@@ -239,3 +261,14 @@ def test_a_store_url_must_be_a_redis_url() -> None:
     with pytest.raises(ValueError, match="must start with redis://") as error:
         RedisStore.from_url("http://:s3cret@localhost:6379", StoreLimits(keep_seconds=100))
     assert "s3cret" not in str(error.value) and "got http://" in str(error.value)
+
+
+@pytest.mark.parametrize("event", [
+    Event(1_769_228_787_000_000, 37.4, "u1", "t-1"),
+    Event(-5, 1e-05, None, 'quote " and \\ backslash'),
+    Event(0, -0.0, "ünïcödé ✓", "tab\tnewline\n"),
+    Event(2**53, 1.5e300, "", "x"),
+])
+def test_a_member_is_written_as_json_dumps_writes_it(event: Event) -> None:
+    """Members already stored and the in-memory store's tie order depend on the exact text."""
+    assert _member(event) == json.dumps(list(event), separators=(",", ":"))
