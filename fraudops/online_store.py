@@ -164,7 +164,7 @@ class FeatureStore(Protocol):
 # -- in memory ----------------------------------------------------------------------------------------------
 def _member(event: Event) -> str:
     """An event as one string: Redis's sorted-set member, and the tie order of events at the same time. The
-    compact JSON array ``[ticks,amount,account,txn]``, written as `json.dumps` writes it (a fifth of its time)."""
+    compact JSON array ``[ticks,amount,account,txn]``, written as `json.dumps` writes it (in a quarter of its time)."""
     if not math.isfinite(event.amount):
         return json.dumps([event.ticks, event.amount, event.account, event.txn], separators=(",", ":"))
     account = "null" if event.account is None else _json_text(event.account)
@@ -567,8 +567,6 @@ class RedisStore:
             scheme = url.split("://", 1)[0] + "://" if "://" in url else "no scheme"
             raise ValueError(f"feature store URL must start with redis://, rediss:// or unix://, got {scheme} (the "
                              "rest of the URL is not shown: it may hold the password)")
-        if not timeout_s > 0:
-            raise ValueError(f"feature store timeout must be > 0 seconds, got {timeout_s!r}")
         client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
                                       retry=Retry(NoBackoff(), 0))
         return cls(client, limits, namespace, require_history, timeout_s=timeout_s, key_timeout_s=key_timeout_s)

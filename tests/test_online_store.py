@@ -159,7 +159,7 @@ def test_a_batch_waits_longer_per_entity_value_and_never_reads_a_timed_out_reply
         for online in (patient, hasty):  # connected before the pauses (a connection's handshake gets timeout_s)
             online.lookup([row(0)])
         admin.client_pause(300)
-        patient.record([row(0), row(1)])  # 3 + 2 entity values (one device): 1.05 s to answer
+        patient.record([row(0), row(1)])  # 5 entity values (a device, 2 IPs, 2 accounts): 1.05 s to answer
         admin.client_pause(300)
         started = time.monotonic()
         with pytest.raises(StoreUnavailable, match="write failed"):
@@ -181,9 +181,13 @@ def test_a_server_that_lost_the_script_gets_it_again(redis_url: str) -> None:
     assert feature(online, [row(2)], "device_id__count_1h") == 2
 
 
-def test_bad_timeouts_are_named(redis_url: str) -> None:
-    with pytest.raises(ValueError, match="timeout per entity value must be >= 0 seconds, got -1"):
-        RedisStore.from_url(redis_url, StoreLimits(keep_seconds=100), key_timeout_s=-1)
+@pytest.mark.parametrize(("timeouts", "message"), [
+    ({"timeout_s": 0}, "feature store timeout must be > 0 seconds, got 0"),
+    ({"key_timeout_s": -1}, "feature store timeout per entity value must be >= 0 seconds, got -1"),
+])
+def test_bad_timeouts_are_named(timeouts: dict[str, float], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        RedisStore.from_url("redis://127.0.0.1:1/0", StoreLimits(keep_seconds=100), **timeouts)
 
 
 @pytest.mark.parametrize(("limits", "message"), [
