@@ -984,6 +984,44 @@ def test_a_frozen_store_records_the_outage_once_it_answers_again(home, tmp_path,
     assert counter(registry, "feature_store_dropped_writes") == 0
 
 
+def test_a_backlog_of_held_writes_is_recorded_500_a_request_without_new_fallbacks(home, tmp_path, redis_server):
+    """With the default timeouts: Redis stopped, one request times out and opens the breaker, two batches of 1,000
+    meanwhile are answered from the snapshot and held, never sent. Once the store answers, each request first
+    records 500 held transactions (a call of its own) and is answered from the store: the backlog drains without a
+    new fallback, and the burst inside the held batches is counted once."""
+    registry = CollectorRegistry()
+    scorer = make_scorer(home, tmp_path, registry, feature_store_url=redis_server.url)
+    scorer.reload()
+    frame = generate_transactions(2000, seed=23, start="2026-03-05T10:00:00", days=0.02).drop(columns=["is_fraud"])
+    frame["transaction_id"] = "held-" + frame["transaction_id"].astype(str)
+    frame["device_id"] = [f"HELD-DEV-{i}" if i % 100 else "HELD-BURST" for i in range(len(frame))]  # 20 of them
+    rows = json.loads(frame.to_json(orient="records", date_format="iso"))
+    probe = burst(1, "HELD-BURST", start="2026-03-05T10:40:00+00:00")
+    pending = []
+    try:
+        scorer.score(burst(1, "HELD-WARM"))
+        os.kill(redis_server.process.pid, signal.SIGSTOP)
+        try:
+            down = [scorer.score(burst(1, "HELD-WARM", start="2026-03-05T09:00:00+00:00")), scorer.score(rows[:1000]),
+                    scorer.score(rows[1000:])]
+            pending.append(registry.get_sample_value("fraudops_scorer_feature_store_pending_writes"))
+        finally:
+            os.kill(redis_server.process.pid, signal.SIGCONT)
+        time.sleep(1.1)  # the breaker's FRAUDOPS_FEATURE_STORE_RETRY_SECONDS
+        back = []
+        for i in range(5):
+            back.append(scorer.score(burst(1, f"HELD-AFTER-{i}", start="2026-03-05T10:30:00+00:00")))
+            pending.append(registry.get_sample_value("fraudops_scorer_feature_store_pending_writes"))
+        seen = scorer.score(probe, explain=True)["results"][0]["features"]["device_id__count_1h"]
+    finally:
+        scorer.close()
+    assert all(body["features_fallback"] is True for body in down)
+    assert not any("features_fallback" in body for body in back)
+    assert pending == [2001, 1501, 1001, 501, 1, 0]
+    assert seen == 20
+    assert counter(registry, "feature_store_fallbacks") == 3 and counter(registry, "feature_store_dropped_writes") == 0
+
+
 def test_a_lost_store_is_rebuilt_from_the_prediction_log(home, tmp_path, redis_server, trained, monkeypatch):
     """Score traffic (a retry among it) with a store, lose the store, rebuild it from the log: every entity
     feature of new transactions is what it was before the loss (the snapshot loaded, each transaction once)."""
