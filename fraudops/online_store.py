@@ -28,6 +28,7 @@ replay test checks it). Approximate, by design:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from bisect import insort
@@ -432,6 +433,8 @@ end
 return '[' .. applied .. ',[' .. table.concat(out, ',') .. ']]'
 """
 
+_BATCH_SHA = hashlib.sha1(_BATCH.encode()).hexdigest()  # EVALSHA's name for it
+
 
 # Seeding a namespace with a frozen snapshot (`RedisStore.seed`). KEYS[1]: the namespace's seed hash (source,
 # state, started, finished). ARGV: source, now. Returns {state, source}: 'claimed' when this call claimed it.
@@ -558,7 +561,6 @@ class RedisStore:
         store restarted empty is a flagged fallback, not features of brand-new entities."""
         self.timeout_s = timeout_s
         self.key_timeout_s = key_timeout_s
-        self._batch = client.register_script(_BATCH)
 
     @classmethod
     def from_url(cls, url: str, limits: StoreLimits, *, timeout_s: float = 0.05, key_timeout_s: float = 0.0,
@@ -622,13 +624,13 @@ class RedisStore:
         pool = self.client.connection_pool
         conn = pool.get_connection()
         try:
-            conn.send_command("EVALSHA", self._batch.sha, 0, batch)
+            conn.send_command("EVALSHA", _BATCH_SHA, 0, batch)
             try:
                 return conn.read_response(timeout=timeout)
             except redis.exceptions.NoScriptError:  # a new or restarted server: load the script (same SHA), retry
                 conn.send_command("SCRIPT", "LOAD", _BATCH)
                 conn.read_response()
-                conn.send_command("EVALSHA", self._batch.sha, 0, batch)
+                conn.send_command("EVALSHA", _BATCH_SHA, 0, batch)
                 return conn.read_response(timeout=timeout)
         finally:
             pool.release(conn)
