@@ -813,11 +813,11 @@ def test_a_full_batch_gets_more_time_from_the_store_than_a_single_transaction(ho
     registry = CollectorRegistry()
     scorer = make_scorer(home, tmp_path, registry, feature_store_url=redis_url, feature_store_retry_seconds=0)
     scorer.reload()
-    frame = generate_transactions(1000, seed=21, start="2026-03-02", days=1).drop(columns=["is_fraud"])
+    frame = generate_transactions(1000, seed=21, start="2026-03-02", days=1)
     frame["transaction_id"] = "full-" + frame["transaction_id"].astype(str)
     frame["device_id"] = [f"FULL-DEV-{i}" for i in range(len(frame))]
     frame["ip_address"] = [f"10.7.{i // 250}.{i % 250}" for i in range(len(frame))]
-    rows = json.loads(frame.to_json(orient="records", date_format="iso"))
+    rows = as_requests(frame)
     admin = redis.Redis.from_url(redis_url)
     try:
         scorer.score(burst(1, "FULL-BATCH-DEV"))  # the store connection is open before the pauses
@@ -992,10 +992,10 @@ def test_a_backlog_of_held_writes_is_recorded_500_a_request_without_new_fallback
     registry = CollectorRegistry()
     scorer = make_scorer(home, tmp_path, registry, feature_store_url=redis_server.url)
     scorer.reload()
-    frame = generate_transactions(2000, seed=23, start="2026-03-05T10:00:00", days=0.02).drop(columns=["is_fraud"])
+    frame = generate_transactions(2000, seed=23, start="2026-03-05T10:00:00", days=0.02)
     frame["transaction_id"] = "held-" + frame["transaction_id"].astype(str)
     frame["device_id"] = [f"HELD-DEV-{i}" if i % 100 else "HELD-BURST" for i in range(len(frame))]  # 20 of them
-    rows = json.loads(frame.to_json(orient="records", date_format="iso"))
+    rows = as_requests(frame)
     probe = burst(1, "HELD-BURST", start="2026-03-05T10:40:00+00:00")
     pending = []
     try:
