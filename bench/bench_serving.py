@@ -270,11 +270,11 @@ def scorer_service(env: dict[str, str], log: Path) -> Server:
 
 def reference_server(port: int) -> None:
     """The reference: Starlette + uvicorn around the service's own handler (`Scorer`, configured by the same
-    FRAUDOPS_* variables as the service: validation, features, prediction log with write-ahead, metrics), the
-    sync call in a worker thread as BentoML runs a sync API. What b/c measures is what BentoML adds."""
+    FRAUDOPS_* variables as the service: validation, features, prediction log with write-ahead, metrics), called
+    as the service calls it (`Scorer.score_async`: batches in a worker thread). What b/c measures is what BentoML
+    adds."""
     import uvicorn
     from starlette.applications import Starlette
-    from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
@@ -287,7 +287,7 @@ def reference_server(port: int) -> None:
     async def score(request: Request) -> Response:
         body = await request.json()
         try:
-            result = await run_in_threadpool(scorer.score, body["transactions"], bool(body.get("explain")))
+            result = await scorer.score_async(body["transactions"], bool(body.get("explain")))
         except RequestError as exc:
             return JSONResponse({"problems": [str(p) for p in exc.problems]}, status_code=400)
         return Response(json.dumps(result), media_type="application/json")

@@ -127,7 +127,7 @@ class FraudScorer:
     ) -> ScoreResponse:
         """Fraud score, decision and (with explain) reason codes and features for each transaction."""
         try:
-            return _json(self.scorer.score(transactions, explain))
+            return _json(await self.scorer.score_async(transactions, explain))
         except RequestError as exc:
             return _json(exc.body(), exc.status)
         except (NotReadyError, LogUnavailableError) as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import dataclasses
 import json
@@ -27,7 +28,7 @@ from fraudops.bundle import ModelBundle
 from fraudops.data.synthetic import generate_transactions
 from fraudops.decisions import Bands
 from fraudops.errors import ConfigError, RegistryError
-from fraudops.online_store import StoreUnavailable
+from fraudops.online_store import RedisStore, StoreUnavailable
 from fraudops.predlog import LogWriter, read_feedback, read_predictions
 from fraudops.registry import Registry
 from fraudops.schema import SYNTHETIC, DatasetSpec
@@ -45,6 +46,7 @@ from fraudops.serving import (
     reason_codes,
 )
 from fraudops.serving.challenger import bucket
+from fraudops.serving.scorer import THREAD_ROWS
 from fraudops.training import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -832,6 +834,49 @@ def test_a_full_batch_gets_more_time_from_the_store_than_a_single_transaction(ho
     assert "features_fallback" not in full
     assert single["features_fallback"] is True
     assert counter(registry, "feature_store_requests") == 3 and counter(registry, "feature_store_fallbacks") == 1
+
+
+def test_batches_wait_on_the_store_in_worker_threads_and_single_transactions_on_the_loop(home, tmp_path, redis_url,
+                                                                                          monkeypatch):
+    """`Scorer.score_async`, the service's handler: two batches of `THREAD_ROWS` in flight wait on the feature
+    store at the same time, each in a worker thread, while the event loop is free (here each batch's store call
+    waits until the other's has started: scored on the loop, the first would wait alone and fail); a single
+    transaction is scored on the loop's own thread, and so is a batch for a model without a store."""
+    met = threading.Barrier(2, timeout=10)
+    callers: list[int] = []
+    read_and_write = RedisStore.read_and_write
+
+    def meet(self: RedisStore, queries: Any, records: Any) -> Any:
+        callers.append(threading.get_ident())
+        if len(records) >= THREAD_ROWS:
+            met.wait()
+        return read_and_write(self, queries, records)
+
+    monkeypatch.setattr(RedisStore, "read_and_write", meet)
+    scorer = make_scorer(home, tmp_path, feature_store_url=redis_url, feature_store_timeout_seconds=2)
+    scorer.reload()
+
+    async def score() -> tuple[list[dict[str, Any]], dict[str, Any], int]:
+        batches = await asyncio.gather(*(scorer.score_async(burst(THREAD_ROWS, f"THREADED-{k}")) for k in (1, 2)))
+        return batches, await scorer.score_async(burst(1, "THREADED-3")), threading.get_ident()
+
+    try:
+        batches, single, loop = asyncio.run(score())
+    finally:
+        scorer.close()
+    assert [len(b["results"]) for b in batches] == [THREAD_ROWS, THREAD_ROWS] and len(single["results"]) == 1
+    assert not any("features_fallback" in answer for answer in (*batches, single))
+    assert len(callers) == 3 and loop not in callers[:2] and callers[0] != callers[1] and callers[2] == loop
+
+    frozen = make_scorer(home, tmp_path)
+    frozen.reload()
+    scored_on: list[int] = []
+    monkeypatch.setattr(frozen, "score", lambda *args: scored_on.append(threading.get_ident()))
+    try:
+        assert asyncio.run(frozen.score_async(burst(THREAD_ROWS, "THREADED-4"))) is None
+    finally:
+        frozen.close()
+    assert scored_on == [threading.main_thread().ident]
 
 
 def test_shadow_scoring_only_reads_the_store(home, tmp_path, redis_url, trained):

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import anyio
 import numpy as np
 import pandas as pd
 from pydantic import ValidationError
@@ -33,6 +34,8 @@ from fraudops.settings import ServingConfig
 log = logging.getLogger(__name__)
 
 RETRY_SECONDS = 5.0  # how often an unready service retries loading when the champion poll is off
+THREAD_ROWS = 32
+"""Requests of at least this many transactions wait on the feature store in a worker thread (`Scorer.score_async`)."""
 
 
 class NotReadyError(FraudopsError):
@@ -244,6 +247,18 @@ class Scorer:
     def score(self, transactions: Any, explain: bool = False) -> dict[str, Any]:
         """Score 1..max_batch raw transactions (see `RowSchema`); the body of a `ScoreResponse`."""
         return self._handle("score", lambda: self._score(transactions, explain))
+
+    async def score_async(self, transactions: Any, explain: bool = False) -> dict[str, Any]:
+        """`score` for an event loop. A batch of `THREAD_ROWS` transactions or more for a model that reads an online
+        feature store is scored in a worker thread, so that while it waits on the store (tens of ms for hundreds of
+        entity values) the loop reads and scores other requests; the rest inline, where a thread hop costs more
+        than it frees (measured on 2 cores: p99 of single transactions at 200 req/s 4.9-5.0 ms inline, 6.3-7.6 ms
+        through a thread; batches of 100 and 1,000 without a store 7-12% slower through a thread)."""
+        served = self._model
+        if (isinstance(transactions, list) and len(transactions) >= THREAD_ROWS and served is not None
+                and served.entities is not None and served.entities.live is not None):
+            return await anyio.to_thread.run_sync(self.score, transactions, explain)
+        return self.score(transactions, explain)
 
     def _score(self, transactions: Any, explain: bool) -> dict[str, Any]:
         served, challenger = self._model, self._challenger
