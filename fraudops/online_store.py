@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import threading
 from bisect import insort
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -542,7 +543,11 @@ class RedisStore:
     Timeouts: ``timeout_s`` bounds each connect, send and reply; a batch's script call waits ``key_timeout_s`` more
     per entity value it reads or records for its reply, so that a large batch's legitimate work is not taken for a
     slow store. (Its send keeps ``timeout_s``: the socket buffers take a batch of 1,000 while Redis runs another
-    script; measured on loopback.)
+    script; measured on loopback.) Threads take turns: one batch script call at a time per store, on one
+    connection (Redis runs scripts one after another anyway, and a connection opened while it runs one would wait
+    for its handshake longer than ``timeout_s``: measured on the kind cluster, four batches of 1,000 in flight). A
+    call waits for its turn at most ``timeout_s`` plus ``key_timeout_s`` per entity value of the calls queued
+    ahead of it (the lock is not strictly first come, first served).
     """
 
     def __init__(self, client: redis.Redis, limits: StoreLimits, namespace: str = "fraudops",
@@ -561,6 +566,9 @@ class RedisStore:
         store restarted empty is a flagged fallback, not features of brand-new entities."""
         self.timeout_s = timeout_s
         self.key_timeout_s = key_timeout_s
+        self._turn = threading.Lock()  # held by the batch script call on the wire
+        self._queued = 0  # entity values of the batch script calls on the wire or waiting for their turn
+        self._queue_lock = threading.Lock()
 
     @classmethod
     def from_url(cls, url: str, limits: StoreLimits, *, timeout_s: float = 0.05, key_timeout_s: float = 0.0,
@@ -613,9 +621,23 @@ class RedisStore:
         batch = [self.namespace, int(self.require_history and bool(queries)),  # only reads need the history
                  [limits.keep_ticks, limits.max_events, limits.exact_accounts, limits.keep_seconds,
                   limits.retention_seconds], rows, entities]
-        timeout = self.timeout_s + self.key_timeout_s * len(entities)
-        with _unavailable(what):
-            applied, replies = json.loads(self._script(json.dumps(batch, separators=(",", ":")), timeout))
+        text = json.dumps(batch, separators=(",", ":"))
+        with self._queue_lock:
+            ahead = self._queued
+            self._queued += len(entities)
+        try:
+            if not self._turn.acquire(timeout=self.timeout_s + self.key_timeout_s * ahead):
+                raise StoreUnavailable(f"feature store {what} failed: the calls ahead of it ({ahead} entity values) "
+                                       "took longer than their allowance")
+            try:
+                with _unavailable(what):
+                    reply = self._script(text, self.timeout_s + self.key_timeout_s * len(entities))
+            finally:
+                self._turn.release()
+        finally:
+            with self._queue_lock:
+                self._queued -= len(entities)
+        applied, replies = json.loads(reply)
         return [self._state(query, reply) for query, reply in zip(queries, replies, strict=True)], applied
 
     def _script(self, batch: str, timeout: float) -> bytes:

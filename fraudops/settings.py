@@ -101,7 +101,9 @@ class ServingConfig(StoreSettings):
     feature_store_key_timeout_seconds: float = Field(0.0002, ge=0, le=0.1, description="added to that wait for a "
                                                      "request's store call per entity value it reads or records "
                                                      "(a batch of 1,000 transactions with 3 entity columns has up "
-                                                     "to 3,000), so that a large batch is not taken for a slow store")
+                                                     "to 3,000), so that a large batch is not taken for a slow "
+                                                     "store; a call queued behind the worker's other calls (they "
+                                                     "take turns) also waits this long per entity value of theirs")
     feature_store_retry_seconds: float = Field(1.0, ge=0, le=600, description="after the feature store was slow or "
                                                "unreachable, how long requests skip it (frozen snapshot at once, "
                                                "flagged) before one tries it again")

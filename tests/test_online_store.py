@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 import uuid
 
@@ -168,6 +169,47 @@ def test_a_batch_waits_longer_per_entity_value_and_never_reads_a_timed_out_reply
         assert feature(hasty, [row(3)], "device_id__count_1h") == 2
     finally:
         admin.close()
+
+
+def test_batches_of_one_store_take_turns_each_waiting_as_long_as_the_work_ahead_of_it() -> None:
+    """Threads' script calls go one at a time (Redis runs them one after another anyway): a call waits for its turn
+    up to ``timeout_s`` plus ``key_timeout_s`` per entity value of the calls ahead of it, then answers as usual;
+    behind a call that takes longer than that, it fails as a slow store does, and the queue is empty afterwards."""
+    store = RedisStore(redis.Redis(), StoreLimits(keep_seconds=86_400), timeout_s=0.05, key_timeout_s=0.1)
+    on_wire: list[str] = []
+    first_sent, answer_first = threading.Event(), threading.Event()
+
+    def script(batch: str, timeout: float) -> bytes:
+        txn = json.loads(batch)[3][0][0]
+        on_wire.append(txn)
+        if txn == "t0":  # the first call stays on the wire until told
+            first_sent.set()
+            answer_first.wait(10)
+        return json.dumps([1, []]).encode()
+
+    store._script = script  # type: ignore[method-assign]
+    online = OnlineFeatures(CONFIG, store)
+
+    def behind(hold: float) -> threading.Thread:
+        """A first call (5 entity values: 0.55 s of allowance for the calls behind it) answered after ``hold``."""
+        first_sent.clear()
+        answer_first.clear()
+        first = threading.Thread(target=online.record, args=([row(0), row(1)],))
+        first.start()
+        assert first_sent.wait(10)
+        threading.Timer(hold, answer_first.set).start()
+        return first
+
+    first = behind(0.25)
+    started = time.monotonic()
+    assert online.record([row(2, device="second")]) == 1  # waited for the first, within its 0.55 s
+    first.join(10)
+    assert time.monotonic() - started > 0.2 and on_wire == ["t0", "t2"]
+    first = behind(1.0)
+    with pytest.raises(StoreUnavailable, match=r"the calls ahead of it \(5 entity values\) took longer"):
+        online.record([row(3, device="third")])
+    first.join(10)
+    assert on_wire == ["t0", "t2", "t0"] and store._queued == 0
 
 
 def test_a_server_that_lost_the_script_gets_it_again(redis_url: str) -> None:
