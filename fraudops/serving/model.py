@@ -201,6 +201,11 @@ class ServedModel:
     path: str | None = None
     """The bundle's directory (what a shadow process loads it from)."""
 
+    @property
+    def reads_store(self) -> bool:
+        """Whether its entity features come from the online store (else the frozen snapshot, or none)."""
+        return self.entities is not None and self.entities.live is not None
+
     @classmethod
     def build(cls, tag: str, bundle: ModelBundle, config: ServingConfig, service: DatasetSpec,
               path: str | Path | None = None, seed: bool = False, guard: StoreGuard | None = None) -> ServedModel:

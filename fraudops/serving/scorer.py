@@ -133,9 +133,8 @@ class Scorer:
             self.error = None
             self.metrics.model_loads.labels("ok").inc()
             self.metrics.serving(served, previous)
-            store = served.entities is not None and served.entities.live is not None
             log.info("serving model %s (threshold %.4f, entity features from %s)%s", tag, served.bundle.threshold,
-                     "the online store" if store else "the frozen snapshot",
+                     "the online store" if served.reads_store else "the frozen snapshot",
                      f", replacing {previous.tag}" if previous else "")
             return {"model_tag": tag, "previous": previous.tag if previous else None, "changed": True,
                     **self._rollout_state()}
@@ -256,7 +255,7 @@ class Scorer:
         through a thread; batches of 100 and 1,000 without a store 7-12% slower through a thread)."""
         served = self._model
         if (isinstance(transactions, list) and len(transactions) >= THREAD_ROWS and served is not None
-                and served.entities is not None and served.entities.live is not None):
+                and served.reads_store):
             return await anyio.to_thread.run_sync(self.score, transactions, explain)
         return self.score(transactions, explain)
 
