@@ -456,7 +456,7 @@ def measure_with_store(env: dict[str, str], work: Path, take: Callable[[int, int
             server.stop()
         client = redis.Redis.from_url(url)
         memory = int(client.info("memory")["used_memory"])
-        entities = sum(1 for _ in client.scan_iter(match="*:agg:*", count=10_000))
+        entities = sum(1 for _ in client.scan_iter(match="*:2:e:*", count=10_000))
         client.close()
     results["rss"] = server.peak_rss
     return {"results": results, "memory": memory, "entities": entities,

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import itertools
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -41,16 +40,19 @@ import pandas as pd
 
 from fraudops.normalize import MISSING, TICKS_PER_SECOND, entity_keys, key_text, ticks, to_times
 from fraudops.online_store import (
+    NO_ACCOUNT,
+    NO_TIME,
     EntityRef,
     FeatureStore,
     FrozenColumn,
-    KeyQuery,
-    KeyState,
+    Query,
     Record,
     SnapshotStore,
+    States,
     StoreLimits,
     offsets,
     sorted_runs,
+    text_hashes,
 )
 from fraudops.schema import DatasetSpec
 
@@ -585,39 +587,47 @@ class OnlineFeatures:
         config, n = self.config, len(columns.ticks)
         if not n:
             return np.empty((0, len(config.feature_names)))
+        refs: list[EntityRef] = []
         first: dict[str, int] = {}
-        members: dict[str, list[np.ndarray]] = {}
-        queries: list[KeyQuery] = []
-        for col in config.columns:
-            keys = columns.keys[col]
-            first[col], members[col] = len(queries), _members(keys.codes, len(keys.uniques))
-            queries += self._queries(col, columns, members[col])
-        states = self.store.read_and_write(queries, self._records(columns)) if record else self.store.read(queries)
-        events = [event for state in states for event in state.events]
-        event_code = np.repeat(np.arange(len(states)), [len(state.events) for state in states])
-        stored_ticks, stored_amount, stored_account, stored_txn = (zip(*events, strict=True) if events
-                                                                   else ((), (), (), ()))
-        if columns.txn and not set(columns.txn).isdisjoint(stored_txn):  # retried transactions: drop their events
-            retried = set(columns.txn)
-            keep = [txn not in retried for txn in stored_txn]
-            event_code = event_code[keep]
-            stored_ticks, stored_amount, stored_account = (list(itertools.compress(values, keep)) for values in
-                                                          (stored_ticks, stored_amount, stored_account))
-        m = len(event_code)
-        table = _Table.of(np.array([*stored_ticks, *columns.ticks.tolist()], dtype=np.int64),
-                          np.array([*stored_amount, *columns.amount.tolist()], dtype="float64"), config.windows)
         batch = [np.flatnonzero(columns.keys[col].codes >= 0) for col in config.columns]
+        pairs: list[tuple[str, np.ndarray]] = []  # the paired columns' rows with a key, in column order
+        for col, rows in zip(config.columns, batch, strict=True):
+            paired = config.paired(col)
+            first[col] = len(refs)
+            refs += [EntityRef(col, key, paired) for key in columns.keys[col].uniques.tolist()]
+            if paired and columns.account is not None:
+                pairs.append((col, rows))
+        account = columns.account
+        row_account = np.full(n, NO_ACCOUNT, dtype=np.int64)
+        if account is not None and len(account.uniques):
+            known = account.codes >= 0
+            row_account[known] = text_hashes(account.uniques)[account.codes[known]]
+        pair_rows = [rows for _, rows in pairs]
+        query = Query(refs, np.concatenate([first[col] + columns.keys[col].codes[rows] for col, rows in pairs])
+                      if pairs else np.empty(0, dtype=np.int64),
+                      columns.ticks[np.concatenate(pair_rows)] if pairs else np.empty(0, dtype=np.int64),
+                      row_account[np.concatenate(pair_rows)] if pairs else np.empty(0, dtype=np.int64))
+        states = self.store.read_and_write(query, self._records(columns)) if record else self.store.read(query)
+        event_code = np.repeat(np.arange(len(refs)), np.diff(states.event_start))
+        stored = slice(None)
+        if columns.txn:  # retried transactions: drop their events
+            keep = ~np.isin(states.txn, text_hashes(columns.txn))
+            if not keep.all():
+                stored, event_code = keep, event_code[keep]
+        m = len(event_code)
+        table = _Table.of(np.concatenate([states.ticks[stored], columns.ticks]),
+                          np.concatenate([states.amount[stored], columns.amount]), config.windows)
         entry_row = np.concatenate([np.arange(m), *(m + rows for rows in batch)])
         codes = np.concatenate([event_code,
                                 *(first[col] + columns.keys[col].codes[rows]
                                   for col, rows in zip(config.columns, batch, strict=True))])
-        accounts = texts = None
-        if config.any_paired and columns.account is not None:
-            account = columns.account
-            texts = [*stored_account, *(None if code < 0 else account.uniques[code] for code in account.codes)]
-            paired = np.array([query.entity.paired for query in queries])
-            accounts = np.where(paired[codes], _factorize(texts)[0][entry_row], -1)
-        prior = self._prior(states, members, batch, texts, m, n)
+        accounts = None
+        if config.any_paired and account is not None:
+            hashes = np.concatenate([states.account[stored], row_account])
+            account_codes = np.where(hashes != NO_ACCOUNT, _codes(hashes), -1)
+            paired = np.array([ref.paired for ref in refs], dtype=bool)
+            accounts = np.where(paired[codes], account_codes[entry_row], -1)
+        prior = self._prior(states, batch, [col for col, _ in pairs], m)
         found = _entity_features(config, table, entry_row, codes, accounts, prior)
         out = np.full((n, len(config.feature_names)), np.nan)
         at = m
@@ -626,44 +636,23 @@ class OnlineFeatures:
             at += len(rows)
         return out
 
-    def _prior(self, states: list[KeyState], members: dict[str, list[np.ndarray]], batch: list[np.ndarray],
-               texts: list[str | None] | None, m: int, n: int) -> _Prior:
+    def _prior(self, states: States, batch: list[np.ndarray], paired: list[str], m: int) -> _Prior:
         """What the store knows beyond the table: per value read (folded aggregates), per entry (stored events: none;
         the batch's rows under a paired column: the accounts first seen strictly before them, and when their own
-        account was). ``texts``: the table's accounts (``m`` stored events, then the ``n`` rows of the batch), None
-        without distinct-account features."""
+        account was; ``paired``: the columns the query asked that for, in order)."""
         accounts_before, account_first = [np.zeros(m, dtype=np.int64)], [np.full(m, _NONE)]
         at = 0
         for col, rows in zip(self.config.columns, batch, strict=True):
-            col_states, at = states[at:at + len(members[col])], at + len(members[col])
-            before, first = np.zeros(n, dtype=np.int64), np.full(n, _NONE)
-            for state, key_rows in zip(col_states, members[col], strict=True) if self.config.paired(col) else ():
-                if state.accounts_before:
-                    before[key_rows] = state.accounts_before
-                if state.accounts_exact and texts is not None:
-                    first[key_rows] = [_NEVER if (text := texts[m + i]) is None
-                                       else state.account_first.get(text, _NEVER) for i in key_rows.tolist()]
-            accounts_before.append(before[rows])
-            account_first.append(first[rows])
-        return _Prior(count=np.array([s.count for s in states], dtype=np.int64),
-                      amount_sum=np.array([s.amount_sum for s in states], dtype="float64"),
-                      amount_max=np.array([s.amount_max for s in states], dtype="float64"),
-                      last=np.array([_NONE if s.last is None else s.last for s in states], dtype=np.int64),
-                      accounts_before=np.concatenate(accounts_before), account_first=np.concatenate(account_first))
-
-    def _queries(self, col: str, columns: Columns, members: list[np.ndarray]) -> list[KeyQuery]:
-        """One query per key of ``col`` (``members``: its rows); a paired column's also name the rows' times and
-        accounts."""
-        uniques = columns.keys[col].uniques
-        if not self.config.paired(col) or columns.account is None:
-            return [KeyQuery(EntityRef(col, key, self.config.paired(col))) for key in uniques]
-        ticks, codes, names = columns.ticks.tolist(), columns.account.codes.tolist(), columns.account.uniques
-        out = []
-        for key, rows in zip(uniques, members, strict=True):
-            at = rows.tolist()
-            out.append(KeyQuery(EntityRef(col, key, True), tuple(ticks[i] for i in at),
-                                tuple(sorted({names[c] for i in at if (c := codes[i]) >= 0}))))
-        return out
+            if col in paired:
+                accounts_before.append(states.accounts_before[at:at + len(rows)])
+                account_first.append(states.account_first[at:at + len(rows)])
+                at += len(rows)
+            else:
+                accounts_before.append(np.zeros(len(rows), dtype=np.int64))
+                account_first.append(np.full(len(rows), _NONE))
+        return _Prior(count=states.count, amount_sum=states.amount_sum, amount_max=states.amount_max,
+                      last=states.last, accounts_before=np.concatenate(accounts_before),
+                      account_first=np.concatenate(account_first))
 
 
 def _factorize(texts: list[str | None]) -> tuple[np.ndarray, np.ndarray]:
@@ -677,13 +666,6 @@ def _codes(values: np.ndarray) -> np.ndarray:
     """Codes of int64 values into their distinct values: sorting is cheaper for the few rows of a request,
     hashing for a training table."""
     return np.unique(values, return_inverse=True)[1] if len(values) < 4096 else pd.factorize(values)[0]
-
-
-def _members(codes: np.ndarray, n_keys: int) -> list[np.ndarray]:
-    """Row positions of each key code 0..n_keys-1 (missing keys, -1, left out)."""
-    order = np.argsort(codes, kind="stable")
-    bounds = np.searchsorted(codes[order], np.arange(n_keys + 1))
-    return [order[bounds[k]:bounds[k + 1]] for k in range(n_keys)]
 
 
 # -- frozen snapshot ----------------------------------------------------------------------------------------
@@ -719,7 +701,7 @@ def snapshot(frame: pd.DataFrame, config: EntityFeatureConfig, limits: StoreLimi
         folded = ~kept
         amount_max = np.full(n_keys, -np.inf)
         np.maximum.at(amount_max, c[folded], amount[folded])
-        last = np.full(n_keys, SnapshotStore.NO_TIME)
+        last = np.full(n_keys, NO_TIME)
         np.maximum.at(last, c[folded], t[folded])
         parts: dict[str, np.ndarray] = {}
         if config.paired(col) and account is not None:

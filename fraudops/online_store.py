@@ -10,9 +10,15 @@ compute its features for a new transaction exactly as the offline replay does:
 - the **accounts** it was used by, each with the time first seen, for the all-history distinct-account count:
   exact up to `StoreLimits.exact_accounts` accounts, then a HyperLogLog (Redis: standard error 0.81%).
 
-Writes are idempotent per transaction id: a transaction already recorded (within the longest window, the life of
-its marker) is skipped whole. Both stores share these semantics; `MemoryStore` is the reference, `RedisStore` the
-one every scorer replica shares. Times are integer microseconds ("ticks", see `fraudops.normalize.ticks`).
+Accounts and transaction ids are kept as 64-bit hashes (`text_hashes`): two accounts of one entity value share a
+hash with probability about n^2 / 2^65 (5e-12 for 10,000 accounts). Writes are idempotent per transaction id: a
+transaction already recorded (within the longest window, the life of its marker, or while its events are kept) is
+skipped whole. Both stores share these semantics;
+`MemoryStore` is the reference, `RedisStore` the one every scorer replica shares. Times are integer
+microseconds ("ticks", see `fraudops.normalize.ticks`).
+
+A store answers a batch at once (`Query` -> `States`, columnar), so that a batch of 1,000 transactions costs a few
+numpy operations rather than a Python object per stored event.
 
 Exact: every feature of a transaction no older than its entity's newest recorded one, whatever the batching (the
 replay test checks it). Approximate, by design:
@@ -22,8 +28,8 @@ replay test checks it). Approximate, by design:
   accounts seen before the batch (standard error 0.81%), without accounts new earlier in the same batch;
 - a late transaction (older than its entity's newest minus the longest window): all-history features include
   the folded transactions after it;
-- a retry after its marker expired counts again; batches read concurrently (two replicas) do not see each other,
-  though the stored state ends up the same.
+- a retry after its marker expired and its events were folded counts again; batches read concurrently (two
+  replicas) do not see each other, though the stored state ends up the same.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import secrets
 import threading
 from bisect import insort
 from collections.abc import Iterator, Sequence
@@ -49,6 +56,12 @@ from redis.retry import Retry
 from fraudops.normalize import TICKS_PER_SECOND
 
 DAY = 86_400
+NO_TIME = np.iinfo(np.int64).min
+"""No time: no folded transaction, or (`States.account_first`) an account beyond exact counting."""
+NEVER = np.iinfo(np.int64).max
+"""`States.account_first` of an account the store has never seen with the entity value."""
+NO_ACCOUNT = 0
+"""The hash standing for a missing account (`text_hashes` never gives it to a text)."""
 
 
 class StoreUnavailable(RuntimeError):
@@ -64,12 +77,12 @@ class StoreUnavailable(RuntimeError):
 class StoreLimits:
     """Bounds of what a store keeps.
 
-    ``keep_seconds``: the longest window; events older than that behind an entity's newest one are folded, and the
-    windowed keys and transaction markers expire that long after their last write (so a transaction retried later
-    than that counts again). ``max_events``: most kept events per entity; beyond it the oldest are folded early,
-    so windowed features of busier entities undercount (all-history ones stay exact). ``exact_accounts``: most
-    accounts per entity counted exactly; beyond it the all-history distinct-account count becomes approximate.
-    ``retention_seconds``: the all-history keys expire that long after their entity's last transaction.
+    ``keep_seconds``: the longest window; events older than that behind an entity's newest one are folded (and a
+    transaction retried after all its events were folded counts again). ``max_events``: most kept events per
+    entity; beyond it the oldest are folded early, so windowed features of busier entities undercount (all-history
+    ones stay exact). ``exact_accounts``: most accounts per entity counted exactly; beyond it the all-history
+    distinct-account count becomes approximate. ``retention_seconds``: an entity value's history expires that long
+    after its last transaction was recorded.
     """
 
     keep_seconds: int
@@ -91,15 +104,6 @@ class StoreLimits:
         return self.keep_seconds * TICKS_PER_SECOND
 
 
-class Event(NamedTuple):
-    """One transaction as an entity's history holds it (``account`` None: missing)."""
-
-    ticks: int
-    amount: float
-    account: str | None
-    txn: str
-
-
 class EntityRef(NamedTuple):
     """One entity value a transaction belongs to; ``paired``: the store tracks its accounts."""
 
@@ -119,30 +123,50 @@ class Record:
     entities: tuple[EntityRef, ...]
 
 
-@dataclass(frozen=True)
-class KeyQuery:
-    """What to read about one entity value: ``times`` of the batch's transactions with it (for the distinct
-    accounts first seen strictly before each) and their ``accounts`` (for when each was first seen)."""
+def _empty(dtype: Any = np.int64) -> np.ndarray:
+    return np.empty(0, dtype=dtype)
 
-    entity: EntityRef
-    times: tuple[int, ...] = ()
-    accounts: tuple[str, ...] = ()
+
+@dataclass(frozen=True)
+class Query:
+    """What to read for a batch: its distinct ``entities``, and per (transaction, paired entity value) pair
+    (``pair_entity``: index into ``entities``) the transaction's time and account hash (`NO_ACCOUNT`: none), for
+    the accounts first seen strictly before it and when its own account was first seen."""
+
+    entities: Sequence[EntityRef]
+    pair_entity: np.ndarray = field(default_factory=_empty)
+    pair_ticks: np.ndarray = field(default_factory=_empty)
+    pair_account: np.ndarray = field(default_factory=_empty)
 
 
 @dataclass
-class KeyState:
-    """What a store knows about one entity value (see the module doc)."""
+class States:
+    """What a store knows about a `Query`'s entity values, columnar.
 
-    events: list[Event] = field(default_factory=list)
-    count: int = 0
-    amount_sum: float = 0.0
-    amount_max: float = math.nan
-    last: int | None = None
-    accounts_exact: bool = True
-    accounts_before: list[int] = field(default_factory=list)
-    """Per queried time: accounts first seen strictly before it (approximate: all accounts seen so far)."""
-    account_first: dict[str, int] = field(default_factory=dict)
-    """Per queried account known to the store: when it was first seen (exact mode only)."""
+    Per entity value ``i``: its kept events are ``event_start[i]:event_start[i+1]`` of ``ticks``, ``amount``,
+    ``account`` and ``txn`` (hashes; in time order), and its folded aggregates ``count``, ``amount_sum``,
+    ``amount_max`` (NaN: none) and ``last`` (`NO_TIME`: none). Per pair of the query: ``accounts_before``, the
+    accounts first seen strictly before its time (beyond exact counting: the estimate of all accounts so far), and
+    ``account_first``, when its account was first seen (`NEVER`: not yet, or no account; `NO_TIME`: beyond exact
+    counting)."""
+
+    event_start: np.ndarray
+    ticks: np.ndarray
+    amount: np.ndarray
+    account: np.ndarray
+    txn: np.ndarray
+    count: np.ndarray
+    amount_sum: np.ndarray
+    amount_max: np.ndarray
+    last: np.ndarray
+    accounts_before: np.ndarray
+    account_first: np.ndarray
+
+    def events_of(self, i: int) -> np.ndarray:
+        """Entity value ``i``'s kept events as rows (ticks, amount, account hash, txn hash), for inspection."""
+        lo, hi = self.event_start[i], self.event_start[i + 1]
+        return np.rec.fromarrays([self.ticks[lo:hi], self.amount[lo:hi], self.account[lo:hi], self.txn[lo:hi]],
+                                 names="ticks,amount,account,txn")
 
 
 class FeatureStore(Protocol):
@@ -150,55 +174,99 @@ class FeatureStore(Protocol):
 
     limits: StoreLimits
 
-    def read(self, queries: Sequence[KeyQuery]) -> list[KeyState]:
-        """One state per query, in order."""
+    def read(self, query: Query) -> States:
+        """The state of each of the query's entity values and the answers for its pairs."""
         ...
 
     def write(self, records: Sequence[Record]) -> int:
         """Record the transactions not recorded before (by id); returns how many were new."""
         ...
 
-    def read_and_write(self, queries: Sequence[KeyQuery], records: Sequence[Record]) -> list[KeyState]:
+    def read_and_write(self, query: Query, records: Sequence[Record]) -> States:
         """`read`, then `write` (a scored batch: its history, then itself), as one call where the store can."""
         ...
 
 
+def text_hashes(texts: Sequence[str | None] | np.ndarray) -> np.ndarray:
+    """64-bit hashes (int64) of texts, the same in every process and on every machine (pandas' SipHash-2-4 with
+    its fixed key, `pandas.util.hash_array`): how stores keep accounts and transaction ids. None: `NO_ACCOUNT`."""
+    values = np.asarray(texts, dtype=object)
+    if not len(values):
+        return _empty()
+    missing = pd.isna(values)
+    out = pd.util.hash_array(np.where(missing, "", values)).view(np.int64)
+    out[out == NO_ACCOUNT] = 1
+    out[missing] = NO_ACCOUNT
+    return out
+
+
+def account_answers(table_entity: np.ndarray, table_account: np.ndarray, table_first: np.ndarray,
+                    estimate: np.ndarray, query: Query) -> tuple[np.ndarray, np.ndarray]:
+    """`States.accounts_before` and `States.account_first` of a query's pairs from the stores' accounts: rows
+    (entity index, account hash, first ticks) of the entity values counted exactly, and per entity value the
+    HyperLogLog ``estimate`` of those beyond exact counting (-1: counted exactly)."""
+    pe, pt, pa = query.pair_entity, query.pair_ticks, query.pair_account
+    n_table, n_pairs = len(table_entity), len(pe)
+    if not n_pairs:
+        return _empty(), _empty()
+    # accounts first seen strictly before each pair's time: pairs sort before accounts of the same time
+    entity = np.concatenate([table_entity, pe])
+    order = np.lexsort((np.r_[np.ones(n_table, np.int8), np.zeros(n_pairs, np.int8)], np.r_[table_first, pt], entity))
+    seen = np.cumsum(order < n_table)
+    entity_start = offsets(np.bincount(table_entity, minlength=len(estimate)))
+    before = seen[at_of(order)[n_table:]] - entity_start[pe]
+    # when each pair's account was first seen: the table row at or before it in (entity, account) order
+    order = np.lexsort((np.r_[np.zeros(n_table, np.int8), np.ones(n_pairs, np.int8)], np.r_[table_account, pa],
+                       entity))
+    last = np.maximum.accumulate(np.where(order < n_table, np.arange(len(order)), -1))
+    found = np.where(last >= 0, order[np.maximum(last, 0)], -1)[at_of(order)[n_table:]]
+    hit = (found >= 0) & (pa != NO_ACCOUNT)
+    hit[hit] = (table_entity[found[hit]] == pe[hit]) & (table_account[found[hit]] == pa[hit])
+    first = np.full(n_pairs, NEVER)
+    first[hit] = table_first[found[hit]]
+    beyond = estimate[pe] >= 0
+    return np.where(beyond, estimate[pe], before), np.where(beyond, NO_TIME, first)
+
+
+def at_of(order: np.ndarray) -> np.ndarray:
+    """The inverse of a permutation: where each element went."""
+    out = np.empty(len(order), dtype=np.int64)
+    out[order] = np.arange(len(order))
+    return out
+
+
+def empty_states(query: Query) -> States:
+    """States of a query's entity values in a store that knows none of them."""
+    n = len(query.entities)
+    return States(np.zeros(n + 1, dtype=np.int64), _empty(), _empty(np.float64), _empty(), _empty(),
+                  np.zeros(n, dtype=np.int64), np.zeros(n), np.full(n, np.nan), np.full(n, NO_TIME),
+                  np.zeros(len(query.pair_entity), dtype=np.int64), np.full(len(query.pair_entity), NEVER))
+
+
 # -- in memory ----------------------------------------------------------------------------------------------
-def _member(event: Event) -> str:
-    """An event as one string: Redis's sorted-set member, and the tie order of events at the same time. The
-    compact JSON array ``[ticks,amount,account,txn]``, written as `json.dumps` writes it (in a quarter of its time)."""
-    if not math.isfinite(event.amount):
-        return json.dumps([event.ticks, event.amount, event.account, event.txn], separators=(",", ":"))
-    account = "null" if event.account is None else _json_text(event.account)
-    return f"[{int(event.ticks)},{float(event.amount)!r},{account},{_json_text(event.txn)}]"
-
-
-_json_text = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]  # a str as json.dumps writes it
-
-
 @dataclass
 class _History:
-    events: list[tuple[int, str, Event]] = field(default_factory=list)  # sorted by (ticks, member)
+    events: list[tuple[int, int, float, int]] = field(default_factory=list)  # (ticks, txn, amount, account) sorted
     count: int = 0
     amount_sum: float = 0.0
     amount_max: float = math.nan
-    last: int | None = None
-    first_seen: dict[str, int] | None = field(default_factory=dict)  # None: beyond exact_accounts
-    accounts: set[str] = field(default_factory=set)
+    last: int = NO_TIME
+    first_seen: dict[int, int] | None = field(default_factory=dict)  # account -> ticks; None: beyond exact_accounts
+    accounts: set[int] = field(default_factory=set)
 
-    def fold(self, events: list[tuple[int, str, Event]]) -> None:
-        for ticks, _, event in events:
+    def fold(self, events: list[tuple[int, int, float, int]]) -> None:
+        for ticks, _, amount, _ in events:
             self.count += 1
-            self.amount_sum += event.amount
-            self.amount_max = event.amount if math.isnan(self.amount_max) else max(self.amount_max, event.amount)
-            self.last = ticks if self.last is None else max(self.last, ticks)
+            self.amount_sum += amount
+            self.amount_max = amount if math.isnan(self.amount_max) else max(self.amount_max, amount)
+            self.last = max(self.last, ticks)
 
 
 class MemoryStore:
     """A store in this process's memory with the semantics of `RedisStore` (the reference for tests).
 
-    Differences: nothing expires, and beyond ``exact_accounts`` the account count is an exact set's size where
-    Redis has a HyperLogLog's estimate.
+    Differences: nothing expires, a transaction id once recorded is never recorded again, and beyond
+    ``exact_accounts`` the account count is an exact set's size where Redis has a HyperLogLog's estimate.
     """
 
     def __init__(self, limits: StoreLimits) -> None:
@@ -206,46 +274,51 @@ class MemoryStore:
         self._histories: dict[tuple[str, str], _History] = {}
         self._recorded: set[str] = set()
 
-    def read(self, queries: Sequence[KeyQuery]) -> list[KeyState]:
-        out = []
-        for query in queries:
-            history = self._histories.get(query.entity[:2])
-            if history is None:
-                out.append(KeyState(accounts_before=[0] * len(query.times)))
+    def read(self, query: Query) -> States:
+        histories = [self._histories.get(ref[:2]) for ref in query.entities]
+        states = empty_states(query)
+        events = [h.events if h else [] for h in histories]
+        states.event_start = offsets([len(e) for e in events])
+        flat = [e for es in events for e in es]
+        ticks, txn, amount, account = (np.array(v) for v in zip(*flat, strict=True)) if flat else (
+            _empty(), _empty(), _empty(np.float64), _empty())
+        states.ticks, states.txn, states.amount, states.account = ticks, txn, amount.astype(np.float64), account
+        table: list[tuple[int, int, int]] = []
+        estimate = np.full(len(histories), -1, dtype=np.int64)
+        for i, (ref, h) in enumerate(zip(query.entities, histories, strict=True)):
+            if h is None:
                 continue
-            state = KeyState(events=[event for _, _, event in history.events], count=history.count,
-                             amount_sum=history.amount_sum, amount_max=history.amount_max, last=history.last)
-            if query.entity.paired:
-                firsts = history.first_seen
-                state.accounts_exact = firsts is not None
-                if firsts is None:
-                    state.accounts_before = [len(history.accounts)] * len(query.times)
-                else:
-                    state.accounts_before = [sum(1 for f in firsts.values() if f < t) for t in query.times]
-                    state.account_first = {a: firsts[a] for a in query.accounts if a in firsts}
-            out.append(state)
-        return out
+            states.count[i], states.amount_sum[i], states.amount_max[i], states.last[i] = (
+                h.count, h.amount_sum, h.amount_max, h.last)
+            if ref.paired and h.first_seen is None:
+                estimate[i] = len(h.accounts)
+            elif ref.paired:
+                table += [(i, account, first) for account, first in h.first_seen.items()]
+        columns = np.array(table, dtype=np.int64).reshape(-1, 3).T
+        states.accounts_before, states.account_first = account_answers(*columns, estimate, query)
+        return states
 
-    def read_and_write(self, queries: Sequence[KeyQuery], records: Sequence[Record]) -> list[KeyState]:
-        states = self.read(queries)
+    def read_and_write(self, query: Query, records: Sequence[Record]) -> States:
+        states = self.read(query)
         self.write(records)
         return states
 
     def write(self, records: Sequence[Record]) -> int:
+        txns = text_hashes([r.txn for r in records]).tolist()
+        accounts = text_hashes([r.account for r in records]).tolist()
         applied = 0
-        for record in records:
+        for record, txn, account in zip(records, txns, accounts, strict=True):
             if record.txn in self._recorded:
                 continue
             self._recorded.add(record.txn)
             applied += 1
-            event = Event(record.ticks, float(record.amount), record.account, record.txn)
-            entry = (event.ticks, _member(event), event)
+            entry = (record.ticks, txn, float(record.amount), account)
             for ref in record.entities:
                 history = self._histories.setdefault(ref[:2], _History())
-                insort(history.events, entry, key=lambda e: (e[0], e[1]))
+                insort(history.events, entry)
                 self._trim(history)
-                if ref.paired and record.account is not None:
-                    self._add_account(history, record.account, record.ticks)
+                if ref.paired and account != NO_ACCOUNT:
+                    self._add_account(history, account, record.ticks)
         return applied
 
     def _trim(self, history: _History) -> None:
@@ -255,7 +328,7 @@ class MemoryStore:
         history.fold(history.events[:old])
         del history.events[:old]
 
-    def _add_account(self, history: _History, account: str, ticks: int) -> None:
+    def _add_account(self, history: _History, account: int, ticks: int) -> None:
         if history.first_seen is None:
             history.accounts.add(account)
             return
@@ -266,179 +339,73 @@ class MemoryStore:
 
 
 # -- Redis --------------------------------------------------------------------------------------------------
-# One script call per batch (`RedisStore._call`): ARGV[1] is the batch as JSON, [namespace, require_history (0/1),
-# [keep_ticks, max_events, exact_accounts, keep_seconds, retention_seconds], records, entities]: a record is
-# [txn, ticks, member, amount, account or null]; an entity value is [column:value, read (0/1), paired (0/1), times,
-# accounts, positions of its records (0-based)]. Times travel as JSON numbers (doubles): exact for ticks below 2^53
-# (microseconds up to the year 2255). Keys per entity value (built here from the namespace; the script
-# runs on standalone Redis only): ev (sorted set of kept events scored by ticks), agg (hash: fn/fsum/fmax/flast
-# folded, n/sum/max/last all events), acc (sorted set: account -> first ticks), hll (HyperLogLog of accounts,
-# replacing acc beyond exact_accounts); per record its marker txn; the namespace's limits hash and seed hash.
-# Each entity value is handled once: read (when asked), then its new records in batch order, from what the read
-# fetched, so the read sees the history before the batch. A read of a namespace whose seed is not ready fails
-# with NOHISTORY when require_history is set (a store restarted empty would answer as if every entity were new),
-# before anything is written. The horizons are the namespace's: the longest any writer has asked for (a
-# challenger with shorter windows than the champion's must not fold or expire the history the champion's windows
-# still read). Returns one JSON text, [new records, replies]: per entity value read, in order, [kept members,
-# count, sum, max and last of what the members leave out (the folded fields, or the totals when no event is kept;
-# as strings)] and for paired ones also in_hll, the HyperLogLog's estimate,
-# the accounts first seen before each time, and the first ticks of each account (null: unknown).
-_BATCH = """
-local batch = cjson.decode(ARGV[1])
-local ns, lim, records, entities = batch[1], batch[3], batch[4], batch[5]
-local null = cjson.null
-local function num(x) return string.format('%.17g', x) end
-local function ticks_of(member) return tonumber(string.match(member, '^%[(%-?%d+)')) end
-local function quoted(values)
-  local out = {}
-  for i, v in ipairs(values) do out[i] = v and ('"' .. v .. '"') or 'null' end
-  return '[' .. table.concat(out, ',') .. ']'
-end
-local function numbers(values)  -- scores: first ticks, written by this script as integers
-  local out = {}
-  for i, v in ipairs(values) do out[i] = v or 'null' end
-  return '[' .. table.concat(out, ',') .. ']'
-end
-local AGG = {'fn', 'fsum', 'fmax', 'flast', 'n', 'sum', 'max', 'last'}
-if batch[2] == 1 and redis.call('HGET', ns .. ':seed', 'state') ~= 'ready' then
-  return redis.error_reply('NOHISTORY the namespace has no history (not seeded yet, or the store restarted empty)')
-end
-local fresh, applied, keep, ttl_window, ttl_keep = {}, 0, 0, 0, 0
-if #records > 0 then
-  local limits = ns .. ':limits'
-  local held = redis.call('HMGET', limits, 'keep_ticks', 'keep_seconds', 'retention_seconds')
-  keep = math.max(lim[1], tonumber(held[1]) or 0)
-  ttl_window = math.max(lim[4], tonumber(held[2]) or 0)
-  ttl_keep = math.max(lim[5], tonumber(held[3]) or 0)
-  redis.call('HSET', limits, 'keep_ticks', num(keep), 'keep_seconds', ttl_window, 'retention_seconds', ttl_keep)
-  for i, r in ipairs(records) do
-    if redis.call('SET', ns .. ':txn:' .. r[1], '1', 'NX', 'EX', ttl_window) then
-      fresh[i], applied = true, applied + 1
-    end
-  end
-end
-local cap, exact = lim[2], lim[3]
+LAYOUT = 2
+"""The version of the Redis layout: its keys are named ``{namespace}:2:...``, so a namespace written by another
+layout is a new, unseeded one (the scorer seeds it from its model's snapshot, `fraudops features rebuild` adds
+the prediction log)."""
+_HEADER = np.dtype([("layout", "<u2"), ("flags", "<u2"), ("n_events", "<u4"), ("token", "<u8"),
+                    ("n_accounts", "<u4"), ("spare", "<u4"), ("count", "<i8"), ("amount_sum", "<f8"),
+                    ("amount_max", "<f8"), ("last", "<i8"), ("spare2", "<i8")])
+_BEYOND = 1  # header flag: the accounts are counted in the HyperLogLog
+_HEADER_UNITS, _EVENT_UNITS, _ACCOUNT_UNITS = 4, 2, 1  # of 16 bytes
+_ATTEMPTS = 5
+"""Reads and compare-and-set writes of one batch before it gives up, when other writers keep changing its keys."""
 
--- record one entity value's new events (in batch order) and accounts; members, f, in_hll: what the read fetched
-local function apply(ev, agg, acc, hll, todo, paired, members, f, in_hll)
-  local c, o, w
-  if members then
-    c = #members
-  else
-    f = redis.call('HMGET', agg, unpack(AGG))
-    c = redis.call('ZCARD', ev)
-    if c > 0 then members = {redis.call('ZRANGE', ev, 0, 0)[1], redis.call('ZRANGE', ev, -1, -1)[1]} end
-  end
-  if c > 0 then o, w = ticks_of(members[1]), ticks_of(members[#members]) end
-  local fn, fs, fm, fl = tonumber(f[1]) or 0, tonumber(f[2]) or 0, tonumber(f[3]), tonumber(f[4])
-  local tn, ts, tm, tl = tonumber(f[5]), tonumber(f[6]), tonumber(f[7]), tonumber(f[8])
-  local folded = false
-  local function fold(list)
-    for _, m in ipairs(list) do
-      local t, amount = string.match(m, '^%[(%-?%d+),([^,]+),')
-      t, amount = tonumber(t), tonumber(amount)
-      fn, fs = fn + 1, fs + amount
-      if fm == nil or amount > fm then fm = amount end
-      if fl == nil or t > fl then fl = t end
-    end
-    folded = folded or #list > 0
-  end
-  for _, r in ipairs(todo) do
-    local t, amount = r[2], r[4]
-    if c == 0 and tn then fn, fs, fm, fl, folded = tn, ts, tm, tl, true end  -- new, or its kept events expired
-    c = c + redis.call('ZADD', ev, num(t), r[3])
-    tn, ts = (tn or 0) + 1, (ts or 0) + amount
-    if tm == nil or amount > tm then tm = amount end
-    if tl == nil or t > tl then tl = t end
-    if w == nil or t > w then w = t end
-    if o == nil or t < o then o = t end
-    if o < w - keep then
-      local bound = '(' .. num(w - keep)
-      local old = redis.call('ZRANGEBYSCORE', ev, '-inf', bound)
-      fold(old)
-      redis.call('ZREMRANGEBYSCORE', ev, '-inf', bound)
-      c = c - #old
-      o = ticks_of(redis.call('ZRANGE', ev, 0, 0)[1])
-    end
-    if c > cap then
-      local extra = c - cap
-      fold(redis.call('ZRANGE', ev, 0, extra - 1))
-      redis.call('ZREMRANGEBYRANK', ev, 0, extra - 1)
-      c = cap
-      o = ticks_of(redis.call('ZRANGE', ev, 0, 0)[1])
-    end
-  end
-  if folded then
-    redis.call('HSET', agg, 'n', num(tn), 'sum', num(ts), 'max', num(tm), 'last', num(tl),
-               'fn', num(fn), 'fsum', num(fs), 'fmax', num(fm), 'flast', num(fl))
-  else
-    redis.call('HSET', agg, 'n', num(tn), 'sum', num(ts), 'max', num(tm), 'last', num(tl))
-  end
-  redis.call('EXPIRE', ev, ttl_window)
-  redis.call('EXPIRE', agg, ttl_keep)
-  if not paired then return end
-  local firsts, names = {}, {}
-  for _, r in ipairs(todo) do
-    if r[5] ~= null then
-      local n = #firsts
-      firsts[n + 1], firsts[n + 2] = num(r[2]), r[5]
-      names[#names + 1] = r[5]
-    end
-  end
-  if #names == 0 then return end
-  if in_hll == nil then in_hll = redis.call('EXISTS', hll) end
-  if in_hll == 0 then
-    local added = 0
-    for i = 1, #firsts, 1000 do
-      added = added + redis.call('ZADD', acc, 'LT', unpack(firsts, i, math.min(i + 999, #firsts)))
-    end
-    if added > 0 and redis.call('ZCARD', acc) > exact then
-      names, in_hll = redis.call('ZRANGE', acc, 0, -1), 1
-      redis.call('DEL', acc)
-    end
-  end
-  if in_hll == 1 then
-    for i = 1, #names, 1000 do redis.call('PFADD', hll, unpack(names, i, math.min(i + 999, #names))) end
-  end
-  redis.call('EXPIRE', in_hll == 1 and hll or acc, ttl_keep)
+# The write of a batch (`RedisStore._call`), after the client read the keys and merged the batch in. ARGV[1]: JSON
+# [namespace, entity values (column:value), [keep_ticks, keep_seconds, retention_seconds], blob lengths (bytes),
+# HyperLogLog members per entity value, beyond flags (1: its accounts are in the HyperLogLog), seed guard ([source,
+# chunk id]) or null, ids of the transactions recorded]; ARGV[2]: per entity value the token its blob had when read
+# (8 bytes, zeros: none); ARGV[3]: the new blobs; ARGV[4]: the HyperLogLog members, 8 bytes each. Compare and set:
+# nothing is written unless every blob still has the token read (else 0: another writer came between, the client
+# reads again). A seed guard also requires the namespace's seed to be claimed by that source and not ready, and the
+# chunk not applied yet (-1 not the owner, 2 already applied). Each transaction recorded gets its marker ``:t:{id}``
+# for the longest window. The horizons are the namespace's: the longest any writer has asked for (a challenger with
+# shorter windows than the champion's must not fold or expire history the champion's windows still read).
+_WRITE = """
+local meta = cjson.decode(ARGV[1])
+local ns, names, lim, lengths, counts, beyond, guard = meta[1], meta[2], meta[3], meta[4], meta[5], meta[6], meta[7]
+local txns = meta[8]
+local tokens, blobs, members = ARGV[2], ARGV[3], ARGV[4]
+local zero = string.rep('\\0', 8)
+for i, name in ipairs(names) do
+  local held = redis.call('GETRANGE', ns .. ':2:e:' .. name, 8, 15)
+  if held == '' then held = zero end
+  if held ~= string.sub(tokens, 8 * i - 7, 8 * i) then return 0 end
 end
-
-local out = {}
-for _, e in ipairs(entities) do
-  local ev, agg, acc, hll = ns .. ':ev:' .. e[1], ns .. ':agg:' .. e[1], ns .. ':acc:' .. e[1], ns .. ':hll:' .. e[1]
-  local paired, members, f, in_hll = e[3] == 1
-  if e[2] == 1 then
-    members, f = redis.call('ZRANGE', ev, 0, -1), redis.call('HMGET', agg, unpack(AGG))
-    local totals = #members > 0 and {f[1], f[2], f[3], f[4]} or {f[5], f[6], f[7], f[8]}  -- see the reply above
-    local reply = '[[' .. table.concat(members, ',') .. '],' .. quoted(totals)
-    if paired then
-      local counts, firsts = {}, {}
-      for i, t in ipairs(e[4]) do counts[i] = redis.call('ZCOUNT', acc, '-inf', '(' .. num(t)) end
-      for i = 1, #e[5], 1000 do
-        for _, v in ipairs(redis.call('ZMSCORE', acc, unpack(e[5], i, math.min(i + 999, #e[5])))) do
-          firsts[#firsts + 1] = v
-        end
+if guard ~= cjson.null then
+  local claim = redis.call('HMGET', ns .. ':2:seed', 'source', 'state')
+  if claim[1] ~= guard[1] then return -1 end
+  if claim[2] == 'ready' or redis.call('SADD', ns .. ':2:seed:done', guard[2]) == 0 then return 2 end
+end
+local limits = ns .. ':2:limits'
+local held = redis.call('HMGET', limits, 'keep_ticks', 'keep_seconds', 'retention_seconds')
+local keep, window = math.max(lim[1], tonumber(held[1]) or 0), math.max(lim[2], tonumber(held[2]) or 0)
+local ttl = math.max(lim[3], tonumber(held[3]) or 0)
+redis.call('HSET', limits, 'keep_ticks', string.format('%.17g', keep), 'keep_seconds', window, 'retention_seconds', ttl)
+for _, txn in ipairs(txns) do redis.call('SET', ns .. ':2:t:' .. txn, '1', 'EX', window) end
+local at, m = 1, 1
+for i, name in ipairs(names) do
+  redis.call('SET', ns .. ':2:e:' .. name, string.sub(blobs, at, at + lengths[i] - 1), 'EX', ttl)
+  at = at + lengths[i]
+  if beyond[i] == 1 then
+    local hll = ns .. ':2:h:' .. name
+    for j = 0, counts[i] - 1, 1000 do
+      local batch = {}
+      for q = j, math.min(j + 999, counts[i] - 1) do
+        batch[#batch + 1] = string.sub(members, m + 8 * q, m + 8 * q + 7)
       end
-      in_hll = redis.call('EXISTS', hll)
-      local estimate = in_hll == 1 and redis.call('PFCOUNT', hll) or 0
-      reply = reply .. ',' .. in_hll .. ',' .. estimate .. ',[' .. table.concat(counts, ',') .. '],' .. numbers(firsts)
+      redis.call('PFADD', hll, unpack(batch))
     end
-    out[#out + 1] = reply .. ']'
+    m = m + 8 * counts[i]
+    redis.call('EXPIRE', hll, ttl)
   end
-  local todo = {}
-  for _, i in ipairs(e[6]) do
-    if fresh[i + 1] then todo[#todo + 1] = records[i + 1] end
-  end
-  if #todo > 0 then apply(ev, agg, acc, hll, todo, paired, members, f, in_hll) end
 end
-return '[' .. applied .. ',[' .. table.concat(out, ',') .. ']]'
+return 1
 """
+_WRITE_SHA = hashlib.sha1(_WRITE.encode()).hexdigest()  # EVALSHA's name for it
 
-_BATCH_SHA = hashlib.sha1(_BATCH.encode()).hexdigest()  # EVALSHA's name for it
-
-
-# Seeding a namespace with a frozen snapshot (`RedisStore.seed`). KEYS[1]: the namespace's seed hash (source,
-# state, started, finished). ARGV: source, now. Returns {state, source}: 'claimed' when this call claimed it.
+# Claiming a namespace's seed (`RedisStore.seed`). KEYS[1]: the seed hash (source, state, started, finished).
+# ARGV: source, now. Returns {state, source}: 'claimed' when this call claimed it.
 _CLAIM = """
 local source = redis.call('HGET', KEYS[1], 'source')
 if not source then
@@ -446,68 +413,6 @@ if not source then
   return {'claimed', ARGV[1]}
 end
 return {redis.call('HGET', KEYS[1], 'state'), source}
-"""
-
-# One chunk of a snapshot's folded aggregates and accounts, applied at most once (its id joins the done set in
-# the same call; nothing once the seed is ready, when a loader that finished first has dropped the done set).
-# KEYS: seed hash, done set, then per entity value agg, acc, hll. ARGV: source, chunk id, exact_accounts,
-# retention_seconds, n_entities, then per entity value: folded n, sum, max, last ('' when n is 0), n_accounts,
-# then account, first ticks pairs, then how many accounts beyond exact_accounts it had (added to the HyperLogLog
-# as placeholders). Folded aggregates are added to the folded and to the total fields, so the
-# kept events recorded before or after (through the write script) add up the same.
-_SEED = """
-local claim = redis.call('HMGET', KEYS[1], 'source', 'state')
-if claim[1] ~= ARGV[1] then return -1 end
-if claim[2] == 'ready' or redis.call('SADD', KEYS[2], ARGV[2]) == 0 then return 0 end
-local exact, ttl = tonumber(ARGV[3]), tonumber(ARGV[4])
-local function num(x) return string.format('%.17g', x) end
-local function add(agg, nf, sf, mf, lf, n, s, mx, last)
-  local f = redis.call('HMGET', agg, nf, sf, mf, lf)
-  local m, l = tonumber(f[3]), tonumber(f[4])
-  if m == nil or mx > m then m = mx end
-  if l == nil or last > l then l = last end
-  redis.call('HSET', agg, nf, num((tonumber(f[1]) or 0) + n), sf, num((tonumber(f[2]) or 0) + s), mf, num(m),
-             lf, num(l))
-end
-local a, k = 6, 3
-for _ = 1, tonumber(ARGV[5]) do
-  local agg, acc, hll = KEYS[k], KEYS[k + 1], KEYS[k + 2]
-  local n = tonumber(ARGV[a])
-  if n > 0 then
-    local s, mx, last = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-    add(agg, 'fn', 'fsum', 'fmax', 'flast', n, s, mx, last)
-    add(agg, 'n', 'sum', 'max', 'last', n, s, mx, last)
-    redis.call('EXPIRE', agg, ttl)
-  end
-  local n_accounts = tonumber(ARGV[a + 4])
-  a = a + 5
-  for i = 0, n_accounts - 1 do
-    if redis.call('EXISTS', hll) == 1 then
-      redis.call('PFADD', hll, ARGV[a + 2 * i])
-    else
-      redis.call('ZADD', acc, 'LT', ARGV[a + 2 * i + 1], ARGV[a + 2 * i])
-    end
-  end
-  a = a + 2 * n_accounts
-  local placeholders = tonumber(ARGV[a])
-  a = a + 1
-  if placeholders > 0 or redis.call('ZCARD', acc) > exact then
-    local members = redis.call('ZRANGE', acc, 0, -1)
-    for i = 1, #members, 1000 do
-      redis.call('PFADD', hll, unpack(members, i, math.min(i + 999, #members)))
-    end
-    for i = 1, placeholders, 1000 do
-      local batch = {}
-      for j = i, math.min(i + 999, placeholders) do batch[#batch + 1] = '\0seed:' .. j end
-      redis.call('PFADD', hll, unpack(batch))
-    end
-    redis.call('DEL', acc)
-  end
-  if redis.call('EXISTS', hll) == 1 then redis.call('EXPIRE', hll, ttl) end
-  if redis.call('EXISTS', acc) == 1 then redis.call('EXPIRE', acc, ttl) end
-  k = k + 3
-end
-return 1
 """
 
 
@@ -522,32 +427,225 @@ class SeedResult:
     transactions: int = 0
 
 
+@dataclass(frozen=True)
+class _Additions:
+    """What a seed chunk adds to its entity values besides events: folded aggregates (per value), accounts (rows
+    of value index, account hash, first ticks), and how many accounts beyond exact counting the snapshot no longer
+    names (per value: placeholders in its HyperLogLog). ``guard``: (source, chunk id), applied at most once."""
+
+    count: np.ndarray
+    amount_sum: np.ndarray
+    amount_max: np.ndarray
+    last: np.ndarray
+    account_entity: np.ndarray
+    account: np.ndarray
+    account_first: np.ndarray
+    placeholders: np.ndarray
+    guard: tuple[str, str]
+
+
+@dataclass
+class _Blobs:
+    """Entity values' blobs as read, decoded columnar (see `RedisStore`)."""
+
+    head: np.ndarray
+    event_start: np.ndarray
+    ticks: np.ndarray
+    amount: np.ndarray
+    account: np.ndarray
+    txn: np.ndarray
+    account_start: np.ndarray
+    account_hash: np.ndarray
+    account_first: np.ndarray
+
+    @classmethod
+    def decode(cls, blobs: Sequence[bytes | None], names: Sequence[str]) -> _Blobs:
+        n = len(blobs)
+        lengths = np.fromiter((0 if b is None else len(b) for b in blobs), np.int64, n)
+        units = np.frombuffer(b"".join(b for b in blobs if b is not None), "<i8").reshape(-1, 2)
+        base = offsets(lengths // 16)[:-1]
+        present = np.flatnonzero(lengths)
+        head = np.zeros(n, _HEADER)
+        head["amount_max"], head["last"] = np.nan, NO_TIME
+        if len(present):
+            raw = units[(base[present, None] + np.arange(_HEADER_UNITS)).ravel()]
+            head[present] = raw.reshape(-1, 8).view(_HEADER).ravel()
+            bad = present[(head["layout"][present] != LAYOUT) | (lengths[present] != 16 * (
+                _HEADER_UNITS + _EVENT_UNITS * head["n_events"][present].astype(np.int64)
+                + _ACCOUNT_UNITS * head["n_accounts"][present].astype(np.int64)))]
+            if len(bad):
+                raise StoreUnavailable(f"feature store entity value {names[bad[0]]!r} is not a layout-{LAYOUT} "
+                                       "blob (written by another version?)", answered=True)
+        n_events = head["n_events"].astype(np.int64)
+        event_start = offsets(n_events)
+        owner = np.repeat(np.arange(n), n_events)
+        at = base[owner] + _HEADER_UNITS + _EVENT_UNITS * (np.arange(len(owner)) - event_start[owner])
+        n_accounts = head["n_accounts"].astype(np.int64)
+        account_start = offsets(n_accounts)
+        a_owner = np.repeat(np.arange(n), n_accounts)
+        a_at = (base[a_owner] + _HEADER_UNITS + _EVENT_UNITS * n_events[a_owner]
+                + np.arange(len(a_owner)) - account_start[a_owner])
+        return cls(head, event_start, units[at, 0], units[at, 1].view(np.float64), units[at + 1, 0],
+                   units[at + 1, 1], account_start, units[a_at, 0], units[a_at, 1])
+
+    def states(self, query: Query, estimate: np.ndarray) -> States:
+        """The `States` of the query's entity values, the first of these blobs."""
+        q = len(query.entities)
+        e, a = self.event_start[q], self.account_start[q]
+        head = self.head[:q]
+        table_entity = np.repeat(np.arange(q), np.diff(self.account_start[:q + 1]))
+        before, first = account_answers(table_entity, self.account_hash[:a], self.account_first[:a], estimate, query)
+        return States(self.event_start[:q + 1], self.ticks[:e], self.amount[:e], self.account[:e], self.txn[:e],
+                      head["count"].astype(np.int64), head["amount_sum"].astype(np.float64),
+                      head["amount_max"].astype(np.float64), head["last"].astype(np.int64), before, first)
+
+
+@dataclass(frozen=True)
+class _NewEvents:
+    """The batch's events to add: per (transaction, entity value) pair (``entity``: blob index)."""
+
+    entity: np.ndarray
+    ticks: np.ndarray
+    amount: np.ndarray
+    account: np.ndarray
+    txn: np.ndarray
+
+
+@dataclass(frozen=True)
+class _Merged:
+    """What a write sends: the blob indices it rewrites, their new blobs and HyperLogLog members."""
+
+    touched: np.ndarray
+    blobs: bytes
+    lengths: list[int]
+    members: bytes
+    member_counts: list[int]
+    beyond: list[int]
+
+
+def _merge(old: _Blobs, paired: np.ndarray, new: _NewEvents, adds: _Additions | None, keep_ticks: int,
+           limits: StoreLimits, token: int) -> _Merged:
+    """The new blobs of the entity values the batch changes: old and new events merged in time order, those beyond
+    the horizon (newest - ``keep_ticks``) or the ``max_events`` cap folded, accounts merged (first sight kept),
+    and the values beyond ``exact_accounts`` moved to their HyperLogLog."""
+    n = len(old.head)
+    touched_mask = np.zeros(n, dtype=bool)
+    touched_mask[new.entity] = True
+    if adds is not None:
+        touched_mask[:] = True
+    touched = np.flatnonzero(touched_mask)
+    code = np.full(n, -1, dtype=np.int64)
+    code[touched] = np.arange(len(touched))
+    t = len(touched)
+    # events, sorted by (value, time, transaction)
+    owner = np.repeat(np.arange(n), np.diff(old.event_start))
+    sel = touched_mask[owner]
+    ent = np.concatenate([code[owner[sel]], code[new.entity]])
+    ticks = np.concatenate([old.ticks[sel], new.ticks])
+    amount = np.concatenate([old.amount[sel], new.amount])
+    account = np.concatenate([old.account[sel], new.account])
+    txn = np.concatenate([old.txn[sel], new.txn])
+    order = np.lexsort((txn, ticks, ent))
+    ent, ticks, amount, account, txn = ent[order], ticks[order], amount[order], account[order], txn[order]
+    start = offsets(np.bincount(ent, minlength=t))
+    newest = np.full(t, NO_TIME)
+    np.maximum.at(newest, ent, ticks)
+    kept = (ticks >= newest[ent] - keep_ticks) & (start[ent + 1] - 1 - np.arange(len(ent)) < limits.max_events)
+    folded = ~kept
+    head = old.head[touched]
+    count = head["count"].astype(np.int64) + np.bincount(ent[folded], minlength=t)
+    amount_sum = head["amount_sum"] + np.bincount(ent[folded], weights=amount[folded], minlength=t)
+    folded_max = np.full(t, -np.inf)
+    np.maximum.at(folded_max, ent[folded], amount[folded])
+    amount_max = np.fmax(head["amount_max"], np.where(np.isneginf(folded_max), np.nan, folded_max))
+    last = head["last"].astype(np.int64)
+    np.maximum.at(last, ent[folded], ticks[folded])
+    if adds is not None:
+        count += adds.count
+        amount_sum += adds.amount_sum
+        amount_max = np.fmax(amount_max, adds.amount_max)
+        last = np.maximum(last, adds.last)
+    # accounts: the old ones, the paired values' new events', a seed's
+    a_owner = np.repeat(np.arange(n), np.diff(old.account_start))
+    a_sel = touched_mask[a_owner]
+    seen = paired[new.entity] & (new.account != NO_ACCOUNT)
+    parts = [(code[a_owner[a_sel]], old.account_hash[a_sel], old.account_first[a_sel]),
+             (code[new.entity[seen]], new.account[seen], new.ticks[seen])]
+    placeholders = np.zeros(t, dtype=np.int64)
+    if adds is not None:
+        parts.append((code[adds.account_entity], adds.account, adds.account_first))
+        placeholders = adds.placeholders[touched]
+    a_ent, a_hash, a_first = (np.concatenate(p) for p in zip(*parts, strict=True))
+    order = np.lexsort((a_first, a_hash, a_ent))
+    a_ent, a_hash, a_first = a_ent[order], a_hash[order], a_first[order]
+    firsts = np.r_[True, (a_ent[1:] != a_ent[:-1]) | (a_hash[1:] != a_hash[:-1])] if len(a_ent) else np.zeros(
+        0, dtype=bool)
+    a_ent, a_hash, a_first = a_ent[firsts], a_hash[firsts], a_first[firsts]
+    was_beyond = (head["flags"] & _BEYOND) > 0
+    beyond = was_beyond | (np.bincount(a_ent, minlength=t) > limits.exact_accounts) | (placeholders > 0)
+    in_blob = ~beyond[a_ent]
+    # HyperLogLog members: the accounts not in a blob (all of a value going beyond now: its blob's accounts are
+    # among them; a value beyond before keeps none in its blob, so only its new ones)
+    to_hll = ~in_blob
+    m_ent, m_hash = a_ent[to_hll], a_hash[to_hll]
+    if placeholders.any():
+        p_ent = np.repeat(np.arange(t), placeholders)
+        p_names = [f"\0seed:{j}" for k in placeholders.tolist() for j in range(k)]
+        m_ent, m_hash = np.r_[m_ent, p_ent], np.r_[m_hash, text_hashes(p_names)]
+        order = np.argsort(m_ent, kind="stable")
+        m_ent, m_hash = m_ent[order], m_hash[order]
+    a_ent, a_hash, a_first = a_ent[in_blob], a_hash[in_blob], a_first[in_blob]
+    # the blobs: header, kept events, accounts, in 16-byte units
+    k_ent = ent[kept]
+    n_events = np.bincount(k_ent, minlength=t)
+    n_accounts = np.bincount(a_ent, minlength=t)
+    units = _HEADER_UNITS + _EVENT_UNITS * n_events + _ACCOUNT_UNITS * n_accounts
+    base = offsets(units)
+    out = np.zeros((int(base[-1]), 2), dtype="<i8")
+    header = np.zeros(t, _HEADER)
+    header["layout"], header["flags"], header["token"] = LAYOUT, np.where(beyond, _BEYOND, 0), token
+    header["n_events"], header["n_accounts"] = n_events, n_accounts
+    header["count"], header["amount_sum"], header["amount_max"], header["last"] = count, amount_sum, amount_max, last
+    out[(base[:-1, None] + np.arange(_HEADER_UNITS)).ravel()] = header.view("<i8").reshape(-1, 2)
+    k_start = offsets(n_events)
+    at = base[k_ent] + _HEADER_UNITS + _EVENT_UNITS * (np.arange(len(k_ent)) - k_start[k_ent])
+    out[at, 0], out[at, 1] = ticks[kept], amount[kept].view("<i8")
+    out[at + 1, 0], out[at + 1, 1] = account[kept], txn[kept]
+    a_start = offsets(n_accounts)
+    at = base[a_ent] + _HEADER_UNITS + _EVENT_UNITS * n_events[a_ent] + np.arange(len(a_ent)) - a_start[a_ent]
+    out[at, 0], out[at, 1] = a_hash, a_first
+    return _Merged(touched, out.tobytes(), (units * 16).tolist(), m_hash.astype("<i8").tobytes(),
+                   np.bincount(m_ent, minlength=t).tolist(), beyond.astype(int).tolist())
+
 
 class RedisStore:
     """The shared online store: Redis 7+ (tested with Debian's 7.0), standalone or with replicas, not Redis
     Cluster (one script touches the keys of many entities, and names them itself).
 
-    Keys, all under ``namespace``: ``{ns}:ev:{column}:{value}`` (sorted set of kept events, scored by ticks,
-    expires ``keep_seconds`` after its last write; then the totals stand in for it), ``{ns}:agg:{column}:{value}``
-    (hash of folded and total aggregates), ``{ns}:acc:{column}:{value}`` (sorted set account -> first ticks) or, beyond
-    ``exact_accounts``, ``{ns}:hll:{column}:{value}`` (HyperLogLog; all three expire ``retention_seconds``
-    after the last write), and ``{ns}:txn:{id}`` (the idempotency marker, ``keep_seconds``). ``{ns}:limits`` holds
-    the longest ``keep_seconds`` and ``retention_seconds`` any writer has used, and every write uses those: models
-    with different windows share the namespace without one folding away what the other's windows read.
-    A read, a write, and a scored batch's read then write (`read_and_write`) are one Lua script call (EVALSHA)
-    each for the whole batch, atomic, which takes the batch as one JSON argument and answers one JSON text (each
-    entity value read and written once); a write applies each transaction at most once. Any Redis error (timeout,
-    connection, out of memory, a refusal) raises `StoreUnavailable`, without retries; a write that timed out may
-    still have been applied, and retrying it is safe (idempotent).
+    Layout 2 (`LAYOUT`), all keys under ``{namespace}:2``: per entity value one binary string ``:e:{column}:{value}``
+    (a 64-byte header with the folded aggregates, then the kept events, 32 bytes each, in time order, then the
+    accounts counted exactly, 16 bytes each; little-endian, see `_HEADER`), beyond ``exact_accounts`` a HyperLogLog
+    ``:h:{column}:{value}`` of account hashes; both expire ``retention_seconds`` after the value's last write.
+    ``:limits`` holds the longest horizon and retention any writer has used, and every write uses those: models
+    with different windows share the namespace without one folding away what the other's windows read. ``:seed``
+    marks the namespace's history (`seed`).
 
-    Timeouts: ``timeout_s`` bounds each connect, send and reply; a batch's script call waits ``key_timeout_s`` more
-    per entity value it reads or records for its reply, so that a large batch's legitimate work is not taken for a
-    slow store. (Its send keeps ``timeout_s``: the socket buffers take a batch of 1,000 while Redis runs another
-    script; measured on loopback.) Threads take turns: one batch script call at a time per store, on one
-    connection (Redis runs scripts one after another anyway, and a connection opened while it runs one would wait
-    for its handshake longer than ``timeout_s``: measured on the kind cluster, four batches of 1,000 in flight). A
-    call waits for its turn at most ``timeout_s`` plus ``key_timeout_s`` per entity value of the calls queued
-    ahead of it (the lock is not strictly first come, first served).
+    A read is one round trip (the seed and limits hashes, then MGET of the batch's blobs), decoded and answered in
+    numpy. A write reads the same way, merges the batch into the blobs in numpy (`_merge`), then sends them in one
+    compare-and-set script call (`_WRITE`): when another writer changed one of them in between, it reads and merges
+    again (at most `_ATTEMPTS` times). A transaction is recorded when it has no marker ``:t:{id}`` (set by the write,
+    expiring after the longest window) and is not among the events its entity values keep, so a retry counts once.
+    Any Redis error (timeout, connection, out of memory, a refusal) raises
+    `StoreUnavailable`, without retries; a write that timed out may still have been applied, and retrying it is
+    safe (idempotent).
+
+    Timeouts: ``timeout_s`` bounds each connect, send and reply; a batch's reply is waited for ``key_timeout_s`` more
+    per entity value it reads or writes, so that a large batch's legitimate work is not taken for a slow store.
+    Threads take turns: one batch call at a time per store, on one connection (Redis runs commands one after
+    another anyway, and a connection opened while it runs a long one would wait for its handshake longer than
+    ``timeout_s``: measured on the kind cluster, four batches of 1,000 in flight). A call waits for its turn at most
+    ``timeout_s`` plus ``key_timeout_s`` per entity value of the calls queued ahead of it (the lock is not strictly
+    first come, first served).
     """
 
     def __init__(self, client: redis.Redis, limits: StoreLimits, namespace: str = "fraudops",
@@ -566,8 +664,9 @@ class RedisStore:
         store restarted empty is a flagged fallback, not features of brand-new entities."""
         self.timeout_s = timeout_s
         self.key_timeout_s = key_timeout_s
-        self._turn = threading.Lock()  # held by the batch script call on the wire
-        self._queued = 0  # entity values of the batch script calls on the wire or waiting for their turn
+        self._prefix = f"{namespace}:{LAYOUT}"
+        self._turn = threading.Lock()  # held by the batch call on the wire
+        self._queued = 0  # entity values of the batch calls on the wire or waiting for their turn
         self._queue_lock = threading.Lock()
 
     @classmethod
@@ -583,79 +682,156 @@ class RedisStore:
                                       retry=Retry(NoBackoff(), 0))
         return cls(client, limits, namespace, require_history, timeout_s=timeout_s, key_timeout_s=key_timeout_s)
 
-    def _key(self, kind: str, ref: EntityRef) -> str:
-        return f"{self.namespace}:{kind}:{self._suffix(ref)}"
+    def key(self, kind: str, ref: EntityRef) -> str:
+        """The name of an entity value's key: ``kind`` e (its blob) or h (its HyperLogLog)."""
+        return f"{self._prefix}:{kind}:{self._suffix(ref)}"
 
-    def read(self, queries: Sequence[KeyQuery]) -> list[KeyState]:
-        return self._call(queries, (), "read")[0] if queries else []
+    def read(self, query: Query) -> States:
+        return self._call(query, (), "read")[0] if len(query.entities) else empty_states(query)
 
-    def read_and_write(self, queries: Sequence[KeyQuery], records: Sequence[Record]) -> list[KeyState]:
-        """One atomic script call: the read, then the write (none when the read fails)."""
-        return self._call(queries, records, "read and write")[0]
+    def read_and_write(self, query: Query, records: Sequence[Record]) -> States:
+        """The read, then the write of the records (none when the read fails)."""
+        return self._call(query, records, "read and write")[0]
 
     def write(self, records: Sequence[Record]) -> int:
-        return self._call((), records, "write")[1] if records else 0
+        return self._call(None, records, "write")[1] if records else 0
 
-    def _call(self, queries: Sequence[KeyQuery], records: Sequence[Record], what: str) -> tuple[list[KeyState], int]:
-        """The batch script (`_BATCH`): the queries' states, and how many records were new."""
-        if not queries and not records:
-            return [], 0
-        entities: list[list[Any]] = []
-        at: dict[EntityRef, int] = {}
-        for query in queries:
-            ref = query.entity
-            at[ref] = len(entities)  # a repeated query: its records join the last, read after all of them
-            entities.append([self._suffix(ref), 1, int(ref.paired), query.times, query.accounts, []])
-        rows = []
-        for i, record in enumerate(records):
-            amount = float(record.amount)
-            rows.append([record.txn, record.ticks, _member(Event(record.ticks, amount, record.account, record.txn)),
-                         amount, record.account])
+    def _call(self, query: Query | None, records: Sequence[Record], what: str, adds: _Additions | None = None,
+              refs: Sequence[EntityRef] = ()) -> tuple[States, int]:
+        """Read the query's and the records' entity values (or ``refs``, a seed chunk's), answer the query, record
+        the new records (and a seed chunk's ``adds``). Returns the query's states and how many records were new
+        (a seed chunk: 1 applied, 0 applied before, -1 not this seed's owner)."""
+        refs = list(query.entities if query is not None else refs)
+        index = {ref[:2]: i for i, ref in enumerate(refs)}
+        owners: list[int] = []
+        for record in records:
             for ref in record.entities:
-                j = at.get(ref)
-                if j is None:
-                    j = at[ref] = len(entities)
-                    entities.append([self._suffix(ref), 0, int(ref.paired), (), (), []])
-                entities[j][5].append(i)
-        limits = self.limits
-        batch = [self.namespace, int(self.require_history and bool(queries)),  # only reads need the history
-                 [limits.keep_ticks, limits.max_events, limits.exact_accounts, limits.keep_seconds,
-                  limits.retention_seconds], rows, entities]
-        text = json.dumps(batch, separators=(",", ":"))
+                i = index.get(ref[:2])
+                if i is None:
+                    i = index[ref[:2]] = len(refs)
+                    refs.append(ref)
+                owners.append(i)
         with self._queue_lock:
             ahead = self._queued
-            self._queued += len(entities)
+            self._queued += len(refs)
         try:
             if not self._turn.acquire(timeout=self.timeout_s + self.key_timeout_s * ahead):
                 raise StoreUnavailable(f"feature store {what} failed: the calls ahead of it ({ahead} entity values) "
                                        "took longer than their allowance")
             try:
                 with _unavailable(what):
-                    reply = self._script(text, self.timeout_s + self.key_timeout_s * len(entities))
+                    return self._exchange(query, records, owners, refs, adds, what)
             finally:
                 self._turn.release()
         finally:
             with self._queue_lock:
-                self._queued -= len(entities)
-        applied, replies = json.loads(reply)
-        return [self._state(query, reply) for query, reply in zip(queries, replies, strict=True)], applied
+                self._queued -= len(refs)
 
-    def _script(self, batch: str, timeout: float) -> bytes:
-        """The batch script's reply, waited for at most ``timeout`` s (the client's own calls have one socket
-        timeout for every command). A timed-out connection is closed, never reused for the next call."""
-        pool = self.client.connection_pool
-        conn = pool.get_connection()
+    def _exchange(self, query: Query | None, records: Sequence[Record], owners: list[int],
+                  refs: list[EntityRef], adds: _Additions | None, what: str) -> tuple[States, int]:
+        names = [self._suffix(ref) for ref in refs]
+        timeout = self.timeout_s + self.key_timeout_s * len(refs)
+        sizes = [len(record.entities) for record in records]
+        txn = text_hashes([record.txn for record in records])
+        new_rows = np.repeat(np.arange(len(records)), sizes)
+        record_ticks = np.fromiter((record.ticks for record in records), np.int64, len(records))
+        record_amount = np.fromiter((record.amount for record in records), np.float64, len(records))
+        record_account = text_hashes([record.account for record in records])
+        paired = np.array([ref.paired for ref in refs], dtype=bool)
+        states = empty_states(query) if query is not None else None
+        conn = self.client.connection_pool.get_connection()
         try:
-            conn.send_command("EVALSHA", _BATCH_SHA, 0, batch)
-            try:
-                return conn.read_response(timeout=timeout)
-            except redis.exceptions.NoScriptError:  # a new or restarted server: load the script (same SHA), retry
-                conn.send_command("SCRIPT", "LOAD", _BATCH)
-                conn.read_response()
-                conn.send_command("EVALSHA", _BATCH_SHA, 0, batch)
-                return conn.read_response(timeout=timeout)
+            for _ in range(_ATTEMPTS):
+                old, keep_ticks, marked = self._read(conn, names, [f"{self._prefix}:t:{r.txn}" for r in records],
+                                                     query is not None and self.require_history, timeout, what)
+                if query is not None:
+                    states = old.states(query, self._estimates(conn, old, query, paired, names, timeout))
+                if not records and adds is None:
+                    return states, 0  # type: ignore[return-value]
+                # new: no marker, not among the events its values keep, and the first of its id in the batch
+                fresh = ~marked & ~np.isin(txn, old.txn)
+                fresh[np.setdiff1d(np.arange(len(txn)), np.unique(txn, return_index=True)[1])] = False
+                take = fresh[new_rows]
+                rows = new_rows[take]
+                new = _NewEvents(np.asarray(owners, dtype=np.int64)[take], record_ticks[rows], record_amount[rows],
+                                 record_account[rows], txn[rows])
+                if not len(new.entity) and adds is None:
+                    return states, int(fresh.sum())  # type: ignore[return-value]
+                token = secrets.randbits(63) | 1
+                merged = _merge(old, paired, new, adds, max(keep_ticks, self.limits.keep_ticks), self.limits, token)
+                status = self._write(conn, merged, [names[i] for i in merged.touched],
+                                     old.head["token"][merged.touched], adds,
+                                     [records[i].txn for i in np.flatnonzero(fresh).tolist()], timeout)
+                if status != 0:
+                    return states, (status if adds is not None else int(fresh.sum()))  # type: ignore[return-value]
+            raise StoreUnavailable(f"feature store {what} failed: other writers changed the batch's entity values "
+                                   f"{_ATTEMPTS} times in a row", answered=True)
         finally:
-            pool.release(conn)
+            self.client.connection_pool.release(conn)
+
+    def _read(self, conn: Any, names: list[str], markers: list[str], require_history: bool, timeout: float,
+              what: str) -> tuple[_Blobs, int, np.ndarray]:
+        """One round trip: the seed's state (NOHISTORY unless ready, when required), the namespace's horizon, the
+        blobs, and which of the ``markers`` exist."""
+        commands: list[tuple[Any, ...]] = [("HGET", f"{self._prefix}:seed", "state"),
+                                           ("HGET", f"{self._prefix}:limits", "keep_ticks")]
+        commands += [("MGET", *(f"{self._prefix}:e:{name}" for name in names[i:i + 10_000]))
+                     for i in range(0, len(names), 10_000)]
+        blob_replies = len(commands)
+        commands += [("MGET", *markers[i:i + 10_000]) for i in range(0, len(markers), 10_000)]
+        replies = self._round_trip(conn, commands, timeout)
+        if require_history and replies[0] != b"ready":
+            raise StoreUnavailable(f"feature store {what} failed: NOHISTORY the namespace has no history (not "
+                                   "seeded yet, or the store restarted empty)", answered=True)
+        blobs = [blob for reply in replies[2:blob_replies] for blob in reply]
+        marked = np.array([value is not None for reply in replies[blob_replies:] for value in reply], dtype=bool)
+        return _Blobs.decode(blobs, names), int(float(replies[1] or 0)), marked
+
+    def _estimates(self, conn: Any, old: _Blobs, query: Query, paired: np.ndarray, names: list[str],
+                   timeout: float) -> np.ndarray:
+        """Per queried value: its HyperLogLog's estimate when its accounts are beyond exact counting, else -1 (a
+        second round trip, only for such values)."""
+        q = len(query.entities)
+        estimate = np.full(q, -1, dtype=np.int64)
+        beyond = np.flatnonzero(paired[:q] & ((old.head["flags"][:q] & _BEYOND) > 0))
+        if len(beyond):
+            counts = self._round_trip(conn, [("PFCOUNT", f"{self._prefix}:h:{names[i]}") for i in beyond], timeout)
+            estimate[beyond] = counts
+        return estimate
+
+    def _write(self, conn: Any, merged: _Merged, names: list[str], tokens: np.ndarray, adds: _Additions | None,
+               txns: list[str], timeout: float) -> int:
+        """The compare-and-set script call (`_WRITE`): 1 written, 0 another writer came between (see the script
+        for a seed chunk's -1 and 2)."""
+        meta = json.dumps([self._prefix.rsplit(":", 1)[0], names,
+                           [self.limits.keep_ticks, self.limits.keep_seconds, self.limits.retention_seconds],
+                           merged.lengths, merged.member_counts, merged.beyond, list(adds.guard) if adds else None,
+                           txns],
+                          separators=(",", ":"))
+        args = (meta, tokens.astype("<u8").tobytes(), merged.blobs, merged.members)
+        try:
+            (status,) = self._round_trip(conn, [("EVALSHA", _WRITE_SHA, 0, *args)], timeout)
+        except redis.exceptions.NoScriptError:  # a new or restarted server: load the script (same SHA), retry
+            self._round_trip(conn, [("SCRIPT", "LOAD", _WRITE)], timeout)
+            (status,) = self._round_trip(conn, [("EVALSHA", _WRITE_SHA, 0, *args)], timeout)
+        return int(status)
+
+    @staticmethod
+    def _round_trip(conn: Any, commands: list[tuple[Any, ...]], timeout: float) -> list[Any]:
+        """Send the commands at once, then read every reply (each within ``timeout`` s; the client's own calls have
+        one socket timeout for every command). A timed-out connection is closed, never reused; an error reply is
+        raised once every reply was read, so the connection stays in step."""
+        conn.send_packed_command(conn.pack_commands(commands))
+        replies, error = [], None
+        for _ in commands:
+            try:
+                replies.append(conn.read_response(timeout=timeout))
+            except redis.exceptions.ResponseError as exc:
+                replies.append(None)
+                error = error or exc
+        if error is not None:
+            raise error
+        return replies
 
     @staticmethod
     def _suffix(ref: EntityRef) -> str:
@@ -663,37 +839,22 @@ class RedisStore:
             raise ValueError(f"entity column names must not contain ':' in the feature store, got {ref.column!r}")
         return f"{ref.column}:{ref.key}"
 
-    @staticmethod
-    def _state(query: KeyQuery, reply: list[Any]) -> KeyState:
-        events = list(map(Event._make, reply[0]))
-        count, amount_sum, amount_max, last = (None if v is None else float(v) for v in reply[1])
-        state = KeyState(events=events, count=int(count or 0), amount_sum=amount_sum or 0.0,
-                         amount_max=math.nan if amount_max is None else amount_max,
-                         last=None if last is None else int(last))
-        if query.entity.paired:
-            in_hll, estimate, counts, firsts = reply[2:6]
-            state.accounts_exact = not in_hll
-            state.accounts_before = [c + estimate for c in counts]
-            state.account_first = {a: int(f) for a, f in zip(query.accounts, firsts, strict=True) if f is not None}
-        return state
-
-
     # -- seeding ------------------------------------------------------------------------------------------------
     def seed(self, snapshot: SnapshotStore, source: str, chunk: int = 2000) -> SeedResult:
         """Load a frozen snapshot (the entity history at a training table's end) into this namespace if it has
         none yet, so that a new store continues the training table's windows and all-history counts instead of
         starting cold.
 
-        The namespace's history is its seed marker ``{ns}:seed`` (a hash: ``source``, ``state`` loading or ready,
-        ``started``, ``finished``), claimed by the first loader: a namespace seeded by another source (another
-        model's snapshot, ``log`` for a rebuild) is left as it is. Idempotent and resumable: each chunk of folded
-        aggregates and accounts is applied at most once (its id is recorded in the same script call), the kept
-        events go through `write` (idempotent by transaction id), so a loader that died half-way, or two replicas
-        loading at once, end with the snapshot loaded once. Transactions recorded meanwhile add up with it.
-        Approximate: an entity the snapshot counted beyond ``exact_accounts`` accounts gets placeholders in its
-        HyperLogLog for the accounts the snapshot no longer names, so those of them that are also among the
-        snapshot's kept events, or are seen again later, count twice."""
-        seed_key = f"{self.namespace}:seed"
+        The namespace's history is its seed marker ``{ns}:2:seed`` (a hash: ``source``, ``state`` loading or
+        ready, ``started``, ``finished``), claimed by the first loader: a namespace seeded by another source
+        (another model's snapshot, ``log`` for a rebuild) is left as it is. Idempotent and resumable: each chunk of
+        folded aggregates and accounts is applied at most once (its id joins ``{ns}:2:seed:done`` in the same
+        compare-and-set call), the kept events go through `write` (idempotent by transaction id), so a loader that
+        died half-way, or two replicas loading at once, end with the snapshot loaded once. Transactions recorded
+        meanwhile add up with it. Approximate: an entity the snapshot counted beyond ``exact_accounts`` accounts
+        gets placeholders in its HyperLogLog for the accounts the snapshot no longer names, so those of them that
+        are also among the snapshot's kept events, or are seen again later, count twice."""
+        seed_key = f"{self._prefix}:seed"
         with _unavailable("seeding"):
             state, owner = (v.decode() for v in self.client.eval(_CLAIM, 1, seed_key, source, _now()))
         if owner != source or state == "ready":
@@ -707,40 +868,39 @@ class RedisStore:
             self.write(records[start:start + chunk])
         with _unavailable("seeding"):
             self.client.hset(seed_key, mapping={"state": "ready", "finished": _now()})
-            self.client.delete(f"{self.namespace}:seed:done")
+            self.client.delete(f"{self._prefix}:seed:done")
         return SeedResult(True, source, entities, len(records))
 
     def _seed_chunk(self, snapshot: SnapshotStore, column: str, lo: int, hi: int, source: str) -> int:
         frozen = snapshot.columns[column]
-        keys = [f"{self.namespace}:seed", f"{self.namespace}:seed:done"]
-        args: list[str | int] = [source, f"{column}:{lo}", self.limits.exact_accounts, self.limits.retention_seconds,
-                                 hi - lo]
-        accounts = snapshot.accounts
-        for i in range(lo, hi):
-            ref = EntityRef(column, str(frozen.keys[i]), frozen.account_start is not None)
-            keys += [self._key(kind, ref) for kind in ("agg", "acc", "hll")]
-            n = int(frozen.count[i])
-            args += [n, *((repr(float(frozen.amount_sum[i])), repr(float(frozen.amount_max[i])), int(frozen.last[i]))
-                          if n else ("", "", ""))]
-            if frozen.account_start is None:
-                args += [0, 0]
-                continue
-            assert frozen.account_code is not None and frozen.account_first is not None
-            assert frozen.accounts_exact is not None and frozen.account_total is not None
-            a_lo, a_hi = int(frozen.account_start[i]), int(frozen.account_start[i + 1])
-            args.append(a_hi - a_lo)
-            for code, first in zip(frozen.account_code[a_lo:a_hi].tolist(), frozen.account_first[a_lo:a_hi].tolist(),
-                                   strict=True):
-                args += [str(accounts[code]), first]
-            args.append(0 if frozen.accounts_exact[i] else int(frozen.account_total[i]))
-        with _unavailable("seeding"):
-            self.client.eval(_SEED, len(keys), *keys, *args)
-        return hi - lo
+        paired = frozen.account_start is not None
+        refs = [EntityRef(column, str(key), paired) for key in frozen.keys[lo:hi].tolist()]
+        n = hi - lo
+        account_entity, account, first, placeholders = _empty(), _empty(), _empty(), np.zeros(n, dtype=np.int64)
+        if paired:
+            assert frozen.account_start is not None and frozen.account_code is not None
+            assert frozen.account_first is not None and frozen.accounts_exact is not None
+            assert frozen.account_total is not None
+            a_lo, a_hi = int(frozen.account_start[lo]), int(frozen.account_start[hi])
+            account_entity = np.repeat(np.arange(n), np.diff(frozen.account_start[lo:hi + 1]))
+            account = snapshot.account_hashes[frozen.account_code[a_lo:a_hi]]
+            first = frozen.account_first[a_lo:a_hi]
+            placeholders = np.where(frozen.accounts_exact[lo:hi], 0, frozen.account_total[lo:hi])
+        count = frozen.count[lo:hi].astype(np.int64)
+        adds = _Additions(count, frozen.amount_sum[lo:hi].astype(np.float64),
+                          np.where(count > 0, frozen.amount_max[lo:hi], np.nan),
+                          np.where(count > 0, frozen.last[lo:hi], NO_TIME), account_entity, account, first,
+                          placeholders, (source, f"{column}:{lo}"))
+        status = self._call(None, (), "seeding", adds, refs)[1]
+        if status < 0:
+            raise StoreUnavailable(f"feature store seeding failed: the namespace's seed is no longer claimed by "
+                                   f"{source}", answered=True)
+        return n
 
     def seed_state(self) -> dict[str, str]:
         """This namespace's seed marker (empty when nothing was seeded)."""
         with _unavailable("read"):
-            return {k.decode(): v.decode() for k, v in self.client.hgetall(f"{self.namespace}:seed").items()}
+            return {k.decode(): v.decode() for k, v in self.client.hgetall(f"{self._prefix}:seed").items()}
 
 
 # -- frozen snapshot ------------------------------------------------------------------------------------------
@@ -777,8 +937,6 @@ class SnapshotStore:
     Columnar (numpy arrays, saved as one Parquet file per table), so a model bundle loads it quickly and keeps it
     small. Writes raise `TypeError`. ``last`` is `NO_TIME` for a key with nothing folded."""
 
-    NO_TIME = np.iinfo(np.int64).min
-
     def __init__(self, limits: StoreLimits, columns: dict[str, FrozenColumn], accounts: np.ndarray,
                  txns: np.ndarray) -> None:
         self.limits = limits
@@ -786,45 +944,56 @@ class SnapshotStore:
         self.accounts = accounts
         self.txns = txns
         self._index = {col: {key: i for i, key in enumerate(frozen.keys.tolist())} for col, frozen in columns.items()}
-        self._account_code = {text: code for code, text in enumerate(accounts.tolist())}
+        self.account_hashes = text_hashes(accounts)
+        self.txn_hashes = text_hashes(txns)
+        self._account_or_none = np.r_[self.account_hashes, NO_ACCOUNT]  # code -1 (no account) -> NO_ACCOUNT
 
-    def read(self, queries: Sequence[KeyQuery]) -> list[KeyState]:
-        out = []
-        for query in queries:
-            frozen = self.columns.get(query.entity.column)
-            found = self._index[query.entity.column].get(query.entity.key, -1) if frozen else -1
-            if frozen is None or found < 0:
-                out.append(KeyState(accounts_before=[0] * len(query.times)))
+    def read(self, query: Query) -> States:
+        states = empty_states(query)
+        n = len(query.entities)
+        sizes = np.zeros(n, dtype=np.int64)
+        groups: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # column -> (entity indices, rows of its keys)
+        by_column: dict[str, list[int]] = {}
+        for i, ref in enumerate(query.entities):
+            by_column.setdefault(ref.column, []).append(i)
+        for column, members in by_column.items():
+            index = self._index.get(column, {})
+            rows = np.fromiter((index.get(query.entities[i].key, -1) for i in members), np.int64, len(members))
+            known = rows >= 0
+            groups[column] = (np.asarray(members, dtype=np.int64)[known], rows[known])
+        for column, (members, rows) in groups.items():
+            sizes[members] = np.diff(self.columns[column].event_start)[rows]
+        states.event_start = offsets(sizes)
+        total = int(states.event_start[-1])
+        states.ticks, states.amount = np.empty(total, dtype=np.int64), np.empty(total)
+        states.account, states.txn = np.empty(total, dtype=np.int64), np.empty(total, dtype=np.int64)
+        table: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        estimate = np.full(n, -1, dtype=np.int64)
+        for column, (members, rows) in groups.items():
+            frozen = self.columns[column]
+            counts = np.diff(frozen.event_start)[rows]
+            dest = _ranges(states.event_start[members], counts)
+            src = _ranges(frozen.event_start[rows], counts)
+            states.ticks[dest], states.amount[dest] = frozen.event_ticks[src], frozen.event_amount[src]
+            states.account[dest] = self._account_or_none[frozen.event_account[src]]
+            states.txn[dest] = self.txn_hashes[frozen.event_txn[src]]
+            states.count[members], states.amount_sum[members] = frozen.count[rows], frozen.amount_sum[rows]
+            states.amount_max[members], states.last[members] = frozen.amount_max[rows], frozen.last[rows]
+            if frozen.account_start is None:
                 continue
-            lo, hi = frozen.event_start[found], frozen.event_start[found + 1]
-            accounts, txns = self.accounts, self.txns
-            events = [Event(t, a, None if c < 0 else accounts[c], txns[x]) for t, a, c, x in zip(
-                frozen.event_ticks[lo:hi].tolist(), frozen.event_amount[lo:hi].tolist(),
-                frozen.event_account[lo:hi].tolist(), frozen.event_txn[lo:hi].tolist(), strict=True)]
-            last = int(frozen.last[found])
-            state = KeyState(events=events, count=int(frozen.count[found]),
-                             amount_sum=float(frozen.amount_sum[found]), amount_max=float(frozen.amount_max[found]),
-                             last=None if last == self.NO_TIME else last)
-            if query.entity.paired and frozen.account_start is not None:
-                assert frozen.accounts_exact is not None and frozen.account_total is not None
-                assert frozen.account_code is not None and frozen.account_first is not None
-                assert frozen.first_sorted is not None
-                state.accounts_exact = bool(frozen.accounts_exact[found])
-                if not state.accounts_exact:
-                    state.accounts_before = [int(frozen.account_total[found])] * len(query.times)
-                else:
-                    a_lo, a_hi = frozen.account_start[found], frozen.account_start[found + 1]
-                    firsts = frozen.first_sorted[a_lo:a_hi]
-                    state.accounts_before = np.searchsorted(firsts, np.array(query.times, dtype=np.int64),
-                                                            "left").tolist()
-                    codes = frozen.account_code[a_lo:a_hi]
-                    for account in query.accounts:
-                        code = self._account_code.get(account, -1)
-                        at = int(np.searchsorted(codes, code)) if code >= 0 else len(codes)
-                        if at < len(codes) and codes[at] == code:
-                            state.account_first[account] = int(frozen.account_first[a_lo + at])
-            out.append(state)
-        return out
+            assert frozen.accounts_exact is not None and frozen.account_total is not None
+            assert frozen.account_code is not None and frozen.account_first is not None
+            paired = np.fromiter((query.entities[i].paired for i in members.tolist()), bool, len(members))
+            exact = frozen.accounts_exact[rows]
+            estimate[members[paired & ~exact]] = frozen.account_total[rows[paired & ~exact]]
+            listed = paired & exact
+            counts = np.diff(frozen.account_start)[rows[listed]]
+            src = _ranges(frozen.account_start[rows[listed]], counts)
+            table.append((np.repeat(members[listed], counts), self.account_hashes[frozen.account_code[src]],
+                          frozen.account_first[src]))
+        parts = [np.concatenate(p) for p in zip(*table, strict=True)] if table else [_empty()] * 3
+        states.accounts_before, states.account_first = account_answers(*parts, estimate, query)
+        return states
 
     def records(self) -> list[Record]:
         """The kept events as transactions to record (each with every entity value that keeps it), in time
@@ -847,9 +1016,9 @@ class SnapshotStore:
     def write(self, records: Sequence[Record]) -> int:
         raise TypeError("a frozen snapshot is read-only: record transactions in an online store")
 
-    def read_and_write(self, queries: Sequence[KeyQuery], records: Sequence[Record]) -> list[KeyState]:
+    def read_and_write(self, query: Query, records: Sequence[Record]) -> States:
         self.write(records)  # read-only: raises
-        return self.read(queries)
+        return self.read(query)
 
     # -- files ------------------------------------------------------------------------------------------------
     def save(self, directory: Path) -> None:
@@ -930,3 +1099,9 @@ def sorted_runs(values: np.ndarray, start: np.ndarray) -> np.ndarray:
     """``values`` sorted within each run ``start[i]:start[i+1]``."""
     run = np.repeat(np.arange(len(start) - 1), np.diff(start))
     return values[np.lexsort((values, run))]
+
+
+def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The positions ``starts[i]:starts[i] + counts[i]`` of every i, concatenated."""
+    run = np.repeat(np.arange(len(counts)), counts)
+    return np.asarray(starts, dtype=np.int64)[run] + np.arange(int(counts.sum())) - offsets(counts)[:-1][run]

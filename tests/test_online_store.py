@@ -2,27 +2,29 @@
 
 from __future__ import annotations
 
-import json
 import socket
 import threading
 import time
 import uuid
 
+import numpy as np
 import pandas as pd
 import pytest
 import redis
 
 from fraudops.entity_features import EntityFeatureConfig, OnlineFeatures
 from fraudops.online_store import (
+    NEVER,
+    NO_ACCOUNT,
+    NO_TIME,
     EntityRef,
-    Event,
-    KeyQuery,
     MemoryStore,
+    Query,
     Record,
     RedisStore,
     StoreLimits,
     StoreUnavailable,
-    _member,
+    text_hashes,
 )
 from fraudops.schema import SYNTHETIC
 
@@ -34,6 +36,14 @@ def row(i: int, *, device: str = "dev", user: str | None = None, seconds: float 
     """Transaction ``i`` of one device, ``seconds`` apart, amount i + 1."""
     return {"transaction_id": f"t{i}", "purchase_time": START + int(i * seconds * 1e9), "amount": float(i + 1),
             "device_id": device, "ip_address": f"ip{i}", "user_id": user or f"u{i % 3}"}
+
+
+DEV = EntityRef("device_id", "dev", True)
+
+
+def kept(store: MemoryStore | RedisStore, ref: EntityRef = DEV) -> int:
+    """How many events the store keeps for an entity value."""
+    return len(store.read(Query([ref])).ticks)
 
 
 def feature(online: OnlineFeatures, rows: list[dict[str, object]], name: str) -> float:
@@ -60,8 +70,8 @@ def test_beyond_max_events_windows_count_the_newest_and_all_history_stays_exact(
     assert feature(online, probe, "device_id__amount_sum_all") == sum(range(1, 21))
     assert feature(online, probe, "device_id__amount_max_all") == 20
     assert feature(online, probe, "device_id__seconds_since_prev") == 60
-    if isinstance(store, RedisStore):
-        assert store.client.zcard(f"{store.namespace}:ev:device_id:dev") == 5
+    assert kept(store) == 5
+    assert store.read(Query([DEV])).count.tolist() == [15]  # folded
 
 
 def test_beyond_exact_accounts_the_all_history_count_is_an_estimate(new_store) -> None:
@@ -71,10 +81,12 @@ def test_beyond_exact_accounts_the_all_history_count_is_an_estimate(new_store) -
     probe = [row(300, seconds=1)]
     assert feature(online, probe, "device_id__accounts_1h") == 300  # windows read the kept events: exact
     estimate = feature(online, probe, "device_id__accounts_all")
+    probe_query = Query([DEV], np.array([0]), np.array([START // 1000 + 10**9]), text_hashes(["acct5"]))
+    assert store.read(probe_query).account_first.tolist() == [NO_TIME]  # beyond exact counting
     if isinstance(store, RedisStore):
         assert abs(estimate - 300) <= 0.03 * 300  # HyperLogLog, standard error 0.81%
-        assert store.client.exists(f"{store.namespace}:hll:device_id:dev")
-        assert not store.client.exists(f"{store.namespace}:acc:device_id:dev")
+        assert store.client.pfcount(store.key("h", DEV)) == estimate
+        assert len(store.client.get(store.key("e", DEV))) == 64 + 32 * 300  # header and events, no accounts
     else:
         assert estimate == 300
 
@@ -83,9 +95,8 @@ def test_redis_keys_expire_with_the_longest_window_or_the_retention(redis_url: s
     limits = StoreLimits(keep_seconds=86_400, retention_seconds=30 * 86_400)
     store = RedisStore.from_url(redis_url, limits, namespace=f"t{uuid.uuid4().hex[:8]}")
     OnlineFeatures(CONFIG, store).record([row(0)])
-    ttl = {kind: store.client.ttl(f"{store.namespace}:{kind}:device_id:dev") for kind in ("ev", "agg", "acc")}
-    assert 86_000 < ttl["ev"] <= 86_400 < 30 * 86_000 < ttl["agg"] == ttl["acc"] <= 30 * 86_400
-    assert 86_000 < store.client.ttl(f"{store.namespace}:txn:t0") <= 86_400
+    assert 30 * 86_000 < store.client.ttl(store.key("e", DEV)) <= 30 * 86_400
+    assert 86_000 < store.client.ttl(f"{store.namespace}:2:t:t0") <= 86_400
 
 
 def test_a_writer_with_shorter_windows_keeps_the_history_longer_windows_read(redis_url: str) -> None:
@@ -102,22 +113,22 @@ def test_a_writer_with_shorter_windows_keeps_the_history_longer_windows_read(red
     online = OnlineFeatures(CONFIG, champion)
     assert feature(online, probe, "device_id__count_1d") == 11  # nothing folded at the canary's 1 h horizon
     assert feature(online, probe, "device_id__count_1h") == 2
-    assert champion.client.zcard(f"{namespace}:ev:device_id:dev") == 11
-    assert 86_000 < champion.client.ttl(f"{namespace}:ev:device_id:dev") <= 86_400
-    assert 86_000 < champion.client.ttl(f"{namespace}:txn:t10") <= 86_400
+    assert kept(champion) == 11
+    assert 90 * 86_000 < champion.client.ttl(champion.key("e", DEV)) <= 90 * 86_400
+    assert 86_000 < champion.client.ttl(f"{namespace}:2:t:t10") <= 86_400
 
 
-def test_after_the_kept_events_expire_all_history_features_come_from_the_totals(redis_url: str) -> None:
-    store = RedisStore.from_url(redis_url, StoreLimits(keep_seconds=86_400), namespace=f"t{uuid.uuid4().hex[:8]}")
+def test_after_a_long_pause_the_old_events_are_folded_at_the_next_write(new_store) -> None:
+    store = new_store(StoreLimits(keep_seconds=86_400))
     online = OnlineFeatures(CONFIG, store)
     online.record([row(i, seconds=3600) for i in range(5)])
-    store.client.delete(f"{store.namespace}:ev:device_id:dev")  # what the TTL does after a day without events
     later = [row(100, seconds=3600)]
     assert feature(online, later, "device_id__count_1d") == 0
     assert feature(online, later, "device_id__count_all") == 5
     assert feature(online, later, "device_id__amount_sum_all") == 15
     assert feature(online, later, "device_id__seconds_since_prev") == 96 * 3600
     online.record(later)
+    assert kept(store) == 1 and store.read(Query([DEV])).count.tolist() == [5]
     assert feature(online, [row(101, seconds=3600)], "device_id__count_all") == 6
 
 
@@ -171,23 +182,26 @@ def test_a_batch_waits_longer_per_entity_value_and_never_reads_a_timed_out_reply
         admin.close()
 
 
-def test_batches_of_one_store_take_turns_each_waiting_as_long_as_the_work_ahead_of_it() -> None:
-    """Threads' script calls go one at a time (Redis runs them one after another anyway): a call waits for its turn
-    up to ``timeout_s`` plus ``key_timeout_s`` per entity value of the calls ahead of it, then answers as usual;
-    behind a call that takes longer than that, it fails as a slow store does, and the queue is empty afterwards."""
-    store = RedisStore(redis.Redis(), StoreLimits(keep_seconds=86_400), timeout_s=0.05, key_timeout_s=0.1)
+def test_batches_of_one_store_take_turns_each_waiting_as_long_as_the_work_ahead_of_it(redis_url: str) -> None:
+    """Threads' calls go one at a time (Redis runs them one after another anyway): a call waits for its turn up to
+    ``timeout_s`` plus ``key_timeout_s`` per entity value of the calls ahead of it, then answers as usual; behind a
+    call that takes longer than that, it fails as a slow store does, and the queue is empty afterwards."""
+    store = RedisStore.from_url(redis_url, StoreLimits(keep_seconds=86_400), timeout_s=0.05, key_timeout_s=0.1,
+                                namespace=f"t{uuid.uuid4().hex[:8]}")
     on_wire: list[str] = []
     first_sent, answer_first = threading.Event(), threading.Event()
+    real_round_trip = store._round_trip
 
-    def script(batch: str, timeout: float) -> bytes:
-        txn = json.loads(batch)[3][0][0]
-        on_wire.append(txn)
-        if txn == "t0":  # the first call stays on the wire until told
+    def round_trip(conn: object, commands: list[tuple[object, ...]], timeout: float) -> list[object]:
+        if commands[-1][0] == "MGET" and str(commands[-1][1]).endswith(":t:t0"):  # the first call's read
+            on_wire.append("t0")
             first_sent.set()
             answer_first.wait(10)
-        return json.dumps([1, []]).encode()
+        elif commands[-1][0] == "MGET" and ":t:" in str(commands[-1][1]):
+            on_wire.append(str(commands[-1][1]).rsplit(":", 1)[1])
+        return real_round_trip(conn, commands, timeout)
 
-    store._script = script  # type: ignore[method-assign]
+    store._round_trip = round_trip  # type: ignore[method-assign]
     online = OnlineFeatures(CONFIG, store)
 
     def behind(hold: float) -> threading.Thread:
@@ -250,10 +264,10 @@ def test_a_store_that_requires_history_refuses_reads_until_its_seed_is_ready(red
     online.record([row(0)])  # writes are not refused: a rebuild may replay before the seed is marked
     with pytest.raises(StoreUnavailable, match="NOHISTORY"):
         online.lookup([row(1)])
-    store.client.hset(f"{namespace}:seed", mapping={"source": "m:1", "state": "loading"})
+    store.client.hset(f"{namespace}:2:seed", mapping={"source": "m:1", "state": "loading"})
     with pytest.raises(StoreUnavailable, match="no history"):
         online.lookup([row(1)])
-    store.client.hset(f"{namespace}:seed", "state", "ready")
+    store.client.hset(f"{namespace}:2:seed", "state", "ready")
     assert feature(online, [row(1)], "device_id__count_1h") == 1
 
 
@@ -275,17 +289,53 @@ def test_a_scored_batch_reads_then_records_itself_in_one_call(new_store) -> None
     assert feature(online, [row(3)], "device_id__count_1h") == 3
 
 
-def test_a_value_queried_twice_in_one_call_reads_the_history_before_the_batch_twice(new_store) -> None:
-    """The store answers each query, in order, from the history before the call, and records the batch once."""
-    store, ref, ticks = new_store(StoreLimits(keep_seconds=86_400)), EntityRef("device_id", "dev", True), START // 1000
-    store.write([Record("a", ticks, 5.0, "u1", (ref,))])
-    query = KeyQuery(ref, (ticks + 10,), ("u1", "u2"))
-    states = store.read_and_write([query, query], [Record("b", ticks + 10, 7.0, "u2", (ref,))])
-    assert [[e.txn for e in s.events] for s in states] == [["a"], ["a"]]
-    assert [s.account_first for s in states] == [{"u1": ticks}] * 2
-    (after,) = store.read([KeyQuery(ref, (ticks + 20,), ("u2",))])
-    assert [e.txn for e in after.events] == ["a", "b"] and after.accounts_before == [2]
-    assert after.account_first == {"u2": ticks + 10}
+def test_a_batch_reads_the_history_before_it_then_records_itself(new_store) -> None:
+    """Each pair of a query is answered from the history before the call (accounts first seen strictly before
+    its time, when its own account was first seen), then the batch is recorded once."""
+    store, ticks = new_store(StoreLimits(keep_seconds=86_400)), START // 1000
+    store.write([Record("a", ticks, 5.0, "u1", (DEV,))])
+    query = Query([DEV], np.array([0, 0, 0]), np.array([ticks + 10, ticks + 10, ticks]),
+                  np.r_[text_hashes(["u1", "u2"]), NO_ACCOUNT])
+    states = store.read_and_write(query, [Record("b", ticks + 10, 7.0, "u2", (DEV,))])
+    assert states.txn.tolist() == text_hashes(["a"]).tolist() and states.amount.tolist() == [5.0]
+    assert states.account_first.tolist() == [ticks, NEVER, NEVER]
+    assert states.accounts_before.tolist() == [1, 1, 0]  # u1 was first seen at ``ticks``: not strictly before
+    after = store.read(Query([DEV], np.array([0]), np.array([ticks + 20]), text_hashes(["u2"])))
+    assert after.txn.tolist() == text_hashes(["a", "b"]).tolist() and after.accounts_before.tolist() == [2]
+    assert after.account_first.tolist() == [ticks + 10]
+    assert store.write([Record("b", ticks + 10, 7.0, "u2", (DEV,))]) == 0
+
+
+def test_concurrent_writers_both_count_the_loser_reads_and_merges_again(redis_url: str) -> None:
+    """Compare and set: a replica's batch written between another's read and write makes that write read again,
+    so that both batches count."""
+    namespace, limits = f"t{uuid.uuid4().hex[:8]}", StoreLimits(keep_seconds=86_400)
+    first = RedisStore.from_url(redis_url, limits, timeout_s=2, namespace=namespace)
+    second = RedisStore.from_url(redis_url, limits, timeout_s=2, namespace=namespace)
+    reads = 0
+    real_read = first._read
+
+    def read_then_let_the_other_write(*args: object) -> object:
+        nonlocal reads
+        reads += 1
+        answer = real_read(*args)  # type: ignore[arg-type]
+        if reads == 1:
+            assert OnlineFeatures(CONFIG, second).record([row(1)]) == 1
+        return answer
+
+    first._read = read_then_let_the_other_write  # type: ignore[method-assign]
+    assert OnlineFeatures(CONFIG, first).record([row(0)]) == 1
+    assert reads == 2
+    assert feature(OnlineFeatures(CONFIG, second), [row(2)], "device_id__count_1h") == 2
+
+
+def test_a_blob_of_another_layout_is_refused_not_misread(redis_url: str) -> None:
+    store = RedisStore.from_url(redis_url, StoreLimits(keep_seconds=86_400), timeout_s=2,
+                                namespace=f"t{uuid.uuid4().hex[:8]}")
+    store.client.set(store.key("e", DEV), b"\x07\x00" + bytes(62))
+    with pytest.raises(StoreUnavailable, match="'device_id:dev' is not a layout-2 blob") as error:
+        OnlineFeatures(CONFIG, store).lookup([row(0)])
+    assert error.value.answered
 
 
 def test_a_refused_read_records_nothing(redis_url: str) -> None:
@@ -297,10 +347,10 @@ def test_a_refused_read_records_nothing(redis_url: str) -> None:
     online = OnlineFeatures(CONFIG, store)
     with pytest.raises(StoreUnavailable, match="NOHISTORY"):
         online.process([row(0)])
-    assert not store.client.exists(f"{namespace}:txn:t0")
-    store.client.hset(f"{namespace}:seed", mapping={"source": "m:1", "state": "ready"})
+    assert not store.client.exists(f"{namespace}:2:t:t0", store.key("e", DEV))
+    store.client.hset(f"{namespace}:2:seed", mapping={"source": "m:1", "state": "ready"})
     assert online.process([row(0)])[0, online.feature_names.index("device_id__count_1h")] == 0
-    assert store.client.exists(f"{namespace}:txn:t0")
+    assert store.client.exists(f"{namespace}:2:t:t0", store.key("e", DEV)) == 2
 
 
 def test_a_store_url_must_be_a_redis_url() -> None:
@@ -309,12 +359,8 @@ def test_a_store_url_must_be_a_redis_url() -> None:
     assert "s3cret" not in str(error.value) and "got http://" in str(error.value)
 
 
-@pytest.mark.parametrize("event", [
-    Event(1_769_228_787_000_000, 37.4, "u1", "t-1"),
-    Event(-5, 1e-05, None, 'quote " and \\ backslash'),
-    Event(0, -0.0, "ünïcödé ✓", "tab\tnewline\n"),
-    Event(2**53, 1.5e300, "", "x"),
-])
-def test_a_member_is_written_as_json_dumps_writes_it(event: Event) -> None:
-    """Members already stored and the in-memory store's tie order depend on the exact text."""
-    assert _member(event) == json.dumps(list(event), separators=(",", ":"))
+def test_hashes_of_accounts_and_transaction_ids_are_stable() -> None:
+    """Stored blobs and every replica depend on these exact values: a change of the hash is a change of layout."""
+    assert text_hashes(["u1", "t-1", "", "ünïcödé ✓", None]).tolist() == [2984610181246591869, -9130199264909096140,
+                                                                        1760245841805064774, 3063329521730218481, 0]
+    assert text_hashes([]).tolist() == []
