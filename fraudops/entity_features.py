@@ -50,6 +50,7 @@ from fraudops.online_store import (
     SnapshotStore,
     States,
     StoreLimits,
+    isin,
     offsets,
     sorted_runs,
     text_hashes,
@@ -611,7 +612,7 @@ class OnlineFeatures:
         event_code = np.repeat(np.arange(len(refs)), np.diff(states.event_start))
         stored = slice(None)
         if columns.txn:  # retried transactions: drop their events
-            keep = ~np.isin(states.txn, text_hashes(columns.txn))
+            keep = ~isin(states.txn, text_hashes(columns.txn))
             if not keep.all():
                 stored, event_code = keep, event_code[keep]
         m = len(event_code)

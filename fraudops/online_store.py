@@ -50,6 +50,7 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 import pandas as pd
 import redis
+from pandas._libs.hashing import hash_object_array
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -188,16 +189,20 @@ class FeatureStore(Protocol):
 
 
 def text_hashes(texts: Sequence[str | None] | np.ndarray) -> np.ndarray:
-    """64-bit hashes (int64) of texts, the same in every process and on every machine (pandas' SipHash-2-4 with
-    its fixed key, `pandas.util.hash_array`): how stores keep accounts and transaction ids. None: `NO_ACCOUNT`."""
+    """64-bit hashes (int64) of texts, the same in every process and on every machine: SipHash-2-4 of their UTF-8
+    bytes with a fixed key (pandas' C implementation): how stores keep accounts and transaction ids. None:
+    `NO_ACCOUNT`."""
     values = np.asarray(texts, dtype=object)
     if not len(values):
         return _empty()
     missing = pd.isna(values)
-    out = pd.util.hash_array(np.where(missing, "", values)).view(np.int64)
+    out = hash_object_array(np.where(missing, "", values) if missing.any() else values, _HASH_KEY).view(np.int64)
     out[out == NO_ACCOUNT] = 1
     out[missing] = NO_ACCOUNT
     return out
+
+
+_HASH_KEY = "0123456789123456"  # pandas' default; stored hashes depend on it: never change it within a layout
 
 
 def account_answers(table_entity: np.ndarray, table_account: np.ndarray, table_first: np.ndarray,
@@ -211,13 +216,13 @@ def account_answers(table_entity: np.ndarray, table_account: np.ndarray, table_f
         return _empty(), _empty()
     # accounts first seen strictly before each pair's time: pairs sort before accounts of the same time
     entity = np.concatenate([table_entity, pe])
-    order = np.lexsort((np.r_[np.ones(n_table, np.int8), np.zeros(n_pairs, np.int8)], np.r_[table_first, pt], entity))
+    table_first_kind = np.concatenate([np.ones(n_table, np.int8), np.zeros(n_pairs, np.int8)])
+    order = np.lexsort((table_first_kind, np.concatenate([table_first, pt]), entity))
     seen = np.cumsum(order < n_table)
     entity_start = offsets(np.bincount(table_entity, minlength=len(estimate)))
     before = seen[at_of(order)[n_table:]] - entity_start[pe]
     # when each pair's account was first seen: the table row at or before it in (entity, account) order
-    order = np.lexsort((np.r_[np.zeros(n_table, np.int8), np.ones(n_pairs, np.int8)], np.r_[table_account, pa],
-                       entity))
+    order = np.lexsort((1 - table_first_kind, np.concatenate([table_account, pa]), entity))
     last = np.maximum.accumulate(np.where(order < n_table, np.arange(len(order)), -1))
     found = np.where(last >= 0, order[np.maximum(last, 0)], -1)[at_of(order)[n_table:]]
     hit = (found >= 0) & (pa != NO_ACCOUNT)
@@ -226,6 +231,14 @@ def account_answers(table_entity: np.ndarray, table_account: np.ndarray, table_f
     first[hit] = table_first[found[hit]]
     beyond = estimate[pe] >= 0
     return np.where(beyond, estimate[pe], before), np.where(beyond, NO_TIME, first)
+
+
+def isin(values: np.ndarray, among: np.ndarray) -> np.ndarray:
+    """`numpy.isin` of int64 arrays, through a set for the few values of a request (numpy's costs ~20 us)."""
+    if len(values) * len(among) > 4096:
+        return np.isin(values, among)
+    present = set(among.tolist())
+    return np.fromiter((v in present for v in values.tolist()), bool, len(values))
 
 
 def at_of(order: np.ndarray) -> np.ndarray:
@@ -377,11 +390,11 @@ if guard ~= cjson.null then
   if claim[1] ~= guard[1] then return -1 end
   if claim[2] == 'ready' or redis.call('SADD', ns .. ':2:seed:done', guard[2]) == 0 then return 2 end
 end
-local limits = ns .. ':2:limits'
-local held = redis.call('HMGET', limits, 'keep_ticks', 'keep_seconds', 'retention_seconds')
+local limits = {ns .. ':2:keep_ticks', ns .. ':2:keep_seconds', ns .. ':2:retention_seconds'}
+local held = redis.call('MGET', unpack(limits))
 local keep, window = math.max(lim[1], tonumber(held[1]) or 0), math.max(lim[2], tonumber(held[2]) or 0)
 local ttl = math.max(lim[3], tonumber(held[3]) or 0)
-redis.call('HSET', limits, 'keep_ticks', string.format('%.17g', keep), 'keep_seconds', window, 'retention_seconds', ttl)
+redis.call('MSET', limits[1], string.format('%.17g', keep), limits[2], window, limits[3], ttl)
 for _, txn in ipairs(txns) do redis.call('SET', ns .. ':2:t:' .. txn, '1', 'EX', window) end
 local at, m = 1, 1
 for i, name in ipairs(names) do
@@ -549,17 +562,19 @@ def _merge(old: _Blobs, paired: np.ndarray, new: _NewEvents, adds: _Additions | 
     ent, ticks, amount, account, txn = ent[order], ticks[order], amount[order], account[order], txn[order]
     start = offsets(np.bincount(ent, minlength=t))
     newest = np.full(t, NO_TIME)
-    np.maximum.at(newest, ent, ticks)
+    nonempty = start[1:] > start[:-1]
+    newest[nonempty] = ticks[start[1:][nonempty] - 1]  # sorted by time within each value
     kept = (ticks >= newest[ent] - keep_ticks) & (start[ent + 1] - 1 - np.arange(len(ent)) < limits.max_events)
     folded = ~kept
     head = old.head[touched]
     count = head["count"].astype(np.int64) + np.bincount(ent[folded], minlength=t)
     amount_sum = head["amount_sum"] + np.bincount(ent[folded], weights=amount[folded], minlength=t)
-    folded_max = np.full(t, -np.inf)
-    np.maximum.at(folded_max, ent[folded], amount[folded])
-    amount_max = np.fmax(head["amount_max"], np.where(np.isneginf(folded_max), np.nan, folded_max))
-    last = head["last"].astype(np.int64)
-    np.maximum.at(last, ent[folded], ticks[folded])
+    amount_max, last = head["amount_max"].astype(np.float64), head["last"].astype(np.int64)
+    if folded.any():
+        folded_max = np.full(t, -np.inf)
+        np.maximum.at(folded_max, ent[folded], amount[folded])
+        amount_max = np.fmax(amount_max, np.where(np.isneginf(folded_max), np.nan, folded_max))
+        np.maximum.at(last, ent[folded], ticks[folded])
     if adds is not None:
         count += adds.count
         amount_sum += adds.amount_sum
@@ -578,8 +593,8 @@ def _merge(old: _Blobs, paired: np.ndarray, new: _NewEvents, adds: _Additions | 
     a_ent, a_hash, a_first = (np.concatenate(p) for p in zip(*parts, strict=True))
     order = np.lexsort((a_first, a_hash, a_ent))
     a_ent, a_hash, a_first = a_ent[order], a_hash[order], a_first[order]
-    firsts = np.r_[True, (a_ent[1:] != a_ent[:-1]) | (a_hash[1:] != a_hash[:-1])] if len(a_ent) else np.zeros(
-        0, dtype=bool)
+    firsts = np.ones(len(a_ent), dtype=bool)
+    firsts[1:] = (a_ent[1:] != a_ent[:-1]) | (a_hash[1:] != a_hash[:-1])
     a_ent, a_hash, a_first = a_ent[firsts], a_hash[firsts], a_first[firsts]
     was_beyond = (head["flags"] & _BEYOND) > 0
     beyond = was_beyond | (np.bincount(a_ent, minlength=t) > limits.exact_accounts) | (placeholders > 0)
@@ -591,7 +606,7 @@ def _merge(old: _Blobs, paired: np.ndarray, new: _NewEvents, adds: _Additions | 
     if placeholders.any():
         p_ent = np.repeat(np.arange(t), placeholders)
         p_names = [f"\0seed:{j}" for k in placeholders.tolist() for j in range(k)]
-        m_ent, m_hash = np.r_[m_ent, p_ent], np.r_[m_hash, text_hashes(p_names)]
+        m_ent, m_hash = np.concatenate([m_ent, p_ent]), np.concatenate([m_hash, text_hashes(p_names)])
         order = np.argsort(m_ent, kind="stable")
         m_ent, m_hash = m_ent[order], m_hash[order]
     a_ent, a_hash, a_first = a_ent[in_blob], a_hash[in_blob], a_first[in_blob]
@@ -626,16 +641,16 @@ class RedisStore:
     (a 64-byte header with the folded aggregates, then the kept events, 32 bytes each, in time order, then the
     accounts counted exactly, 16 bytes each; little-endian, see `_HEADER`), beyond ``exact_accounts`` a HyperLogLog
     ``:h:{column}:{value}`` of account hashes; both expire ``retention_seconds`` after the value's last write.
-    ``:limits`` holds the longest horizon and retention any writer has used, and every write uses those: models
-    with different windows share the namespace without one folding away what the other's windows read. ``:seed``
-    marks the namespace's history (`seed`).
+    ``:keep_ticks``, ``:keep_seconds`` and ``:retention_seconds`` hold the longest horizon and retention any writer
+    has used, and every write uses those: models with different windows share the namespace without one folding
+    away what the other's windows read. ``:seed`` marks the namespace's history and ``:ready`` its end (`seed`).
 
-    A read is one round trip (the seed and limits hashes, then MGET of the batch's blobs), decoded and answered in
-    numpy. A write reads the same way, merges the batch into the blobs in numpy (`_merge`), then sends them in one
-    compare-and-set script call (`_WRITE`): when another writer changed one of them in between, it reads and merges
-    again (at most `_ATTEMPTS` times). A transaction is recorded when it has no marker ``:t:{id}`` (set by the write,
-    expiring after the longest window) and is not among the events its entity values keep, so a retry counts once.
-    Any Redis error (timeout, connection, out of memory, a refusal) raises
+    A read is one MGET (the ready marker, the horizon, the batch's blobs, the batch's transaction markers), decoded
+    and answered in numpy. A write reads the same way, merges the batch into the blobs in numpy (`_merge`), then
+    sends them in one compare-and-set script call (`_WRITE`): when another writer changed one of them in between,
+    it reads and merges again (at most `_ATTEMPTS` times). A transaction is recorded when it has no marker
+    ``:t:{id}`` (set by the write, expiring after the longest window) and is not among the events its entity values
+    keep, so a retry counts once. Any Redis error (timeout, connection, out of memory, a refusal) raises
     `StoreUnavailable`, without retries; a write that timed out may still have been applied, and retrying it is
     safe (idempotent).
 
@@ -749,7 +764,7 @@ class RedisStore:
                 if not records and adds is None:
                     return states, 0  # type: ignore[return-value]
                 # new: no marker, not among the events its values keep, and the first of its id in the batch
-                fresh = ~marked & ~np.isin(txn, old.txn)
+                fresh = ~marked & ~isin(txn, old.txn)
                 fresh[np.setdiff1d(np.arange(len(txn)), np.unique(txn, return_index=True)[1])] = False
                 take = fresh[new_rows]
                 rows = new_rows[take]
@@ -771,21 +786,18 @@ class RedisStore:
 
     def _read(self, conn: Any, names: list[str], markers: list[str], require_history: bool, timeout: float,
               what: str) -> tuple[_Blobs, int, np.ndarray]:
-        """One round trip: the seed's state (NOHISTORY unless ready, when required), the namespace's horizon, the
-        blobs, and which of the ``markers`` exist."""
-        commands: list[tuple[Any, ...]] = [("HGET", f"{self._prefix}:seed", "state"),
-                                           ("HGET", f"{self._prefix}:limits", "keep_ticks")]
-        commands += [("MGET", *(f"{self._prefix}:e:{name}" for name in names[i:i + 10_000]))
-                     for i in range(0, len(names), 10_000)]
-        blob_replies = len(commands)
-        commands += [("MGET", *markers[i:i + 10_000]) for i in range(0, len(markers), 10_000)]
-        replies = self._round_trip(conn, commands, timeout)
-        if require_history and replies[0] != b"ready":
+        """One MGET (more for a batch beyond 10,000 keys): whether the seed is ready (NOHISTORY unless it is, when
+        required), the namespace's horizon, the blobs, and which of the ``markers`` exist."""
+        keys = [f"{self._prefix}:ready", f"{self._prefix}:keep_ticks",
+                *(f"{self._prefix}:e:{name}" for name in names), *markers]
+        replies = [value for reply in self._round_trip(conn, [("MGET", *keys[i:i + 10_000])
+                                                              for i in range(0, len(keys), 10_000)], timeout)
+                   for value in reply]
+        if require_history and replies[0] is None:
             raise StoreUnavailable(f"feature store {what} failed: NOHISTORY the namespace has no history (not "
                                    "seeded yet, or the store restarted empty)", answered=True)
-        blobs = [blob for reply in replies[2:blob_replies] for blob in reply]
-        marked = np.array([value is not None for reply in replies[blob_replies:] for value in reply], dtype=bool)
-        return _Blobs.decode(blobs, names), int(float(replies[1] or 0)), marked
+        marked = np.fromiter((value is not None for value in replies[2 + len(names):]), bool, len(markers))
+        return _Blobs.decode(replies[2:2 + len(names)], names), int(float(replies[1] or 0)), marked
 
     def _estimates(self, conn: Any, old: _Blobs, query: Query, paired: np.ndarray, names: list[str],
                    timeout: float) -> np.ndarray:
@@ -846,7 +858,8 @@ class RedisStore:
         starting cold.
 
         The namespace's history is its seed marker ``{ns}:2:seed`` (a hash: ``source``, ``state`` loading or
-        ready, ``started``, ``finished``), claimed by the first loader: a namespace seeded by another source
+        ready, ``started``, ``finished``; once ready, also the string ``{ns}:2:ready``, which reads check), claimed
+        by the first loader: a namespace seeded by another source
         (another model's snapshot, ``log`` for a rebuild) is left as it is. Idempotent and resumable: each chunk of
         folded aggregates and accounts is applied at most once (its id joins ``{ns}:2:seed:done`` in the same
         compare-and-set call), the kept events go through `write` (idempotent by transaction id), so a loader that
@@ -866,10 +879,15 @@ class RedisStore:
         records = snapshot.records()
         for start in range(0, len(records), chunk):
             self.write(records[start:start + chunk])
-        with _unavailable("seeding"):
-            self.client.hset(seed_key, mapping={"state": "ready", "finished": _now()})
-            self.client.delete(f"{self._prefix}:seed:done")
+        self.mark_ready(source)
         return SeedResult(True, source, entities, len(records))
+
+    def mark_ready(self, source: str) -> None:
+        """Mark the namespace's seed ready (its history loaded from ``source``): reads that require history pass."""
+        with _unavailable("seeding"):
+            self.client.pipeline(transaction=True).hset(
+                f"{self._prefix}:seed", mapping={"source": source, "state": "ready", "finished": _now()}).set(
+                f"{self._prefix}:ready", source).delete(f"{self._prefix}:seed:done").execute()
 
     def _seed_chunk(self, snapshot: SnapshotStore, column: str, lo: int, hi: int, source: str) -> int:
         frozen = snapshot.columns[column]
@@ -946,7 +964,7 @@ class SnapshotStore:
         self._index = {col: {key: i for i, key in enumerate(frozen.keys.tolist())} for col, frozen in columns.items()}
         self.account_hashes = text_hashes(accounts)
         self.txn_hashes = text_hashes(txns)
-        self._account_or_none = np.r_[self.account_hashes, NO_ACCOUNT]  # code -1 (no account) -> NO_ACCOUNT
+        self._account_or_none = np.append(self.account_hashes, NO_ACCOUNT)  # code -1 (no account) -> NO_ACCOUNT
 
     def read(self, query: Query) -> States:
         states = empty_states(query)
@@ -962,7 +980,8 @@ class SnapshotStore:
             known = rows >= 0
             groups[column] = (np.asarray(members, dtype=np.int64)[known], rows[known])
         for column, (members, rows) in groups.items():
-            sizes[members] = np.diff(self.columns[column].event_start)[rows]
+            start = self.columns[column].event_start
+            sizes[members] = start[rows + 1] - start[rows]
         states.event_start = offsets(sizes)
         total = int(states.event_start[-1])
         states.ticks, states.amount = np.empty(total, dtype=np.int64), np.empty(total)
@@ -971,7 +990,7 @@ class SnapshotStore:
         estimate = np.full(n, -1, dtype=np.int64)
         for column, (members, rows) in groups.items():
             frozen = self.columns[column]
-            counts = np.diff(frozen.event_start)[rows]
+            counts = sizes[members]
             dest = _ranges(states.event_start[members], counts)
             src = _ranges(frozen.event_start[rows], counts)
             states.ticks[dest], states.amount[dest] = frozen.event_ticks[src], frozen.event_amount[src]
@@ -987,7 +1006,7 @@ class SnapshotStore:
             exact = frozen.accounts_exact[rows]
             estimate[members[paired & ~exact]] = frozen.account_total[rows[paired & ~exact]]
             listed = paired & exact
-            counts = np.diff(frozen.account_start)[rows[listed]]
+            counts = frozen.account_start[rows[listed] + 1] - frozen.account_start[rows[listed]]
             src = _ranges(frozen.account_start[rows[listed]], counts)
             table.append((np.repeat(members[listed], counts), self.account_hashes[frozen.account_code[src]],
                           frozen.account_first[src]))
