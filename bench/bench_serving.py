@@ -751,8 +751,8 @@ def main(argv: list[str] | None = None) -> int:
     store_line = (
         f"(b3): the service with `FRAUDOPS_FEATURE_STORE_URL` set (a private redis-server on loopback, no "
         f"persistence; timeouts {store_timeout:g} s per call plus {key_timeout:g} s per entity value): every "
-        "transaction reads its entities' history and records itself "
-        f"(one Lua call per request: read, then record), each a new transaction id (no retries). "
+        "transaction reads its entities' history and records itself (per request one MGET to read, then one "
+        "compare-and-set script call to record), each a new transaction id (no retries). "
         f"{st['requests']:,.0f} model calls, {st['fallbacks']:,.0f} answered from the frozen snapshot because the "
         f"store was slow or down; the store held {st['entities']:,} entity values ({fmt(st['memory'] / MIB, 1)} MiB "
         f"used_memory) at the end. b3 − b: what the store adds to a request.")
