@@ -95,9 +95,9 @@ class ServingConfig(StoreSettings):
                                          "replica shares (live entity features); empty: the model's frozen snapshot "
                                          "of the training window only")
     feature_store_timeout_seconds: float = Field(0.05, gt=0, le=10, description="wait for the feature store per "
-                                                 "call (each connect, send and reply; a request's reply also "
-                                                 "gets the allowance below); then the frozen snapshot answers, "
-                                                 "flagged")
+                                                 "call (each connect, send and reply; a request's replies, its read "
+                                                 "then its write, also get the allowance below); then the frozen "
+                                                 "snapshot answers, flagged")
     feature_store_key_timeout_seconds: float = Field(0.0002, ge=0, le=0.1, description="added to that wait for a "
                                                      "request's store call per entity value it reads or records "
                                                      "(a batch of 1,000 transactions with 3 entity columns has up "
