@@ -52,7 +52,6 @@ from fraudops.online_store import (
     StoreLimits,
     isin,
     offsets,
-    sorted_runs,
     text_hashes,
 )
 from fraudops.schema import DatasetSpec
@@ -736,4 +735,4 @@ def _frozen_accounts(c: np.ndarray, account: np.ndarray, t: np.ndarray, n_keys: 
     start = offsets(np.where(is_exact, total, 0))
     first_ticks = pt[keep]
     return {"account_start": start, "account_code": pa[keep], "account_first": first_ticks,
-            "first_sorted": sorted_runs(first_ticks, start), "accounts_exact": is_exact, "account_total": total}
+            "accounts_exact": is_exact, "account_total": total}

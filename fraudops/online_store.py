@@ -163,12 +163,6 @@ class States:
     accounts_before: np.ndarray
     account_first: np.ndarray
 
-    def events_of(self, i: int) -> np.ndarray:
-        """Entity value ``i``'s kept events as rows (ticks, amount, account hash, txn hash), for inspection."""
-        lo, hi = self.event_start[i], self.event_start[i + 1]
-        return np.rec.fromarrays([self.ticks[lo:hi], self.amount[lo:hi], self.account[lo:hi], self.txn[lo:hi]],
-                                 names="ticks,amount,account,txn")
-
 
 class FeatureStore(Protocol):
     """Read entity history for a batch, then record the batch."""
@@ -927,7 +921,7 @@ class FrozenColumn:
     """One entity column of a `SnapshotStore`: per key (``keys``, sorted texts) its kept events (rows
     ``event_start[i]:event_start[i+1]`` of the event arrays, in time order), its folded aggregates, and for
     paired columns its accounts (rows ``account_start[i]:account_start[i+1]``, sorted by account code, with the
-    time each was first seen; ``first_sorted``: the same times sorted) or, beyond ``exact_accounts``, their number.
+    time each was first seen) or, beyond ``exact_accounts``, their number.
     Accounts and transaction ids are codes into the snapshot's vocabularies; no account is -1."""
 
     keys: np.ndarray
@@ -943,7 +937,6 @@ class FrozenColumn:
     account_start: np.ndarray | None = None
     account_code: np.ndarray | None = None
     account_first: np.ndarray | None = None
-    first_sorted: np.ndarray | None = None
     accounts_exact: np.ndarray | None = None
     account_total: np.ndarray | None = None
 
@@ -1075,7 +1068,7 @@ class SnapshotStore:
                 start = offsets(keys["accounts"].to_numpy())
                 first = accounts["first"].to_numpy(dtype=np.int64)
                 parts = dict(account_start=start, account_code=accounts["account"].to_numpy(dtype=np.int64),
-                             account_first=first, first_sorted=sorted_runs(first, start),
+                             account_first=first,
                              accounts_exact=keys["accounts_exact"].to_numpy(dtype=bool),
                              account_total=keys["account_total"].to_numpy(dtype=np.int64))
             columns[col] = FrozenColumn(
@@ -1112,12 +1105,6 @@ def _now() -> str:
 def offsets(lengths: np.ndarray) -> np.ndarray:
     """Start of each run of the given lengths, then the end of the last."""
     return np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
-
-
-def sorted_runs(values: np.ndarray, start: np.ndarray) -> np.ndarray:
-    """``values`` sorted within each run ``start[i]:start[i+1]``."""
-    run = np.repeat(np.arange(len(start) - 1), np.diff(start))
-    return values[np.lexsort((values, run))]
 
 
 def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
