@@ -344,13 +344,11 @@ def _changes(values: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class _Prior:
-    """What a store knows beyond the table's transactions: per key code (folded aggregates), per entry
-    (accounts first seen strictly before it; when its account was first seen, `_NEVER` or `_NONE`)."""
+    """What a store knows beyond the table's transactions: per key code its folded aggregates (``folded``, the
+    store's answer), per entry the accounts first seen strictly before it and when its account was first seen
+    (`_NEVER` or `_NONE`)."""
 
-    count: np.ndarray
-    amount_sum: np.ndarray
-    amount_max: np.ndarray
-    last: np.ndarray
+    folded: States
     accounts_before: np.ndarray
     account_first: np.ndarray
 
@@ -428,8 +426,8 @@ def _entity_features(config: EntityFeatureConfig, table: _Table, entry_row: np.n
     count_all = end - start
     prev = np.where(earlier, t[before], _NONE)
     if prior is not None:
-        count_all = count_all + prior.count[c]
-        prev = np.where(earlier, prev, prior.last[c])
+        count_all = count_all + prior.folded.count[c]
+        prev = np.where(earlier, prev, prior.folded.last[c])
     stacked = [end - lo, count_all[None]]
     if config.spec.amount:
         sums = np.zeros(len(amount) + 1, dtype=np.longdouble)
@@ -441,8 +439,8 @@ def _entity_features(config: EntityFeatureConfig, table: _Table, entry_row: np.n
         top = np.clip(running[before] - c * amount_width, 0, len(table.unique_amounts) - 1)
         max_all = np.where(earlier, table.unique_amounts[top], np.nan)
         if prior is not None:
-            total[-1] += prior.amount_sum[c]
-            max_all = np.fmax(max_all, prior.amount_max[c])
+            total[-1] += prior.folded.amount_sum[c]
+            max_all = np.fmax(max_all, prior.folded.amount_max[c])
         count = np.vstack(stacked)
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = np.where(count > 0, total / count, np.nan)
@@ -650,9 +648,7 @@ class OnlineFeatures:
             else:
                 accounts_before.append(np.zeros(len(rows), dtype=np.int64))
                 account_first.append(np.full(len(rows), _NONE))
-        return _Prior(count=states.count, amount_sum=states.amount_sum, amount_max=states.amount_max,
-                      last=states.last, accounts_before=np.concatenate(accounts_before),
-                      account_first=np.concatenate(account_first))
+        return _Prior(states, np.concatenate(accounts_before), np.concatenate(account_first))
 
 
 def _factorize(texts: list[str | None]) -> tuple[np.ndarray, np.ndarray]:
