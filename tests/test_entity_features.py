@@ -369,3 +369,16 @@ def test_a_seed_beyond_exact_accounts_counts_them_in_the_hyperloglog(redis_url: 
         differ = got[name].notna() & (got[name] != want[name])
         assert differ.any()  # some values are beyond exact counting
         assert ((got[name] >= 0.97 * want[name]) & (got[name] <= 1.03 * want[name] + limits.max_events))[differ].all()
+
+
+def test_a_batch_beyond_one_mget_reads_and_records_in_chunks(redis_url: str) -> None:
+    """A rebuild's or a seed's large batch: more keys than one MGET takes (10,000) are read in several, in order."""
+    frame = awkward_table(6000, seed=5)
+    rows = as_rows(frame)
+    store = make_store("redis", redis_url, StoreLimits(keep_seconds=CONFIG.longest_seconds))
+    online = OnlineFeatures(CONFIG, store)
+    online.process(rows[:2000])
+    got = online.process(rows[2000:])  # 4,000 transactions: ~12,000 entity values and 4,000 markers
+    assert_same_features(pd.DataFrame(got, columns=CONFIG.feature_names),
+                         offline_features(frame, CONFIG).iloc[2000:].reset_index(drop=True))
+    assert online.record(rows) == 0
