@@ -677,6 +677,7 @@ class RedisStore:
         self._turn = threading.Lock()  # held by the batch call on the wire
         self._queued = 0  # entity values of the batch calls on the wire or waiting for their turn
         self._queue_lock = threading.Lock()
+        self._races = 0
 
     @classmethod
     def from_url(cls, url: str, limits: StoreLimits, *, timeout_s: float = 0.05, key_timeout_s: float = 0.0,
@@ -773,10 +774,19 @@ class RedisStore:
                                      [records[i].txn for i in np.flatnonzero(fresh).tolist()], timeout)
                 if status != 0:
                     return states, (status if adds is not None else int(fresh.sum()))  # type: ignore[return-value]
+                with self._queue_lock:
+                    self._races += 1
             raise StoreUnavailable(f"feature store {what} failed: other writers changed the batch's entity values "
                                    f"{_ATTEMPTS} times in a row", answered=True)
         finally:
             self.client.connection_pool.release(conn)
+
+    def take_races(self) -> int:
+        """Writes that lost the compare-and-set race to another writer (and read and merged again) since the last
+        call."""
+        with self._queue_lock:
+            races, self._races = self._races, 0
+        return races
 
     def _read(self, conn: Any, names: list[str], markers: list[str], require_history: bool, timeout: float,
               what: str) -> tuple[_Blobs, int, np.ndarray]:

@@ -32,6 +32,7 @@ Metrics on ``/metrics`` besides BentoML's own ``bentoml_service_*``:
 | `fraudops_scorer_feature_store_requests_total` | counter | | model calls that asked the online feature store |
 | `fraudops_scorer_feature_store_fallbacks_total` | counter | | ... answered from the frozen snapshot (store down) |
 | `fraudops_scorer_feature_store_reseeds_total` | counter | | polls that found the store empty: snapshot loaded again |
+| `fraudops_scorer_feature_store_write_races_total` | counter | | writes that lost a race to a replica (read again) |
 | `fraudops_scorer_feature_store_pending_writes` | gauge | | transactions held to record once the store is back |
 | `fraudops_scorer_feature_store_dropped_writes_total` | counter | | held transactions dropped (rebuild from the log) |
 | `fraudops_scorer_rollout_info` | gauge | `challenger`, `mode`, `percent` | 1 for the active rollout |

@@ -325,7 +325,7 @@ def test_concurrent_writers_both_count_the_loser_reads_and_merges_again(redis_ur
 
     first._read = read_then_let_the_other_write  # type: ignore[method-assign]
     assert OnlineFeatures(CONFIG, first).record([row(0)]) == 1
-    assert reads == 2
+    assert reads == 2 and first.take_races() == 1 and first.take_races() == 0 and second.take_races() == 0
     assert feature(OnlineFeatures(CONFIG, second), [row(2)], "device_id__count_1h") == 2
 
 

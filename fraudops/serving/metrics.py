@@ -76,6 +76,9 @@ class ScorerMetrics:
                                                   "unrecorded (more than FRAUDOPS_FEATURE_STORE_MAX_PENDING "
                                                   "waited): `fraudops features rebuild --from-log` restores them",
                                                   registry=reg)
+        self.feature_store_races = prom.Counter(p + "feature_store_write_races", "Feature store writes that lost a "
+                                                "compare-and-set race to another replica's write of the same entity "
+                                                "values, and read and merged again", registry=reg)
         self.feature_store_reseeds = prom.Counter(p + "feature_store_reseeds", "Champion polls that found the "
                                                   "feature store without history (restarted empty) and loaded the "
                                                   "model's snapshot again: the live history since training needs "

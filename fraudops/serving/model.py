@@ -135,6 +135,11 @@ class EntityFeatures:
         self.guard = guard or StoreGuard()
         self._warned = -math.inf
 
+    def take_races(self) -> int:
+        """The online store's writes that lost a compare-and-set race to another replica since the last call."""
+        store = self.live.store if self.live is not None else None
+        return store.take_races() if isinstance(store, RedisStore) else 0
+
     def compute(self, rows: list[dict[str, Any]], record: bool) -> tuple[np.ndarray, bool]:
         """The entity features of validated rows (rows x names), and whether they fell back on the snapshot.
 

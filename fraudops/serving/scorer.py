@@ -292,6 +292,7 @@ class Scorer:
                     fallback = True
                 self.metrics.feature_store_pending.set(len(self._store_guard.pending))
                 self.metrics.feature_store_dropped.inc(self._store_guard.take_dropped())
+                self.metrics.feature_store_races.inc(model.entities.take_races() if model.entities else 0)
             id_column = model.bundle.state.spec.id_column
             for k, i in enumerate(index):
                 item = results[i]
