@@ -600,11 +600,10 @@ class OnlineFeatures:
         if account is not None and len(account.uniques):
             known = account.codes >= 0
             row_account[known] = text_hashes(account.uniques)[account.codes[known]]
-        pair_rows = [rows for _, rows in pairs]
-        query = Query(refs, np.concatenate([first[col] + columns.keys[col].codes[rows] for col, rows in pairs])
-                      if pairs else np.empty(0, dtype=np.int64),
-                      columns.ticks[np.concatenate(pair_rows)] if pairs else np.empty(0, dtype=np.int64),
-                      row_account[np.concatenate(pair_rows)] if pairs else np.empty(0, dtype=np.int64))
+        pair_rows = np.concatenate([rows for _, rows in pairs]) if pairs else np.empty(0, dtype=np.int64)
+        pair_entity = [first[col] + columns.keys[col].codes[rows] for col, rows in pairs]
+        query = Query(refs, np.concatenate(pair_entity) if pairs else pair_rows, columns.ticks[pair_rows],
+                      row_account[pair_rows])
         states = self.store.read_and_write(query, self._records(columns)) if record else self.store.read(query)
         event_code = np.repeat(np.arange(len(refs)), np.diff(states.event_start))
         stored = slice(None)

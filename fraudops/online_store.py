@@ -210,13 +210,13 @@ def account_answers(table_entity: np.ndarray, table_account: np.ndarray, table_f
         return _empty(), _empty()
     # accounts first seen strictly before each pair's time: pairs sort before accounts of the same time
     entity = np.concatenate([table_entity, pe])
-    table_first_kind = np.concatenate([np.ones(n_table, np.int8), np.zeros(n_pairs, np.int8)])
-    order = np.lexsort((table_first_kind, np.concatenate([table_first, pt]), entity))
+    is_table = np.concatenate([np.ones(n_table, np.int8), np.zeros(n_pairs, np.int8)])
+    order = np.lexsort((is_table, np.concatenate([table_first, pt]), entity))
     seen = np.cumsum(order < n_table)
     entity_start = offsets(np.bincount(table_entity, minlength=len(estimate)))
     before = seen[at_of(order)[n_table:]] - entity_start[pe]
     # when each pair's account was first seen: the table row at or before it in (entity, account) order
-    order = np.lexsort((1 - table_first_kind, np.concatenate([table_account, pa]), entity))
+    order = np.lexsort((1 - is_table, np.concatenate([table_account, pa]), entity))
     last = np.maximum.accumulate(np.where(order < n_table, np.arange(len(order)), -1))
     found = np.where(last >= 0, order[np.maximum(last, 0)], -1)[at_of(order)[n_table:]]
     hit = (found >= 0) & (pa != NO_ACCOUNT)
@@ -359,43 +359,44 @@ _ATTEMPTS = 5
 """Reads and compare-and-set writes of one batch before it gives up, when other writers keep changing its keys."""
 
 # The write of a batch (`RedisStore._call`), after the client read the keys and merged the batch in. ARGV[1]: JSON
-# [namespace, entity values (column:value), [keep_ticks, keep_seconds, retention_seconds], blob lengths (bytes),
-# HyperLogLog members per entity value, beyond flags (1: its accounts are in the HyperLogLog), seed guard ([source,
-# chunk id]) or null, ids of the transactions recorded]; ARGV[2]: per entity value the token its blob had when read
-# (8 bytes, zeros: none); ARGV[3]: the new blobs; ARGV[4]: the HyperLogLog members, 8 bytes each. Compare and set:
-# nothing is written unless every blob still has the token read (else 0: another writer came between, the client
-# reads again). A seed guard also requires the namespace's seed to be claimed by that source and not ready, and the
-# chunk not applied yet (-1 not the owner, 2 already applied). Each transaction recorded gets its marker ``:t:{id}``
-# for the longest window. The horizons are the namespace's: the longest any writer has asked for (a challenger with
-# shorter windows than the champion's must not fold or expire history the champion's windows still read).
+# [key prefix ({namespace}:2), entity values (column:value), [keep_ticks, keep_seconds, retention_seconds], blob
+# lengths (bytes), HyperLogLog members per entity value, beyond flags (1: its accounts are in the HyperLogLog), seed
+# guard ([source, chunk id]) or null, ids of the transactions recorded]; ARGV[2]: per entity value the token its
+# blob had when read (8 bytes, zeros: none); ARGV[3]: the new blobs; ARGV[4]: the HyperLogLog members, 8 bytes each.
+# Compare and set: nothing is written unless every blob still has the token read (else 0: another writer came
+# between, the client reads again). A seed guard also requires the namespace's seed to be claimed by that source and
+# not ready, and the chunk not applied yet (-1 not the owner, 2 already applied). Each transaction recorded gets its
+# marker ``:t:{id}`` for the longest window. The horizons are the namespace's: the longest any writer has asked for
+# (a challenger with shorter windows than the champion's must not fold or expire history the champion's windows
+# still read).
 _WRITE = """
 local meta = cjson.decode(ARGV[1])
-local ns, names, lim, lengths, counts, beyond, guard = meta[1], meta[2], meta[3], meta[4], meta[5], meta[6], meta[7]
+local prefix, names, lim, lengths, counts, beyond, guard = meta[1], meta[2], meta[3], meta[4], meta[5], meta[6], meta[7]
 local txns = meta[8]
 local tokens, blobs, members = ARGV[2], ARGV[3], ARGV[4]
 local zero = string.rep('\\0', 8)
 for i, name in ipairs(names) do
-  local held = redis.call('GETRANGE', ns .. ':2:e:' .. name, 8, 15)
+  local held = redis.call('GETRANGE', prefix .. ':e:' .. name, 8, 15)
   if held == '' then held = zero end
   if held ~= string.sub(tokens, 8 * i - 7, 8 * i) then return 0 end
 end
 if guard ~= cjson.null then
-  local claim = redis.call('HMGET', ns .. ':2:seed', 'source', 'state')
+  local claim = redis.call('HMGET', prefix .. ':seed', 'source', 'state')
   if claim[1] ~= guard[1] then return -1 end
-  if claim[2] == 'ready' or redis.call('SADD', ns .. ':2:seed:done', guard[2]) == 0 then return 2 end
+  if claim[2] == 'ready' or redis.call('SADD', prefix .. ':seed:done', guard[2]) == 0 then return 2 end
 end
-local limits = {ns .. ':2:keep_ticks', ns .. ':2:keep_seconds', ns .. ':2:retention_seconds'}
+local limits = {prefix .. ':keep_ticks', prefix .. ':keep_seconds', prefix .. ':retention_seconds'}
 local held = redis.call('MGET', unpack(limits))
 local keep, window = math.max(lim[1], tonumber(held[1]) or 0), math.max(lim[2], tonumber(held[2]) or 0)
 local ttl = math.max(lim[3], tonumber(held[3]) or 0)
 redis.call('MSET', limits[1], string.format('%.17g', keep), limits[2], window, limits[3], ttl)
-for _, txn in ipairs(txns) do redis.call('SET', ns .. ':2:t:' .. txn, '1', 'EX', window) end
+for _, txn in ipairs(txns) do redis.call('SET', prefix .. ':t:' .. txn, '1', 'EX', window) end
 local at, m = 1, 1
 for i, name in ipairs(names) do
-  redis.call('SET', ns .. ':2:e:' .. name, string.sub(blobs, at, at + lengths[i] - 1), 'EX', ttl)
+  redis.call('SET', prefix .. ':e:' .. name, string.sub(blobs, at, at + lengths[i] - 1), 'EX', ttl)
   at = at + lengths[i]
   if beyond[i] == 1 then
-    local hll = ns .. ':2:h:' .. name
+    local hll = prefix .. ':h:' .. name
     for j = 0, counts[i] - 1, 1000 do
       local batch = {}
       for q = j, math.min(j + 999, counts[i] - 1) do
@@ -483,17 +484,11 @@ class _Blobs:
             if len(bad):
                 raise StoreUnavailable(f"feature store entity value {names[bad[0]]!r} is not a layout-{LAYOUT} "
                                        "blob (written by another version?)", answered=True)
-        n_events = head["n_events"].astype(np.int64)
-        event_start = offsets(n_events)
-        owner = np.repeat(np.arange(n), n_events)
-        at = base[owner] + _HEADER_UNITS + _EVENT_UNITS * (np.arange(len(owner)) - event_start[owner])
-        n_accounts = head["n_accounts"].astype(np.int64)
-        account_start = offsets(n_accounts)
-        a_owner = np.repeat(np.arange(n), n_accounts)
-        a_at = (base[a_owner] + _HEADER_UNITS + _EVENT_UNITS * n_events[a_owner]
-                + np.arange(len(a_owner)) - account_start[a_owner])
-        return cls(head, event_start, units[at, 0], units[at, 1].view(np.float64), units[at + 1, 0],
-                   units[at + 1, 1], account_start, units[a_at, 0], units[a_at, 1])
+        n_events, n_accounts = head["n_events"].astype(np.int64), head["n_accounts"].astype(np.int64)
+        at = _ranges(base + _HEADER_UNITS, n_events, _EVENT_UNITS)
+        a_at = _ranges(base + _HEADER_UNITS + _EVENT_UNITS * n_events, n_accounts)
+        return cls(head, offsets(n_events), units[at, 0], units[at, 1].view(np.float64), units[at + 1, 0],
+                   units[at + 1, 1], offsets(n_accounts), units[a_at, 0], units[a_at, 1])
 
     def states(self, query: Query, estimate: np.ndarray) -> States:
         """The `States` of the query's entity values, the first of these blobs."""
@@ -595,8 +590,7 @@ def _merge(old: _Blobs, paired: np.ndarray, new: _NewEvents, adds: _Additions | 
     in_blob = ~beyond[a_ent]
     # HyperLogLog members: the accounts not in a blob (all of a value going beyond now: its blob's accounts are
     # among them; a value beyond before keeps none in its blob, so only its new ones)
-    to_hll = ~in_blob
-    m_ent, m_hash = a_ent[to_hll], a_hash[to_hll]
+    m_ent, m_hash = a_ent[~in_blob], a_hash[~in_blob]
     if placeholders.any():
         p_ent = np.repeat(np.arange(t), placeholders)
         p_names = [f"\0seed:{j}" for k in placeholders.tolist() for j in range(k)]
@@ -605,8 +599,7 @@ def _merge(old: _Blobs, paired: np.ndarray, new: _NewEvents, adds: _Additions | 
         m_ent, m_hash = m_ent[order], m_hash[order]
     a_ent, a_hash, a_first = a_ent[in_blob], a_hash[in_blob], a_first[in_blob]
     # the blobs: header, kept events, accounts, in 16-byte units
-    k_ent = ent[kept]
-    n_events = np.bincount(k_ent, minlength=t)
+    n_events = np.bincount(ent[kept], minlength=t)
     n_accounts = np.bincount(a_ent, minlength=t)
     units = _HEADER_UNITS + _EVENT_UNITS * n_events + _ACCOUNT_UNITS * n_accounts
     base = offsets(units)
@@ -616,12 +609,10 @@ def _merge(old: _Blobs, paired: np.ndarray, new: _NewEvents, adds: _Additions | 
     header["n_events"], header["n_accounts"] = n_events, n_accounts
     header["count"], header["amount_sum"], header["amount_max"], header["last"] = count, amount_sum, amount_max, last
     out[(base[:-1, None] + np.arange(_HEADER_UNITS)).ravel()] = header.view("<i8").reshape(-1, 2)
-    k_start = offsets(n_events)
-    at = base[k_ent] + _HEADER_UNITS + _EVENT_UNITS * (np.arange(len(k_ent)) - k_start[k_ent])
+    at = _ranges(base[:-1] + _HEADER_UNITS, n_events, _EVENT_UNITS)  # events and accounts are sorted by value
     out[at, 0], out[at, 1] = ticks[kept], amount[kept].view("<i8")
     out[at + 1, 0], out[at + 1, 1] = account[kept], txn[kept]
-    a_start = offsets(n_accounts)
-    at = base[a_ent] + _HEADER_UNITS + _EVENT_UNITS * n_events[a_ent] + np.arange(len(a_ent)) - a_start[a_ent]
+    at = _ranges(base[:-1] + _HEADER_UNITS + _EVENT_UNITS * n_events, n_accounts)
     out[at, 0], out[at, 1] = a_hash, a_first
     return _Merged(touched, out.tobytes(), (units * 16).tolist(), m_hash.astype("<i8").tobytes(),
                    np.bincount(m_ent, minlength=t).tolist(), beyond.astype(int).tolist())
@@ -748,23 +739,24 @@ class RedisStore:
         record_amount = np.fromiter((record.amount for record in records), np.float64, len(records))
         record_account = text_hashes([record.account for record in records])
         paired = np.array([ref.paired for ref in refs], dtype=bool)
+        owner = np.asarray(owners, dtype=np.int64)
+        markers = [f"{self._prefix}:t:{record.txn}" for record in records]
+        first_of_id = np.zeros(len(records), dtype=bool)  # a transaction id repeated in the batch counts once
+        first_of_id[np.unique(txn, return_index=True)[1]] = True
         states = empty_states(query) if query is not None else None
         conn = self.client.connection_pool.get_connection()
         try:
             for _ in range(_ATTEMPTS):
-                old, keep_ticks, marked = self._read(conn, names, [f"{self._prefix}:t:{r.txn}" for r in records],
-                                                     query is not None and self.require_history, timeout, what)
+                old, keep_ticks, marked = self._read(conn, names, markers, query is not None and self.require_history,
+                                                     timeout, what)
                 if query is not None:
                     states = old.states(query, self._estimates(conn, old, query, paired, names, timeout))
                 if not records and adds is None:
                     return states, 0  # type: ignore[return-value]
-                # new: no marker, not among the events its values keep, and the first of its id in the batch
-                fresh = ~marked & ~isin(txn, old.txn)
-                fresh[np.setdiff1d(np.arange(len(txn)), np.unique(txn, return_index=True)[1])] = False
+                fresh = first_of_id & ~marked & ~isin(txn, old.txn)  # not among the events its values keep
                 take = fresh[new_rows]
                 rows = new_rows[take]
-                new = _NewEvents(np.asarray(owners, dtype=np.int64)[take], record_ticks[rows], record_amount[rows],
-                                 record_account[rows], txn[rows])
+                new = _NewEvents(owner[take], record_ticks[rows], record_amount[rows], record_account[rows], txn[rows])
                 if not len(new.entity) and adds is None:
                     return states, int(fresh.sum())  # type: ignore[return-value]
                 token = secrets.randbits(63) | 1
@@ -819,7 +811,7 @@ class RedisStore:
                txns: list[str], timeout: float) -> int:
         """The compare-and-set script call (`_WRITE`): 1 written, 0 another writer came between (see the script
         for a seed chunk's -1 and 2)."""
-        meta = json.dumps([self._prefix.rsplit(":", 1)[0], names,
+        meta = json.dumps([self._prefix, names,
                            [self.limits.keep_ticks, self.limits.keep_seconds, self.limits.retention_seconds],
                            merged.lengths, merged.member_counts, merged.beyond, list(adds.guard) if adds else None,
                            txns],
@@ -965,9 +957,8 @@ class SnapshotStore:
         self.accounts = accounts
         self.txns = txns
         self._index = {col: {key: i for i, key in enumerate(frozen.keys.tolist())} for col, frozen in columns.items()}
-        self.account_hashes = text_hashes(accounts)
+        self.account_hashes = np.append(text_hashes(accounts), NO_ACCOUNT)  # by code; -1 (no account): NO_ACCOUNT
         self.txn_hashes = text_hashes(txns)
-        self._account_or_none = np.append(self.account_hashes, NO_ACCOUNT)  # code -1 (no account) -> NO_ACCOUNT
 
     def read(self, query: Query) -> States:
         states = empty_states(query)
@@ -997,7 +988,7 @@ class SnapshotStore:
             dest = _ranges(states.event_start[members], counts)
             src = _ranges(frozen.event_start[rows], counts)
             states.ticks[dest], states.amount[dest] = frozen.event_ticks[src], frozen.event_amount[src]
-            states.account[dest] = self._account_or_none[frozen.event_account[src]]
+            states.account[dest] = self.account_hashes[frozen.event_account[src]]
             states.txn[dest] = self.txn_hashes[frozen.event_txn[src]]
             states.count[members], states.amount_sum[members] = frozen.count[rows], frozen.amount_sum[rows]
             states.amount_max[members], states.last[members] = frozen.amount_max[rows], frozen.last[rows]
@@ -1117,7 +1108,7 @@ def offsets(lengths: np.ndarray) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
 
 
-def _ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """The positions ``starts[i]:starts[i] + counts[i]`` of every i, concatenated."""
+def _ranges(starts: np.ndarray, counts: np.ndarray, step: int = 1) -> np.ndarray:
+    """The positions ``starts[i] + step * k`` for k < ``counts[i]``, of every i, concatenated."""
     run = np.repeat(np.arange(len(counts)), counts)
-    return np.asarray(starts, dtype=np.int64)[run] + np.arange(int(counts.sum())) - offsets(counts)[:-1][run]
+    return np.asarray(starts, dtype=np.int64)[run] + step * (np.arange(int(counts.sum())) - offsets(counts)[:-1][run])
