@@ -1145,3 +1145,43 @@ def test_a_store_restarted_empty_gets_the_snapshot_again_at_the_next_poll(home, 
         assert "features_fallback" not in scorer.score(trained["requests"][21:22])
     finally:
         scorer.close()
+
+
+@pytest.mark.parametrize("multiprocess", [False, True])
+def test_observe_many_equals_one_observe_per_value(tmp_path, monkeypatch, multiprocess):
+    """Batched score observations give the exposition of one `observe` per score, also in the multiprocess mode
+    BentoML runs the scorer in (values in shared files): same buckets (edges included), count and sum."""
+    from prometheus_client import Histogram, generate_latest, values
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    from fraudops.serving.metrics import SCORE_BUCKETS, observe_many
+
+    if multiprocess:
+        monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+        monkeypatch.setattr(values, "ValueClass", values.MultiProcessValue(lambda: 4242))
+    scores = np.random.default_rng(3).random(1000)
+    scores[:6] = [0.0, 0.01, 0.5, 0.99, 1.0, 0.0100000001]  # on and just past bucket edges
+    exposed = []
+    for batched in (False, True):
+        registry = CollectorRegistry()
+        histogram = Histogram(f"score_{int(batched)}", "scores", ["role"], buckets=SCORE_BUCKETS, registry=registry)
+        child = histogram.labels("champion")
+        if batched:
+            observe_many(child, scores[:500])
+            observe_many(child, scores[500:])
+            observe_many(child, np.empty(0))
+        else:
+            for score in scores:
+                child.observe(float(score))
+        if multiprocess:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, path=str(tmp_path))
+        text = generate_latest(registry).decode()
+        exposed.append({line.split(" ")[0].replace(f"score_{int(batched)}", "score"): float(line.split(" ")[1])
+                        for line in text.splitlines() if line.startswith(f"score_{int(batched)}_")
+                        and "_created" not in line})
+    one_by_one, batched = exposed
+    assert one_by_one.keys() == batched.keys() and len(one_by_one) == len(SCORE_BUCKETS) + 3  # +Inf, count, sum
+    for name, value in one_by_one.items():
+        assert batched[name] == pytest.approx(value, rel=1e-12), name
+    assert one_by_one['score_bucket{le="0.01",role="champion"}'] >= 3

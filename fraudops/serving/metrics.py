@@ -6,6 +6,8 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from fraudops.decisions import APPROVE, DECLINE, REVIEW
 from fraudops.predlog import FEEDBACK, PREDICTIONS
 
@@ -103,11 +105,10 @@ class ScorerMetrics:
             self.role_latency.labels(role).observe(seconds)
         if rows:
             self.rows.inc(len(scores))
-        histogram = self.role_scores.labels(role)
-        for score in scores:
-            if rows:
-                self.scores.observe(score)
-            histogram.observe(score)
+        values = np.asarray(scores, dtype="float64")
+        if rows:
+            observe_many(self.scores, values)
+        observe_many(self.role_scores.labels(role), values)
         for decision, count in Counter(decisions).items():
             if rows:
                 self.decisions.labels(decision).inc(count)
@@ -138,6 +139,22 @@ class ScorerMetrics:
         if previous is not None:
             self.model_info.labels(previous.tag, previous.trained_at).set(0)
         self.model_info.labels(model.tag, model.trained_at).set(1)
+
+
+def observe_many(histogram: Any, values: np.ndarray) -> None:
+    """``histogram.observe`` of each value, with one increment per bucket instead of one per value (a batch of 1,000
+    scores: 2,000 observations, each a locked write to a shared file under BentoML). It uses the fields
+    prometheus_client's `Histogram.observe` uses (``_upper_bounds``, ``_buckets`` (not cumulative), ``_sum``); a
+    test pins the equality with `observe`."""
+    if not len(values):
+        return
+    histogram._raise_if_not_observable()
+    histogram._sum.inc(float(values.sum()))
+    bounds = histogram._upper_bounds
+    counts = np.bincount(np.searchsorted(bounds, values, "left"), minlength=len(bounds) + 1)  # first bound >= value
+    for bucket, count in zip(histogram._buckets, counts[:len(bounds)].tolist(), strict=True):  # NaN: in no bucket
+        if count:
+            bucket.inc(count)
 
 
 def private_registry() -> Any:
