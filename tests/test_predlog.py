@@ -3,7 +3,9 @@ the write-ahead log (records, recovery, segment deletion, a full volume, writers
 
 from __future__ import annotations
 
+import base64
 import errno
+import json
 import logging
 import os
 import socket
@@ -118,7 +120,7 @@ def test_columns_roundtrip_and_schemas_may_differ_between_chunks(tmp_path):
     assert len(frame) == 3
     assert frame["country"].tolist()[:2] == ["GB", "__missing__"] and pd.isna(frame["country"].iloc[2])
     assert frame["new_feature"].isna().sum() == 2
-    assert frame["input"].iloc[0] == '{"amount": 0.0, "note": null}'
+    assert frame["input"].iloc[0] == '{"amount":0.0,"note":null}'  # compact JSON text
     assert str(frame["logged_at"].dt.tz) == "UTC" and frame["model_tag"].unique().tolist() == ["m:1"]
 
 
@@ -312,7 +314,7 @@ def test_wal_records_round_trip_every_column_type():
               chunk(2, extra=[np.int64(1), np.int64(2)]),  # NumPy scalars: JSON cannot hold them exactly
               LogChunk(FEEDBACK, T0, 2, columns={"request_id": ["a", "b"], "observed_at": stamps})]  # pandas values
     records = [encode_record(c) for c in chunks]
-    assert [r[8:9] for r in records] == [b"J", b"J", b"J", b"J", b"A", b"A"]  # the scorer's chunks as JSON
+    assert [r[8:9] for r in records] == [b"B", b"B", b"B", b"B", b"A", b"A"]  # the scorer's chunks as JSON + bytes
     decoded, unreadable = read_records(b"".join(records))
     assert unreadable == 0 and len(decoded) == len(chunks)
     for before, after in zip(chunks, decoded, strict=True):
@@ -325,8 +327,43 @@ def test_wal_records_round_trip_every_column_type():
                                   chunks[0].blocks[("device_id__count_1h", "device_id__amount_max_1h")])
     assert decoded[0].columns["purchase_time"].dtype == np.dtype("M8[ns]")
     assert decoded[3].columns["amount"] == floats and decoded[3].columns["mixed"][-1] == 7
-    assert records[3].count(b'"bytes"') == 3  # row (an array), score and amount; not mixed
+    assert records[3].count(b'"list":') == 3  # row (an array), score and amount as bytes; not mixed
+    assert records[0].count(b'"texts":') == 0 and records[3].count(b'"texts":') == 0  # short text lists as JSON
     assert combined_table(decoded[:3]).to_pandas().equals(combined_table(chunks[:3]).to_pandas())
+
+
+def test_long_text_columns_go_to_the_wal_as_bytes_and_come_back_equal():
+    """A thousand-row request: its raw rows (encoded once by `append`), ids and decisions go as UTF-8 bytes, not
+    escaped inside the JSON document; any text, quotes, newlines and non-ASCII included."""
+    texts = [f'{{"id": "t-{i}", "note": "é\\n\\"{i}\\""}}' for i in range(1000)]
+    big = LogChunk(PREDICTIONS, T0, 1000, columns={"row": np.arange(1000, dtype="int32"), "transaction_id": texts,
+                                                   "decision": np.array(["approve", "décliné"] * 500, dtype=object)},
+                   json_columns={"input": [{"amount": 1.5, "note": "x\"y\n"}] * 1000}).encoded()
+    record = encode_record(big)
+    assert record[8:9] == b"B" and record.count(b'"texts":') == 3 and b"t-999" not in record[:record.index(b"]]")]
+    (decoded,), unreadable = read_records(record)
+    assert unreadable == 0 and decoded.columns["transaction_id"] == texts
+    assert decoded.columns["decision"] == ["approve", "décliné"] * 500
+    assert [json.loads(t) for t in decoded.columns["input"]] == [{"amount": 1.5, "note": "x\"y\n"}] * 1000
+    assert decoded.to_table().equals(big.to_table())
+
+
+# A record the previous version (base64 inside JSON) wrote: a scorer killed before an upgrade is recovered by the next
+_J_RECORD = (
+    "XwEAAEGpgwxKWyJwcmVkaWN0aW9ucyIsIjIwMjYtMDMtMDFUMDk6MzA6MDArMDA6MDAiLDIseyJyb3ciOnsiZHR5cGUiOiI8aTQiLCJieXRlcyI6"
+    "IkFBQUFBQUVBQUFBPSIsImxpc3QiOmZhbHNlfSwic2NvcmUiOlswLjI1LDAuNzVdLCJkZWNpc2lvbiI6WyJhcHByb3ZlIiwiZGVjbGluZSJdfSx7"
+    "InJlcXVlc3RfaWQiOiJyMSIsIm1vZGVsX3RhZyI6Im06MSJ9LHsiaW5wdXQiOlt7ImFtb3VudCI6MS41LCJub3RlIjpudWxsfSx7ImFtb3VudCI6"
+    "Mn1dfSxbW1siZl9hIiwiZl9iIl0seyJkdHlwZSI6IjxmOCIsImJ5dGVzIjoiQUFBQUFBQUFBQUFBQUFBQUFBQXBRQUFBQUFBQUFBaEFBQUFBQUFB"
+    "QStIOD0iLCJsaXN0IjpmYWxzZX1dXV0=")
+
+
+def test_records_of_the_previous_format_are_still_read():
+    (decoded,), unreadable = read_records(base64.b64decode(_J_RECORD))
+    assert unreadable == 0 and (decoded.kind, decoded.at, decoded.rows) == (PREDICTIONS, T0, 2)
+    assert decoded.columns["row"].tolist() == [0, 1] and decoded.columns["score"] == [0.25, 0.75]
+    assert decoded.columns["decision"] == ["approve", "decline"] and decoded.shared["request_id"] == "r1"
+    assert decoded.encoded().columns["input"] == ['{"amount":1.5,"note":null}', '{"amount":2}']
+    np.testing.assert_array_equal(decoded.blocks[("f_a", "f_b")], [[0.0, 12.5], [3.0, np.nan]])
 
 
 def test_a_torn_or_corrupt_last_record_is_skipped_and_counted():
