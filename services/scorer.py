@@ -53,7 +53,6 @@ HTTP-level latency is ``bentoml_service_request_duration_seconds``.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from typing import Annotated, Any
 
@@ -63,7 +62,7 @@ from pydantic import Field, StrictBool
 from starlette.responses import Response
 
 from fraudops.httpguard import RequestGuard
-from fraudops.predlog import LogUnavailableError
+from fraudops.predlog import LogUnavailableError, json_text
 from fraudops.serving import (
     FeedbackResponse,
     ModelLoadError,
@@ -94,7 +93,7 @@ _EXAMPLE = {"transaction_id": "t-1", "user_id": "u123", "signup_time": "2026-01-
 def _json(body: dict[str, Any], status: int = 200) -> Any:
     """A finished JSON response: BentoML passes Response objects through (the methods' return annotations
     document the success bodies for /docs.json)."""
-    return Response(json.dumps(body), status_code=status, media_type="application/json")
+    return Response(json_text(body), status_code=status, media_type="application/json")
 
 
 def _error(message: str, status: int) -> Any:
