@@ -254,17 +254,16 @@ def row_columns(rows: Sequence[Mapping[str, Any]], config: EntityFeatureConfig) 
     """The kernel's input from validated rows (`fraudops.serving.RowSchema`: text keys, floats, times as UTC
     nanoseconds or seconds). A row without a transaction id gets a digest of its time, amount and keys."""
     spec = config.spec
-    raw_times: list[float | int] = []
-    for i, row in enumerate(rows):
-        value = row.get(spec.timestamp)
-        kind = Integral if config.time_kind == "datetime" else Real
-        if not isinstance(value, kind) or isinstance(value, bool) or value != value:
-            expected = "UTC nanoseconds (an integer)" if config.time_kind == "datetime" else "seconds (a number)"
-            raise ValueError(f"row {i}: {spec.timestamp!r} must be {expected}, got {value!r}")
-        raw_times.append(value)
+    raw_times = [row.get(spec.timestamp) for row in rows]
+    if config.time_kind == "seconds" or not all(type(value) is int for value in raw_times):  # else valid at once
+        for i, value in enumerate(raw_times):
+            kind = Integral if config.time_kind == "datetime" else Real
+            if not isinstance(value, kind) or isinstance(value, bool) or value != value:
+                expected = "UTC nanoseconds (an integer)" if config.time_kind == "datetime" else "seconds (a number)"
+                raise ValueError(f"row {i}: {spec.timestamp!r} must be {expected}, got {value!r}")
     amount = np.zeros(len(rows))
     if spec.amount:
-        amount = np.array([_amount(row, i, spec.amount) for i, row in enumerate(rows)], dtype="float64")
+        amount = _amounts([row.get(spec.amount) for row in rows], spec.amount)
     keys = {}
     for col in config.columns:
         texts = [_key(row, i, col) for i, row in enumerate(rows)]
@@ -275,11 +274,16 @@ def row_columns(rows: Sequence[Mapping[str, Any]], config: EntityFeatureConfig) 
     return replace(cols, txn=[txn if txn is not None else _digest(cols, i) for i, txn in enumerate(ids)])
 
 
-def _amount(row: Mapping[str, Any], i: int, column: str) -> float:
-    value = row.get(column)
-    if not isinstance(value, Real) or isinstance(value, bool) or not np.isfinite(value):
-        raise ValueError(f"row {i}: {column!r} must be a finite number, got {value!r}")
-    return float(value)
+def _amounts(values: list[Any], column: str) -> np.ndarray:
+    """The amounts as float64; `ValueError` naming the first row whose amount is not a finite number."""
+    if all(type(value) is float for value in values):  # a validated batch: one pass, then one check of finiteness
+        out = np.array(values, dtype="float64")
+        if np.isfinite(out).all():
+            return out
+    for i, value in enumerate(values):
+        if not isinstance(value, Real) or isinstance(value, bool) or not np.isfinite(value):
+            raise ValueError(f"row {i}: {column!r} must be a finite number, got {value!r}")
+    return np.array(values, dtype="float64")
 
 
 def _key(row: Mapping[str, Any], i: int, column: str) -> str | None:
