@@ -246,6 +246,25 @@ def test_row_path_features_equal_the_frame_path(scorer, trained):
     assert canonical["ip_address__count_1h"].gt(0).any() and canonical["device_id__first_seen"].eq(1).any()
 
 
+def test_served_scores_and_reasons_equal_the_models_on_a_frame(scorer, trained):
+    """The service's pool (numbers and categories as matrices, matched to the model's features by name) scores and
+    explains exactly as the model does on a DataFrame in training order, for a batch and for one row."""
+    served_model = scorer.model
+    bundle = served_model.bundle
+    for rows in (trained["requests"][:300], trained["requests"][:1]):
+        served = served_model.run(served_model.schema.validate(copy.deepcopy(rows)), explain=True, reasons=5)
+        frame = bundle.features(pd.DataFrame(rows))
+        assert served.scores == bundle.score_features(frame).tolist()
+        shap = bundle.model.get_feature_importance(bundle.pool(frame), type="ShapValues")[:, :-1]
+        top = np.argsort(-shap, axis=1, kind="stable")[:, :5]
+        assert [[r["feature"] for r in reasons] for reasons in served.reasons] == [
+            [bundle.feature_names[j] for j in row] for row in top]
+        np.testing.assert_allclose([[r["contribution"] for r in reasons] for reasons in served.reasons],
+                                   np.take_along_axis(shap, top, axis=1), rtol=1e-12)
+        categories = [bundle.feature_names.index(c) for c in bundle.state.categorical_features]
+        assert categories and np.abs(shap[:, categories]).sum() > 0  # the categories, first in training, count
+
+
 @pytest.mark.parametrize("kind", ["time_format", "seconds"])
 def test_models_with_formatted_or_second_offset_times_are_served_like_the_canonical_function(tmp_path, kind):
     frame = generate_transactions(2500, seed=8)

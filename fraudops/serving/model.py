@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
-from catboost import Pool
+from catboost import FeaturesData, Pool
 
 from fraudops.bundle import ModelBundle
 from fraudops.decisions import DECLINE_COLUMN, REVIEW_COLUMN, Bands
@@ -311,19 +310,20 @@ class ServedModel:
                         json_columns={"input": transactions}, blocks={numeric: block} if block is not None else {})
 
 
-FRAME_ROWS = 256
-"""From this many rows a model call's CatBoost pool is built from a DataFrame: ~1.4 ms of fixed cost, then the
-fastest (1,000 rows: 2.1 ms; an object matrix 3.8 ms, row tuples 7.2 ms; one row: 1.4 ms against 0.08)."""
-
-
 def _pool(features: Mapping[str, np.ndarray], names: list[str], categorical: list[str]) -> Pool:
-    """A CatBoost pool of feature columns, in ``names`` order."""
-    if len(features[names[0]]) >= FRAME_ROWS:
-        return Pool(pd.DataFrame({name: features[name] for name in names}, copy=False), cat_features=categorical)
-    matrix = np.empty((len(features[names[0]]), len(names)), dtype=object)
-    for j, name in enumerate(names):
-        matrix[:, j] = features[name]
-    return Pool(matrix, cat_features=[names.index(c) for c in categorical], feature_names=names)
+    """A CatBoost pool of feature columns: numbers as one float32 matrix, categories as one object matrix
+    (`catboost.FeaturesData`; the model matches them to its features by name). A 1,000-row model call builds it in
+    1.1 ms (a DataFrame: 2.1 ms, with 1.4 ms of fixed cost; row tuples: 7.2 ms), one row in 0.09 ms."""
+    numeric = [name for name in names if name not in categorical]
+    rows = len(features[names[0]])
+    numbers = np.empty((rows, len(numeric)), dtype=np.float32)  # CatBoost's own precision
+    for j, name in enumerate(numeric):
+        numbers[:, j] = features[name]
+    categories = np.empty((rows, len(categorical)), dtype=object)
+    for j, name in enumerate(categorical):
+        categories[:, j] = features[name]
+    return Pool(FeaturesData(num_feature_data=numbers, cat_feature_data=categories, num_feature_names=numeric,
+                             cat_feature_names=list(categorical)))
 
 
 def reason_codes(contributions: np.ndarray, names: list[str], features: Mapping[str, Sequence[Any]], k: int
