@@ -46,7 +46,7 @@ from fraudops.online_store import (
     FeatureStore,
     FrozenColumn,
     Query,
-    Record,
+    Records,
     SnapshotStore,
     States,
     StoreLimits,
@@ -266,11 +266,11 @@ def row_columns(rows: Sequence[Mapping[str, Any]], config: EntityFeatureConfig) 
         amount = _amounts([row.get(spec.amount) for row in rows], spec.amount)
     keys = {}
     for col in config.columns:
-        texts = [_key(row, i, col) for i, row in enumerate(rows)]
+        texts = [_key(v, i, col) for i, v in enumerate(row.get(col) for row in rows)]
         keys[col] = KeyColumn(*_factorize(texts))
     kind_times = np.array(raw_times, dtype="int64" if config.time_kind == "datetime" else "float64")
     cols = Columns(ticks(kind_times, config.time_kind), amount, keys, keys[spec.account] if spec.account else None)
-    ids = [_key(row, i, spec.id_column) if spec.id_column else None for i, row in enumerate(rows)]
+    ids = [_key(row.get(spec.id_column), i, spec.id_column) if spec.id_column else None for i, row in enumerate(rows)]
     return replace(cols, txn=[txn if txn is not None else _digest(cols, i) for i, txn in enumerate(ids)])
 
 
@@ -286,8 +286,8 @@ def _amounts(values: list[Any], column: str) -> np.ndarray:
     return np.array(values, dtype="float64")
 
 
-def _key(row: Mapping[str, Any], i: int, column: str) -> str | None:
-    text = key_text(row.get(column))
+def _key(value: Any, i: int, column: str) -> str | None:
+    text = key_text(value)
     if text is not None and not isinstance(text, str):
         raise ValueError(f"row {i}: {column!r} must be a text or integer key, got {text!r}")
     return text
@@ -563,22 +563,34 @@ class OnlineFeatures:
         """Record the rows in the store; returns how many were new (by transaction id)."""
         return self.store.write(self.records(rows))
 
-    def records(self, rows: Sequence[Mapping[str, Any]]) -> list[Record]:
+    def records(self, rows: Sequence[Mapping[str, Any]]) -> Records:
         """The rows as the store records them (to write later: `fraudops.serving.model.StoreGuard`)."""
-        return self._records(row_columns(rows, self.config))
+        columns = row_columns(rows, self.config)
+        return self._records(columns, *self._entity_values(columns))
 
-    def _records(self, columns: Columns) -> list[Record]:
+    def _entity_values(self, columns: Columns) -> tuple[list[EntityRef], dict[str, int], list[np.ndarray]]:
+        """The batch's distinct entity values (column by column), where each column's start among them, and per
+        column the rows that have a key."""
+        refs: list[EntityRef] = []
+        first: dict[str, int] = {}
+        for col in self.config.columns:
+            first[col] = len(refs)
+            paired = self.config.paired(col)
+            refs += [EntityRef(col, key, paired) for key in columns.keys[col].uniques.tolist()]
+        return refs, first, [np.flatnonzero(columns.keys[col].codes >= 0) for col in self.config.columns]
+
+    def _records(self, columns: Columns, refs: list[EntityRef], first: dict[str, int], batch: list[np.ndarray]
+                 ) -> Records:
         assert columns.txn is not None
-        config, account = self.config, columns.account
-        refs = []  # per column, per row: its entity value (None: missing)
-        for col in config.columns:
-            values = [EntityRef(col, key, config.paired(col)) for key in columns.keys[col].uniques]
-            refs.append([values[code] if code >= 0 else None for code in columns.keys[col].codes.tolist()])
-        accounts = ([None] * len(columns.txn) if account is None else
-                    [account.uniques[code] if code >= 0 else None for code in account.codes.tolist()])
-        return [Record(txn, ticks, amount, name, tuple(ref for ref in row_refs if ref is not None))
-                for txn, ticks, amount, name, *row_refs in zip(columns.txn, columns.ticks.tolist(),
-                                                               columns.amount.tolist(), accounts, *refs, strict=True)]
+        account = columns.account
+        names = np.full(len(columns.ticks), None, dtype=object)
+        if account is not None and len(account.uniques):
+            known = account.codes >= 0
+            names[known] = account.uniques[account.codes[known]]
+        entity = [first[col] + columns.keys[col].codes[rows] for col, rows in zip(self.config.columns, batch,
+                                                                                  strict=True)]
+        return Records(np.array(columns.txn, dtype=object), columns.ticks, columns.amount, names, refs,
+                       np.concatenate(batch).astype(np.int64), np.concatenate(entity).astype(np.int64))
 
     def _lookup(self, columns: Columns, record: bool = False) -> np.ndarray:
         """Read the batch's entity values, then run the kernel once over one table: every stored event (not queried)
@@ -589,16 +601,9 @@ class OnlineFeatures:
         config, n = self.config, len(columns.ticks)
         if not n:
             return np.empty((0, len(config.feature_names)))
-        refs: list[EntityRef] = []
-        first: dict[str, int] = {}
-        batch = [np.flatnonzero(columns.keys[col].codes >= 0) for col in config.columns]
-        pairs: list[tuple[str, np.ndarray]] = []  # the paired columns' rows with a key, in column order
-        for col, rows in zip(config.columns, batch, strict=True):
-            paired = config.paired(col)
-            first[col] = len(refs)
-            refs += [EntityRef(col, key, paired) for key in columns.keys[col].uniques.tolist()]
-            if paired and columns.account is not None:
-                pairs.append((col, rows))
+        refs, first, batch = self._entity_values(columns)
+        pairs = [(col, rows) for col, rows in zip(config.columns, batch, strict=True)  # the paired columns' rows
+                 if config.paired(col) and columns.account is not None]
         account = columns.account
         row_account = np.full(n, NO_ACCOUNT, dtype=np.int64)
         if account is not None and len(account.uniques):
@@ -608,11 +613,12 @@ class OnlineFeatures:
         pair_entity = [first[col] + columns.keys[col].codes[rows] for col, rows in pairs]
         query = Query(refs, np.concatenate(pair_entity) if pairs else pair_rows, columns.ticks[pair_rows],
                       row_account[pair_rows])
-        states = self.store.read_and_write(query, self._records(columns)) if record else self.store.read(query)
+        records = self._records(columns, refs, first, batch)
+        states = self.store.read_and_write(query, records) if record else self.store.read(query)
         event_code = np.repeat(np.arange(len(refs)), np.diff(states.event_start))
         stored = slice(None)
         if columns.txn:  # retried transactions: drop their events
-            keep = ~isin(states.txn, text_hashes(columns.txn))
+            keep = ~isin(states.txn, records.txn_hashes)
             if not keep.all():
                 stored, event_code = keep, event_code[keep]
         m = len(event_code)

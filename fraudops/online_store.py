@@ -34,6 +34,7 @@ replay test checks it). Approximate, by design:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -124,8 +125,82 @@ class Record:
     entities: tuple[EntityRef, ...]
 
 
+@dataclass(frozen=True)
+class Records:
+    """Transactions to record, columnar: per transaction (row) its id, time (ticks), amount and account (None:
+    none); per entry, a transaction under one of its entity values, its ``entry_row`` and its ``entry_entity``
+    (index into ``entities``, distinct values). A scored batch passes its query's entity list itself, so that a
+    store matches the two without a lookup per value."""
+
+    txn: np.ndarray
+    ticks: np.ndarray
+    amount: np.ndarray
+    account: np.ndarray
+    entities: Sequence[EntityRef]
+    entry_row: np.ndarray
+    entry_entity: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ticks)
+
+    @functools.cached_property
+    def txn_hashes(self) -> np.ndarray:
+        """`text_hashes` of the ids, computed once per batch."""
+        return text_hashes(self.txn)
+
+    @functools.cached_property
+    def account_hashes(self) -> np.ndarray:
+        """`text_hashes` of the accounts (`NO_ACCOUNT`: none)."""
+        return text_hashes(self.account)
+
+    @classmethod
+    def of(cls, records: Sequence[Record]) -> Records:
+        """Transactions given one by one."""
+        index: dict[EntityRef, int] = {}
+        entry_row, entry_entity = [], []
+        for row, record in enumerate(records):
+            for ref in record.entities:
+                entry_row.append(row)
+                entry_entity.append(index.setdefault(ref, len(index)))
+        return cls(np.array([r.txn for r in records], dtype=object),
+                   np.array([r.ticks for r in records], dtype=np.int64),
+                   np.array([r.amount for r in records], dtype=np.float64),
+                   np.array([r.account for r in records], dtype=object), list(index),
+                   np.array(entry_row, dtype=np.int64), np.array(entry_entity, dtype=np.int64))
+
+    @classmethod
+    def concat(cls, parts: Sequence[Records]) -> Records:
+        """The transactions of every part, in order (an entity value in several parts is listed once per part)."""
+        rows, entities = offsets([len(p) for p in parts]), offsets([len(p.entities) for p in parts])
+        return cls(np.concatenate([p.txn for p in parts]) if parts else np.empty(0, dtype=object),
+                   np.concatenate([p.ticks for p in parts]) if parts else _empty(),
+                   np.concatenate([p.amount for p in parts]) if parts else _empty(np.float64),
+                   np.concatenate([p.account for p in parts]) if parts else np.empty(0, dtype=object),
+                   [ref for p in parts for ref in p.entities],
+                   np.concatenate([p.entry_row + rows[i] for i, p in enumerate(parts)]) if parts else _empty(),
+                   np.concatenate([p.entry_entity + entities[i] for i, p in enumerate(parts)]) if parts else _empty())
+
+    def take(self, lo: int, hi: int) -> Records:
+        """Rows ``lo:hi``, with only their entity values."""
+        entry = (self.entry_row >= lo) & (self.entry_row < hi)
+        used, entity = np.unique(self.entry_entity[entry], return_inverse=True)
+        return Records(self.txn[lo:hi], self.ticks[lo:hi], self.amount[lo:hi], self.account[lo:hi],
+                       [self.entities[i] for i in used.tolist()], self.entry_row[entry] - lo,
+                       entity.astype(np.int64))
+
+    def row_entities(self) -> list[list[EntityRef]]:
+        """Each transaction's entity values."""
+        out: list[list[EntityRef]] = [[] for _ in range(len(self))]
+        for row, entity in zip(self.entry_row.tolist(), self.entry_entity.tolist(), strict=True):
+            out[row].append(self.entities[entity])
+        return out
+
+
 def _empty(dtype: Any = np.int64) -> np.ndarray:
     return np.empty(0, dtype=dtype)
+
+
+_NO_RECORDS = Records.of([])
 
 
 @dataclass(frozen=True)
@@ -173,11 +248,11 @@ class FeatureStore(Protocol):
         """The state of each of the query's entity values and the answers for its pairs."""
         ...
 
-    def write(self, records: Sequence[Record]) -> int:
+    def write(self, records: Records) -> int:
         """Record the transactions not recorded before (by id); returns how many were new."""
         ...
 
-    def read_and_write(self, query: Query, records: Sequence[Record]) -> States:
+    def read_and_write(self, query: Query, records: Records) -> States:
         """`read`, then `write` (a scored batch: its history, then itself), as one call where the store can."""
         ...
 
@@ -305,27 +380,27 @@ class MemoryStore:
         states.accounts_before, states.account_first = account_answers(*columns, estimate, query)
         return states
 
-    def read_and_write(self, query: Query, records: Sequence[Record]) -> States:
+    def read_and_write(self, query: Query, records: Records) -> States:
         states = self.read(query)
         self.write(records)
         return states
 
-    def write(self, records: Sequence[Record]) -> int:
-        txns = text_hashes([r.txn for r in records]).tolist()
-        accounts = text_hashes([r.account for r in records]).tolist()
+    def write(self, records: Records) -> int:
         applied = 0
-        for record, txn, account in zip(records, txns, accounts, strict=True):
-            if record.txn in self._recorded:
+        for txn_id, ticks, amount, txn, account, refs in zip(
+                records.txn.tolist(), records.ticks.tolist(), records.amount.tolist(), records.txn_hashes.tolist(),
+                records.account_hashes.tolist(), records.row_entities(), strict=True):
+            if txn_id in self._recorded:
                 continue
-            self._recorded.add(record.txn)
+            self._recorded.add(txn_id)
             applied += 1
-            entry = (record.ticks, txn, float(record.amount), account)
-            for ref in record.entities:
+            entry = (ticks, txn, float(amount), account)
+            for ref in refs:
                 history = self._histories.setdefault(ref[:2], _History())
                 insort(history.events, entry)
                 self._trim(history)
                 if ref.paired and account != NO_ACCOUNT:
-                    self._add_account(history, account, record.ticks)
+                    self._add_account(history, account, ticks)
         return applied
 
     def _trim(self, history: _History) -> None:
@@ -691,30 +766,33 @@ class RedisStore:
         return f"{self._prefix}:{kind}:{self._suffix(ref)}"
 
     def read(self, query: Query) -> States:
-        return self._call(query, (), "read")[0] if len(query.entities) else empty_states(query)
+        return self._call(query, _NO_RECORDS, "read")[0] if len(query.entities) else empty_states(query)
 
-    def read_and_write(self, query: Query, records: Sequence[Record]) -> States:
+    def read_and_write(self, query: Query, records: Records) -> States:
         """The read, then the write of the records (none when the read fails)."""
         return self._call(query, records, "read and write")[0]
 
-    def write(self, records: Sequence[Record]) -> int:
-        return self._call(None, records, "write")[1] if records else 0
+    def write(self, records: Records) -> int:
+        return self._call(None, records, "write")[1] if len(records) else 0
 
-    def _call(self, query: Query | None, records: Sequence[Record], what: str, adds: _Additions | None = None,
+    def _call(self, query: Query | None, records: Records, what: str, adds: _Additions | None = None,
               refs: Sequence[EntityRef] = ()) -> tuple[States, int]:
         """Read the query's and the records' entity values (or ``refs``, a seed chunk's), answer the query, record
         the new records (and a seed chunk's ``adds``). Returns the query's states and how many records were new
         (a seed chunk: 1 applied, 0 applied before, -1 not this seed's owner)."""
         refs = list(query.entities if query is not None else refs)
-        index = {ref[:2]: i for i, ref in enumerate(refs)}
-        owners: list[int] = []
-        for record in records:
-            for ref in record.entities:
+        if query is not None and records.entities is query.entities:  # a scored batch: the same values
+            owner = records.entry_entity
+        else:
+            index = {ref[:2]: i for i, ref in enumerate(refs)}
+            at = np.empty(len(records.entities), dtype=np.int64)
+            for j, ref in enumerate(records.entities):
                 i = index.get(ref[:2])
                 if i is None:
                     i = index[ref[:2]] = len(refs)
                     refs.append(ref)
-                owners.append(i)
+                at[j] = i
+            owner = at[records.entry_entity]
         with self._queue_lock:
             ahead = self._queued
             self._queued += len(refs)
@@ -724,26 +802,21 @@ class RedisStore:
                                        "took longer than their allowance")
             try:
                 with _unavailable(what):
-                    return self._exchange(query, records, owners, refs, adds, what)
+                    return self._exchange(query, records, owner, refs, adds, what)
             finally:
                 self._turn.release()
         finally:
             with self._queue_lock:
                 self._queued -= len(refs)
 
-    def _exchange(self, query: Query | None, records: Sequence[Record], owners: list[int],
-                  refs: list[EntityRef], adds: _Additions | None, what: str) -> tuple[States, int]:
+    def _exchange(self, query: Query | None, records: Records, owner: np.ndarray, refs: list[EntityRef],
+                  adds: _Additions | None, what: str) -> tuple[States, int]:
         names = [self._suffix(ref) for ref in refs]
         timeout = self.timeout_s + self.key_timeout_s * len(refs)
-        sizes = [len(record.entities) for record in records]
-        txn = text_hashes([record.txn for record in records])
-        new_rows = np.repeat(np.arange(len(records)), sizes)
-        record_ticks = np.fromiter((record.ticks for record in records), np.int64, len(records))
-        record_amount = np.fromiter((record.amount for record in records), np.float64, len(records))
-        record_account = text_hashes([record.account for record in records])
+        txn, new_rows = records.txn_hashes, records.entry_row
+        record_ticks, record_amount, record_account = records.ticks, records.amount, records.account_hashes
         paired = np.array([ref.paired for ref in refs], dtype=bool)
-        owner = np.asarray(owners, dtype=np.int64)
-        markers = [f"{self._prefix}:t:{record.txn}" for record in records]
+        markers = [f"{self._prefix}:t:{t}" for t in records.txn.tolist()]
         first_of_id = np.zeros(len(records), dtype=bool)  # a transaction id repeated in the batch counts once
         first_of_id[np.unique(txn, return_index=True)[1]] = True
         states = empty_states(query) if query is not None else None
@@ -754,7 +827,7 @@ class RedisStore:
                                                      timeout, what)
                 if query is not None:
                     states = old.states(query, self._estimates(conn, old, query, paired, names, timeout))
-                if not records and adds is None:
+                if not len(records) and adds is None:
                     return states, 0  # type: ignore[return-value]
                 fresh = first_of_id & ~marked & ~isin(txn, old.txn)  # not among the events its values keep
                 take = fresh[new_rows]
@@ -881,7 +954,7 @@ class RedisStore:
                 entities += self._seed_chunk(snapshot, column, start, min(start + chunk, len(frozen.keys)), source)
         records = snapshot.records()
         for start in range(0, len(records), chunk):
-            self.write(records[start:start + chunk])
+            self.write(records.take(start, start + chunk))
         self.mark_ready(source)
         return SeedResult(True, source, entities, len(records))
 
@@ -912,7 +985,7 @@ class RedisStore:
                           np.where(count > 0, frozen.amount_max[lo:hi], np.nan),
                           np.where(count > 0, frozen.last[lo:hi], NO_TIME), account_entity, account, first,
                           placeholders, (source, f"{column}:{lo}"))
-        status = self._call(None, (), "seeding", adds, refs)[1]
+        status = self._call(None, _NO_RECORDS, "seeding", adds, refs)[1]
         if status < 0:
             raise StoreUnavailable(f"feature store seeding failed: the namespace's seed is no longer claimed by "
                                    f"{source}", answered=True)
@@ -1015,28 +1088,37 @@ class SnapshotStore:
         states.accounts_before, states.account_first = account_answers(*parts, estimate, query)
         return states
 
-    def records(self) -> list[Record]:
+    def records(self) -> Records:
         """The kept events as transactions to record (each with every entity value that keeps it), in time
         order: what `RedisStore.seed` writes after the folded aggregates."""
-        by_txn: dict[int, list[EntityRef]] = {}
-        first: dict[int, tuple[int, float, int]] = {}
+        entities: list[EntityRef] = []
+        txn, ticks, amount, account, entity = [], [], [], [], []
         for column, frozen in self.columns.items():
             paired = frozen.account_start is not None
             sizes = np.diff(frozen.event_start)
-            for key, ticks, amount, account, txn in zip(np.repeat(frozen.keys, sizes).tolist(),
-                                                        frozen.event_ticks.tolist(), frozen.event_amount.tolist(),
-                                                        frozen.event_account.tolist(), frozen.event_txn.tolist(),
-                                                        strict=True):
-                by_txn.setdefault(txn, []).append(EntityRef(column, str(key), paired))
-                first.setdefault(txn, (ticks, amount, account))
-        out = [Record(str(self.txns[txn]), ticks, amount, None if account < 0 else str(self.accounts[account]),
-                      tuple(by_txn[txn])) for txn, (ticks, amount, account) in first.items()]
-        return sorted(out, key=lambda r: (r.ticks, r.txn))
+            entity.append(len(entities) + np.repeat(np.arange(len(frozen.keys)), sizes))
+            entities += [EntityRef(column, str(key), paired) for key in frozen.keys.tolist()]
+            txn.append(frozen.event_txn)
+            ticks.append(frozen.event_ticks)
+            amount.append(frozen.event_amount)
+            account.append(frozen.event_account)
+        if not txn:
+            return Records.of([])
+        txn_code = np.concatenate(txn)
+        distinct, first, row = np.unique(txn_code, return_index=True, return_inverse=True)
+        event_ticks, event_amount = np.concatenate(ticks)[first], np.concatenate(amount)[first]
+        event_account = np.concatenate(account)[first]
+        ids = self.txns[distinct]
+        order = np.lexsort((ids.astype(str), event_ticks))  # time order, then id
+        rank = at_of(order)
+        accounts = np.append(self.accounts, None).astype(object)  # code -1: none
+        return Records(ids[order], event_ticks[order], event_amount[order].astype(np.float64),
+                       accounts[event_account[order]], entities, rank[row.ravel()], np.concatenate(entity))
 
-    def write(self, records: Sequence[Record]) -> int:
+    def write(self, records: Records) -> int:
         raise TypeError("a frozen snapshot is read-only: record transactions in an online store")
 
-    def read_and_write(self, query: Query, records: Sequence[Record]) -> States:
+    def read_and_write(self, query: Query, records: Records) -> States:
         self.write(records)  # read-only: raises
         return self.read(query)
 

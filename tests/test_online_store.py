@@ -21,6 +21,7 @@ from fraudops.online_store import (
     MemoryStore,
     Query,
     Record,
+    Records,
     RedisStore,
     StoreLimits,
     StoreUnavailable,
@@ -293,17 +294,17 @@ def test_a_batch_reads_the_history_before_it_then_records_itself(new_store) -> N
     """Each pair of a query is answered from the history before the call (accounts first seen strictly before
     its time, when its own account was first seen), then the batch is recorded once."""
     store, ticks = new_store(StoreLimits(keep_seconds=86_400)), START // 1000
-    store.write([Record("a", ticks, 5.0, "u1", (DEV,))])
+    store.write(Records.of([Record("a", ticks, 5.0, "u1", (DEV,))]))
     query = Query([DEV], np.array([0, 0, 0]), np.array([ticks + 10, ticks + 10, ticks]),
                   np.r_[text_hashes(["u1", "u2"]), NO_ACCOUNT])
-    states = store.read_and_write(query, [Record("b", ticks + 10, 7.0, "u2", (DEV,))])
+    states = store.read_and_write(query, Records.of([Record("b", ticks + 10, 7.0, "u2", (DEV,))]))
     assert states.txn.tolist() == text_hashes(["a"]).tolist() and states.amount.tolist() == [5.0]
     assert states.account_first.tolist() == [ticks, NEVER, NEVER]
     assert states.accounts_before.tolist() == [1, 1, 0]  # u1 was first seen at ``ticks``: not strictly before
     after = store.read(Query([DEV], np.array([0]), np.array([ticks + 20]), text_hashes(["u2"])))
     assert after.txn.tolist() == text_hashes(["a", "b"]).tolist() and after.accounts_before.tolist() == [2]
     assert after.account_first.tolist() == [ticks + 10]
-    assert store.write([Record("b", ticks + 10, 7.0, "u2", (DEV,))]) == 0
+    assert store.write(Records.of([Record("b", ticks + 10, 7.0, "u2", (DEV,))])) == 0
 
 
 def test_concurrent_writers_both_count_the_loser_reads_and_merges_again(redis_url: str) -> None:

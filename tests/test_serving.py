@@ -998,24 +998,36 @@ def test_a_failing_store_is_skipped_for_a_while_and_the_writes_it_missed_are_mad
     assert score(1, 0.0)[1] is True and store.calls == 2  # tried, timed out: the breaker opens for 1 s
     assert score(2, 0.5)[1] is True and store.calls == 2  # skipped: answered at once from the snapshot
     store.down = False
-    assert score(3, 0.9)[1] is True and store.calls == 2 and len(guard.pending) == 3
+    assert score(3, 0.9)[1] is True and store.calls == 2 and guard.pending_rows == 3
     assert score(4, 1.2) == (4, False)  # tried again: the 3 held writes first, then this one sees them all
-    assert not guard.pending and store.calls == 4
+    assert not guard.pending and guard.pending_rows == 0 and store.calls == 4
     store.down = True
     guard.failed(StoreUnavailable("NOHISTORY the namespace has no history", answered=True))
     assert not guard.skipping()  # a quick refusal does not open the breaker
 
 
 def test_held_writes_beyond_the_limit_drop_the_oldest_and_count_them() -> None:
-    from fraudops.online_store import Record
+    from fraudops.online_store import EntityRef, MemoryStore, Record, Records, StoreLimits
     from fraudops.serving.model import StoreGuard
 
-    guard = StoreGuard(max_pending=2)
-    records = [Record(f"t{i}", i, 1.0, None, ()) for i in range(5)]
-    guard.hold(records[:3])
-    guard.hold(records[3:])
-    assert [r.txn for r in guard.pending] == ["t3", "t4"]
-    assert guard.take_dropped() == 3 and guard.take_dropped() == 0
+    guard = StoreGuard(max_pending=5)
+    refs = [EntityRef("device_id", f"d{i % 3}", False) for i in range(7)]
+    records = [Record(f"t{i}", i, 1.0, None, (refs[i],)) for i in range(7)]
+    guard.hold(Records.of(records[:3]))
+    guard.hold(Records.of(records[3:5]))
+    assert guard.pending_rows == 5 and guard.take_dropped() == 0
+    guard.hold(Records.of(records[5:]))  # 7 held: the 2 oldest go, from the middle of the oldest batch
+    assert [t for held in guard.pending for t in held.txn.tolist()] == ["t2", "t3", "t4", "t5", "t6"]
+    assert guard.pending_rows == 5 and guard.take_dropped() == 2 and guard.take_dropped() == 0
+    assert guard.pending[0].entities == [refs[2]]  # only the values of the rows kept
+    store = MemoryStore(StoreLimits(keep_seconds=3600))
+    guard.FLUSH_ROWS = 3
+    guard.flush(store)  # the oldest 3, across two held batches, in one write
+    assert [t for held in guard.pending for t in held.txn.tolist()] == ["t5", "t6"] and guard.pending_rows == 2
+    assert store._recorded == {"t2", "t3", "t4"}
+    guard.flush(store)
+    assert not guard.pending and guard.pending_rows == 0 and store._recorded == {"t2", "t3", "t4", "t5", "t6"}
+    assert [h.events for h in store._histories.values()] and sum(len(h.events) for h in store._histories.values()) == 5
 
 
 def test_a_frozen_store_records_the_outage_once_it_answers_again(home, tmp_path, redis_server):

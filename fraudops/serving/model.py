@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import itertools
 import logging
 import math
 import threading
@@ -23,7 +22,7 @@ from fraudops.decisions import DECLINE_COLUMN, REVIEW_COLUMN, Bands
 from fraudops.entity_features import OnlineFeatures
 from fraudops.errors import FraudopsError, RegistryError
 from fraudops.feature_store import SEED_TIMEOUT_SECONDS, seed_from_bundle
-from fraudops.online_store import FeatureStore, Record, RedisStore, StoreLimits, StoreUnavailable
+from fraudops.online_store import FeatureStore, Records, RedisStore, StoreLimits, StoreUnavailable
 from fraudops.predlog import PREDICTIONS, LogChunk
 from fraudops.registry import MODEL_NAME, NO_CHAMPION, Registry, Rollout
 from fraudops.schema import DatasetSpec
@@ -78,10 +77,17 @@ class StoreGuard:
         self.retry_seconds = retry_seconds
         self.max_pending = max_pending
         self.clock = clock
-        self.pending: deque[Record] = deque()
+        self.pending: deque[Records] = deque()
+        """Held batches, oldest first."""
+        self._pending_rows = 0
         self._dropped = 0
         self._skip_until = -math.inf
         self._lock = threading.Lock()
+
+    @property
+    def pending_rows(self) -> int:
+        """How many transactions are held."""
+        return self._pending_rows
 
     def skipping(self) -> bool:
         """Whether requests skip the store now (the breaker is open)."""
@@ -92,25 +98,42 @@ class StoreGuard:
         if not exc.answered:
             self._skip_until = self.clock() + self.retry_seconds
 
-    def hold(self, records: list[Record]) -> None:
+    def hold(self, records: Records) -> None:
         """Keep transactions to write once the store answers (the oldest dropped beyond ``max_pending``)."""
         with self._lock:
-            self.pending.extend(records)
-            while len(self.pending) > self.max_pending:
-                self.pending.popleft()
-                self._dropped += 1
+            self.pending.append(records)
+            self._pending_rows += len(records)
+            while self._pending_rows > self.max_pending:
+                excess, oldest = self._pending_rows - self.max_pending, self.pending[0]
+                if excess >= len(oldest):
+                    self.pending.popleft()
+                else:
+                    self.pending[0] = oldest.take(excess, len(oldest))
+                dropped = min(excess, len(oldest))
+                self._pending_rows -= dropped
+                self._dropped += dropped
 
     def flush(self, store: FeatureStore) -> None:
         """Write up to `FLUSH_ROWS` held transactions, oldest first; on `StoreUnavailable` they stay held."""
         with self._lock:
-            chunk = list(itertools.islice(self.pending, self.FLUSH_ROWS))
-        if not chunk:
+            taken, rows = [], 0
+            for held in self.pending:
+                if rows >= self.FLUSH_ROWS:
+                    break
+                taken.append((held, min(len(held), self.FLUSH_ROWS - rows)))
+                rows += taken[-1][1]
+        if not taken:
             return
-        store.write(chunk)
+        store.write(Records.concat([held if n == len(held) else held.take(0, n) for held, n in taken]))
         with self._lock:  # another thread may have written (or dropped) some of them meanwhile
-            for record in chunk:
-                if self.pending and self.pending[0] is record:
+            for held, n in taken:
+                if not self.pending or self.pending[0] is not held:
+                    break
+                if n == len(held):
                     self.pending.popleft()
+                else:
+                    self.pending[0] = held.take(n, len(held))
+                self._pending_rows -= n
 
     def take_dropped(self) -> int:
         """Held writes dropped since the last call."""

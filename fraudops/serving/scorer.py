@@ -290,7 +290,7 @@ class Scorer:
                 if scored.fallback:
                     self.metrics.feature_store_fallbacks.inc()
                     fallback = True
-                self.metrics.feature_store_pending.set(len(self._store_guard.pending))
+                self.metrics.feature_store_pending.set(self._store_guard.pending_rows)
                 self.metrics.feature_store_dropped.inc(self._store_guard.take_dropped())
                 self.metrics.feature_store_races.inc(model.entities.take_races() if model.entities else 0)
             id_column = model.bundle.state.spec.id_column
