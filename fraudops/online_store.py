@@ -48,6 +48,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
+import hiredis
 import numpy as np
 import pandas as pd
 import redis
@@ -909,7 +910,8 @@ class RedisStore:
         """Send the commands at once, then read every reply (each within ``timeout`` s; the client's own calls have
         one socket timeout for every command). A timed-out connection is closed, never reused; an error reply is
         raised once every reply was read, so the connection stays in step."""
-        conn.send_packed_command(conn.pack_commands(commands))
+        conn.send_packed_command([hiredis.pack_command(command) for command in commands])  # redis-py's own packing
+        # checks every argument in Python: ~1 us each, and a batch of 1,000 transactions sends ~7,000 keys
         replies, error = [], None
         for _ in commands:
             try:
