@@ -264,14 +264,26 @@ def row_columns(rows: Sequence[Mapping[str, Any]], config: EntityFeatureConfig) 
     amount = np.zeros(len(rows))
     if spec.amount:
         amount = _amounts([row.get(spec.amount) for row in rows], spec.amount)
-    keys = {}
-    for col in config.columns:
-        texts = [_key(v, i, col) for i, v in enumerate(row.get(col) for row in rows)]
-        keys[col] = KeyColumn(*_factorize(texts))
+    keys = {col: _key_column([row.get(col) for row in rows], col) for col in config.columns}
     kind_times = np.array(raw_times, dtype="int64" if config.time_kind == "datetime" else "float64")
     cols = Columns(ticks(kind_times, config.time_kind), amount, keys, keys[spec.account] if spec.account else None)
-    ids = [_key(row.get(spec.id_column), i, spec.id_column) if spec.id_column else None for i, row in enumerate(rows)]
+    ids = [row.get(spec.id_column) for row in rows] if spec.id_column else [None] * len(rows)
+    if not all(v is None or (type(v) is str and not v.endswith(".0")) for v in ids):  # else already keys
+        ids = [_key(v, i, spec.id_column) for i, v in enumerate(ids)]
     return replace(cols, txn=[txn if txn is not None else _digest(cols, i) for i, txn in enumerate(ids)])
+
+
+def _key_column(values: list[Any], column: str) -> KeyColumn:
+    """Codes of a column's values into their distinct keys. Texts (validated rows) are normalised once per
+    distinct value; anything else row by row, so that a value that cannot be a key is named with its row."""
+    if all(v is None or type(v) is str for v in values):
+        codes, uniques = _factorize(values)
+        texts = [key_text(u) for u in uniques.tolist()]  # "7.0" -> "7": may merge two values
+        if texts == uniques.tolist():
+            return KeyColumn(codes, uniques)
+        final, merged = _factorize(texts)
+        return KeyColumn(np.where(codes >= 0, final[np.maximum(codes, 0)], -1), merged)
+    return KeyColumn(*_factorize([_key(v, i, column) for i, v in enumerate(values)]))
 
 
 def _amounts(values: list[Any], column: str) -> np.ndarray:

@@ -202,6 +202,19 @@ def test_bad_rows_are_named(field: str, value: Any, message: str) -> None:
         row_columns(rows, CONFIG)
 
 
+@pytest.mark.parametrize("spellings", [["7", "7.0", None, "x", "7"], ["7", 7.0, None, "x", 7]])
+def test_row_keys_are_normalised_like_the_frame_path(spellings: list[Any]) -> None:
+    """Text keys (validated rows) are normalised once per distinct text, other values row by row: either way
+    "7", "7.0", 7 and 7.0 are one entity, as in `frame_columns`; ids are keys too."""
+    rows = as_rows(generate_transactions(5, seed=1))
+    for row, value in zip(rows, spellings, strict=True):
+        row["device_id"], row["transaction_id"] = value, value if value is not None else "t-none"
+    columns = row_columns(rows, CONFIG)
+    device = columns.keys["device_id"]
+    assert device.codes.tolist() == [0, 0, -1, 1, 0] and device.uniques.tolist() == ["7", "x"]
+    assert columns.txn == ["7", "7", "t-none", "x", "7"]
+
+
 def test_rows_without_an_id_get_a_stable_digest() -> None:
     rows = as_rows(generate_transactions(3, seed=1))
     for row in rows:
