@@ -455,10 +455,14 @@ local meta = cjson.decode(ARGV[1])
 local n, m, lim, lengths, counts, beyond, guard = meta[1], meta[2], meta[3], meta[4], meta[5], meta[6], meta[7]
 local tokens, blobs, members = ARGV[2], ARGV[3], ARGV[4]
 local zero = string.rep('\\0', 8)
-for i = 1, n do
-  local held = redis.call('GETRANGE', KEYS[5 + i], 8, 15)
-  if held == '' then held = zero end
-  if held ~= string.sub(tokens, 8 * i - 7, 8 * i) then return 0 end
+for lo = 1, n, 500 do
+  local hi = math.min(lo + 499, n)
+  local blobs_held = redis.call('MGET', unpack(KEYS, 5 + lo, 5 + hi))
+  for i = lo, hi do
+    local held = blobs_held[i - lo + 1]
+    held = held and string.sub(held, 9, 16) or zero
+    if held ~= string.sub(tokens, 8 * i - 7, 8 * i) then return 0 end
+  end
 end
 if guard ~= cjson.null then
   local claim = redis.call('HMGET', KEYS[4], 'source', 'state')
