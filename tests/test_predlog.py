@@ -363,7 +363,7 @@ def test_records_of_the_previous_format_are_still_read():
     assert unreadable == 0 and (decoded.kind, decoded.at, decoded.rows) == (PREDICTIONS, T0, 2)
     assert decoded.columns["row"].tolist() == [0, 1] and decoded.columns["score"] == [0.25, 0.75]
     assert decoded.columns["decision"] == ["approve", "decline"] and decoded.shared["request_id"] == "r1"
-    assert decoded.encoded().columns["input"].to_pylist() == ['{"amount":1.5,"note":null}', '{"amount":2}']
+    assert decoded.encoded().columns["input"] == ['{"amount":1.5,"note":null}', '{"amount":2}']
     np.testing.assert_array_equal(decoded.blocks[("f_a", "f_b")], [[0.0, 12.5], [3.0, np.nan]])
 
 
