@@ -281,8 +281,7 @@ def _key_column(values: list[Any], column: str) -> KeyColumn:
         texts = [key_text(u) for u in uniques.tolist()]  # "7.0" -> "7": may merge two values
         if texts == uniques.tolist():
             return KeyColumn(codes, uniques)
-        final, merged = _factorize(texts)
-        return KeyColumn(np.where(codes >= 0, final[np.maximum(codes, 0)], -1), merged)
+        return _merged(codes, pd.Series(texts, dtype=object))
     return KeyColumn(*_factorize([_key(v, i, column) for i, v in enumerate(values)]))
 
 
