@@ -624,12 +624,12 @@ class OnlineFeatures:
         pair_entity = [first[col] + columns.keys[col].codes[rows] for col, rows in pairs]
         query = Query(refs, np.concatenate(pair_entity) if pairs else pair_rows, columns.ticks[pair_rows],
                       row_account[pair_rows])
-        records = self._records(columns, refs, first, batch)
-        states = self.store.read_and_write(query, records) if record else self.store.read(query)
+        records = self._records(columns, refs, first, batch) if record else None
+        states = self.store.read(query) if records is None else self.store.read_and_write(query, records)
         event_code = np.repeat(np.arange(len(refs)), np.diff(states.event_start))
         stored = slice(None)
         if columns.txn:  # retried transactions: drop their events
-            keep = ~isin(states.txn, records.txn_hashes)
+            keep = ~isin(states.txn, text_hashes(columns.txn) if records is None else records.txn_hashes)
             if not keep.all():
                 stored, event_code = keep, event_code[keep]
         m = len(event_code)
