@@ -171,15 +171,14 @@ class Records:
 
     @classmethod
     def concat(cls, parts: Sequence[Records]) -> Records:
-        """The transactions of every part, in order (an entity value in several parts is listed once per part)."""
+        """The transactions of one or more parts, in order (an entity value in several parts is listed once per
+        part)."""
         rows, entities = offsets([len(p) for p in parts]), offsets([len(p.entities) for p in parts])
-        return cls(np.concatenate([p.txn for p in parts]) if parts else np.empty(0, dtype=object),
-                   np.concatenate([p.ticks for p in parts]) if parts else _empty(),
-                   np.concatenate([p.amount for p in parts]) if parts else _empty(np.float64),
-                   np.concatenate([p.account for p in parts]) if parts else np.empty(0, dtype=object),
+        return cls(np.concatenate([p.txn for p in parts]), np.concatenate([p.ticks for p in parts]),
+                   np.concatenate([p.amount for p in parts]), np.concatenate([p.account for p in parts]),
                    [ref for p in parts for ref in p.entities],
-                   np.concatenate([p.entry_row + rows[i] for i, p in enumerate(parts)]) if parts else _empty(),
-                   np.concatenate([p.entry_entity + entities[i] for i, p in enumerate(parts)]) if parts else _empty())
+                   np.concatenate([p.entry_row + rows[i] for i, p in enumerate(parts)]),
+                   np.concatenate([p.entry_entity + entities[i] for i, p in enumerate(parts)]))
 
     def take(self, lo: int, hi: int) -> Records:
         """Rows ``lo:hi``, with only their entity values."""
@@ -435,7 +434,7 @@ _ATTEMPTS = 5
 """Reads and compare-and-set writes of one batch before it gives up, when other writers keep changing its keys."""
 
 # The write of a batch (`RedisStore._call`), after the client read the keys and merged the batch in. KEYS, every key
-# it touches (all in the namespace's hash slot): the three horizons (keep_ticks, keep_seconds, retention_seconds),
+# it touches: the three horizons (keep_ticks, keep_seconds, retention_seconds),
 # the seed hash and its set of applied chunks, the n blobs of the entity values written, the m markers of the
 # transactions recorded, then the HyperLogLogs of the entity values whose accounts are beyond exact counting.
 # ARGV[1]: JSON [n, m, [keep_ticks, keep_seconds, retention_seconds], blob lengths (bytes), HyperLogLog members per
@@ -1110,7 +1109,7 @@ class SnapshotStore:
             amount.append(frozen.event_amount)
             account.append(frozen.event_account)
         if not txn:
-            return Records.of([])
+            return _NO_RECORDS
         txn_code = np.concatenate(txn)
         distinct, first, row = np.unique(txn_code, return_index=True, return_inverse=True)
         event_ticks, event_amount = np.concatenate(ticks)[first], np.concatenate(amount)[first]
