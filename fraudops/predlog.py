@@ -469,12 +469,12 @@ def encode_record(chunk: LogChunk) -> bytes:
     """A chunk as one WAL record: payload length and CRC-32 (little-endian uint32 each), then the payload.
 
     The payload is ``B``: a little-endian uint32 length, a JSON document, then raw bytes the document points into
-    (lists and object arrays of texts as lists, and long ones as UTF-8 bytes with their lengths; 1-d NumPy arrays
-    of the kinds `combined_table` joins, numeric blocks and long float lists as dtype and bytes; tens of
-    microseconds for a scorer's one-row chunk, ~1 ms for a thousand rows) or, for values JSON cannot hold exactly,
-    ``A``: the chunk's kind, time and rows as JSON, a newline, then `LogChunk.to_table` as an Arrow IPC stream.
-    Neither runs code when read back (unlike pickle), and both survive upgrades of the libraries between the write
-    and the recovery. Records of earlier versions (``J``: the same document, arrays in base64) are still read.
+    (lists and object arrays of texts as lists, long ones and Arrow strings as UTF-8 bytes with their offsets;
+    1-d NumPy arrays of the kinds `combined_table` joins, numeric blocks and long float lists as dtype and bytes;
+    tens of microseconds for a scorer's one-row chunk, ~1 ms for a thousand rows) or, for values JSON cannot hold
+    exactly, ``A``: the chunk's kind, time and rows as JSON, a newline, then `LogChunk.to_table` as an Arrow IPC
+    stream. Neither runs code when read back (unlike pickle), and both survive upgrades of the libraries between the
+    write and the recovery. Records of earlier versions (``J``: the same document, arrays in base64) are still read.
     """
     head = [chunk.kind, chunk.at.isoformat(), chunk.rows]
     payload = _binary_payload(head, chunk) if chunk.table is None else None
@@ -522,23 +522,16 @@ class _Raw:
         self.size += data.nbytes
         return {"dtype": data.dtype.str, "at": self.size - data.nbytes, "count": len(data), "list": as_list}
 
-    def strings(self, values: pa.StringArray) -> dict[str, Any]:
-        """An Arrow string array without nulls: its offsets and bytes as they are."""
+    def strings(self, values: pa.StringArray, as_list: bool) -> dict[str, Any]:
+        """An Arrow string array without nulls: its offsets and bytes as they are (``as_list``: read back as a
+        list)."""
         ends, data = values.buffers()[1:]
         ends = np.frombuffer(ends, np.int32, len(values) + 1, values.offset * 4)
         start, stop = int(ends[0]), int(ends[-1])
         at = self.size
         self.parts.append(memoryview(data)[start:stop])
         self.size += stop - start
-        return {"strings": self.array(ends - start, as_list=False), "at": at}
-
-    def texts(self, values: Sequence[str]) -> dict[str, Any]:
-        encoded = [text.encode() for text in values]
-        lengths = self.array(np.array([len(b) for b in encoded], dtype="<u4"), as_list=False)
-        joined = b"".join(encoded)
-        self.parts.append(joined)
-        self.size += len(joined)
-        return {"texts": lengths, "at": self.size - len(joined)}
+        return {"strings": self.array(ends - start, as_list=False), "at": at, "list": as_list}
 
 
 def _binary_payload(head: list[Any], chunk: LogChunk) -> bytes | None:
@@ -554,13 +547,13 @@ def _binary_payload(head: list[Any], chunk: LogChunk) -> bytes | None:
             if long and all(type(v) is float for v in values):
                 columns[name] = raw.array(np.array(values, "float64"), as_list=True)
             elif long and all(type(v) is str for v in values):
-                columns[name] = raw.texts(values)
+                columns[name] = raw.strings(pa.array(values, pa.string()), as_list=True)
             else:
                 columns[name] = values
         elif isinstance(values, np.ndarray) and values.ndim == 1 and values.dtype.kind in "biufUMm":
             columns[name] = raw.array(values, as_list=False)
         elif isinstance(values, pa.StringArray) and not values.null_count:
-            columns[name] = raw.strings(values)
+            columns[name] = raw.strings(values, as_list=False)
         else:
             return None
     blocks = []
@@ -576,17 +569,13 @@ def _binary_payload(head: list[Any], chunk: LogChunk) -> bytes | None:
     return b"".join([b"B", _LENGTH.pack(len(document)), document, *raw.parts])
 
 
-def _unraw(values: dict[str, Any], raw: bytes) -> np.ndarray | pa.StringArray | list[str]:
-    """The array (flat), Arrow strings or texts `_Raw` placed in ``raw``."""
+def _unraw(values: dict[str, Any], raw: bytes) -> np.ndarray | pa.StringArray:
+    """The array (flat) or Arrow strings `_Raw` placed in ``raw``."""
     if "strings" in values:
         ends = _unraw(values["strings"], raw)
         at = values["at"]
         return pa.StringArray.from_buffers(len(ends) - 1, pa.py_buffer(ends.copy()),
                                            pa.py_buffer(raw[at:at + int(ends[-1])]))
-    if "texts" in values:
-        lengths = _unraw(values["texts"], raw)
-        ends = values["at"] + np.cumsum(lengths, dtype=np.int64)
-        return [raw[end - n:end].decode() for n, end in zip(lengths.tolist(), ends.tolist(), strict=True)]
     return np.frombuffer(raw, values["dtype"], values["count"], values["at"])
 
 
@@ -613,7 +602,9 @@ def _decode(payload: bytes) -> LogChunk:
     for name, values in columns.items():
         if isinstance(values, dict):
             array = read(values, raw)
-            columns[name] = array.tolist() if isinstance(array, np.ndarray) and values["list"] else array
+            if values["list"]:
+                array = array.tolist() if isinstance(array, np.ndarray) else array.to_pylist()
+            columns[name] = array
     blocks = {tuple(names): read(values, raw).reshape(rows, len(names)) for names, values in (rest[0] if rest else [])}
     return LogChunk(kind, datetime.fromisoformat(at), rows, columns=columns, shared=shared, json_columns=json_columns,
                     blocks=blocks)
