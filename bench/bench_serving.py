@@ -23,7 +23,9 @@ One run (loopback only, bounded in requests and time) measures and prints as mar
    accepted prediction is in the prediction log;
 3. peak RSS of each server's process tree (psutil, sampled);
 4. (b) and (b3) again with more BentoML workers (``--more-workers``, default 2): the single-transaction rows at
-   200 req/s (10 s, then held), to show what a second process on the same cores does to the tail.
+   200 req/s (10 s, then held), to show what a second process on the same cores does to the tail, and batches of
+   1000. With more than one worker, the connections are opened up front and spread evenly over the workers (each
+   found by the process that accepted it), and batches keep two in flight per worker.
 
 Usage::
 
@@ -52,6 +54,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -95,11 +98,63 @@ class Connection:
         return int(head[9:12]), data
 
 
-async def _pool(port: int, size: int) -> asyncio.Queue[Connection]:
+@dataclass(frozen=True)
+class Workers:
+    """The processes of a server that may accept its connections (``candidates``, e.g. every process of its tree)
+    and how many of them do (``count``, BentoML's workers)."""
+
+    candidates: tuple[int, ...]
+    count: int
+
+
+async def _pool(port: int, size: int, workers: Workers | None = None) -> asyncio.Queue[Connection]:
+    """``size`` connections, opened when first used; with ``workers`` (more than one), opened now, as many to each
+    worker, and taken in turn."""
     pool: asyncio.Queue[Connection] = asyncio.Queue()
-    for _ in range(size):
-        pool.put_nowait(Connection(port))
+    for conn in await _spread(port, size, workers) if workers and workers.count > 1 else \
+            (Connection(port) for _ in range(size)):
+        pool.put_nowait(conn)
     return pool
+
+
+async def _spread(port: int, size: int, workers: Workers) -> list[Connection]:
+    """At least ``size`` open connections, as many accepted by each of the workers, interleaved. BentoML's workers
+    share one listening socket, and the first to wake accepts every connection opened at once: without this, a
+    benchmark's few keep-alive connections would all load one worker."""
+    quota = -(-size // workers.count)
+    held: dict[int, list[Connection]] = {}
+    attempts = 0
+    while sum(map(len, held.values())) < quota * workers.count:
+        attempts += 1
+        if attempts > 20 * quota * workers.count:
+            raise RuntimeError(f"connections did not spread over {workers.count} workers: "
+                               f"{ {pid: len(c) for pid, c in held.items()} }")
+        conn = Connection(port)
+        conn.reader, conn.writer = await asyncio.open_connection("127.0.0.1", port)
+        owner = _owner(port, conn.writer.get_extra_info("sockname")[1], workers.candidates)
+        if owner is None or (owner not in held and len(held) == workers.count) or \
+                len(held.setdefault(owner, [])) >= quota:
+            conn.writer.close()
+            continue
+        held[owner].append(conn)
+    if len(held) != workers.count:
+        raise RuntimeError(f"{len(held)} processes accepted connections, expected {workers.count} workers")
+    return [conn for turn in zip(*held.values(), strict=True) for conn in turn]
+
+
+def _owner(port: int, client_port: int, candidates: Sequence[int], timeout: float = 5.0) -> int | None:
+    """Which of the ``candidates`` accepted the connection from ``client_port`` to ``port`` (None: none in time)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for pid in candidates:
+            try:
+                if any(c.laddr and c.laddr.port == port and c.raddr and c.raddr.port == client_port
+                       for c in psutil.Process(pid).net_connections("tcp")):
+                    return pid
+            except psutil.Error:
+                continue
+        time.sleep(0.01)
+    return None
 
 
 async def _send(pool: asyncio.Queue[Connection], body: bytes) -> tuple[int, bytes]:
@@ -113,12 +168,14 @@ async def _send(pool: asyncio.Queue[Connection], body: bytes) -> tuple[int, byte
         pool.put_nowait(conn)
 
 
-def open_loop(port: int, bodies: list[bytes], rate: float, seconds: float) -> tuple[list[float], int]:
+def open_loop(port: int, bodies: list[bytes], rate: float, seconds: float, workers: Workers | None = None
+              ) -> tuple[list[float], int]:
     """Send ``rate`` req/s for ``seconds`` whatever the responses do: latencies from the scheduled send time and
-    the number of failed requests (errors, or unanswered ``grace(seconds)`` after the first was due)."""
+    the number of failed requests (errors, or unanswered ``grace(seconds)`` after the first was due). With
+    ``workers``, the connections are spread over them."""
 
     async def run() -> tuple[list[float], int]:
-        pool = await _pool(port, 64)
+        pool = await _pool(port, 64, workers)
         loop = asyncio.get_running_loop()
         start = loop.time() + 0.2
         latencies: list[float] = []
@@ -146,11 +203,13 @@ def grace(seconds: float) -> float:
     return 3 * seconds + 10
 
 
-def closed_loop(port: int, bodies: list[bytes], requests: int, concurrency: int) -> dict[str, Any]:
-    """``requests`` requests from ``concurrency`` senders back to back: status counts, latencies, responses."""
+def closed_loop(port: int, bodies: list[bytes], requests: int, concurrency: int, workers: Workers | None = None
+                ) -> dict[str, Any]:
+    """``requests`` requests from ``concurrency`` senders back to back: status counts, latencies, responses. With
+    ``workers``, the connections are spread over them."""
 
     async def run() -> dict[str, Any]:
-        pool = await _pool(port, concurrency)
+        pool = await _pool(port, concurrency, workers)
         counter = itertools.count()
         statuses: list[int] = []
         latencies: list[float] = []
@@ -233,6 +292,11 @@ class Server:
                 except psutil.Error:
                     continue
             self.peak_rss = max(self.peak_rss, total)
+
+    def workers(self, count: int) -> Workers:
+        """Its processes, ``count`` of which accept connections (see `Workers`)."""
+        root = psutil.Process(self.proc.pid)
+        return Workers((root.pid, *(p.pid for p in root.children(recursive=True))), count)
 
     def wait_ready(self, path: str = "/readyz", timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
@@ -441,12 +505,15 @@ def measure_with_store(env: dict[str, str], work: Path, take: Callable[[int, int
             server.wait_ready()
             closed_loop(port, bodies(1, 200), 200, 4)  # warm-up (also loads the model's snapshot into the store)
 
+            spread = server.workers(workers)
+
             def single(rate: float, duration: float) -> tuple[list[float], int]:
-                return open_loop(port, bodies(1, int(rate * duration)), rate, duration)
+                return open_loop(port, bodies(1, int(rate * duration)), rate, duration, spread)
 
             def throughput(size: int) -> float:
-                closed_loop(port, bodies(size, 4), 4, 2)  # warm-up
-                run = closed_loop(port, bodies(size, calls[size]), calls[size], 8 if size == 1 else 2)
+                closed_loop(port, bodies(size, 4), 4, 2 * workers, spread)  # warm-up
+                run = closed_loop(port, bodies(size, calls[size]), calls[size], 8 if size == 1 else 2 * workers,
+                                  spread)
                 return sum(s == 200 for s in run["statuses"]) * size / run["seconds"]
 
             results = measure(f"b3 ({workers} workers)" if workers > 1 else "b3", single, throughput,
@@ -567,13 +634,16 @@ def main(argv: list[str] | None = None) -> int:
             lambda size: in_process_throughput(scorer.score, batches[size], calls[size], size), seconds=seconds)
         scorer.close()
 
-        def http(port: int) -> tuple[Callable[[float, float], tuple[list[float], int]], Callable[[int], float]]:
+        def http(server: Server, workers: int = args.workers
+                 ) -> tuple[Callable[[float, float], tuple[list[float], int]], Callable[[int], float]]:
+            port, spread = server.port, server.workers(workers)
+
             def single(rate: float, duration: float) -> tuple[list[float], int]:
-                return open_loop(port, single_bodies, rate, duration)
+                return open_loop(port, single_bodies, rate, duration, spread)
 
             def throughput(size: int) -> float:
-                closed_loop(port, batch_bodies[size][:2], 4, 2)  # warm-up
-                run = closed_loop(port, batch_bodies[size], calls[size], 8 if size == 1 else 2)
+                closed_loop(port, batch_bodies[size][:2], 4, 2 * workers, spread)  # warm-up
+                run = closed_loop(port, batch_bodies[size], calls[size], 8 if size == 1 else 2 * workers, spread)
                 ok = sum(s == 200 for s in run["statuses"])
                 return ok * size / run["seconds"]
 
@@ -592,7 +662,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             bare.wait_ready()
             closed_loop(port, single_bodies, 200, 4)  # warm-up
-            results["b0"] = measure("b0", *http(port), seconds=seconds)
+            results["b0"] = measure("b0", *http(bare), seconds=seconds)
         finally:
             bare.stop()
 
@@ -602,7 +672,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             service.wait_ready()
             closed_loop(port, single_bodies, 200, 4)  # warm-up
-            results["b"] = measure("b", *http(port), seconds=seconds, sustained_seconds=sustained)
+            results["b"] = measure("b", *http(service), seconds=seconds, sustained_seconds=sustained)
             print(f"load test: {load_requests} requests at concurrency 32", flush=True)
             load = closed_loop(port, single_bodies, load_requests, 32)
         finally:
@@ -641,7 +711,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  b2: shadow backlog after {after}: {rows_behind} rows, {waited:.1f} s to drain",
                           flush=True)
 
-                results["b2"] = measure("b2", *http(port), settle=settle, seconds=seconds)
+                results["b2"] = measure("b2", *http(shadowed), settle=settle, seconds=seconds)
                 metrics = http_call(port, "/metrics")[1].decode()
             finally:
                 shadowed.stop()
@@ -681,7 +751,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             reference.wait_ready()
             closed_loop(port, single_bodies, 200, 4)  # warm-up
-            results["c"] = measure("c", *http(port), seconds=seconds, sustained_seconds=sustained)
+            results["c"] = measure("c", *http(reference, 1), seconds=seconds, sustained_seconds=sustained)
         finally:
             reference.stop()
         results["c"]["rss"] = reference.peak_rss
@@ -696,7 +766,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 wider.wait_ready()
                 closed_loop(port, single_bodies, 200, 4)  # warm-up
-                results["bw"] = measure(f"b ({more} workers)", *http(port), seconds=seconds,
+                results["bw"] = measure(f"b ({more} workers)", *http(wider, more), seconds=seconds,
                                         sustained_seconds=sustained, rates=(SUSTAINED_RATE,), batches=(1, 1000))
             finally:
                 wider.stop()
