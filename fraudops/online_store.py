@@ -441,29 +441,31 @@ _ATTEMPTS = 5
 # entity value, beyond flags (1: its accounts are in the HyperLogLog), seed guard ([source, chunk id]) or null];
 # ARGV[2]: per entity value the token its blob had when read (8 bytes, zeros: none); ARGV[3]: the new blobs;
 # ARGV[4]: the HyperLogLog members, 8 bytes each.
-# Compare and set: nothing is written unless every blob still has the token read (else 0: another writer came
-# between, the client reads again). A seed guard also requires the namespace's seed to be claimed by that source and
-# not ready, and the chunk not applied yet (-1 not the owner, 2 already applied). Each transaction recorded gets its
-# marker ``:t:{id}`` for the longest window. The horizons are the namespace's: the longest any writer has asked for
-# (a challenger with shorter windows than the champion's must not fold or expire history the champion's windows
-# still read). Keys come as KEYS, not built in the script, as Redis asks of scripts (ACL key patterns, key
-# tracking). The tokens are read with MGET in chunks (one call per blob cost more). For a batch of 1,000
-# transactions after 100,000 recorded (~2,650 entity values, 1,000 markers) the call takes ~14 ms of Redis's one
+# Compare and set: nothing is written unless every blob still has the token read (else the positions, 1 to n, of those
+# that changed: another writer came between, the client reads them again). A seed guard also requires the namespace's
+# seed to be claimed by that source and not ready, and the chunk not applied yet (-1 not the owner, 2 already applied).
+# Each transaction recorded gets its marker ``:t:{id}`` for the longest window. The horizons are the namespace's: the
+# longest any writer has asked for (a challenger with shorter windows than the champion's must not fold or expire
+# history the champion's windows still read). Keys come as KEYS, not built in the script, as Redis asks of scripts (ACL
+# key patterns, key tracking). The tokens are read with MGET in chunks (one call per blob cost more). For a batch of
+# 1,000 transactions after 100,000 recorded (~2,650 entity values, 1,000 markers) the call takes ~14 ms of Redis's one
 # thread, nearly all of it the SETs (~3.5 us per key written, with its expiry).
 _WRITE = """
 local meta = cjson.decode(ARGV[1])
 local n, m, lim, lengths, counts, beyond, guard = meta[1], meta[2], meta[3], meta[4], meta[5], meta[6], meta[7]
 local tokens, blobs, members = ARGV[2], ARGV[3], ARGV[4]
 local zero = string.rep('\\0', 8)
+local changed = {}
 for lo = 1, n, 500 do
   local hi = math.min(lo + 499, n)
   local blobs_held = redis.call('MGET', unpack(KEYS, 5 + lo, 5 + hi))
   for i = lo, hi do
     local held = blobs_held[i - lo + 1]
     held = held and string.sub(held, 9, 16) or zero
-    if held ~= string.sub(tokens, 8 * i - 7, 8 * i) then return 0 end
+    if held ~= string.sub(tokens, 8 * i - 7, 8 * i) then changed[#changed + 1] = i end
   end
 end
+if #changed > 0 then return changed end
 if guard ~= cjson.null then
   local claim = redis.call('HMGET', KEYS[4], 'source', 'state')
   if claim[1] ~= guard[1] then return -1 end
@@ -715,8 +717,8 @@ class RedisStore:
 
     A read is one MGET (the ready marker, the horizon, the batch's blobs, the batch's transaction markers), decoded
     and answered in numpy. A write reads the same way, merges the batch into the blobs in numpy (`_merge`), then
-    sends them in one compare-and-set script call (`_WRITE`): when another writer changed one of them in between,
-    it reads and merges again (at most `_ATTEMPTS` times). A transaction is recorded when it has no marker
+    sends them in one compare-and-set script call (`_WRITE`): when another writer changed some of them in between,
+    it reads those again and merges again (at most `_ATTEMPTS` times). A transaction is recorded when it has no marker
     ``:t:{id}`` (set by the write, expiring after the longest window) and is not among the events its entity values
     keep, so a retry counts once. Any Redis error (timeout, connection, out of memory, a refusal) raises
     `StoreUnavailable`, without retries; a write that timed out may still have been applied, and retrying it is
@@ -824,31 +826,35 @@ class RedisStore:
         markers = [f"{self._prefix}:t:{t}" for t in records.txn.tolist()]
         first_of_id = np.zeros(len(records), dtype=bool)  # a transaction id repeated in the batch counts once
         first_of_id[np.unique(txn, return_index=True)[1]] = True
-        states = empty_states(query) if query is not None else None
         conn = self.client.connection_pool.get_connection()
         try:
+            raw, keep_ticks, marked = self._read(conn, names, markers, query is not None and self.require_history,
+                                                 timeout, what)
             for _ in range(_ATTEMPTS):
-                old, keep_ticks, marked = self._read(conn, names, markers, query is not None and self.require_history,
-                                                     timeout, what)
-                if query is not None:
-                    states = old.states(query, self._estimates(conn, old, query, paired, names, timeout))
-                if not len(records) and adds is None:
-                    return states, 0  # type: ignore[return-value]
+                old = _Blobs.decode(raw, names)
+                estimate = self._estimates(conn, old, query, paired, names, timeout) if query is not None else None
                 fresh = first_of_id & ~marked & ~isin(txn, old.txn)  # not among the events its values keep
                 take = fresh[new_rows]
                 rows = new_rows[take]
                 new = _NewEvents(owner[take], record_ticks[rows], record_amount[rows], record_account[rows], txn[rows])
-                if not len(new.entity) and adds is None:
-                    return states, int(fresh.sum())  # type: ignore[return-value]
-                token = secrets.randbits(63) | 1
-                merged = _merge(old, paired, new, adds, max(keep_ticks, self.limits.keep_ticks), self.limits, token)
-                status = self._write(conn, merged, [names[i] for i in merged.touched],
-                                     old.head["token"][merged.touched], adds,
-                                     [markers[i] for i in np.flatnonzero(fresh).tolist()], timeout)
-                if status != 0:
+                status: int | list[int] = 1
+                if len(new.entity) or adds is not None:
+                    token = secrets.randbits(63) | 1
+                    merged = _merge(old, paired, new, adds, max(keep_ticks, self.limits.keep_ticks), self.limits,
+                                    token)
+                    status = self._write(conn, merged, [names[i] for i in merged.touched],
+                                         old.head["token"][merged.touched], adds,
+                                         [markers[i] for i in np.flatnonzero(fresh).tolist()], timeout)
+                if not isinstance(status, list):  # answered from the blobs this write replaced
+                    states = old.states(query, estimate) if query is not None else None
                     return states, (status if adds is not None else int(fresh.sum()))  # type: ignore[return-value]
                 with self._queue_lock:
                     self._races += 1
+                changed = merged.touched[np.asarray(status) - 1].tolist()  # read again only what changed
+                again, keep_ticks, marked = self._read(conn, [names[i] for i in changed], markers,
+                                                       query is not None and self.require_history, timeout, what)
+                for i, blob in zip(changed, again, strict=True):
+                    raw[i] = blob
             raise StoreUnavailable(f"feature store {what} failed: other writers changed the batch's entity values "
                                    f"{_ATTEMPTS} times in a row", answered=True)
         finally:
@@ -862,9 +868,9 @@ class RedisStore:
         return races
 
     def _read(self, conn: Any, names: list[str], markers: list[str], require_history: bool, timeout: float,
-              what: str) -> tuple[_Blobs, int, np.ndarray]:
+              what: str) -> tuple[list[bytes | None], int, np.ndarray]:
         """One MGET (more for a batch beyond 10,000 keys): whether the seed is ready (NOHISTORY unless it is, when
-        required), the namespace's horizon, the blobs, and which of the ``markers`` exist."""
+        required), the namespace's horizon, the blobs of ``names``, and which of the ``markers`` exist."""
         keys = [f"{self._prefix}:ready", f"{self._prefix}:keep_ticks",
                 *(f"{self._prefix}:e:{name}" for name in names), *markers]
         replies = [value for reply in self._round_trip(conn, [("MGET", *keys[i:i + 10_000])
@@ -874,7 +880,7 @@ class RedisStore:
             raise StoreUnavailable(f"feature store {what} failed: NOHISTORY the namespace has no history (not "
                                    "seeded yet, or the store restarted empty)", answered=True)
         marked = np.fromiter((value is not None for value in replies[2 + len(names):]), bool, len(markers))
-        return _Blobs.decode(replies[2:2 + len(names)], names), int(float(replies[1] or 0)), marked
+        return replies[2:2 + len(names)], int(float(replies[1] or 0)), marked
 
     def _estimates(self, conn: Any, old: _Blobs, query: Query, paired: np.ndarray, names: list[str],
                    timeout: float) -> np.ndarray:
@@ -889,9 +895,10 @@ class RedisStore:
         return estimate
 
     def _write(self, conn: Any, merged: _Merged, names: list[str], tokens: np.ndarray, adds: _Additions | None,
-               markers: list[str], timeout: float) -> int:
+               markers: list[str], timeout: float) -> int | list[int]:
         """The compare-and-set script call (`_WRITE`) for the blobs of ``names`` and the transactions' ``markers``:
-        1 written, 0 another writer came between (see the script for a seed chunk's -1 and 2)."""
+        1 written, or the positions (1-based) of the blobs another writer changed in between (see the script for a
+        seed chunk's -1 and 2)."""
         p = self._prefix
         keys = [f"{p}:keep_ticks", f"{p}:keep_seconds", f"{p}:retention_seconds", f"{p}:seed", f"{p}:seed:done",
                 *(f"{p}:e:{name}" for name in names), *markers,
@@ -907,7 +914,7 @@ class RedisStore:
         except redis.exceptions.NoScriptError:  # a new or restarted server: load the script (same SHA), retry
             self._round_trip(conn, [("SCRIPT", "LOAD", _WRITE)], timeout)
             (status,) = self._round_trip(conn, [command], timeout)
-        return int(status)
+        return status if isinstance(status, list) else int(status)
 
     @staticmethod
     def _round_trip(conn: Any, commands: list[tuple[Any, ...]], timeout: float) -> list[Any]:

@@ -308,26 +308,29 @@ def test_a_batch_reads_the_history_before_it_then_records_itself(new_store) -> N
 
 
 def test_concurrent_writers_both_count_the_loser_reads_and_merges_again(redis_url: str) -> None:
-    """Compare and set: a replica's batch written between another's read and write makes that write read again,
-    so that both batches count."""
+    """Compare and set: a replica's batch written between another's read and write makes that write read again
+    what the other changed (only that), so that both batches count, once each."""
     namespace, limits = f"t{uuid.uuid4().hex[:8]}", StoreLimits(keep_seconds=86_400)
     first = RedisStore.from_url(redis_url, limits, timeout_s=2, namespace=namespace)
     second = RedisStore.from_url(redis_url, limits, timeout_s=2, namespace=namespace)
-    reads = 0
+    read_names: list[list[str]] = []
     real_read = first._read
 
-    def read_then_let_the_other_write(*args: object) -> object:
-        nonlocal reads
-        reads += 1
-        answer = real_read(*args)  # type: ignore[arg-type]
-        if reads == 1:
+    def read_then_let_the_other_write(conn: object, names: list[str], *args: object) -> object:
+        read_names.append(names)
+        answer = real_read(conn, names, *args)  # type: ignore[arg-type]
+        if len(read_names) == 1:  # the same device, another IP and user
             assert OnlineFeatures(CONFIG, second).record([row(1)]) == 1
         return answer
 
     first._read = read_then_let_the_other_write  # type: ignore[method-assign]
     assert OnlineFeatures(CONFIG, first).record([row(0)]) == 1
-    assert reads == 2 and first.take_races() == 1 and first.take_races() == 0 and second.take_races() == 0
-    assert feature(OnlineFeatures(CONFIG, second), [row(2)], "device_id__count_1h") == 2
+    assert len(read_names[0]) == 3 and read_names[1:] == [["device_id:dev"]]
+    assert first.take_races() == 1 and first.take_races() == 0 and second.take_races() == 0
+    probe = OnlineFeatures(CONFIG, second)
+    assert feature(probe, [row(2)], "device_id__count_1h") == 2
+    assert feature(probe, [row(2)], "device_id__amount_sum_all") == 1 + 2
+    assert feature(probe, [{**row(2), "ip_address": "ip0"}], "ip_address__count_all") == 1  # the first's, once
 
 
 def test_a_blob_of_another_layout_is_refused_not_misread(redis_url: str) -> None:
