@@ -306,13 +306,16 @@ class LogWriter:
         url = storage.join(root, kind, partition, name)
         fs, path = storage.filesystem(url)
         fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        # dictionaries for all but the float columns (scores, ~70 feature values): trying them on floats took a
+        # third of the write (29 -> 19 ms for 10,000 rows) for the same file size
+        dictionary = [f.name for f in table.schema if not pa.types.is_floating(f.type)]
         if storage.is_remote(url):
             with fs.open(path, "wb") as fh:  # one PUT: readers never see a partial object
-                pq.write_table(table, fh)
+                pq.write_table(table, fh, use_dictionary=dictionary)
             return url
         tmp = f"{path.rsplit('/', 1)[0]}/.{name}.tmp"  # readers only look at part-* files
         with open(tmp, "wb") as fh:
-            pq.write_table(table, fh)
+            pq.write_table(table, fh, use_dictionary=dictionary)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
