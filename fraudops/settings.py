@@ -88,7 +88,9 @@ class ServingConfig(StoreSettings):
                                      "(what a node crash can lose); 0: fsync before every answer")
     workers: int = Field(1, ge=1, le=64, description="BentoML worker processes, each with its own model and store "
                          "connection (each polls the champion itself); up to one per core the scorer has (the serving "
-                         "benchmark's workers table)")
+                         "benchmark's workers table). The workers share connections, not requests: a client with a "
+                         "few keep-alive connections opened at once may load only one of them (the first to wake "
+                         "accepts them all), so give such clients more connections, or scale replicas instead")
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="largest request body (413 above, unread)")
     body_timeout_seconds: float = Field(30.0, gt=0, description="time a client has to send its body (408 after)")
     feature_store_url: SecretStr = Field(SecretStr(""), description="redis:// URL of the online feature store every "

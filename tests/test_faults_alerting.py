@@ -246,7 +246,8 @@ def test_trigger_killed_mid_run_follows_the_run_and_takes_the_retry_as_a_duplica
     loop.start("trigger")
     loop.start("alertmanager")
     loop.start("prometheus")
-    (run,) = wait_for(loop.runs, 60, 0.1, "the retrain")
+    # killed once launched: a run still pending (recorded, not launched yet) is failed by the next trigger
+    (run,) = wait_for(lambda: [r for r in loop.runs() if r["state"] == RUNNING], 60, 0.1, "the retrain's launch")
     loop.kill("trigger")
     killed = time.monotonic()
     # Alertmanager keeps notifying (repeat interval) and fails while the trigger is gone
