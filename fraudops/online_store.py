@@ -820,6 +820,7 @@ class RedisStore:
     def _exchange(self, query: Query | None, records: Records, owner: np.ndarray, refs: list[EntityRef],
                   adds: _Additions | None, what: str) -> tuple[States, int]:
         names = [self._suffix(ref) for ref in refs]
+        blob_keys = [f"{self._prefix}:e:{name}" for name in names]  # read, and written for the touched ones
         timeout = self.timeout_s + self.key_timeout_s * len(refs)
         txn, new_rows = records.txn_hashes, records.entry_row
         record_ticks, record_amount, record_account = records.ticks, records.amount, records.account_hashes
@@ -829,8 +830,8 @@ class RedisStore:
         first_of_id[np.unique(txn, return_index=True)[1]] = True
         conn = self.client.connection_pool.get_connection()
         try:
-            raw, keep_ticks, marked = self._read(conn, names, markers, query is not None and self.require_history,
-                                                 timeout, what)
+            raw, keep_ticks, marked = self._read(conn, blob_keys, markers,
+                                                 query is not None and self.require_history, timeout, what)
             for _ in range(_ATTEMPTS):
                 old = _Blobs.decode(raw, names)
                 estimate = self._estimates(conn, old, query, paired, names, timeout) if query is not None else None
@@ -843,8 +844,8 @@ class RedisStore:
                     token = secrets.randbits(63) | 1
                     merged = _merge(old, paired, new, adds, max(keep_ticks, self.limits.keep_ticks), self.limits,
                                     token)
-                    status = self._write(conn, merged, [names[i] for i in merged.touched],
-                                         old.head["token"][merged.touched], adds,
+                    status = self._write(conn, merged, [blob_keys[i] for i in merged.touched],
+                                         [names[i] for i in merged.touched], old.head["token"][merged.touched], adds,
                                          [markers[i] for i in np.flatnonzero(fresh).tolist()], timeout)
                 if not isinstance(status, list):  # answered from the blobs this write replaced
                     states = old.states(query, estimate) if query is not None else None
@@ -852,7 +853,7 @@ class RedisStore:
                 with self._queue_lock:
                     self._races += 1
                 changed = merged.touched[np.asarray(status) - 1].tolist()  # read again only what changed
-                again, keep_ticks, marked = self._read(conn, [names[i] for i in changed], markers,
+                again, keep_ticks, marked = self._read(conn, [blob_keys[i] for i in changed], markers,
                                                        query is not None and self.require_history, timeout, what)
                 for i, blob in zip(changed, again, strict=True):
                     raw[i] = blob
@@ -868,20 +869,19 @@ class RedisStore:
             races, self._races = self._races, 0
         return races
 
-    def _read(self, conn: Any, names: list[str], markers: list[str], require_history: bool, timeout: float,
+    def _read(self, conn: Any, blob_keys: list[str], markers: list[str], require_history: bool, timeout: float,
               what: str) -> tuple[list[bytes | None], int, np.ndarray]:
         """One MGET (more for a batch beyond 10,000 keys): whether the seed is ready (NOHISTORY unless it is, when
-        required), the namespace's horizon, the blobs of ``names``, and which of the ``markers`` exist."""
-        keys = [f"{self._prefix}:ready", f"{self._prefix}:keep_ticks",
-                *(f"{self._prefix}:e:{name}" for name in names), *markers]
+        required), the namespace's horizon, the blobs at ``blob_keys``, and which of the ``markers`` exist."""
+        keys = [f"{self._prefix}:ready", f"{self._prefix}:keep_ticks", *blob_keys, *markers]
         replies = [value for reply in self._round_trip(conn, [("MGET", *keys[i:i + 10_000])
                                                               for i in range(0, len(keys), 10_000)], timeout)
                    for value in reply]
         if require_history and replies[0] is None:
             raise StoreUnavailable(f"feature store {what} failed: NOHISTORY the namespace has no history (not "
                                    "seeded yet, or the store restarted empty)", answered=True)
-        marked = np.fromiter((value is not None for value in replies[2 + len(names):]), bool, len(markers))
-        return replies[2:2 + len(names)], int(float(replies[1] or 0)), marked
+        marked = np.fromiter((value is not None for value in replies[2 + len(blob_keys):]), bool, len(markers))
+        return replies[2:2 + len(blob_keys)], int(float(replies[1] or 0)), marked
 
     def _estimates(self, conn: Any, old: _Blobs, query: Query, paired: np.ndarray, names: list[str],
                    timeout: float) -> np.ndarray:
@@ -895,14 +895,14 @@ class RedisStore:
             estimate[beyond] = counts
         return estimate
 
-    def _write(self, conn: Any, merged: _Merged, names: list[str], tokens: np.ndarray, adds: _Additions | None,
-               markers: list[str], timeout: float) -> int | list[int]:
-        """The compare-and-set script call (`_WRITE`) for the blobs of ``names`` and the transactions' ``markers``:
-        1 written, or the positions (1-based) of the blobs another writer changed in between (see the script for a
-        seed chunk's -1 and 2)."""
+    def _write(self, conn: Any, merged: _Merged, blob_keys: list[str], names: list[str], tokens: np.ndarray,
+               adds: _Additions | None, markers: list[str], timeout: float) -> int | list[int]:
+        """The compare-and-set script call (`_WRITE`) for the blobs at ``blob_keys`` (of the entity values ``names``)
+        and the transactions' ``markers``: 1 written, or the positions (1-based) of the blobs another writer changed
+        in between (see the script for a seed chunk's -1 and 2)."""
         p = self._prefix
         keys = [f"{p}:keep_ticks", f"{p}:keep_seconds", f"{p}:retention_seconds", f"{p}:seed", f"{p}:seed:done",
-                *(f"{p}:e:{name}" for name in names), *markers,
+                *blob_keys, *markers,
                 *(f"{p}:h:{name}" for name, beyond in zip(names, merged.beyond, strict=True) if beyond)]
         meta = json.dumps([len(names), len(markers),
                            [self.limits.keep_ticks, self.limits.keep_seconds, self.limits.retention_seconds],

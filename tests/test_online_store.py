@@ -313,19 +313,19 @@ def test_concurrent_writers_both_count_the_loser_reads_and_merges_again(redis_ur
     namespace, limits = f"t{uuid.uuid4().hex[:8]}", StoreLimits(keep_seconds=86_400)
     first = RedisStore.from_url(redis_url, limits, timeout_s=2, namespace=namespace)
     second = RedisStore.from_url(redis_url, limits, timeout_s=2, namespace=namespace)
-    read_names: list[list[str]] = []
+    read_keys: list[list[str]] = []
     real_read = first._read
 
-    def read_then_let_the_other_write(conn: object, names: list[str], *args: object) -> object:
-        read_names.append(names)
-        answer = real_read(conn, names, *args)  # type: ignore[arg-type]
-        if len(read_names) == 1:  # the same device, another IP and user
+    def read_then_let_the_other_write(conn: object, blob_keys: list[str], *args: object) -> object:
+        read_keys.append(blob_keys)
+        answer = real_read(conn, blob_keys, *args)  # type: ignore[arg-type]
+        if len(read_keys) == 1:  # the same device, another IP and user
             assert OnlineFeatures(CONFIG, second).record([row(1)]) == 1
         return answer
 
     first._read = read_then_let_the_other_write  # type: ignore[method-assign]
     assert OnlineFeatures(CONFIG, first).record([row(0)]) == 1
-    assert len(read_names[0]) == 3 and read_names[1:] == [["device_id:dev"]]
+    assert len(read_keys[0]) == 3 and read_keys[1:] == [[first.key("e", DEV)]]
     assert first.take_races() == 1 and first.take_races() == 0 and second.take_races() == 0
     probe = OnlineFeatures(CONFIG, second)
     assert feature(probe, [row(2)], "device_id__count_1h") == 2
