@@ -12,8 +12,8 @@ compute its features for a new transaction exactly as the offline replay does:
 
 Accounts and transaction ids are kept as 64-bit hashes (`text_hashes`): two accounts of one entity value share a
 hash with probability about n^2 / 2^65 (5e-12 for 10,000 accounts). Writes are idempotent per transaction id: a
-transaction already recorded (within the longest window, the life of its marker, or while its events are kept) is
-skipped whole. Both stores share these semantics;
+transaction already recorded (while its events are kept, or within the longest window, the life of its marker: see
+`RedisStore` for which transactions get one) is skipped whole. Both stores share these semantics;
 `MemoryStore` is the reference, `RedisStore` the one every scorer replica shares. Times are integer
 microseconds ("ticks", see `fraudops.normalize.ticks`).
 
@@ -28,8 +28,9 @@ replay test checks it). Approximate, by design:
   accounts seen before the batch (standard error 0.81%), without accounts new earlier in the same batch;
 - a late transaction (older than its entity's newest minus the longest window): all-history features include
   the folded transactions after it;
-- a retry after its marker expired and its events were folded counts again; batches read concurrently (two
-  replicas) do not see each other, though the stored state ends up the same.
+- a retry after its events were folded and its marker expired (or, recorded by a scored batch, it had none: a
+  transaction late by part of the longest window is kept for the rest of it only) counts again;
+- batches read concurrently (two replicas) do not see each other, though the stored state ends up the same.
 """
 
 from __future__ import annotations
@@ -438,22 +439,23 @@ _ATTEMPTS = 5
 # the seed hash and its set of applied chunks, the n blobs of the entity values written, the m markers of the
 # transactions recorded, then the HyperLogLogs of the entity values whose accounts are beyond exact counting.
 # ARGV[1]: JSON [n, m, [keep_ticks, keep_seconds, retention_seconds], blob lengths (bytes), HyperLogLog members per
-# entity value, beyond flags (1: its accounts are in the HyperLogLog), seed guard ([source, chunk id]) or null];
+# HyperLogLog (in KEYS' order), seed guard ([source, chunk id]) or null];
 # ARGV[2]: per entity value the token its blob had when read (8 bytes, zeros: none); ARGV[3]: the new blobs;
 # ARGV[4]: the HyperLogLog members, 8 bytes each.
 # Compare and set: nothing is written unless every blob still has the token read (else the positions, 1 to n, of those
 # that changed: another writer came between, the client reads them again). A seed guard also requires the namespace's
 # seed to be claimed by that source and not ready, and the chunk not applied yet (-1 not the owner, 2 already applied).
-# Each transaction recorded gets its marker ``:t:{id}`` for the longest window. The horizons are the namespace's: the
-# longest any writer has asked for (a challenger with shorter windows than the champion's must not fold or expire
-# history the champion's windows still read). Keys come as KEYS, not built in the script, as Redis asks of scripts (ACL
-# key patterns, key tracking). The tokens are read with MGET in chunks (one call per blob cost more). For a batch of
-# 1,000 transactions after 100,000 recorded (~2,600 entity values, 1,000 markers) the call takes 14-19 ms of Redis's
-# one thread in a run; replayed on a warm server, 9.8 ms: the blob SETs 5.3 (~2 us each, with the expiry), the
-# markers 1.9, the tokens' check 1.5, taking in the arguments 1.1.
+# The transactions recorded that need a marker (see `RedisStore`) get ``:t:{id}`` for the longest window. The
+# horizons are the namespace's: the longest any writer has asked for (a challenger with shorter windows than the
+# champion's must not fold or expire history the champion's windows still read). Keys come as KEYS, not built in the
+# script, as Redis asks of scripts (ACL key patterns, key tracking). The tokens are read with MGET in chunks (one call
+# per blob cost more). A scored batch of 1,000 new transactions after 100,000 (~2,600 entity values, no markers) takes
+# 11 ms of Redis's one thread in a run (14.7 ms with a marker per transaction); replayed on a warm server, the marked
+# batch took 9.8 ms: the blob SETs 5.3 (~2 us each, with the expiry), the markers 1.9, the tokens' check 1.5, taking
+# in the arguments 1.1.
 _WRITE = """
 local meta = cjson.decode(ARGV[1])
-local n, m, lim, lengths, counts, beyond, guard = meta[1], meta[2], meta[3], meta[4], meta[5], meta[6], meta[7]
+local n, m, lim, lengths, counts, guard = meta[1], meta[2], meta[3], meta[4], meta[5], meta[6]
 local tokens, blobs, members = ARGV[2], ARGV[3], ARGV[4]
 local zero = string.rep('\\0', 8)
 local changed = {}
@@ -477,22 +479,23 @@ local keep, window = math.max(lim[1], tonumber(held[1]) or 0), math.max(lim[2], 
 local ttl = math.max(lim[3], tonumber(held[3]) or 0)
 redis.call('MSET', KEYS[1], string.format('%.17g', keep), KEYS[2], window, KEYS[3], ttl)
 for i = 6 + n, 5 + n + m do redis.call('SET', KEYS[i], '1', 'EX', window) end
-local at, member, hll = 1, 1, 6 + n + m
+local at = 1
 for i = 1, n do
   redis.call('SET', KEYS[5 + i], string.sub(blobs, at, at + lengths[i] - 1), 'EX', ttl)
   at = at + lengths[i]
-  if beyond[i] == 1 then
-    for j = 0, counts[i] - 1, 1000 do
-      local batch = {}
-      for q = j, math.min(j + 999, counts[i] - 1) do
-        batch[#batch + 1] = string.sub(members, member + 8 * q, member + 8 * q + 7)
-      end
-      redis.call('PFADD', KEYS[hll], unpack(batch))
+end
+local member = 1
+for h = 1, #counts do
+  local key = KEYS[5 + n + m + h]
+  for j = 0, counts[h] - 1, 1000 do
+    local batch = {}
+    for q = j, math.min(j + 999, counts[h] - 1) do
+      batch[#batch + 1] = string.sub(members, member + 8 * q, member + 8 * q + 7)
     end
-    member = member + 8 * counts[i]
-    redis.call('EXPIRE', KEYS[hll], ttl)
-    hll = hll + 1
+    redis.call('PFADD', key, unpack(batch))
   end
+  member = member + 8 * counts[h]
+  redis.call('EXPIRE', key, ttl)
 end
 return 1
 """
@@ -601,14 +604,17 @@ class _NewEvents:
 
 @dataclass(frozen=True)
 class _Merged:
-    """What a write sends: the blob indices it rewrites, their new blobs and HyperLogLog members."""
+    """What a write sends: the blob indices it rewrites, their new blobs, and the HyperLogLog members of those
+    ``beyond`` exact counting (``member_counts``: how many of them per such value, in order). ``kept_new``: the
+    hashes of the batch's transactions among the kept events (sorted), which need no marker."""
 
     touched: np.ndarray
     blobs: bytes
     lengths: list[int]
     members: bytes
     member_counts: list[int]
-    beyond: list[int]
+    beyond: np.ndarray
+    kept_new: np.ndarray
 
 
 def _merge(old: _Blobs, paired: np.ndarray, new: _NewEvents, adds: _Additions | None, keep_ticks: int,
@@ -635,12 +641,14 @@ def _merge(old: _Blobs, paired: np.ndarray, new: _NewEvents, adds: _Additions | 
     txn = np.concatenate([old.txn[sel], new.txn])
     order = np.lexsort((txn, ticks, ent))
     ent, ticks, amount, account, txn = ent[order], ticks[order], amount[order], account[order], txn[order]
+    is_new = order >= len(order) - len(new.txn)
     start = offsets(np.bincount(ent, minlength=t))
     newest = np.full(t, NO_TIME)
     nonempty = start[1:] > start[:-1]
     newest[nonempty] = ticks[start[1:][nonempty] - 1]  # sorted by time within each value
     kept = (ticks >= newest[ent] - keep_ticks) & (start[ent + 1] - 1 - np.arange(len(ent)) < limits.max_events)
     folded = ~kept
+    kept_new = np.unique(txn[kept & is_new])
     head = old.head[touched]
     count = head["count"].astype(np.int64) + np.bincount(ent[folded], minlength=t)
     amount_sum = head["amount_sum"] + np.bincount(ent[folded], weights=amount[folded], minlength=t)
@@ -701,7 +709,7 @@ def _merge(old: _Blobs, paired: np.ndarray, new: _NewEvents, adds: _Additions | 
     at = _ranges(base[:-1] + _HEADER_UNITS + _EVENT_UNITS * n_events, n_accounts)
     out[at, 0], out[at, 1] = a_hash, a_first
     return _Merged(touched, out.tobytes(), (units * 16).tolist(), m_hash.astype("<i8").tobytes(),
-                   np.bincount(m_ent, minlength=t).tolist(), beyond.astype(int).tolist())
+                   np.bincount(m_ent, minlength=t)[beyond].tolist(), beyond, kept_new)
 
 
 class RedisStore:
@@ -719,11 +727,16 @@ class RedisStore:
     A read is one MGET (the ready marker, the horizon, the batch's blobs, the batch's transaction markers), decoded
     and answered in numpy. A write reads the same way, merges the batch into the blobs in numpy (`_merge`), then
     sends them in one compare-and-set script call (`_WRITE`): when another writer changed some of them in between,
-    it reads those again and merges again (at most `_ATTEMPTS` times). A transaction is recorded when it has no marker
-    ``:t:{id}`` (set by the write, expiring after the longest window) and is not among the events its entity values
-    keep, so a retry counts once. Any Redis error (timeout, connection, out of memory, a refusal) raises
-    `StoreUnavailable`, without retries; a write that timed out may still have been applied, and retrying it is
-    safe (idempotent).
+    it reads those again and merges again (at most `_ATTEMPTS` times). A transaction is recorded when it is not among
+    the events its entity values keep and has no marker ``:t:{id}`` (expiring after the longest window), so a retry
+    counts once. `write` (a rebuild's or a seed's replay) sets a marker for every transaction it records, so that
+    running it again counts nothing twice. A scored batch (`read_and_write`, live traffic) sets one only for a
+    transaction none of whose events it keeps (one older than the longest window behind its values' newest, or
+    beyond ``max_events``): a live transaction's kept events stay until its values see one a longest window newer,
+    which live traffic does no sooner than the marker would expire. A marker is a key of its own with its expiry: on
+    synthetic traffic they were a third of Redis's memory and a quarter of its time a batch. Any Redis error (timeout,
+    connection, out of memory, a refusal) raises `StoreUnavailable`, without retries; a write that timed out may
+    still have been applied, and retrying it is safe (idempotent).
 
     Timeouts: ``timeout_s`` bounds each connect, send and reply; a batch's reply is waited for ``key_timeout_s`` more
     per entity value it reads or writes, so that a large batch's legitimate work is not taken for a slow store.
@@ -844,9 +857,10 @@ class RedisStore:
                     token = secrets.randbits(63) | 1
                     merged = _merge(old, paired, new, adds, max(keep_ticks, self.limits.keep_ticks), self.limits,
                                     token)
+                    marking = fresh if query is None else fresh & ~isin(txn, merged.kept_new)  # see the class
                     status = self._write(conn, merged, [blob_keys[i] for i in merged.touched],
                                          [names[i] for i in merged.touched], old.head["token"][merged.touched], adds,
-                                         [markers[i] for i in np.flatnonzero(fresh).tolist()], timeout)
+                                         [markers[i] for i in np.flatnonzero(marking).tolist()], timeout)
                 if not isinstance(status, list):  # answered from the blobs this write replaced
                     states = old.states(query, estimate) if query is not None else None
                     return states, (status if adds is not None else int(fresh.sum()))  # type: ignore[return-value]
@@ -903,10 +917,10 @@ class RedisStore:
         p = self._prefix
         keys = [f"{p}:keep_ticks", f"{p}:keep_seconds", f"{p}:retention_seconds", f"{p}:seed", f"{p}:seed:done",
                 *blob_keys, *markers,
-                *(f"{p}:h:{name}" for name, beyond in zip(names, merged.beyond, strict=True) if beyond)]
+                *(f"{p}:h:{names[i]}" for i in np.flatnonzero(merged.beyond).tolist())]
         meta = json.dumps([len(names), len(markers),
                            [self.limits.keep_ticks, self.limits.keep_seconds, self.limits.retention_seconds],
-                           merged.lengths, merged.member_counts, merged.beyond, list(adds.guard) if adds else None],
+                           merged.lengths, merged.member_counts, list(adds.guard) if adds else None],
                           separators=(",", ":"))
         command = ("EVALSHA", _WRITE_SHA, len(keys), *keys, meta, tokens.astype("<u8").tobytes(), merged.blobs,
                    merged.members)

@@ -391,7 +391,9 @@ def test_a_batch_beyond_one_mget_reads_and_records_in_chunks(redis_url: str) -> 
     store = make_store("redis", redis_url, StoreLimits(keep_seconds=CONFIG.longest_seconds))
     online = OnlineFeatures(CONFIG, store)
     online.process(rows[:2000])
-    got = online.process(rows[2000:])  # 4,000 transactions: ~12,000 entity values and 4,000 markers
+    got = online.process(rows[2000:])  # 4,000 transactions: ~12,000 entity values
     assert_same_features(pd.DataFrame(got, columns=CONFIG.feature_names),
                          offline_features(frame, CONFIG).iloc[2000:].reset_index(drop=True))
-    assert online.record(rows) == 0
+    replay = OnlineFeatures(CONFIG, make_store("redis", redis_url, StoreLimits(keep_seconds=CONFIG.longest_seconds)))
+    assert replay.record(rows) == len(rows)  # 6,000 markers besides the entity values
+    assert replay.record(rows) == 0
