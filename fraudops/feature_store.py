@@ -71,7 +71,9 @@ def rebuild_from_log(store: RedisStore, bundle: ModelBundle, tag: str, log_root:
 
     Only decided rows count (roles champion and canary: a shadow row's transaction was decided by another model
     of the same request), each transaction once; recording is idempotent by transaction id, so a rebuild over
-    a store that still has part of the history, or run twice, counts nothing twice. Not recovered: transactions
+    a store that still has part of the history, or run twice, counts nothing twice, within the longest window (a
+    transaction whose events the store folded, a longest window behind its values' newest, and whose marker
+    expired counts again: see `fraudops.online_store.RedisStore`). Not recovered: transactions
     older than the log's retention, and the all-history counts of a transaction that is both in the model's
     training table and in the log (a retrained model's table holds exported traffic) and older than the longest
     window at the table's end, which count twice."""

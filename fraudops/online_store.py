@@ -28,8 +28,9 @@ replay test checks it). Approximate, by design:
   accounts seen before the batch (standard error 0.81%), without accounts new earlier in the same batch;
 - a late transaction (older than its entity's newest minus the longest window): all-history features include
   the folded transactions after it;
-- a retry after its events were folded and its marker expired (or, recorded by a scored batch, it had none: a
-  transaction late by part of the longest window is kept for the rest of it only) counts again;
+- a retry of a transaction whose events were folded and whose marker expired, or that had none, counts again:
+  scored transactions dated before the wall clock are protected for the longest window minus that lag, and a
+  retry naming other entity values than the original is found by a marker only (see `RedisStore`);
 - batches read concurrently (two replicas) do not see each other, though the stored state ends up the same.
 """
 
@@ -41,6 +42,7 @@ import json
 import math
 import secrets
 import threading
+import time
 from bisect import insort
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -436,8 +438,8 @@ _ATTEMPTS = 5
 
 # The write of a batch (`RedisStore._call`), after the client read the keys and merged the batch in. KEYS, every key
 # it touches: the three horizons (keep_ticks, keep_seconds, retention_seconds),
-# the seed hash and its set of applied chunks, the n blobs of the entity values written, the m markers of the
-# transactions recorded, then the HyperLogLogs of the entity values whose accounts are beyond exact counting.
+# the seed hash and its set of applied chunks, the n blobs of the entity values written, the m markers to set (see
+# `RedisStore`), then the HyperLogLogs of the entity values whose accounts are beyond exact counting.
 # ARGV[1]: JSON [n, m, [keep_ticks, keep_seconds, retention_seconds], blob lengths (bytes), HyperLogLog members per
 # HyperLogLog (in KEYS' order), seed guard ([source, chunk id]) or null];
 # ARGV[2]: per entity value the token its blob had when read (8 bytes, zeros: none); ARGV[3]: the new blobs;
@@ -606,7 +608,9 @@ class _NewEvents:
 class _Merged:
     """What a write sends: the blob indices it rewrites, their new blobs, and the HyperLogLog members of those
     ``beyond`` exact counting (``member_counts``: how many of them per such value, in order). ``kept_new``: the
-    hashes of the batch's transactions among the kept events (sorted), which need no marker."""
+    hashes of the batch's transactions among the kept events (sorted), which need no marker. ``folded_early``: the
+    hashes of stored transactions folded while their retries must still count once (by the ``max_events`` cap, or
+    within the longest window of the wall clock: behind a neighbour dated ahead of it), which get a marker."""
 
     touched: np.ndarray
     blobs: bytes
@@ -615,13 +619,15 @@ class _Merged:
     member_counts: list[int]
     beyond: np.ndarray
     kept_new: np.ndarray
+    folded_early: np.ndarray
 
 
 def _merge(old: _Blobs, paired: np.ndarray, new: _NewEvents, adds: _Additions | None, keep_ticks: int,
-           limits: StoreLimits, token: int) -> _Merged:
+           limits: StoreLimits, token: int, now: int) -> _Merged:
     """The new blobs of the entity values the batch changes: old and new events merged in time order, those beyond
     the horizon (newest - ``keep_ticks``) or the ``max_events`` cap folded, accounts merged (first sight kept),
-    and the values beyond ``exact_accounts`` moved to their HyperLogLog."""
+    and the values beyond ``exact_accounts`` moved to their HyperLogLog. ``now``: the wall clock in ticks, for
+    which stored events fold early (see `_Merged.folded_early`)."""
     n = len(old.head)
     touched_mask = np.zeros(n, dtype=bool)
     touched_mask[new.entity] = True
@@ -649,6 +655,7 @@ def _merge(old: _Blobs, paired: np.ndarray, new: _NewEvents, adds: _Additions | 
     kept = (ticks >= newest[ent] - keep_ticks) & (start[ent + 1] - 1 - np.arange(len(ent)) < limits.max_events)
     folded = ~kept
     kept_new = np.unique(txn[kept & is_new])
+    early = folded & ~is_new & ((ticks >= newest[ent] - keep_ticks) | (ticks > now - keep_ticks))
     head = old.head[touched]
     count = head["count"].astype(np.int64) + np.bincount(ent[folded], minlength=t)
     amount_sum = head["amount_sum"] + np.bincount(ent[folded], weights=amount[folded], minlength=t)
@@ -709,7 +716,7 @@ def _merge(old: _Blobs, paired: np.ndarray, new: _NewEvents, adds: _Additions | 
     at = _ranges(base[:-1] + _HEADER_UNITS + _EVENT_UNITS * n_events, n_accounts)
     out[at, 0], out[at, 1] = a_hash, a_first
     return _Merged(touched, out.tobytes(), (units * 16).tolist(), m_hash.astype("<i8").tobytes(),
-                   np.bincount(m_ent, minlength=t)[beyond].tolist(), beyond, kept_new)
+                   np.bincount(m_ent, minlength=t)[beyond].tolist(), beyond, kept_new, np.unique(txn[early]))
 
 
 class RedisStore:
@@ -727,16 +734,22 @@ class RedisStore:
     A read is one MGET (the ready marker, the horizon, the batch's blobs, the batch's transaction markers), decoded
     and answered in numpy. A write reads the same way, merges the batch into the blobs in numpy (`_merge`), then
     sends them in one compare-and-set script call (`_WRITE`): when another writer changed some of them in between,
-    it reads those again and merges again (at most `_ATTEMPTS` times). A transaction is recorded when it is not among
-    the events its entity values keep and has no marker ``:t:{id}`` (expiring after the longest window), so a retry
-    counts once. `write` (a rebuild's or a seed's replay) sets a marker for every transaction it records, so that
-    running it again counts nothing twice. A scored batch (`read_and_write`, live traffic) sets one only for a
-    transaction none of whose events it keeps (one older than the longest window behind its values' newest, or
-    beyond ``max_events``): a live transaction's kept events stay until its values see one a longest window newer,
-    which live traffic does no sooner than the marker would expire. A marker is a key of its own with its expiry: on
-    synthetic traffic they were a third of Redis's memory and a quarter of its time a batch. Any Redis error (timeout,
-    connection, out of memory, a refusal) raises `StoreUnavailable`, without retries; a write that timed out may
-    still have been applied, and retrying it is safe (idempotent).
+    it reads those again and merges again (at most `_ATTEMPTS` times).
+
+    Retries: a transaction is recorded when it is not among the events its entity values keep and has no marker
+    (``:t:{id}`` or ``:x:{hash}``, each expiring after the longest window). `write` (a rebuild's or a seed's replay)
+    marks every transaction it records, by id, so that running it again counts nothing twice. A scored batch
+    (`read_and_write`) marks by id only the transactions none of whose events it keeps (late for all their values),
+    and by hash the stored transactions its merge folds while their retries may still come: by the ``max_events``
+    cap, or dated within the longest window of the wall clock (behind a neighbour dated ahead of it). So a scored
+    transaction dated d before it was scored counts once for its retries during at least the longest window minus d;
+    one dated more than the longest window before the clock (a scored backfill), while its events are kept. A retry
+    is found among the events of the values it names: one naming other values than the original only by a marker.
+    A marker is a key of its own with its expiry: one per scored transaction was a third of Redis's memory and a
+    quarter of its time a batch on synthetic traffic.
+
+    Any Redis error (timeout, connection, out of memory, a refusal) raises `StoreUnavailable`, without retries; a
+    write that timed out may still have been applied, and retrying it is safe (idempotent).
 
     Timeouts: ``timeout_s`` bounds each connect, send and reply; a batch's reply is waited for ``key_timeout_s`` more
     per entity value it reads or writes, so that a large batch's legitimate work is not taken for a slow store.
@@ -838,7 +851,8 @@ class RedisStore:
         txn, new_rows = records.txn_hashes, records.entry_row
         record_ticks, record_amount, record_account = records.ticks, records.amount, records.account_hashes
         paired = np.array([ref.paired for ref in refs], dtype=bool)
-        markers = [f"{self._prefix}:t:{t}" for t in records.txn.tolist()]
+        markers = [f"{self._prefix}:t:{t}" for t in records.txn.tolist()]  # by id, then by hash (folded early)
+        markers += [f"{self._prefix}:x:{h}" for h in txn.tolist()]
         first_of_id = np.zeros(len(records), dtype=bool)  # a transaction id repeated in the batch counts once
         first_of_id[np.unique(txn, return_index=True)[1]] = True
         conn = self.client.connection_pool.get_connection()
@@ -856,11 +870,12 @@ class RedisStore:
                 if len(new.entity) or adds is not None:
                     token = secrets.randbits(63) | 1
                     merged = _merge(old, paired, new, adds, max(keep_ticks, self.limits.keep_ticks), self.limits,
-                                    token)
+                                    token, time.time_ns() // (1_000_000_000 // TICKS_PER_SECOND))
                     marking = fresh if query is None else fresh & ~isin(txn, merged.kept_new)  # see the class
                     status = self._write(conn, merged, [blob_keys[i] for i in merged.touched],
                                          [names[i] for i in merged.touched], old.head["token"][merged.touched], adds,
-                                         [markers[i] for i in np.flatnonzero(marking).tolist()], timeout)
+                                         [markers[i] for i in np.flatnonzero(marking).tolist()]
+                                         + [f"{self._prefix}:x:{h}" for h in merged.folded_early.tolist()], timeout)
                 if not isinstance(status, list):  # answered from the blobs this write replaced
                     states = old.states(query, estimate) if query is not None else None
                     return states, (status if adds is not None else int(fresh.sum()))  # type: ignore[return-value]
@@ -886,7 +901,8 @@ class RedisStore:
     def _read(self, conn: Any, blob_keys: list[str], markers: list[str], require_history: bool, timeout: float,
               what: str) -> tuple[list[bytes | None], int, np.ndarray]:
         """One MGET (more for a batch beyond 10,000 keys): whether the seed is ready (NOHISTORY unless it is, when
-        required), the namespace's horizon, the blobs at ``blob_keys``, and which of the ``markers`` exist."""
+        required), the namespace's horizon, the blobs at ``blob_keys``, and which transactions are marked (``markers``:
+        by id, then by hash, for each transaction)."""
         keys = [f"{self._prefix}:ready", f"{self._prefix}:keep_ticks", *blob_keys, *markers]
         replies = [value for reply in self._round_trip(conn, [("MGET", *keys[i:i + 10_000])
                                                               for i in range(0, len(keys), 10_000)], timeout)
@@ -895,7 +911,8 @@ class RedisStore:
             raise StoreUnavailable(f"feature store {what} failed: NOHISTORY the namespace has no history (not "
                                    "seeded yet, or the store restarted empty)", answered=True)
         marked = np.fromiter((value is not None for value in replies[2 + len(blob_keys):]), bool, len(markers))
-        return replies[2:2 + len(blob_keys)], int(float(replies[1] or 0)), marked
+        half = len(markers) // 2
+        return replies[2:2 + len(blob_keys)], int(float(replies[1] or 0)), marked[:half] | marked[half:]
 
     def _estimates(self, conn: Any, old: _Blobs, query: Query, paired: np.ndarray, names: list[str],
                    timeout: float) -> np.ndarray:

@@ -118,6 +118,36 @@ def test_a_scored_transaction_is_remembered_by_its_kept_events_or_if_none_by_its
     assert kept(store) == 3
 
 
+def test_a_scored_transaction_folded_early_by_the_cap_still_counts_once(new_store) -> None:
+    """Beyond ``max_events`` a value folds events whose retries may still come: they get a marker as they fold."""
+    store = new_store(StoreLimits(keep_seconds=86_400, max_events=3))
+    online = OnlineFeatures(CONFIG, store)
+    same = {"ip_address": "ip", "user_id": "u"}
+    rows = [row(i) | same for i in range(4)]
+    for one in rows:
+        online.process([one])
+    assert kept(store) == 3  # t0 folded by the cap, in every value it has
+    online.process([rows[0]])  # a retry
+    assert online.record(rows) == 0
+    assert feature(online, [row(4) | same], "device_id__count_all") == 4
+
+
+def test_a_neighbour_dated_ahead_of_the_clock_does_not_make_a_retry_count_twice(new_store) -> None:
+    """A transaction dated two days ahead folds the live one before it (one day windows) at once: the folded one
+    gets a marker, since its retries may still come."""
+    store = new_store(StoreLimits(keep_seconds=86_400))
+    online = OnlineFeatures(CONFIG, store)
+    now = time.time_ns()
+    live = row(0) | {"purchase_time": now}
+    ahead = row(1) | {"purchase_time": now + 2 * 86_400 * 10**9, "ip_address": "ip0", "user_id": "u0"}
+    online.process([live])
+    online.process([ahead])
+    assert kept(store) == 1
+    online.process([live])  # a retry
+    probe = row(2) | {"purchase_time": now + 3 * 86_400 * 10**9}
+    assert feature(online, [probe], "device_id__count_all") == 2
+
+
 def test_a_writer_with_shorter_windows_keeps_the_history_longer_windows_read(redis_url: str) -> None:
     """A canary trained with 1 h windows records into the champion's namespace (1 h and 1 d windows): the store
     keeps the day the champion reads, with the expiry of the longest horizon any writer has asked for."""
