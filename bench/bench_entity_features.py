@@ -210,8 +210,8 @@ def bench_memory(quick: bool) -> str:
             + markdown_table(headers, table)
             + "\n\n- per entity: its kept events, aggregates and accounts, plus its share of the transaction"
               " markers, kept for the longest window: scored traffic (batches of 1,000 read and recorded, as the"
-              " scorer does) marks only transactions none of whose events are kept, a replay (`record`: a rebuild"
-              " from the log, a seed) marks every transaction.\n")
+              " scorer does) marks only the transactions whose events it keeps nowhere or folds early, a replay"
+              " (`record`: a rebuild from the log, a seed) marks every transaction.\n")
 
 
 def main() -> None:
