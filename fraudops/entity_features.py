@@ -608,8 +608,7 @@ class OnlineFeatures:
         followed by the batch's rows, each under each of its entity values (one code per value read). A retried
         transaction is left out of the stored events: it counts once, as in the batch, and sees what it saw the
         first time (unless its events were folded: behind transactions a longest window newer, or beyond
-        ``max_events``). ``record``: the same store call then records
-        the batch (`FeatureStore.read_and_write`)."""
+        ``max_events``). ``record``: the same store call then records the batch (`FeatureStore.read_and_write`)."""
         config, n = self.config, len(columns.ticks)
         if not n:
             return np.empty((0, len(config.feature_names)))

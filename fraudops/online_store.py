@@ -741,7 +741,8 @@ class RedisStore:
     marks every transaction it records, by id, so that running it again counts nothing twice. A scored batch
     (`read_and_write`) marks by id only the transactions none of whose events it keeps (late for all their values),
     and by hash the stored transactions its merge folds while their retries may still come: by the ``max_events``
-    cap, or dated within the longest window of the wall clock (behind a neighbour dated ahead of it). So a scored
+    cap, or dated within the longest window of the wall clock (behind a neighbour dated ahead of it; times in
+    relative seconds, such as IEEE-CIS's ``TransactionDT``, are never near the clock, so only the cap's). So a scored
     transaction dated d before it was scored counts once for its retries during at least the longest window minus d;
     one dated more than the longest window before the clock (a scored backfill), while its events are kept. A retry
     is found among the events of the values it names: one naming other values than the original only by a marker.
@@ -851,8 +852,7 @@ class RedisStore:
         txn, new_rows = records.txn_hashes, records.entry_row
         record_ticks, record_amount, record_account = records.ticks, records.amount, records.account_hashes
         paired = np.array([ref.paired for ref in refs], dtype=bool)
-        markers = [f"{self._prefix}:t:{t}" for t in records.txn.tolist()]  # by id, then by hash (folded early)
-        markers += [f"{self._prefix}:x:{h}" for h in txn.tolist()]
+        markers = self._markers("t", records.txn.tolist()) + self._markers("x", txn.tolist())  # by id, then hash
         first_of_id = np.zeros(len(records), dtype=bool)  # a transaction id repeated in the batch counts once
         first_of_id[np.unique(txn, return_index=True)[1]] = True
         conn = self.client.connection_pool.get_connection()
@@ -875,7 +875,7 @@ class RedisStore:
                     status = self._write(conn, merged, [blob_keys[i] for i in merged.touched],
                                          [names[i] for i in merged.touched], old.head["token"][merged.touched], adds,
                                          [markers[i] for i in np.flatnonzero(marking).tolist()]
-                                         + [f"{self._prefix}:x:{h}" for h in merged.folded_early.tolist()], timeout)
+                                         + self._markers("x", merged.folded_early.tolist()), timeout)
                 if not isinstance(status, list):  # answered from the blobs this write replaced
                     states = old.states(query, estimate) if query is not None else None
                     return states, (status if adds is not None else int(fresh.sum()))  # type: ignore[return-value]
@@ -890,6 +890,10 @@ class RedisStore:
                                    f"{_ATTEMPTS} times in a row", answered=True)
         finally:
             self.client.connection_pool.release(conn)
+
+    def _markers(self, kind: str, values: list[Any]) -> list[str]:
+        """Marker keys of transactions: ``t`` by id, ``x`` by hash (see the class)."""
+        return [f"{self._prefix}:{kind}:{value}" for value in values]
 
     def take_races(self) -> int:
         """Writes that lost the compare-and-set race to another writer (and read and merged again) since the last

@@ -95,8 +95,7 @@ def test_beyond_exact_accounts_the_all_history_count_is_an_estimate(new_store) -
 def test_redis_keys_expire_with_the_longest_window_or_the_retention(redis_url: str) -> None:
     limits = StoreLimits(keep_seconds=86_400, retention_seconds=30 * 86_400)
     store = RedisStore.from_url(redis_url, limits, namespace=f"t{uuid.uuid4().hex[:8]}")
-    online = OnlineFeatures(CONFIG, store)
-    online.record([row(0)])
+    OnlineFeatures(CONFIG, store).record([row(0)])
     assert 30 * 86_000 < store.client.ttl(store.key("e", DEV)) <= 30 * 86_400
     assert 86_000 < store.client.ttl(f"{store.namespace}:2:t:t0") <= 86_400
 
