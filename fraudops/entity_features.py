@@ -30,10 +30,10 @@ import functools
 import hashlib
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from numbers import Integral, Real
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import numpy as np
 import pandas as pd
@@ -55,6 +55,8 @@ from fraudops.online_store import (
     text_hashes,
 )
 from fraudops.schema import DatasetSpec
+
+T = TypeVar("T")
 
 DEFAULT_WINDOWS = ("1h", "24h", "7d")
 ALL = "all"
@@ -556,10 +558,17 @@ class OnlineFeatures:
     def feature_names(self) -> list[str]:
         return self.config.feature_names
 
-    def process(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
-        """Features of the rows (rows x `feature_names`), then the rows recorded in the store."""
+    @overload
+    def process(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray: ...
+
+    @overload
+    def process(self, rows: Sequence[Mapping[str, Any]], then: Callable[[np.ndarray], T]) -> T: ...
+
+    def process(self, rows: Sequence[Mapping[str, Any]], then: Callable[[np.ndarray], Any] | None = None) -> Any:
+        """Features of the rows (rows x `feature_names`), then the rows recorded in the store. With ``then``:
+        ``then`` of the features, run while the store records the rows (`FeatureStore.read_and_write`)."""
         columns = row_columns(rows, self.config)
-        return self._lookup(columns, record=True)
+        return self._lookup(columns, record=True, then=then)
 
     def lookup(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """Features of the rows (rows x `feature_names`), without recording them."""
@@ -603,15 +612,18 @@ class OnlineFeatures:
         return Records(np.array(columns.txn, dtype=object), columns.ticks, columns.amount, names, refs,
                        np.concatenate(batch).astype(np.int64), np.concatenate(entity).astype(np.int64))
 
-    def _lookup(self, columns: Columns, record: bool = False) -> np.ndarray:
+    def _lookup(self, columns: Columns, record: bool = False, then: Callable[[np.ndarray], Any] | None = None
+                ) -> Any:
         """Read the batch's entity values, then run the kernel once over one table: every stored event (not queried)
         followed by the batch's rows, each under each of its entity values (one code per value read). A retried
         transaction is left out of the stored events: it counts once, as in the batch, and sees what it saw the
         first time (unless its events were folded: behind transactions a longest window newer, or beyond
-        ``max_events``). ``record``: the same store call then records the batch (`FeatureStore.read_and_write`)."""
+        ``max_events``). ``record``: the same store call then records the batch (`FeatureStore.read_and_write`).
+        ``then``: returns ``then`` of the features instead (recording, computed while the store records)."""
         config, n = self.config, len(columns.ticks)
         if not n:
-            return np.empty((0, len(config.feature_names)))
+            empty = np.empty((0, len(config.feature_names)))
+            return empty if then is None else then(empty)
         refs, first, batch = self._entity_values(columns)
         pairs = [(col, rows) for col, rows in zip(config.columns, batch, strict=True)  # the paired columns' rows
                  if config.paired(col) and columns.account is not None]
@@ -625,34 +637,40 @@ class OnlineFeatures:
         query = Query(refs, np.concatenate(pair_entity) if pairs else pair_rows, columns.ticks[pair_rows],
                       row_account[pair_rows])
         records = self._records(columns, refs, first, batch) if record else None
-        states = self.store.read(query) if records is None else self.store.read_and_write(query, records)
-        event_code = np.repeat(np.arange(len(refs)), np.diff(states.event_start))
-        stored = slice(None)
-        if columns.txn:  # retried transactions: drop their events
-            keep = ~isin(states.txn, text_hashes(columns.txn) if records is None else records.txn_hashes)
-            if not keep.all():
-                stored, event_code = keep, event_code[keep]
-        m = len(event_code)
-        table = _Table.of(np.concatenate([states.ticks[stored], columns.ticks]),
-                          np.concatenate([states.amount[stored], columns.amount]), config.windows)
-        entry_row = np.concatenate([np.arange(m), *(m + rows for rows in batch)])
-        codes = np.concatenate([event_code,
-                                *(first[col] + columns.keys[col].codes[rows]
-                                  for col, rows in zip(config.columns, batch, strict=True))])
-        accounts = None
-        if config.any_paired and account is not None:
-            hashes = np.concatenate([states.account[stored], row_account])
-            account_codes = np.where(hashes != NO_ACCOUNT, _codes(hashes), -1)
-            paired = np.array([ref.paired for ref in refs], dtype=bool)
-            accounts = np.where(paired[codes], account_codes[entry_row], -1)
-        prior = self._prior(states, batch, [col for col, _ in pairs], m)
-        found = _entity_features(config, table, entry_row, codes, accounts, prior)
-        out = np.full((n, len(config.feature_names)), np.nan)
-        at = m
-        for (offset, kernel_columns), rows in zip(config.layout, batch, strict=True):
-            out[rows, offset:offset + len(kernel_columns)] = found[kernel_columns, at:at + len(rows)].T
-            at += len(rows)
-        return out
+        retried = text_hashes(columns.txn) if records is None else records.txn_hashes
+
+        def features(states: States) -> Any:
+            event_code = np.repeat(np.arange(len(refs)), np.diff(states.event_start))
+            stored = slice(None)
+            if columns.txn:  # retried transactions: drop their events
+                keep = ~isin(states.txn, retried)
+                if not keep.all():
+                    stored, event_code = keep, event_code[keep]
+            m = len(event_code)
+            table = _Table.of(np.concatenate([states.ticks[stored], columns.ticks]),
+                              np.concatenate([states.amount[stored], columns.amount]), config.windows)
+            entry_row = np.concatenate([np.arange(m), *(m + rows for rows in batch)])
+            codes = np.concatenate([event_code,
+                                    *(first[col] + columns.keys[col].codes[rows]
+                                      for col, rows in zip(config.columns, batch, strict=True))])
+            accounts = None
+            if config.any_paired and account is not None:
+                hashes = np.concatenate([states.account[stored], row_account])
+                account_codes = np.where(hashes != NO_ACCOUNT, _codes(hashes), -1)
+                paired = np.array([ref.paired for ref in refs], dtype=bool)
+                accounts = np.where(paired[codes], account_codes[entry_row], -1)
+            prior = self._prior(states, batch, [col for col, _ in pairs], m)
+            found = _entity_features(config, table, entry_row, codes, accounts, prior)
+            out = np.full((n, len(config.feature_names)), np.nan)
+            at = m
+            for (offset, kernel_columns), rows in zip(config.layout, batch, strict=True):
+                out[rows, offset:offset + len(kernel_columns)] = found[kernel_columns, at:at + len(rows)].T
+                at += len(rows)
+            return out if then is None else then(out)
+
+        # recording, the store computes the features while its write is on the way (Redis: while it runs the script)
+        return features(self.store.read(query)) if records is None else \
+            self.store.read_and_write(query, records, features)
 
     def _prior(self, states: States, batch: list[np.ndarray], paired: list[str], m: int) -> _Prior:
         """What the store knows beyond the table: per value read (folded aggregates), per entry (stored events: none;

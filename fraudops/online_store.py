@@ -44,12 +44,12 @@ import secrets
 import threading
 import time
 from bisect import insort
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import hiredis
 import numpy as np
@@ -204,6 +204,11 @@ def _empty(dtype: Any = np.int64) -> np.ndarray:
 
 
 _NO_RECORDS = Records.of([])
+T = TypeVar("T")
+
+
+def _states(states: States) -> States:
+    return states
 
 
 @dataclass(frozen=True)
@@ -255,8 +260,9 @@ class FeatureStore(Protocol):
         """Record the transactions not recorded before (by id); returns how many were new."""
         ...
 
-    def read_and_write(self, query: Query, records: Records) -> States:
-        """`read`, then `write` (a scored batch: its history, then itself), as one call where the store can."""
+    def read_and_write(self, query: Query, records: Records, answer: Callable[[States], T]) -> T:
+        """``answer`` of `read`, then `write` (a scored batch: its history, then itself), as one call where the
+        store can, and there ``answer`` runs while the write is on its way."""
         ...
 
 
@@ -383,10 +389,10 @@ class MemoryStore:
         states.accounts_before, states.account_first = account_answers(*columns, estimate, query)
         return states
 
-    def read_and_write(self, query: Query, records: Records) -> States:
+    def read_and_write(self, query: Query, records: Records, answer: Callable[[States], T]) -> T:
         states = self.read(query)
         self.write(records)
-        return states
+        return answer(states)
 
     def write(self, records: Records) -> int:
         applied = 0
@@ -734,7 +740,9 @@ class RedisStore:
     A read is one MGET (the ready marker, the horizon, the batch's blobs, the batch's transaction markers), decoded
     and answered in numpy. A write reads the same way, merges the batch into the blobs in numpy (`_merge`), then
     sends them in one compare-and-set script call (`_WRITE`): when another writer changed some of them in between,
-    it reads those again and merges again (at most `_ATTEMPTS` times).
+    it reads those again and merges again (at most `_ATTEMPTS` times). While Redis runs the script, the caller's
+    ``answer`` runs on the states read (the scorer's features and scores): a batch of 1,000 scored in-process with
+    the store took 33 ms instead of 45 (~11 ms of Redis's work overlapped).
 
     Retries: a transaction is recorded when it is not among the events its entity values keep and has no marker
     (``:t:{id}`` or ``:x:{hash}``, each expiring after the longest window). `write` (a rebuild's or a seed's replay)
@@ -801,20 +809,21 @@ class RedisStore:
         return f"{self._prefix}:{kind}:{self._suffix(ref)}"
 
     def read(self, query: Query) -> States:
-        return self._call(query, _NO_RECORDS, "read")[0] if len(query.entities) else empty_states(query)
+        return self._call(query, _NO_RECORDS, "read", _states)[0] if len(query.entities) else empty_states(query)
 
-    def read_and_write(self, query: Query, records: Records) -> States:
-        """The read, then the write of the records (none when the read fails)."""
-        return self._call(query, records, "read and write")[0]
+    def read_and_write(self, query: Query, records: Records, answer: Callable[[States], T]) -> T:
+        """The read, then the write of the records (none when the read fails); ``answer`` of the states read runs
+        while the write's script call is on its way (again on the states read again, if the write lost a race)."""
+        return self._call(query, records, "read and write", answer)[0]
 
     def write(self, records: Records) -> int:
         return self._call(None, records, "write")[1] if len(records) else 0
 
-    def _call(self, query: Query | None, records: Records, what: str, adds: _Additions | None = None,
-              refs: Sequence[EntityRef] = ()) -> tuple[States, int]:
+    def _call(self, query: Query | None, records: Records, what: str, answer: Callable[[States], T] | None = None,
+              adds: _Additions | None = None, refs: Sequence[EntityRef] = ()) -> tuple[T | None, int]:
         """Read the query's and the records' entity values (or ``refs``, a seed chunk's), answer the query, record
-        the new records (and a seed chunk's ``adds``). Returns the query's states and how many records were new
-        (a seed chunk: 1 applied, 0 applied before, -1 not this seed's owner)."""
+        the new records (and a seed chunk's ``adds``). Returns ``answer`` of the query's states and how many records
+        were new (a seed chunk: 1 applied, 0 applied before, -1 not this seed's owner)."""
         refs = list(query.entities if query is not None else refs)
         if query is not None and records.entities is query.entities:  # a scored batch: the same values
             owner = records.entry_entity
@@ -837,7 +846,7 @@ class RedisStore:
                                        "took longer than their allowance")
             try:
                 with _unavailable(what):
-                    return self._exchange(query, records, owner, refs, adds, what)
+                    return self._exchange(query, records, owner, refs, adds, what, answer)
             finally:
                 self._turn.release()
         finally:
@@ -845,7 +854,7 @@ class RedisStore:
                 self._queued -= len(refs)
 
     def _exchange(self, query: Query | None, records: Records, owner: np.ndarray, refs: list[EntityRef],
-                  adds: _Additions | None, what: str) -> tuple[States, int]:
+                  adds: _Additions | None, what: str, answer: Callable[[States], T] | None) -> tuple[T | None, int]:
         names = [self._suffix(ref) for ref in refs]
         blob_keys = [f"{self._prefix}:e:{name}" for name in names]  # read, and written for the touched ones
         timeout = self.timeout_s + self.key_timeout_s * len(refs)
@@ -867,18 +876,25 @@ class RedisStore:
                 rows = new_rows[take]
                 new = _NewEvents(owner[take], record_ticks[rows], record_amount[rows], record_account[rows], txn[rows])
                 status: int | list[int] = 1
+                result = None
                 if len(new.entity) or adds is not None:
                     token = secrets.randbits(63) | 1
                     merged = _merge(old, paired, new, adds, max(keep_ticks, self.limits.keep_ticks), self.limits,
                                     token, time.time_ns() // (1_000_000_000 // TICKS_PER_SECOND))
                     marking = fresh if query is None else fresh & ~isin(txn, merged.kept_new)  # see the class
-                    status = self._write(conn, merged, [blob_keys[i] for i in merged.touched],
-                                         [names[i] for i in merged.touched], old.head["token"][merged.touched], adds,
-                                         [markers[i] for i in np.flatnonzero(marking).tolist()]
-                                         + self._markers("x", merged.folded_early.tolist()), timeout)
-                if not isinstance(status, list):  # answered from the blobs this write replaced
-                    states = old.states(query, estimate) if query is not None else None
-                    return states, (status if adds is not None else int(fresh.sum()))  # type: ignore[return-value]
+                    written = self._write(conn, merged, [blob_keys[i] for i in merged.touched],
+                                          [names[i] for i in merged.touched], old.head["token"][merged.touched], adds,
+                                          [markers[i] for i in np.flatnonzero(marking).tolist()]
+                                          + self._markers("x", merged.folded_early.tolist()), timeout)
+                    try:  # the answer from the blobs this write replaces, while Redis runs the script
+                        if query is not None and answer is not None:
+                            result = answer(old.states(query, estimate))
+                    finally:  # read the reply whatever happened, so that the connection stays in step
+                        status = written()
+                elif query is not None and answer is not None:
+                    result = answer(old.states(query, estimate))
+                if not isinstance(status, list):
+                    return result, (status if adds is not None else int(fresh.sum()))
                 with self._queue_lock:
                     self._races += 1
                 changed = merged.touched[np.asarray(status) - 1].tolist()  # read again only what changed
@@ -931,10 +947,10 @@ class RedisStore:
         return estimate
 
     def _write(self, conn: Any, merged: _Merged, blob_keys: list[str], names: list[str], tokens: np.ndarray,
-               adds: _Additions | None, markers: list[str], timeout: float) -> int | list[int]:
-        """The compare-and-set script call (`_WRITE`) for the blobs at ``blob_keys`` (of the entity values ``names``)
-        and the transactions' ``markers``: 1 written, or the positions (1-based) of the blobs another writer changed
-        in between (see the script for a seed chunk's -1 and 2)."""
+               adds: _Additions | None, markers: list[str], timeout: float) -> Callable[[], int | list[int]]:
+        """Send the compare-and-set script call (`_WRITE`) for the blobs at ``blob_keys`` (of the entity values
+        ``names``) and the transactions' ``markers``; returns the wait for its reply: 1 written, or the positions
+        (1-based) of the blobs another writer changed in between (see the script for a seed chunk's -1 and 2)."""
         p = self._prefix
         keys = [f"{p}:keep_ticks", f"{p}:keep_seconds", f"{p}:retention_seconds", f"{p}:seed", f"{p}:seed:done",
                 *blob_keys, *markers,
@@ -945,22 +961,36 @@ class RedisStore:
                           separators=(",", ":"))
         command = ("EVALSHA", _WRITE_SHA, len(keys), *keys, meta, tokens.astype("<u8").tobytes(), merged.blobs,
                    merged.members)
-        try:
-            (status,) = self._round_trip(conn, [command], timeout)
-        except redis.exceptions.NoScriptError:  # a new or restarted server: load the script (same SHA), retry
-            self._round_trip(conn, [("SCRIPT", "LOAD", _WRITE)], timeout)
-            (status,) = self._round_trip(conn, [command], timeout)
-        return status if isinstance(status, list) else int(status)
+        RedisStore._send(conn, [command])
+
+        def status() -> int | list[int]:
+            try:
+                (reply,) = self._receive(conn, 1, timeout)
+            except redis.exceptions.NoScriptError:  # a new or restarted server: load the script (same SHA), retry
+                self._round_trip(conn, [("SCRIPT", "LOAD", _WRITE)], timeout)
+                (reply,) = self._round_trip(conn, [command], timeout)
+            return reply if isinstance(reply, list) else int(reply)
+
+        return status
 
     @staticmethod
     def _round_trip(conn: Any, commands: list[tuple[Any, ...]], timeout: float) -> list[Any]:
-        """Send the commands at once, then read every reply (each within ``timeout`` s; the client's own calls have
-        one socket timeout for every command). A timed-out connection is closed, never reused; an error reply is
-        raised once every reply was read, so the connection stays in step."""
+        """Send the commands at once, then read every reply (`_receive`)."""
+        RedisStore._send(conn, commands)
+        return RedisStore._receive(conn, len(commands), timeout)
+
+    @staticmethod
+    def _send(conn: Any, commands: list[tuple[Any, ...]]) -> None:
         conn.send_packed_command([hiredis.pack_command(command) for command in commands])  # redis-py's own packing
         # checks every argument in Python: ~1 us each, and a batch of 1,000 transactions sends ~7,000 keys
+
+    @staticmethod
+    def _receive(conn: Any, count: int, timeout: float) -> list[Any]:
+        """The replies of ``count`` commands sent, each within ``timeout`` s (the client's own calls have one socket
+        timeout for every command). A timed-out connection is closed, never reused; an error reply is raised once
+        every reply was read, so the connection stays in step."""
         replies, error = [], None
-        for _ in commands:
+        for _ in range(count):
             try:
                 replies.append(conn.read_response(timeout=timeout))
             except redis.exceptions.ResponseError as exc:
@@ -1034,7 +1064,7 @@ class RedisStore:
                           np.where(count > 0, frozen.amount_max[lo:hi], np.nan),
                           np.where(count > 0, frozen.last[lo:hi], NO_TIME), account_entity, account, first,
                           placeholders, (source, f"{column}:{lo}"))
-        status = self._call(None, _NO_RECORDS, "seeding", adds, refs)[1]
+        status = self._call(None, _NO_RECORDS, "seeding", adds=adds, refs=refs)[1]
         if status < 0:
             raise StoreUnavailable(f"feature store seeding failed: the namespace's seed is no longer claimed by "
                                    f"{source}", answered=True)
@@ -1167,9 +1197,9 @@ class SnapshotStore:
     def write(self, records: Records) -> int:
         raise TypeError("a frozen snapshot is read-only: record transactions in an online store")
 
-    def read_and_write(self, query: Query, records: Records) -> States:
+    def read_and_write(self, query: Query, records: Records, answer: Callable[[States], T]) -> T:
         self.write(records)  # read-only: raises
-        return self.read(query)
+        return answer(self.read(query))
 
     # -- files ------------------------------------------------------------------------------------------------
     def save(self, directory: Path) -> None:

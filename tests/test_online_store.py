@@ -344,7 +344,7 @@ def test_a_batch_reads_the_history_before_it_then_records_itself(new_store) -> N
     store.write(Records.of([Record("a", ticks, 5.0, "u1", (DEV,))]))
     query = Query([DEV], np.array([0, 0, 0]), np.array([ticks + 10, ticks + 10, ticks]),
                   np.r_[text_hashes(["u1", "u2"]), NO_ACCOUNT])
-    states = store.read_and_write(query, Records.of([Record("b", ticks + 10, 7.0, "u2", (DEV,))]))
+    states = store.read_and_write(query, Records.of([Record("b", ticks + 10, 7.0, "u2", (DEV,))]), lambda s: s)
     assert states.txn.tolist() == text_hashes(["a"]).tolist() and states.amount.tolist() == [5.0]
     assert states.account_first.tolist() == [ticks, NEVER, NEVER]
     assert states.accounts_before.tolist() == [1, 1, 0]  # u1 was first seen at ``ticks``: not strictly before
@@ -379,6 +379,38 @@ def test_concurrent_writers_both_count_the_loser_reads_and_merges_again(redis_ur
     assert feature(probe, [row(2)], "device_id__amount_sum_all") == 1 + 2
     assert feature(probe, [{**row(2), "ip_address": "ip0"}], "ip_address__count_all") == 1  # the first's, once
 
+
+
+def test_a_scored_batch_computes_its_features_while_its_write_is_on_the_way(redis_url: str, monkeypatch) -> None:
+    """The features of a scored batch are computed between sending the write script and reading its reply; when
+    the write lost a race, computed again from what was read again (here: a transaction before it, written by
+    another replica in between, which it then counts)."""
+    import fraudops.entity_features as kernel_module
+
+    namespace, limits = f"t{uuid.uuid4().hex[:8]}", StoreLimits(keep_seconds=86_400)
+    first = RedisStore.from_url(redis_url, limits, timeout_s=2, namespace=namespace)
+    second = RedisStore.from_url(redis_url, limits, timeout_s=2, namespace=namespace)
+    steps: list[str] = []
+    real_write, real_read, real_kernel = first._write, first._read, kernel_module._entity_features
+
+    def write(*args: object) -> object:
+        steps.append("sent")
+        reply = real_write(*args)  # type: ignore[arg-type]
+        return lambda: steps.append("reply") or reply()
+
+    def read_then_let_the_other_write(*args: object) -> object:
+        answer = real_read(*args)  # type: ignore[arg-type]
+        if not steps:
+            assert OnlineFeatures(CONFIG, second).record([row(0)]) == 1  # same device, a minute before
+        return answer
+
+    monkeypatch.setattr(first, "_write", write)
+    monkeypatch.setattr(first, "_read", read_then_let_the_other_write)
+    monkeypatch.setattr(kernel_module, "_entity_features", lambda *a: steps.append("features") or real_kernel(*a))
+    online = OnlineFeatures(CONFIG, first)
+    assert online.process([row(1)])[0, online.feature_names.index("device_id__count_1h")] == 1
+    assert steps == ["sent", "features", "reply"] * 2 and first.take_races() == 1
+    assert feature(OnlineFeatures(CONFIG, second), [row(2)], "device_id__count_1h") == 2  # both counted once
 
 def test_a_blob_of_another_layout_is_refused_not_misread(redis_url: str) -> None:
     store = RedisStore.from_url(redis_url, StoreLimits(keep_seconds=86_400), timeout_s=2,

@@ -865,11 +865,11 @@ def test_batches_wait_on_the_store_in_worker_threads_and_single_transactions_on_
     callers: list[int] = []
     read_and_write = RedisStore.read_and_write
 
-    def meet(self: RedisStore, queries: Any, records: Any) -> Any:
+    def meet(self: RedisStore, queries: Any, records: Any, answer: Any) -> Any:
         callers.append(threading.get_ident())
         if len(records) >= THREAD_ROWS:
             met.wait()
-        return read_and_write(self, queries, records)
+        return read_and_write(self, queries, records, answer)
 
     monkeypatch.setattr(RedisStore, "read_and_write", meet)
     scorer = make_scorer(home, tmp_path, feature_store_url=redis_url, feature_store_timeout_seconds=2)
@@ -990,7 +990,7 @@ def test_a_failing_store_is_skipped_for_a_while_and_the_writes_it_missed_are_mad
 
     def score(i: int, at: float) -> tuple[float, bool]:
         now[0] = at
-        features, fallback = entities.compute(schema_rows[i:i + 1], record=True)
+        features, fallback = entities.compute(schema_rows[i:i + 1], record=True, then=lambda matrix: matrix)
         return features[0, count], fallback
 
     assert score(0, 0.0) == (0, False)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from catboost import FeaturesData, Pool
@@ -29,6 +29,8 @@ from fraudops.schema import DatasetSpec
 from fraudops.serving.errors import RequestError
 from fraudops.serving.rows import RowSchema
 from fraudops.settings import ServingConfig
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -163,20 +165,23 @@ class EntityFeatures:
         store = self.live.store if self.live is not None else None
         return store.take_races() if isinstance(store, RedisStore) else 0
 
-    def compute(self, rows: list[dict[str, Any]], record: bool) -> tuple[np.ndarray, bool]:
-        """The entity features of validated rows (rows x names), and whether they fell back on the snapshot.
+    def compute(self, rows: list[dict[str, Any]], record: bool, then: Callable[[np.ndarray], T]
+                ) -> tuple[T, bool]:
+        """``then`` of the entity features of validated rows (rows x names), and whether they fell back on the
+        snapshot.
 
         ``record``: read then record the rows, in one store call (a transaction id already recorded is not counted
-        again), after the writes held from an outage; otherwise only read (shadow scoring: the deciding model
-        records the transaction). When the store fails, the rows that were to be recorded are held for later."""
+        again), after the writes held from an outage, with ``then`` run while the store records them; otherwise
+        only read (shadow scoring: the deciding model records the transaction). When the store fails, the rows that
+        were to be recorded are held for later."""
         live, guard = self.live, self.guard
         if live is None:
-            return self.frozen.lookup(rows), False
+            return then(self.frozen.lookup(rows)), False
         if not guard.skipping():
             try:
                 if record:
                     guard.flush(live.store)
-                return (live.process(rows) if record else live.lookup(rows)), False
+                return (live.process(rows, then) if record else then(live.lookup(rows))), False
             except StoreUnavailable as exc:
                 guard.failed(exc)
                 now = time.monotonic()
@@ -185,7 +190,7 @@ class EntityFeatures:
                     log.warning("the feature store is unavailable, serving frozen entity features: %s", exc)
         if record:
             guard.hold(live.records(rows))
-        return self.frozen.lookup(rows), True
+        return then(self.frozen.lookup(rows)), True
 
 
 def _seed(url: str, limits: StoreLimits, bundle: ModelBundle, tag: str) -> bool:
@@ -289,16 +294,22 @@ class ServedModel:
         only reads it."""
         started = time.perf_counter()
         names = self.feature_names
-        state = self.bundle.state
-        features: dict[str, Any] = state.row_features(state.row_inputs(rows))
+        state, model, entities = self.bundle.state, self.bundle.model, self.entities
+        row_features = functools.cache(lambda: state.row_features(state.row_inputs(rows)))
+
+        def score(matrix: np.ndarray | None) -> tuple[dict[str, Any], Pool, list[float]]:
+            features: dict[str, Any] = dict(row_features())
+            if matrix is not None and entities is not None:
+                features.update(zip(entities.frozen.feature_names, matrix.T, strict=True))
+            pool = _pool(features, names, state.categorical_features)
+            return features, pool, model.predict_proba(pool)[:, 1].tolist()
+
         store = fallback = False
-        if self.entities is not None:
-            matrix, fallback = self.entities.compute(rows, record)
-            store = self.entities.live is not None
-            features.update(zip(self.entities.frozen.feature_names, matrix.T, strict=True))
-        pool = _pool(features, names, state.categorical_features)
-        model = self.bundle.model
-        scores = model.predict_proba(pool)[:, 1].tolist()
+        if entities is None:
+            features, pool, scores = score(None)
+        else:  # with a store recording the rows: scored while it records (again if a race changed the features)
+            (features, pool, scores), fallback = entities.compute(rows, record, score)
+            store = entities.live is not None
         seconds = time.perf_counter() - started
         codes = None
         if explain:
