@@ -215,6 +215,35 @@ def test_unknown_categories_extra_fields_integer_ids_and_missing_optionals_are_v
     assert "country" not in normalised[1] and "channel" not in normalised[0]
 
 
+def test_keys_spelled_as_usual_take_the_plain_validation_with_the_same_result(scorer):
+    """`RowSchema` first validates without a Python call per key; a key it cannot take that way (or a bad row) sends
+    the batch to the full validation. Both give the same rows, for every spelling."""
+    from pydantic import ValidationError
+
+    schema = scorer.model.schema
+    spellings = ["dev-1", "154.124.159.0", "10.0.0.0", "1.5.0", "a.0", "-.0", "--1.0", "1-2.0", "12..0", "x\n1.0",
+                 "٣.0", "7.0", "-7.0", "07.0", ".0", "0", "", "é", "10", 7, -3, 2**70, 7.0, -3.0, 7.5, math.nan, None,
+                 True]
+    plain = 0
+    for value in spellings:
+        rows = [valid(device_id=value, user_id=value)]
+        try:
+            full = schema.adapter.validate_python(copy.deepcopy(rows))
+        except ValidationError:
+            full = None
+        try:
+            fast = schema._plain.validate_python(copy.deepcopy(rows))
+        except ValidationError:
+            fast = None
+        if fast is not None:
+            plain += 1
+            assert fast == full, value
+        if full is not None:
+            assert schema.validate(copy.deepcopy(rows)) == full, value
+    assert plain == 15  # the 11 texts key_text leaves alone, the 3 integers and None
+    assert schema._plain.validate_python([valid()]) == schema.validate([valid()])
+
+
 # -- features and scores --------------------------------------------------------------------------------------
 def test_row_path_features_equal_the_frame_path(scorer, trained):
     """The scorer's row adapters (validated rows) give the features of the frame adapters (`bundle.features`),
