@@ -1,7 +1,7 @@
 """Scoring throughput of a running release on Kubernetes (the cluster of `make kind-up`), with its feature store.
 
-Sends batches of new synthetic transactions (spread over 20 days, so that each batch reads and records entity
-values the store has not seen in that window) to the scorer Service, closed loop at each number of batches in
+Sends batches of new synthetic transactions (customers, devices and IPs of a population new to the store, drawn
+from a seed of the run; spread over 20 days) to the scorer Service, closed loop at each number of batches in
 flight, and reports rows per second against one batch in flight, measured in the same run. Every scorer replica's
 counters are read in its pod before and after (answers from the frozen snapshot, lost write races), and the
 store's keys and memory at the end. Uses only the kubeconfig it is given (default: the one `make kind-up` wrote).
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -24,6 +25,9 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+# the kubectl `make kind-up` built (scripts/lib.sh), else the one on PATH (a laptop with kind)
+BUILT_KUBECTL = Path(os.environ.get("FRAUDOPS_CACHE", Path.home() / ".cache" / "fraudops")) / "bin" / \
+    "kubernetes-v1.34.4" / "kubectl"
 if str(ROOT) not in sys.path:  # run as a script: make `bench.common` importable
     sys.path.insert(0, str(ROOT))
 
@@ -42,8 +46,8 @@ print(json.dumps({"kinds": kinds, "used_memory": r.info("memory")["used_memory"]
 class Cluster:
     """kubectl against one kubeconfig and namespace, never the ambient ones."""
 
-    def __init__(self, kubeconfig: Path, namespace: str) -> None:
-        self.base = ["kubectl", "--kubeconfig", str(kubeconfig), "-n", namespace]
+    def __init__(self, kubectl: str, kubeconfig: Path, namespace: str) -> None:
+        self.base = [kubectl, "--kubeconfig", str(kubeconfig), "-n", namespace]
 
     def run(self, *args: str, timeout: float = 120) -> str:
         return subprocess.run([*self.base, *args], capture_output=True, text=True, check=True,
@@ -76,11 +80,10 @@ class Cluster:
 
 
 def batches(count: int, size: int, seed: int) -> list[bytes]:
-    """``count`` request bodies of ``size`` new transactions each (ids unique to this seed and time)."""
+    """``count`` request bodies of ``size`` new transactions each, in time order, of the population of ``seed``."""
     from fraudops.data.synthetic import generate_transactions
 
     frame = generate_transactions(count * size, seed=seed, start="2026-04-01", days=20).drop(columns=["is_fraud"])
-    frame["transaction_id"] = f"bench-{int(time.time())}-{seed}-" + frame["transaction_id"].astype(str)
     for column in ("signup_time", "purchase_time"):
         frame[column] = frame[column].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
     rows = json.loads(frame.to_json(orient="records"))
@@ -121,13 +124,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", required=True, help="the scorer Service, e.g. http://10.254.254.1:30080")
     parser.add_argument("--kubeconfig", type=Path, default=ROOT / ".kind" / "kubeconfig")
+    parser.add_argument("--kubectl", default=str(BUILT_KUBECTL) if BUILT_KUBECTL.exists() else "kubectl")
     parser.add_argument("--namespace", default="fraudops")
     parser.add_argument("--in-flight", default="1,2,4,8", help="comma-separated batches in flight")
     parser.add_argument("--batches", type=int, default=12, help="batches per number in flight")
     parser.add_argument("--size", type=int, default=1000, help="transactions per batch")
+    parser.add_argument("--seed", type=int, default=int(time.time()) % 1_000_000 * 100,
+                        help="first seed of the run's populations (default: from the clock, new to the store)")
     parser.add_argument("--out", type=Path, help="also write the table to this markdown file")
     args = parser.parse_args(argv)
-    cluster = Cluster(args.kubeconfig, args.namespace)
+    cluster = Cluster(args.kubectl, args.kubeconfig, args.namespace)
     pods = cluster.scorers()
     if not pods:
         raise SystemExit(f"no running scorer pod in namespace {args.namespace!r}")
@@ -135,10 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     levels = [int(n) for n in args.in_flight.split(",")]
     print(f"{len(pods)} scorer pods; warming up ...", flush=True)
-    closed_loop(args.url, batches(2, args.size, seed=100), 1)
+    closed_loop(args.url, batches(2, args.size, seed=args.seed), 1)
     rows: list[list[Any]] = []
     base = float("nan")
-    for seed, in_flight in enumerate(levels, start=101):
+    for seed, in_flight in enumerate(levels, start=args.seed + 1):
         bodies = batches(args.batches, args.size, seed)
         before = cluster.counters(pods)
         wall, latencies, failures = closed_loop(args.url, bodies, in_flight)
@@ -158,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
          "max a batch (ms)", "store calls", "from the frozen snapshot", "write races lost", "failed or flagged"],
         rows)
     report = "\n".join([
-        f"# Cluster scoring, {len(pods)} scorer pods, batches of {args.size}", "",
+        f"# Cluster scoring, {len(pods)} scorer pods, batches of {args.size} (seeds from {args.seed})", "",
         f"- started {started}; machine: " + "; ".join(f"{k}: {v}" for k, v in facts.items()), "",
         table, "",
         f"- the store after the run: {kinds.get('e', 0):,} entity values, {kinds.get('t', 0):,} transaction markers "
