@@ -211,6 +211,11 @@ def _states(states: States) -> States:
     return states
 
 
+def _nothing_to_write() -> int:
+    """The status of a write with nothing to send (`RedisStore._write`'s 1: done)."""
+    return 1
+
+
 @dataclass(frozen=True)
 class Query:
     """What to read for a batch: its distinct ``entities``, and per (transaction, paired entity value) pair
@@ -878,8 +883,7 @@ class RedisStore:
                 take = fresh[new_rows]
                 rows = new_rows[take]
                 new = _NewEvents(owner[take], record_ticks[rows], record_amount[rows], record_account[rows], txn[rows])
-                status: int | list[int] = 1
-                result = None
+                written: Callable[[], int | list[int]] = _nothing_to_write
                 if len(new.entity) or adds is not None:
                     token = secrets.randbits(63) | 1
                     merged = _merge(old, paired, new, adds, max(keep_ticks, self.limits.keep_ticks), self.limits,
@@ -889,13 +893,10 @@ class RedisStore:
                                           [names[i] for i in merged.touched], old.head["token"][merged.touched], adds,
                                           [markers[i] for i in np.flatnonzero(marking).tolist()]
                                           + self._markers("x", merged.folded_early.tolist()), timeout)
-                    try:  # the answer from the blobs this write replaces, while Redis runs the script
-                        if query is not None and answer is not None:
-                            result = answer(old.states(query, estimate))
-                    finally:  # read the reply whatever happened, so that the connection stays in step
-                        status = written()
-                elif query is not None and answer is not None:
-                    result = answer(old.states(query, estimate))
+                try:  # the answer from the blobs this write replaces, while Redis runs the script
+                    result = answer(old.states(query, estimate)) if query is not None and answer is not None else None
+                finally:  # read the reply whatever happened, so that the connection stays in step
+                    status = written()
                 if not isinstance(status, list):
                     return result, (status if adds is not None else int(fresh.sum()))
                 with self._queue_lock:

@@ -380,7 +380,6 @@ def test_concurrent_writers_both_count_the_loser_reads_and_merges_again(redis_ur
     assert feature(probe, [{**row(2), "ip_address": "ip0"}], "ip_address__count_all") == 1  # the first's, once
 
 
-
 def test_a_scored_batch_computes_its_features_while_its_write_is_on_the_way(redis_url: str, monkeypatch) -> None:
     """The features of a scored batch are computed between sending the write script and reading its reply; when
     the write lost a race, computed again from what was read again (here: a transaction before it, written by
@@ -411,6 +410,7 @@ def test_a_scored_batch_computes_its_features_while_its_write_is_on_the_way(redi
     assert online.process([row(1)])[0, online.feature_names.index("device_id__count_1h")] == 1
     assert steps == ["sent", "features", "reply"] * 2 and first.take_races() == 1
     assert feature(OnlineFeatures(CONFIG, second), [row(2)], "device_id__count_1h") == 2  # both counted once
+
 
 def test_a_blob_of_another_layout_is_refused_not_misread(redis_url: str) -> None:
     store = RedisStore.from_url(redis_url, StoreLimits(keep_seconds=86_400), timeout_s=2,
