@@ -50,8 +50,11 @@ class Cluster:
         self.base = [kubectl, "--kubeconfig", str(kubeconfig), "-n", namespace]
 
     def run(self, *args: str, timeout: float = 120) -> str:
-        return subprocess.run([*self.base, *args], capture_output=True, text=True, check=True,
-                              timeout=timeout).stdout
+        """kubectl's output; a failure stops the run with the command and kubectl's error."""
+        result = subprocess.run([*self.base, *args], capture_output=True, text=True, timeout=timeout)
+        if result.returncode != 0:
+            raise SystemExit(f"{' '.join([*self.base, *args])} failed ({result.returncode}): {result.stderr.strip()}")
+        return result.stdout
 
     def scorers(self) -> list[str]:
         names = self.run("get", "pods", "-l", "app.kubernetes.io/component=scorer", "--field-selector",

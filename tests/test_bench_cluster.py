@@ -7,10 +7,11 @@ import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
-from bench.bench_cluster import batches, closed_loop
+from bench.bench_cluster import Cluster, batches, closed_loop
 from fraudops.schema import SYNTHETIC
 
 
@@ -64,3 +65,11 @@ def test_closed_loop_sends_every_batch_once_and_reports_flagged_answers(scorer: 
     assert sorted(seen) == [20] * 6 and len(latencies) == 6
     assert 0 < max(latencies) <= wall
     assert failures == ["answered from the frozen snapshot"] * 2
+
+
+def test_a_failing_kubectl_stops_the_run_naming_the_command(tmp_path) -> None:
+    kubectl = tmp_path / "kubectl"
+    kubectl.write_text("#!/bin/sh\necho 'error: no cluster here' >&2\nexit 3\n")
+    kubectl.chmod(0o755)
+    with pytest.raises(SystemExit, match=r"--kubeconfig /nowhere -n fraudops get pods failed \(3\): error: no cluster"):
+        Cluster(str(kubectl), Path("/nowhere"), "fraudops").run("get", "pods")
