@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -109,6 +110,20 @@ def save_bundle():
     return save_small_bundle
 
 
+REDIS_FIXTURES = frozenset({"redis_url", "redis_server"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that start a Redis (``-m redis``: what CI runs again with
+    ``FRAUDOPS_TEST_REDIS_SERVER=valkey-server``): those asking for a Redis fixture, and the cases of store-kind
+    parametrised fixtures (``new_store``, ``store_kind``) whose kind is ``redis``."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if REDIS_FIXTURES & set(getattr(item, "fixturenames", ())) or (
+                callspec is not None and "redis" in callspec.params.values()):
+            item.add_marker(pytest.mark.redis)
+
+
 class RedisServer:
     """A private ``redis-server`` on a free loopback port, without persistence (`stop` ends it)."""
 
@@ -153,8 +168,13 @@ class RedisServer:
 
 
 def _redis_binary() -> str:
-    binary = shutil.which("redis-server")
+    """The server the store tests run against: ``$FRAUDOPS_TEST_REDIS_SERVER`` (e.g. ``valkey-server``: a missing one
+    fails), else Debian's redis-server (the tests skip without it)."""
+    wanted = os.environ.get("FRAUDOPS_TEST_REDIS_SERVER")
+    binary = shutil.which(wanted or "redis-server")
     if binary is None:
+        if wanted:
+            pytest.fail(f"FRAUDOPS_TEST_REDIS_SERVER={wanted} is not an executable on PATH")
         pytest.skip("needs Debian's redis-server (apt-get install redis-server)")
     return binary
 

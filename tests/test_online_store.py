@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -90,6 +91,19 @@ def test_beyond_exact_accounts_the_all_history_count_is_an_estimate(new_store) -
         assert len(store.client.get(store.key("e", DEV))) == 64 + 32 * 300  # header and events, no accounts
     else:
         assert estimate == 300
+
+
+def test_the_redis_tests_run_on_the_server_asked_for(redis_url: str) -> None:
+    """``FRAUDOPS_TEST_REDIS_SERVER=valkey-server`` runs these tests on Valkey (CI does, where Debian has it): the
+    server answering must be that one, not whatever ``redis-server`` is on the PATH."""
+    wanted = os.path.basename(os.environ.get("FRAUDOPS_TEST_REDIS_SERVER") or "redis-server")
+    client = redis.Redis.from_url(redis_url)
+    try:
+        info = client.info("server")
+    finally:
+        client.close()
+    assert os.path.basename(info["executable"]) == wanted
+    assert (info.get("server_name") == "valkey") == wanted.startswith("valkey")
 
 
 def test_redis_keys_expire_with_the_longest_window_or_the_retention(redis_url: str) -> None:
