@@ -120,7 +120,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         callspec = getattr(item, "callspec", None)
         if REDIS_FIXTURES & set(getattr(item, "fixturenames", ())) or (
-                callspec is not None and "redis" in callspec.params.values()):
+                callspec is not None and any(isinstance(v, str) and v == "redis" for v in callspec.params.values())):
             item.add_marker(pytest.mark.redis)
 
 
