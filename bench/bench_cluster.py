@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -25,9 +24,6 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
-# the kubectl `make kind-up` built (scripts/lib.sh), else the one on PATH (a laptop with kind)
-BUILT_KUBECTL = Path(os.environ.get("FRAUDOPS_CACHE", Path.home() / ".cache" / "fraudops")) / "bin" / \
-    "kubernetes-v1.34.4" / "kubectl"
 if str(ROOT) not in sys.path:  # run as a script: make `bench.common` importable
     sys.path.insert(0, str(ROOT))
 
@@ -41,6 +37,15 @@ r = redis.Redis.from_url(os.environ["FRAUDOPS_FEATURE_STORE_URL"])
 kinds = collections.Counter(key.split(b":")[2].decode() for key in r.scan_iter(count=10000) if key.count(b":") >= 3)
 print(json.dumps({"kinds": kinds, "used_memory": r.info("memory")["used_memory"]}))
 """
+
+
+def kind_up_tools() -> tuple[str, Path]:
+    """The kubectl and kubeconfig of the cluster `make kind-up` made, as its scripts find them (scripts/lib.sh: the
+    kubectl built here, else the one on PATH; the kubeconfig it wrote)."""
+    found = subprocess.run(["bash", "-c", 'source "$1" && printf "%s\\n%s" "$KUBECTL" "$KIND_KUBECONFIG"', "lib.sh",
+                            str(ROOT / "scripts" / "lib.sh")], capture_output=True, text=True, check=True).stdout
+    kubectl, kubeconfig = found.split("\n")
+    return kubectl, Path(kubeconfig)
 
 
 class Cluster:
@@ -126,8 +131,9 @@ def closed_loop(url: str, bodies: list[bytes], in_flight: int) -> tuple[float, l
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", required=True, help="the scorer Service, e.g. http://10.254.254.1:30080")
-    parser.add_argument("--kubeconfig", type=Path, default=ROOT / ".kind" / "kubeconfig")
-    parser.add_argument("--kubectl", default=str(BUILT_KUBECTL) if BUILT_KUBECTL.exists() else "kubectl")
+    kubectl, kubeconfig = kind_up_tools()
+    parser.add_argument("--kubeconfig", type=Path, default=kubeconfig)
+    parser.add_argument("--kubectl", default=kubectl)
     parser.add_argument("--namespace", default="fraudops")
     parser.add_argument("--in-flight", default="1,2,4,8", help="comma-separated batches in flight")
     parser.add_argument("--batches", type=int, default=12, help="batches per number in flight")

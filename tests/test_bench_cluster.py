@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.bench_cluster import Cluster, batches, closed_loop
+from bench.bench_cluster import ROOT, Cluster, batches, closed_loop, kind_up_tools
 from fraudops.schema import SYNTHETIC
 
 
@@ -73,3 +73,17 @@ def test_a_failing_kubectl_stops_the_run_naming_the_command(tmp_path) -> None:
     kubectl.chmod(0o755)
     with pytest.raises(SystemExit, match=r"--kubeconfig /nowhere -n fraudops get pods failed \(3\): error: no cluster"):
         Cluster(str(kubectl), Path("/nowhere"), "fraudops").run("get", "pods")
+
+
+def test_the_kubectl_and_kubeconfig_are_the_ones_the_cluster_scripts_use(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("FRAUDOPS_CACHE", str(tmp_path))
+    monkeypatch.delenv("KIND_KUBECONFIG", raising=False)
+    monkeypatch.delenv("KUBE_VERSION", raising=False)
+    assert kind_up_tools() == ("kubectl", ROOT / ".kind" / "kubeconfig")  # nothing built here: the one on PATH
+    built = tmp_path / "bin" / "kubernetes-v1.2.3" / "kubectl"
+    built.parent.mkdir(parents=True)
+    built.write_text("#!/bin/sh\n")
+    built.chmod(0o755)
+    monkeypatch.setenv("KUBE_VERSION", "v1.2.3")
+    monkeypatch.setenv("KIND_KUBECONFIG", str(tmp_path / "kubeconfig"))
+    assert kind_up_tools() == (str(built), tmp_path / "kubeconfig")
