@@ -5,8 +5,8 @@ Endpoints: ``POST /score`` ``{"transactions": [...], "explain": false}``, ``POST
 ``/docs.json``. Settings are FRAUDOPS_* environment variables (`fraudops.settings.ServingConfig`); the logic lives
 in `fraudops.serving`, this module only adapts it to BentoML. ``/feedback`` and ``/reload`` need
 ``Authorization: Bearer <token>`` (`fraudops.serving.auth`: FRAUDOPS_INTERNAL_TOKEN, FRAUDOPS_INTERNAL_TOKEN_FILE,
-or a token generated at the first start, whose file the log names). ``/reload`` reaches the one worker that takes the
-request: with ``FRAUDOPS_WORKERS`` > 1 the others switch at their next champion poll (``FRAUDOPS_POLL_SECONDS``).
+or a token generated at the first start, whose file the log names). With ``FRAUDOPS_WORKERS`` > 1 the worker that
+takes ``/reload`` has the others reload too (`fraudops.serving.siblings`) and answers once they have.
 
 Metrics on ``/metrics`` besides BentoML's own ``bentoml_service_*``:
 
@@ -76,6 +76,7 @@ from fraudops.serving import (
 )
 from fraudops.serving.auth import internal_token
 from fraudops.serving.openapi import AmendedDocs, amend
+from fraudops.serving.siblings import Siblings
 from services import traffic
 
 traffic.install()  # before the app is built: BentoML's request timer would hold every request for the timeout
@@ -110,7 +111,8 @@ class FraudScorer:
     def __init__(self) -> None:
         logging.getLogger("fraudops").setLevel(logging.INFO)  # model switches in the log (BentoML's root: WARNING)
         _token()  # at start, so that a missing token file fails the worker and a generated one is logged now
-        self.scorer = Scorer.from_config(CONFIG, packaged=PACKAGED_TAG)
+        self.scorer = Scorer.from_config(CONFIG, packaged=PACKAGED_TAG,
+                                         siblings=Siblings() if CONFIG.workers > 1 else None)
         _SCORERS.append(self.scorer)
         self.scorer.start()
 
@@ -150,9 +152,10 @@ class FraudScorer:
 
     @bentoml.api(route="/reload")
     async def reload(self) -> ReloadResponse:
-        """Switch to the model FRAUDOPS_MODEL_TAG points at now (409, old model kept, if it cannot be served)."""
+        """Switch every worker to the model FRAUDOPS_MODEL_TAG points at now (409, old model kept, if it cannot be
+        served)."""
         try:
-            result = await anyio.to_thread.run_sync(self.scorer.reload)
+            result = await anyio.to_thread.run_sync(self.scorer.reload_everywhere)
         except ModelLoadError as exc:
             model = self.scorer.model
             return _json({"error": str(exc), "model_tag": model.tag if model else None}, 409)

@@ -74,8 +74,10 @@ def models(tmp_path_factory) -> dict[str, Any]:
 
 @contextmanager
 def scorers(workdir: Path, home: Path, count: int = 1, **settings: str) -> Iterator[list[Service]]:
-    """``count`` scorer processes on one BentoML home and one prediction log, ready; at the end each gets SIGTERM
-    and then every process of their trees that is left is killed (BentoML workers run in sessions of their own)."""
+    """``count`` scorer processes of two workers each (what `auto` gives on 2 cores) on one BentoML home and one
+    prediction log, ready; at the end each gets SIGTERM and then every process of their trees that is left is
+    killed (BentoML workers run in sessions of their own)."""
+    settings = {"FRAUDOPS_WORKERS": "2", **settings}
     log_root = workdir / "predlog"
     services: list[Service] = []
     family: dict[int, psutil.Process] = {}
@@ -113,6 +115,9 @@ def alive(proc: psutil.Process) -> bool:
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+BOTH = {"serving": 2, "total": 2, "errors": {}}  # /reload reached both workers of a scorer
 
 
 def reload(svc: Service) -> dict[str, Any]:
@@ -378,7 +383,7 @@ def test_controller_promotes_a_good_challenger_through_shadow_and_canary(models,
             models["a"], rollout.id, promote.reason)
 
         assert reload(svc) == {"model_tag": models["b"], "previous": models["a"], "changed": True,
-                               "rollout": None}
+                               "rollout": None, "workers": BOTH}
         assert rollout_on(svc) is None
         body = answer(svc, models["requests"][-BATCH:])
         assert body["model_tag"] == models["b"] and not any("model_tag" in r for r in body["results"])
@@ -416,7 +421,7 @@ def test_controller_aborts_a_challenger_that_declines_far_more(models, tmp_path)
                    for body in traffic.answers)  # the champion answered every request meanwhile
 
         assert reload(svc) == {"model_tag": models["a"], "previous": models["a"], "changed": False,
-                               "rollout": None}
+                               "rollout": None, "workers": BOTH}
         assert rollout_on(svc) is None
         assert answer(svc, models["requests"][-BATCH:])["model_tag"] == models["a"]
     print(f"\naborted after {dict(logged)} rows: {abort.reason}")

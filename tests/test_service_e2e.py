@@ -112,7 +112,8 @@ def models(tmp_path_factory) -> dict[str, Any]:
 def service(models, tmp_path_factory) -> Iterator[Service]:
     workdir = tmp_path_factory.mktemp("main-service")
     home = Path(shutil.copytree(models["home"], workdir / "home"))
-    svc = Service(workdir, home, FRAUDOPS_MAX_BATCH="200", FRAUDOPS_LOG_FLUSH_SECONDS="1")
+    # two workers, as `auto` gives on a 2-core machine: every test on this service runs on both
+    svc = Service(workdir, home, FRAUDOPS_MAX_BATCH="200", FRAUDOPS_LOG_FLUSH_SECONDS="1", FRAUDOPS_WORKERS="2")
     try:
         svc.wait()
         yield svc
@@ -287,7 +288,7 @@ def test_metrics_are_exported(service, models):
               if line.startswith("fraudops_scorer_")}
     assert values["fraudops_scorer_rows_scored_total"] >= 5
     assert values['fraudops_scorer_validation_errors_total{reason="negative"}'] >= 1
-    assert values['fraudops_scorer_requests_total{endpoint="score",outcome="ok"}'] >= 2
+    assert values['fraudops_scorer_requests_total{endpoint="score",outcome="ok"}'] >= 1
     assert values["fraudops_scorer_score_count"] >= 5
     assert values['fraudops_scorer_request_latency_seconds_count{endpoint="score"}'] >= 2
     assert sum(v for k, v in values.items() if k.startswith("fraudops_scorer_decisions_total")) >= 5
@@ -299,7 +300,8 @@ def test_metrics_are_exported(service, models):
 
 
 def test_model_switch_under_load_fails_no_request(service, models):
-    """Last test on the shared service: it moves the champion (reload, then the poll back)."""
+    """Last test on the shared service: it moves the champion. /reload reaches one worker, which has the other
+    reload too before it answers: no request that starts after the answer gets the old model."""
     registry = Registry(home=Path(service.log_root).parent / "home", remote="")
     before = service.score(models["requests"][:1]).json()["model_tag"]
     after = models["b"] if before == models["a"] else models["a"]
@@ -329,7 +331,8 @@ def test_model_switch_under_load_fails_no_request(service, models):
     for thread in threads:
         thread.join()
     assert reload.status_code == 200 and reload.json() == {"model_tag": after, "previous": before, "changed": True,
-                                                        "rollout": None}
+                                                        "rollout": None,
+                                                        "workers": {"serving": 2, "total": 2, "errors": {}}}
     assert len(outcomes) > 50 and {status for _, status, _ in outcomes} == {200}
     assert {tag for _, _, tag in outcomes} == {before, after}
     assert {tag for started, _, tag in outcomes if started > switched} == {after}

@@ -107,6 +107,14 @@ class RolloutState(BaseModel):
     percent: float
 
 
+class WorkersState(BaseModel):
+    """How many of the server's workers serve the answer's model after a /reload (with more than one worker)."""
+
+    serving: int
+    total: int
+    errors: dict[str, str] = Field(default_factory=dict, description="worker pid: why it does not serve it")
+
+
 class ReloadResponse(BaseModel):
     """Response of POST /reload."""
 
@@ -114,4 +122,5 @@ class ReloadResponse(BaseModel):
     previous: str | None
     changed: bool
     rollout: RolloutState | None = None
+    workers: WorkersState | None = None
 

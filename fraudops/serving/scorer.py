@@ -29,11 +29,13 @@ from fraudops.serving.errors import RequestError, check_batch, problems_of
 from fraudops.serving.metrics import ScorerMetrics, private_registry
 from fraudops.serving.model import ModelLoadError, ModelSource, ServedModel, StoreGuard
 from fraudops.serving.shadow import LogCounts, ShadowJob, ShadowOutcome, ShadowProcess
+from fraudops.serving.siblings import TICK_SECONDS, Siblings
 from fraudops.settings import ServingConfig
 
 log = logging.getLogger(__name__)
 
 RETRY_SECONDS = 5.0  # how often an unready service retries loading when the champion poll is off
+SIBLING_SECONDS = 30.0  # how long /reload waits for the server's other workers to load the model
 THREAD_ROWS = 32
 """Requests of at least this many transactions wait on the feature store in a worker thread (`Scorer.score_async`)."""
 
@@ -50,8 +52,9 @@ class Scorer:
     """
 
     def __init__(self, config: ServingConfig, source: ModelSource, log_writer: LogWriter,
-                 metrics: ScorerMetrics | None = None) -> None:
+                 metrics: ScorerMetrics | None = None, siblings: Siblings | None = None) -> None:
         self.config = config
+        self.siblings = siblings
         self.source = source
         self.service_spec = config.service_spec()
         self.log = log_writer
@@ -68,8 +71,9 @@ class Scorer:
 
     @classmethod
     def from_config(cls, config: ServingConfig, *, packaged: str | None = None,
-                    metrics: ScorerMetrics | None = None) -> Scorer:
-        """A scorer with the registry, prediction log and metrics the settings describe."""
+                    metrics: ScorerMetrics | None = None, siblings: Siblings | None = None) -> Scorer:
+        """A scorer with the registry, prediction log and metrics the settings describe (``siblings``: the other
+        workers of its server, which `reload_everywhere` reaches)."""
         metrics = metrics or ScorerMetrics()
         writer = LogWriter(config.prediction_log or default_root(), flush_rows=config.log_flush_rows,
                            flush_seconds=config.log_flush_seconds,
@@ -81,7 +85,7 @@ class Scorer:
             metrics.wal_recovered.inc(writer.wal_recovered_rows)
             log.warning("recovered %d logged rows a killed scorer had written ahead to %s (%d torn records skipped)",
                         writer.wal_recovered_rows, writer.wal_dir, writer.wal_unreadable_records)
-        return cls(config, ModelSource(config.model_tag, packaged=packaged), writer, metrics)
+        return cls(config, ModelSource(config.model_tag, packaged=packaged), writer, metrics, siblings)
 
     @property
     def model(self) -> ServedModel | None:
@@ -197,18 +201,49 @@ class Scorer:
         self.metrics.model_loads.labels("failed").inc()
 
     def start(self) -> None:
-        """Load the model (a failure leaves the service unready and is retried) and start the champion poll."""
+        """Load the model (a failure leaves the service unready and is retried), then start the champion poll and,
+        with siblings, listen to their requests."""
         self._try_reload()
-        if self.config.poll_seconds > 0 or not self.ready:
+        if self.siblings is not None:
+            self.siblings.join()
+        if self.config.poll_seconds > 0 or not self.ready or self.siblings is not None:
             self._watcher = threading.Thread(target=self._watch, name="fraudops-model-watch", daemon=True)
             self._watcher.start()
 
     def _watch(self) -> None:
+        polled = time.monotonic()
         while True:
             interval = self.config.poll_seconds or (None if self.ready else RETRY_SECONDS)
-            if interval is None or self._stop.wait(interval):
+            if interval is None and self.siblings is None:
                 return
-            self._try_reload()
+            if self._stop.wait(TICK_SECONDS if self.siblings is not None else interval):
+                return
+            if self.siblings is not None:
+                for request, action in self.siblings.pending():
+                    self.siblings.answer(request, self._reload_answer() if action == "reload" else
+                                         {"error": f"unknown action {action!r}"})
+            if interval is not None and time.monotonic() - polled >= interval:
+                polled = time.monotonic()
+                self._try_reload()
+
+    def _reload_answer(self) -> dict[str, Any]:
+        try:
+            return self.reload()
+        except ModelLoadError as exc:
+            return {"error": str(exc)}
+
+    def reload_everywhere(self) -> dict[str, Any]:
+        """`reload` here, then in every other worker of this server; ``workers`` says how many of them serve the
+        answer's model now (``total``: those asked and this one; ``errors``: why the others do not)."""
+        result = self.reload()
+        if self.siblings is None:
+            return result
+        asked = self.siblings.ask("reload", SIBLING_SECONDS)
+        errors = {str(pid): answer.get("error") or f"serves {answer.get('model_tag')}"
+                  for pid, answer in asked["answers"].items() if answer.get("model_tag") != result["model_tag"]}
+        errors.update({str(pid): f"no answer in {SIBLING_SECONDS:.0f} s" for pid in asked["unanswered"]})
+        total = 1 + len(asked["answers"]) + len(asked["unanswered"])
+        return {**result, "workers": {"serving": total - len(errors), "total": total, "errors": errors}}
 
     def _try_reload(self) -> None:
         with contextlib.suppress(ModelLoadError):  # logged when the reason changes; the watcher retries
@@ -217,6 +252,8 @@ class Scorer:
     def close(self) -> None:
         """Stop polling, write every logged row, then finish shadow scoring (the answers' rows first: a shadow
         process slow to stop must not use up the grace period they need)."""
+        if self.siblings is not None:
+            self.siblings.leave()
         self._stop.set()
         if self._watcher is not None:
             self._watcher.join()
