@@ -7,9 +7,12 @@ README's settings table (a test keeps the two equal): ``python -m fraudops.setti
 
 from __future__ import annotations
 
+import math
+import os
+from pathlib import Path
 from typing import Any, ClassVar, Self
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fraudops.decisions import DECLINE_FACTOR, REVIEW_FACTOR
@@ -45,6 +48,35 @@ def variable(cls: type[BaseSettings], field: str) -> str:
     if isinstance(alias, AliasChoices):
         return str(alias.choices[0])
     return str(alias) if alias else PREFIX + field.upper()
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may use: its affinity, bounded by its cgroup's CPU limit (a container's)."""
+    cpus = len(os.sched_getaffinity(0))
+    limit = _cgroup_cpu_limit()
+    return max(1, min(cpus, math.ceil(limit))) if limit else cpus
+
+
+def _cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup"), proc: Path = Path("/proc/self/cgroup")) -> float | None:
+    """CPUs of this process's cgroup quota (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``); None without one."""
+    try:
+        groups = {controllers: path for _, controllers, path in
+                  (line.split(":", 2) for line in proc.read_text().splitlines() if line.count(":") >= 2)}
+    except OSError:
+        groups = {}
+    v1 = next((path for controllers, path in groups.items() if "cpu" in controllers.split(",")), "/")
+    # the process's group first, then the root (what a container sees in its cgroup namespace)
+    for folder in (root / groups.get("", "/").lstrip("/"), root, root / "cpu" / v1.lstrip("/"), root / "cpu"):
+        try:
+            if (folder / "cpu.max").exists():
+                quota, period = (folder / "cpu.max").read_text().split()[:2]
+                return None if quota == "max" else int(quota) / int(period)
+            quota_us = int((folder / "cpu.cfs_quota_us").read_text())
+            period_us = int((folder / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            continue
+        return quota_us / period_us if quota_us > 0 and period_us > 0 else None
+    return None
 
 
 class StoreSettings(_Settings):
@@ -86,11 +118,11 @@ class ServingConfig(StoreSettings):
                                 "`off`: no write-ahead")
     wal_fsync_seconds: float = Field(1.0, ge=0, description="most seconds between fsyncs of the write-ahead log "
                                      "(what a node crash can lose); 0: fsync before every answer")
-    workers: int = Field(1, ge=1, le=64, description="BentoML worker processes, each with its own model and store "
-                         "connection (each polls the champion itself); up to one per core the scorer has (the serving "
-                         "benchmark's workers table). The workers share connections, not requests: a client with a "
-                         "few keep-alive connections opened at once may load only one of them (the first to wake "
-                         "accepts them all), so give such clients more connections, or scale replicas instead")
+    workers: int = Field("auto", ge=1, le=64, validate_default=True, description="BentoML worker processes, each "
+                         "with its own model and store connection; `auto`: one per CPU the scorer may use (its CPU "
+                         "affinity, bounded by a cgroup CPU limit). `/reload` reaches them all. They share "
+                         "connections, not requests: a client with a few keep-alive connections opened at once may "
+                         "load only one of them (the first to wake accepts them all)")
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="largest request body (413 above, unread)")
     body_timeout_seconds: float = Field(30.0, gt=0, description="time a client has to send its body (408 after)")
     feature_store_url: SecretStr = Field(SecretStr(""), description="redis:// URL of the online feature store every "
@@ -116,6 +148,11 @@ class ServingConfig(StoreSettings):
                                       "read FRAUDOPS_INTERNAL_TOKEN_FILE, else generated at start (see the log)")
     internal_token_file: str = Field("", description="file holding the bearer token (a mounted Secret); empty: "
                                      "$BENTOML_HOME/fraudops/internal-token, created 0600 if missing")
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _auto_workers(cls, value: Any) -> Any:
+        return usable_cpus() if isinstance(value, str) and value.strip().lower() == "auto" else value
 
     @model_validator(mode="after")
     def _store_url_is_redis(self) -> ServingConfig:

@@ -367,6 +367,8 @@ def test_image_tag_defaults_to_app_version_and_latest_is_refused(chart: Any) -> 
 @pytest.mark.parametrize(("values", "message"), [
     ({"scorer": {"replicaCount": "two"}}, "at '/scorer/replicaCount': got string, want integer"),
     ({"scorer": {"replicaCount": -1}}, "at '/scorer/replicaCount': minimum: got -1, want 0"),
+    ({"scorer": {"workers": 0}}, "at '/scorer/workers'"),
+    ({"scorer": {"workers": "many"}}, "at '/scorer/workers'"),
     ({"trigger": {"backend": "airflow"}}, "at '/trigger/backend': value must be one of 'kfp', 'job', 'local'"),
     ({"scorer": {"replicas": 3}}, "at '/scorer': additional properties 'replicas' not allowed"),
     ({"tolerations": []}, "at '': additional properties 'tolerations' not allowed"),
@@ -494,7 +496,7 @@ def test_scorer_deployment(chart: Any) -> None:
     assert env["AWS_SECRET_ACCESS_KEY"] == {"secretKeyRef": {"name": "fraudops-s3", "key": "AWS_SECRET_ACCESS_KEY"}}
     config = one(docs, "ConfigMap", "fraudops-scorer")["data"]
     assert config == {"FRAUDOPS_PREDICTION_LOG": "s3://fraudops/logs", "FRAUDOPS_POLL_SECONDS": "60",
-                      "FRAUDOPS_MAX_BATCH": "1000"}
+                      "FRAUDOPS_MAX_BATCH": "1000", "FRAUDOPS_WORKERS": "1"}
     assert container["envFrom"] == [{"configMapRef": {"name": "fraudops-scorer"}}]
     mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}

@@ -59,3 +59,46 @@ def test_a_bad_value_names_its_variable(monkeypatch: pytest.MonkeyPatch) -> None
     with pytest.raises(ConfigError, match="invalid scoring service settings: FRAUDOPS_WORKERS: Input should be"):
         ServingConfig.from_env()
     StoreSettings.from_env()  # other processes do not care
+
+
+def _cgroup(tmp_path: Path, files: dict[str, str], membership: str) -> tuple[Path, Path]:
+    for name, text in files.items():
+        (tmp_path / "fs" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "fs" / name).write_text(text)
+    (tmp_path / "cgroup").write_text(membership)
+    return tmp_path / "fs", tmp_path / "cgroup"
+
+
+@pytest.mark.parametrize(("files", "membership", "cpus"), [
+    ({"kubepods/pod1/cpu.max": "150000 100000\n"}, "0::/kubepods/pod1\n", 1.5),  # v2, the process's own group
+    ({"cpu.max": "200000 100000\n"}, "0::/\n", 2.0),  # v2 in a cgroup namespace
+    ({"cpu.max": "max 100000\n"}, "0::/\n", None),  # v2, no limit
+    ({"cpu/docker/abc/cpu.cfs_quota_us": "50000\n", "cpu/docker/abc/cpu.cfs_period_us": "100000\n"},
+     "4:memory:/docker/abc\n3:cpu,cpuacct:/docker/abc\n0::/\n", 0.5),  # v1
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, "1:cpu:/\n0::/\n", None),  # v1, none
+    ({}, "", None),  # no cgroup files at all
+])
+def test_the_cgroup_cpu_limit(tmp_path: Path, files: dict[str, str], membership: str, cpus: float | None) -> None:
+    from fraudops.settings import _cgroup_cpu_limit
+
+    root, proc = _cgroup(tmp_path, files, membership)
+    assert _cgroup_cpu_limit(root, proc) == cpus
+
+
+def test_workers_auto_is_one_per_usable_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    import fraudops.settings as settings
+
+    monkeypatch.setattr(settings.os, "sched_getaffinity", lambda _pid: {0, 1, 2, 3})
+    monkeypatch.setattr(settings, "_cgroup_cpu_limit", lambda: 1.5)
+    assert settings.usable_cpus() == 2  # a partial CPU of quota still gets a worker
+    monkeypatch.setattr(settings, "_cgroup_cpu_limit", lambda: None)
+    assert ServingConfig.from_env().workers == 4  # the default is auto
+    monkeypatch.setenv("FRAUDOPS_WORKERS", "Auto")
+    assert ServingConfig.from_env().workers == 4
+    monkeypatch.setattr(settings, "_cgroup_cpu_limit", lambda: 0.25)
+    assert ServingConfig.from_env().workers == 1
+    monkeypatch.setenv("FRAUDOPS_WORKERS", "3")
+    assert ServingConfig.from_env().workers == 3
+    monkeypatch.setenv("FRAUDOPS_WORKERS", "0")
+    with pytest.raises(ConfigError, match="FRAUDOPS_WORKERS: Input should be greater than or equal to 1"):
+        ServingConfig.from_env()
