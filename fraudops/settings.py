@@ -52,31 +52,45 @@ def variable(cls: type[BaseSettings], field: str) -> str:
 
 def usable_cpus() -> int:
     """The CPUs this process may use: its affinity, bounded by its cgroup's CPU limit (a container's)."""
-    cpus = len(os.sched_getaffinity(0))
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     limit = _cgroup_cpu_limit()
     return max(1, min(cpus, math.ceil(limit))) if limit else cpus
 
 
 def _cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup"), proc: Path = Path("/proc/self/cgroup")) -> float | None:
-    """CPUs of this process's cgroup quota (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us``); None without one."""
+    """CPUs of the tightest CPU quota over this process's cgroup and its ancestors (v2 ``cpu.max``, v1
+    ``cpu.cfs_quota_us``); None without one."""
     try:
         groups = {controllers: path for _, controllers, path in
                   (line.split(":", 2) for line in proc.read_text().splitlines() if line.count(":") >= 2)}
     except OSError:
         groups = {}
     v1 = next((path for controllers, path in groups.items() if "cpu" in controllers.split(",")), "/")
-    # the process's group first, then the root (what a container sees in its cgroup namespace)
-    for folder in (root / groups.get("", "/").lstrip("/"), root, root / "cpu" / v1.lstrip("/"), root / "cpu"):
-        try:
-            if (folder / "cpu.max").exists():
-                quota, period = (folder / "cpu.max").read_text().split()[:2]
-                return None if quota == "max" else int(quota) / int(period)
-            quota_us = int((folder / "cpu.cfs_quota_us").read_text())
-            period_us = int((folder / "cpu.cfs_period_us").read_text())
-        except (OSError, ValueError):
-            continue
-        return quota_us / period_us if quota_us > 0 and period_us > 0 else None
-    return None
+    mounts = [root] + [root / name for name in ("cpu", "cpu,cpuacct", "cpuacct,cpu")]
+    limits = []
+    for mount, group in zip(mounts, [groups.get("", "/")] + [v1] * 3, strict=True):
+        folder = mount / group.strip("/")
+        while True:  # the group, then each ancestor up to the mount (a container's root in its namespace)
+            limits.append(_quota(folder))
+            if folder == mount or mount not in folder.parents:
+                break
+            folder = folder.parent
+        limits.append(_quota(mount))
+    found = [limit for limit in limits if limit is not None]
+    return min(found) if found else None
+
+
+def _quota(folder: Path) -> float | None:
+    """The CPU quota a cgroup folder sets, in CPUs (None: no quota, or not a cgroup folder)."""
+    try:
+        if (folder / "cpu.max").exists():
+            quota, period = (folder / "cpu.max").read_text().split()[:2]
+            return None if quota == "max" else int(quota) / int(period)
+        quota_us = int((folder / "cpu.cfs_quota_us").read_text())
+        period_us = int((folder / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota_us / period_us if quota_us > 0 and period_us > 0 else None
 
 
 class StoreSettings(_Settings):
@@ -152,7 +166,11 @@ class ServingConfig(StoreSettings):
     @field_validator("workers", mode="before")
     @classmethod
     def _auto_workers(cls, value: Any) -> Any:
-        return usable_cpus() if isinstance(value, str) and value.strip().lower() == "auto" else value
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return min(usable_cpus(), 64)
+        if isinstance(value, str) and not value.strip().isdigit():
+            raise ValueError("should be a whole number of workers or auto")
+        return value
 
     @model_validator(mode="after")
     def _store_url_is_redis(self) -> ServingConfig:

@@ -56,7 +56,8 @@ def test_variables_are_found_by_their_names(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_a_bad_value_names_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FRAUDOPS_WORKERS", "many")
-    with pytest.raises(ConfigError, match="invalid scoring service settings: FRAUDOPS_WORKERS: Input should be"):
+    with pytest.raises(ConfigError, match="invalid scoring service settings: FRAUDOPS_WORKERS: Value error, should "
+                                          "be a whole number of workers or auto"):
         ServingConfig.from_env()
     StoreSettings.from_env()  # other processes do not care
 
@@ -76,6 +77,11 @@ def _cgroup(tmp_path: Path, files: dict[str, str], membership: str) -> tuple[Pat
     ({"cpu/docker/abc/cpu.cfs_quota_us": "50000\n", "cpu/docker/abc/cpu.cfs_period_us": "100000\n"},
      "4:memory:/docker/abc\n3:cpu,cpuacct:/docker/abc\n0::/\n", 0.5),  # v1
     ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, "1:cpu:/\n0::/\n", None),  # v1, none
+    ({"cpu,cpuacct/docker/cpu.cfs_quota_us": "300000\n", "cpu,cpuacct/docker/cpu.cfs_period_us": "100000\n"},
+     "3:cpu,cpuacct:/docker/abc\n", 3.0),  # v1 mounted as cpu,cpuacct; the limit on the parent group
+    ({"system.slice/cpu.max": "100000 100000\n", "system.slice/app.service/cpu.max": "max 100000\n"},
+     "0::/system.slice/app.service\n", 1.0),  # v2: a slice's limit binds the service below it
+    ({"cpu.max": "400000 100000\n", "pod/cpu.max": "250000 100000\n"}, "0::/pod\n", 2.5),  # the tightest one
     ({}, "", None),  # no cgroup files at all
 ])
 def test_the_cgroup_cpu_limit(tmp_path: Path, files: dict[str, str], membership: str, cpus: float | None) -> None:
@@ -99,6 +105,10 @@ def test_workers_auto_is_one_per_usable_cpu(monkeypatch: pytest.MonkeyPatch) -> 
     assert ServingConfig.from_env().workers == 1
     monkeypatch.setenv("FRAUDOPS_WORKERS", "3")
     assert ServingConfig.from_env().workers == 3
+    monkeypatch.setenv("FRAUDOPS_WORKERS", "auto")
+    monkeypatch.setattr(settings.os, "sched_getaffinity", lambda _pid: set(range(96)))
+    monkeypatch.setattr(settings, "_cgroup_cpu_limit", lambda: None)
+    assert ServingConfig.from_env().workers == 64  # the most a server runs
     monkeypatch.setenv("FRAUDOPS_WORKERS", "0")
     with pytest.raises(ConfigError, match="FRAUDOPS_WORKERS: Input should be greater than or equal to 1"):
         ServingConfig.from_env()

@@ -1,78 +1,106 @@
-"""Requests between the workers of one server (`fraudops.serving.siblings`), as two workers see them."""
+"""Requests between the workers of one server (`fraudops.serving.siblings`): this process is the arbiter, its
+child processes the workers (one `Siblings` per pid, driven by threads here)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from fraudops.serving.siblings import Siblings
 
 
-def _dead_pid() -> int:
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
+@pytest.fixture
+def children() -> Iterator[Callable[[], int]]:
+    """Start a child process (a stand-in worker of this "arbiter") and return its pid; all killed at the end."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start() -> int:
+        procs.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"]))
+        return procs[-1].pid
+
+    yield start
+    for proc in procs:
+        proc.kill()
+        proc.wait()
 
 
-def _serve(worker: Siblings, stop: threading.Event, answer: Any) -> threading.Thread:
-    """A sibling's watcher: takes requests a few times a second and answers each with ``answer(action)``."""
+def worker(home: Path, pid: int) -> Siblings:
+    siblings = Siblings(home, pid=pid, parent=os.getpid())
+    siblings.join()
+    return siblings
+
+
+def serve(siblings: Siblings, stop: threading.Event, answer: Callable[[str], Any]) -> None:
+    """A worker's watcher: takes requests a few times a second and answers each with ``answer(action)``."""
     def loop() -> None:
         while not stop.wait(0.05):
-            for request, action in worker.pending():
-                worker.answer(request, answer(action))
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
-    return thread
+            for request, action in siblings.pending():
+                siblings.answer(request, answer(action))
+    threading.Thread(target=loop, daemon=True).start()
 
 
-def test_a_request_reaches_every_live_sibling_and_waits_for_its_answer(tmp_path: Path) -> None:
-    asker, other = Siblings(tmp_path, pid=os.getpid()), Siblings(tmp_path, pid=os.getppid())
-    asker.join()
-    other.join()
+def test_a_request_reaches_every_live_sibling_and_waits_for_its_answer(tmp_path: Path, children) -> None:
+    a, b, c = (worker(tmp_path, children()) for _ in range(3))
     stop = threading.Event()
-    _serve(other, stop, lambda action: {"did": action})
+    serve(b, stop, lambda action: {"did": action, "pid": b.pid})
+    serve(c, stop, lambda action: {"did": action, "pid": c.pid})
     try:
-        assert asker.others() == [os.getppid()] and other.others() == [os.getpid()]
-        assert asker.ask("reload", timeout=10) == {"answers": {os.getppid(): {"did": "reload"}}, "unanswered": []}
-        assert asker.ask("reload", timeout=10)["answers"] == {os.getppid(): {"did": "reload"}}  # each request once
+        assert a.others() == sorted([b.pid, c.pid])
+        expected = {"answers": {b.pid: {"did": "reload", "pid": b.pid}, c.pid: {"did": "reload", "pid": c.pid}},
+                    "unanswered": []}
+        assert a.ask("reload", timeout=10) == expected
+        assert a.ask("reload", timeout=10) == expected  # each request once, answered again
+        assert a.pending() == []  # its own requests are never handed back to the asker
     finally:
         stop.set()
-    assert not list((tmp_path / "requests").iterdir()) and not list((tmp_path / "answers").iterdir())
-    assert other.pending() == []  # the asker's own requests are never handed to it
+    assert not list(a.requests.iterdir()) and not list(a.answers.iterdir())
 
 
-def test_dead_silent_and_leaving_siblings(tmp_path: Path) -> None:
-    asker = Siblings(tmp_path, pid=os.getpid())
-    Siblings(tmp_path, pid=_dead_pid()).join()  # a worker that was killed without leaving
-    asker.join()
-    assert asker.others() == []
-    assert asker.ask("reload", timeout=5) == {"answers": {}, "unanswered": []}
+def test_dead_reused_silent_and_leaving_siblings(tmp_path: Path, children) -> None:
+    a = worker(tmp_path, children())
+    killed = children()
+    worker(tmp_path, killed)
+    subprocess.run(["kill", "-9", str(killed)], check=True)
+    worker(tmp_path, os.getppid())  # a pid that is alive but not a child of this arbiter (a reused pid)
+    time.sleep(0.2)
+    assert a.others() == []
+    assert a.ask("reload", timeout=5) == {"answers": {}, "unanswered": []}
 
-    silent = Siblings(tmp_path, pid=os.getppid())  # alive, never answers
-    silent.join()
+    silent = worker(tmp_path, children())  # alive, never answers
     started = time.monotonic()
-    assert asker.ask("reload", timeout=0.5) == {"answers": {}, "unanswered": [os.getppid()]}
+    assert a.ask("reload", timeout=0.5) == {"answers": {}, "unanswered": [silent.pid]}
     assert 0.5 <= time.monotonic() - started < 3
 
     threading.Timer(0.3, silent.leave).start()  # a worker shutting down is not waited for
     started = time.monotonic()
-    assert asker.ask("reload", timeout=10) == {"answers": {}, "unanswered": []}
+    assert a.ask("reload", timeout=10) == {"answers": {}, "unanswered": []}
     assert time.monotonic() - started < 3
-    asker.leave()
-    assert not tmp_path.exists()  # the last one out removed the directory
 
 
-def test_a_worker_that_joins_later_skips_the_requests_made_before_it(tmp_path: Path) -> None:
-    asker = Siblings(tmp_path, pid=os.getpid())
-    asker.join()
-    Siblings._write(tmp_path / "requests" / "1-old", {"action": "reload", "from": os.getpid()})
-    late = Siblings(tmp_path, pid=os.getppid())
-    late.join()
-    assert late.pending() == []
-    Siblings._write(tmp_path / "requests" / "2-new", {"action": "reload", "from": os.getpid()})
+def test_late_workers_late_answers_and_servers_that_are_gone(tmp_path: Path, children) -> None:
+    a = worker(tmp_path, children())
+    Siblings._write(a.requests / "1-old", {"action": "reload", "from": a.pid})
+    late = worker(tmp_path, children())
+    assert late.pending() == []  # a request made before it joined: it loaded the model after it
+    Siblings._write(a.requests / "2-new", {"action": "reload", "from": a.pid})
     assert late.pending() == [("2-new", "reload")] and late.pending() == []
+
+    late.answer("2-new", {"model_tag": "m"})
+    late.answer("9-gone", {"model_tag": "m"})  # its asker gave up and removed the request
+    a.pending()
+    assert sorted(p.name for p in a.answers.iterdir()) == [f"2-new.{late.pid}"]
+
+    gone = tmp_path / f"{a.root.name.rsplit('-', 1)[0]}-{2**22 + 7}"
+    (gone / "requests").mkdir(parents=True)  # the directory of an arbiter that no longer runs
+    worker(tmp_path, children())
+    assert not gone.exists() and a.root.exists()
+    assert json.loads((a.root / f"{a.pid}.worker").read_text()) == {"pid": a.pid}

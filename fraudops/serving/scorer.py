@@ -35,7 +35,7 @@ from fraudops.settings import ServingConfig
 log = logging.getLogger(__name__)
 
 RETRY_SECONDS = 5.0  # how often an unready service retries loading when the champion poll is off
-SIBLING_SECONDS = 30.0  # how long /reload waits for the server's other workers to load the model
+SIBLING_SECONDS = 20.0  # how long /reload waits for the server's other workers to load the model
 THREAD_ROWS = 32
 """Requests of at least this many transactions wait on the feature store in a worker thread (`Scorer.score_async`)."""
 
@@ -202,10 +202,10 @@ class Scorer:
 
     def start(self) -> None:
         """Load the model (a failure leaves the service unready and is retried), then start the champion poll and,
-        with siblings, listen to their requests."""
-        self._try_reload()
+        with siblings, listen to their requests (from before the load: a /reload made meanwhile waits for it)."""
         if self.siblings is not None:
             self.siblings.join()
+        self._try_reload()
         if self.config.poll_seconds > 0 or not self.ready or self.siblings is not None:
             self._watcher = threading.Thread(target=self._watch, name="fraudops-model-watch", daemon=True)
             self._watcher.start()
@@ -219,9 +219,12 @@ class Scorer:
             if self._stop.wait(TICK_SECONDS if self.siblings is not None else interval):
                 return
             if self.siblings is not None:
-                for request, action in self.siblings.pending():
-                    self.siblings.answer(request, self._reload_answer() if action == "reload" else
-                                         {"error": f"unknown action {action!r}"})
+                try:
+                    for request, action in self.siblings.pending():
+                        self.siblings.answer(request, self._reload_answer() if action == "reload" else
+                                             {"error": f"unknown action {action!r}"})
+                except Exception:  # the poll goes on; the asker names this worker as unanswered
+                    log.exception("cannot answer the other workers' requests in %s", self.siblings.root)
             if interval is not None and time.monotonic() - polled >= interval:
                 polled = time.monotonic()
                 self._try_reload()
@@ -233,8 +236,8 @@ class Scorer:
             return {"error": str(exc)}
 
     def reload_everywhere(self) -> dict[str, Any]:
-        """`reload` here, then in every other worker of this server; ``workers`` says how many of them serve the
-        answer's model now (``total``: those asked and this one; ``errors``: why the others do not)."""
+        """`reload` here, then in every other worker of this server; ``workers`` says how many of the
+        ``FRAUDOPS_WORKERS`` serve the answer's model now, and why the others do not (``errors``, by pid)."""
         result = self.reload()
         if self.siblings is None:
             return result
@@ -242,8 +245,12 @@ class Scorer:
         errors = {str(pid): answer.get("error") or f"serves {answer.get('model_tag')}"
                   for pid, answer in asked["answers"].items() if answer.get("model_tag") != result["model_tag"]}
         errors.update({str(pid): f"no answer in {SIBLING_SECONDS:.0f} s" for pid in asked["unanswered"]})
-        total = 1 + len(asked["answers"]) + len(asked["unanswered"])
-        return {**result, "workers": {"serving": total - len(errors), "total": total, "errors": errors}}
+        reached = 1 + len(asked["answers"]) + len(asked["unanswered"])
+        if reached < self.config.workers:
+            errors["unregistered"] = f"{self.config.workers - reached} of the workers were not running (starting?)"
+        serving = 1 + len(asked["answers"]) - sum(1 for pid in asked["answers"] if str(pid) in errors)
+        return {**result, "workers": {"serving": serving, "total": max(reached, self.config.workers),
+                                      "errors": errors}}
 
     def _try_reload(self) -> None:
         with contextlib.suppress(ModelLoadError):  # logged when the reason changes; the watcher retries

@@ -1,10 +1,11 @@
 """The other workers of one BentoML server, so that a request to one of them can reach them all.
 
 BentoML's workers share a listening socket, not state: ``POST /reload`` lands in one worker. That worker posts
-the request as a file in a directory the server's workers share (named after the host and the arbiter, their
-parent), and waits for each live sibling's answer; each worker looks for requests a few times a second
-(`Siblings.pending`) and answers after doing what was asked. A worker that died is not waited for; one that does
-not answer in time is named in the answer's ``unanswered``.
+the request as a file in a directory the server's workers share (``$BENTOML_HOME/fraudops/workers/<host>-<arbiter
+pid>``: their parent, the arbiter, names it), and waits for each live sibling's answer; each worker looks for
+requests a few times a second (`Siblings.pending`) and answers after doing what was asked. A sibling is a
+registered pid whose parent is the arbiter: one that died is not waited for, one that does not answer in time is
+named as unanswered. The directories of arbiters that are gone are removed by the next server to start.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ import logging
 import os
 import shutil
 import socket
-import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 log = logging.getLogger(__name__)
 
@@ -27,62 +30,76 @@ TICK_SECONDS = 0.2
 """How often a worker looks for its siblings' requests."""
 
 
-def _alive(pid: int) -> bool:
+def default_root() -> Path:
+    """``$BENTOML_HOME/fraudops/workers``: one directory per server under it."""
+    from fraudops.registry import default_home
+
+    return default_home() / "fraudops" / "workers"
+
+
+def _child_of(pid: int, parent: int) -> bool:
+    """True while ``pid`` runs (not a zombie) as a child of ``parent`` (so a reused pid is not taken for it)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        proc = psutil.Process(pid)
+        return proc.ppid() == parent and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
         return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Siblings:
     """This worker's view of the directory its server's workers share (see the module docstring)."""
 
-    def __init__(self, root: Path | None = None, pid: int | None = None) -> None:
+    def __init__(self, root: Path | None = None, pid: int | None = None, parent: int | None = None) -> None:
         self.pid = pid or os.getpid()
-        self.root = root or Path(tempfile.gettempdir()) / f"fraudops-workers-{socket.gethostname()}-{os.getppid()}"
+        self.parent = parent or os.getppid()
+        self.home = root or default_root()
+        self.root = self.home / f"{socket.gethostname()}-{self.parent}"
         self.requests = self.root / "requests"
         self.answers = self.root / "answers"
         self._handled: set[str] = set()
+        self._lock = threading.Lock()  # `ask` runs in a request's thread, `pending` in the watcher's
 
     def join(self) -> None:
-        """Register this worker, and forget the files of workers that are gone (a reused arbiter pid)."""
+        """Register this worker; forget workers that are gone, and the directories of servers that are gone."""
+        host = socket.gethostname()
+        for other in self.home.glob(f"{host}-*") if self.home.is_dir() else ():
+            with contextlib.suppress(ValueError):
+                if other != self.root and not psutil.pid_exists(int(other.name.rsplit("-", 1)[1])):
+                    shutil.rmtree(other, ignore_errors=True)
         for folder in (self.requests, self.answers):
             folder.mkdir(parents=True, exist_ok=True)
         for entry in self.root.glob("*.worker"):
             with contextlib.suppress(ValueError, OSError):
-                if not _alive(int(entry.stem)):
+                if not _child_of(int(entry.stem), self.parent):
                     entry.unlink()
-        self._handled.update(p.name for p in self.requests.iterdir())  # asked before this worker served anything
+        with self._lock:
+            self._handled.update(p.name for p in self.requests.iterdir())  # made before this worker was asked
         self._write(self.root / f"{self.pid}.worker", {"pid": self.pid})
 
     def leave(self) -> None:
-        """Unregister this worker (it is not waited for any more); the last one out removes the directory."""
+        """Unregister this worker (it is not waited for any more)."""
         with contextlib.suppress(OSError):
             (self.root / f"{self.pid}.worker").unlink()
-        if not self.others():
-            shutil.rmtree(self.root, ignore_errors=True)
 
     def others(self) -> list[int]:
-        """The pids of the live workers besides this one."""
+        """The pids of the registered live workers besides this one."""
         pids = []
         for entry in self.root.glob("*.worker"):
             with contextlib.suppress(ValueError):
                 pid = int(entry.stem)
-                if pid != self.pid and _alive(pid):
+                if pid != self.pid and _child_of(pid, self.parent):
                     pids.append(pid)
         return sorted(pids)
 
     def ask(self, action: str, timeout: float) -> dict[str, Any]:
-        """Have every other live worker do ``action`` (`pending` hands it to them); wait up to ``timeout`` seconds
-        for their answers: ``{"answers": {pid: answer}, "unanswered": [pid, ...]}``."""
+        """Have every other registered live worker do ``action`` (`pending` hands it to them); wait up to
+        ``timeout`` seconds for their answers: ``{"answers": {pid: answer}, "unanswered": [pid, ...]}``."""
         waiting = set(self.others())
         if not waiting:
             return {"answers": {}, "unanswered": []}
         request = f"{time.time_ns()}-{uuid.uuid4().hex[:8]}"
-        self._handled.add(request)
+        with self._lock:
+            self._handled.add(request)
         self._write(self.requests / request, {"action": action, "from": self.pid})
         answers: dict[int, Any] = {}
         deadline = time.monotonic() + timeout
@@ -94,34 +111,41 @@ class Siblings:
                         answers[pid] = json.loads(path.read_text())
                         path.unlink()
                         waiting.discard(pid)
-                    elif not _alive(pid) or not (self.root / f"{pid}.worker").exists():  # gone, or leaving
-                        waiting.discard(pid)
+                    elif not (self.root / f"{pid}.worker").exists() or not _child_of(pid, self.parent):
+                        waiting.discard(pid)  # left (shutting down) or gone
                 if waiting:
                     time.sleep(TICK_SECONDS / 4)
         finally:
             with contextlib.suppress(OSError):
                 (self.requests / request).unlink()
-            for late in self.answers.glob(f"{request}.*"):  # answers after the deadline
-                with contextlib.suppress(OSError):
-                    late.unlink()
         if waiting:
             log.warning("workers %s did not answer %r within %.0f s", sorted(waiting), action, timeout)
         return {"answers": answers, "unanswered": sorted(waiting)}
 
     def pending(self) -> list[tuple[str, str]]:
-        """The requests of other workers this one has not taken yet, oldest first: (request, action)."""
-        try:
+        """The requests of other workers this one has not taken yet, oldest first: (request, action). Answers to
+        requests their askers removed (given after the deadline) are deleted."""
+        try:  # answers first: an answer whose request is gone after it was listed is one nobody waits for
+            late = [p for p in self.answers.iterdir() if not p.name.startswith(".")]
             names = sorted(p.name for p in self.requests.iterdir() if not p.name.startswith("."))
         except FileNotFoundError:
             return []
         found = []
-        for name in names:
-            if name in self._handled:
-                continue
-            self._handled.add(name)
-            with contextlib.suppress(OSError, ValueError):
-                found.append((name, json.loads((self.requests / name).read_text())["action"]))
-        self._handled.intersection_update(names)  # forget requests their askers removed
+        with self._lock:
+            for name in names:
+                if name in self._handled:
+                    continue
+                self._handled.add(name)
+                with contextlib.suppress(OSError, ValueError, KeyError):
+                    request = json.loads((self.requests / name).read_text())
+                    if request["from"] != self.pid:
+                        found.append((name, request["action"]))
+            self._handled.intersection_update(names)  # forget requests their askers removed
+        current = set(names)
+        for answer in late:
+            if answer.name.rsplit(".", 1)[0] not in current:
+                with contextlib.suppress(OSError):
+                    answer.unlink()
         return found
 
     def answer(self, request: str, answer: Any) -> None:
