@@ -69,13 +69,8 @@ def _cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup"), proc: Path = Path("/p
     mounts = [root] + [root / name for name in ("cpu", "cpu,cpuacct", "cpuacct,cpu")]
     limits = []
     for mount, group in zip(mounts, [groups.get("", "/")] + [v1] * 3, strict=True):
-        folder = mount / group.strip("/")
-        while True:  # the group, then each ancestor up to the mount (a container's root in its namespace)
-            limits.append(_quota(folder))
-            if folder == mount or mount not in folder.parents:
-                break
-            folder = folder.parent
-        limits.append(_quota(mount))
+        folder = mount / group.strip("/")  # the group, then each ancestor up to the mount (a container's root)
+        limits += [_quota(f) for f in (folder, *folder.parents) if f == mount or mount in f.parents]
     found = [limit for limit in limits if limit is not None]
     return min(found) if found else None
 

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from fraudops.serving.siblings import Siblings
+from fraudops.storage import write_json
 
 
 @pytest.fixture
@@ -88,10 +89,10 @@ def test_dead_reused_silent_and_leaving_siblings(tmp_path: Path, children) -> No
 
 def test_late_workers_late_answers_and_servers_that_are_gone(tmp_path: Path, children) -> None:
     a = worker(tmp_path, children())
-    Siblings._write(a.requests / "1-old", {"action": "reload", "from": a.pid})
+    write_json(str(a.requests / "1-old"), {"action": "reload", "from": a.pid})
     late = worker(tmp_path, children())
     assert late.pending() == []  # a request made before it joined: it loaded the model after it
-    Siblings._write(a.requests / "2-new", {"action": "reload", "from": a.pid})
+    write_json(str(a.requests / "2-new"), {"action": "reload", "from": a.pid})
     assert late.pending() == [("2-new", "reload")] and late.pending() == []
 
     late.answer("2-new", {"model_tag": "m"})

@@ -248,7 +248,7 @@ class Scorer:
         reached = 1 + len(asked["answers"]) + len(asked["unanswered"])
         if reached < self.config.workers:
             errors["unregistered"] = f"{self.config.workers - reached} of the workers were not running (starting?)"
-        serving = 1 + len(asked["answers"]) - sum(1 for pid in asked["answers"] if str(pid) in errors)
+        serving = 1 + sum(answer.get("model_tag") == result["model_tag"] for answer in asked["answers"].values())
         return {**result, "workers": {"serving": serving, "total": max(reached, self.config.workers),
                                       "errors": errors}}
 

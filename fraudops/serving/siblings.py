@@ -24,6 +24,8 @@ from typing import Any
 
 import psutil
 
+from fraudops.storage import write_json
+
 log = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.2
@@ -46,6 +48,11 @@ def _child_of(pid: int, parent: int) -> bool:
         return False
 
 
+def _writing(path: Path) -> bool:
+    """True for the temporary file `write_json` renames into place once it is whole."""
+    return path.suffix == ".tmp"
+
+
 class Siblings:
     """This worker's view of the directory its server's workers share (see the module docstring)."""
 
@@ -53,7 +60,8 @@ class Siblings:
         self.pid = pid or os.getpid()
         self.parent = parent or os.getppid()
         self.home = root or default_root()
-        self.root = self.home / f"{socket.gethostname()}-{self.parent}"
+        self.host = socket.gethostname()
+        self.root = self.home / f"{self.host}-{self.parent}"
         self.requests = self.root / "requests"
         self.answers = self.root / "answers"
         self._handled: set[str] = set()
@@ -61,8 +69,7 @@ class Siblings:
 
     def join(self) -> None:
         """Register this worker; forget workers that are gone, and the directories of servers that are gone."""
-        host = socket.gethostname()
-        for other in self.home.glob(f"{host}-*") if self.home.is_dir() else ():
+        for other in self.home.glob(f"{self.host}-*") if self.home.is_dir() else ():
             with contextlib.suppress(ValueError):
                 if other != self.root and not psutil.pid_exists(int(other.name.rsplit("-", 1)[1])):
                     shutil.rmtree(other, ignore_errors=True)
@@ -74,7 +81,7 @@ class Siblings:
                     entry.unlink()
         with self._lock:
             self._handled.update(p.name for p in self.requests.iterdir())  # made before this worker was asked
-        self._write(self.root / f"{self.pid}.worker", {"pid": self.pid})
+        write_json(str(self.root / f"{self.pid}.worker"), {"pid": self.pid})
 
     def leave(self) -> None:
         """Unregister this worker (it is not waited for any more)."""
@@ -100,7 +107,7 @@ class Siblings:
         request = f"{time.time_ns()}-{uuid.uuid4().hex[:8]}"
         with self._lock:
             self._handled.add(request)
-        self._write(self.requests / request, {"action": action, "from": self.pid})
+        write_json(str(self.requests / request), {"action": action, "from": self.pid})
         answers: dict[int, Any] = {}
         deadline = time.monotonic() + timeout
         try:
@@ -126,8 +133,8 @@ class Siblings:
         """The requests of other workers this one has not taken yet, oldest first: (request, action). Answers to
         requests their askers removed (given after the deadline) are deleted."""
         try:  # answers first: an answer whose request is gone after it was listed is one nobody waits for
-            late = [p for p in self.answers.iterdir() if not p.name.startswith(".")]
-            names = sorted(p.name for p in self.requests.iterdir() if not p.name.startswith("."))
+            late = [p for p in self.answers.iterdir() if not _writing(p)]
+            names = sorted(p.name for p in self.requests.iterdir() if not _writing(p))
         except FileNotFoundError:
             return []
         found = []
@@ -150,11 +157,4 @@ class Siblings:
 
     def answer(self, request: str, answer: Any) -> None:
         """Give the asking worker this worker's answer to ``request``."""
-        self._write(self.answers / f"{request}.{self.pid}", answer)
-
-    @staticmethod
-    def _write(path: Path, value: Any) -> None:
-        """Write atomically (a reader never sees half a file)."""
-        part = path.with_name(f".{path.name}.part")
-        part.write_text(json.dumps(value))
-        os.replace(part, path)
+        write_json(str(self.answers / f"{request}.{self.pid}"), answer)
