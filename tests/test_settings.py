@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -112,3 +115,44 @@ def test_workers_auto_is_one_per_usable_cpu(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("FRAUDOPS_WORKERS", "0")
     with pytest.raises(ConfigError, match="FRAUDOPS_WORKERS: Input should be greater than or equal to 1"):
         ServingConfig.from_env()
+
+
+def _cpu_cgroup_mount() -> tuple[Path, str] | None:
+    """A writable cgroup mount with the CPU controller, and its kind (v1 or v2); None where there is none."""
+    if os.geteuid() != 0:
+        return None
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        _, mount, kind, options, *_ = line.split()
+        if kind == "cgroup" and "cpu" in options.split(","):
+            return Path(mount), "v1"
+        if kind == "cgroup2" and "cpu" in (Path(mount) / "cgroup.subtree_control").read_text().split():
+            return Path(mount), "v2"
+    return None
+
+
+@pytest.mark.skipif(_cpu_cgroup_mount() is None, reason="needs root and a writable cgroup with the CPU controller")
+def test_the_service_runs_one_worker_per_cpu_of_a_real_cgroup_quota() -> None:
+    """A real cgroup of the kernel, as a container runtime makes it: the quota on the pod's group, the process in a
+    group below it. The scoring service's BentoML config is what it serves with."""
+    found = _cpu_cgroup_mount()
+    assert found
+    mount, kind = found
+    pod = mount / f"fraudops-test-{os.getpid()}"
+    container = pod / "container"
+    container.mkdir(parents=True)
+    try:
+        for quota, workers in ((100_000, 1), (150_000, min(2, len(os.sched_getaffinity(0))))):
+            if kind == "v1":
+                (pod / "cpu.cfs_period_us").write_text("100000")
+                (pod / "cpu.cfs_quota_us").write_text(str(quota))
+            else:
+                (pod / "cpu.max").write_text(f"{quota} 100000")
+            env = {k: v for k, v in os.environ.items() if k != "FRAUDOPS_WORKERS"}  # the default: auto
+            out = subprocess.run(
+                ["sh", "-c", f'echo $$ > {container}/cgroup.procs && exec "$0" -c "$1"', sys.executable,
+                 "import services.scorer as s; print(s.FraudScorer.config['workers'])"],
+                cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=True)
+            assert out.stdout.split()[-1] == str(workers), (quota, out.stdout, out.stderr)
+    finally:
+        container.rmdir()
+        pod.rmdir()
