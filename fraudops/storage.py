@@ -111,6 +111,9 @@ def read_json(url: str) -> Any | None:
         return None
 
 
+PARTIAL_SUFFIX = ".tmp"  # a local file `write_json` or `put_file` is still writing (renamed once whole)
+
+
 def write_json(url: str, document: Any) -> None:
     """Replace the document at ``url``: readers see the old document or the new one, never a part of it."""
     data = json.dumps(document, indent=2, default=str).encode()
@@ -137,7 +140,7 @@ def _replace(url: str, write: Callable[[BinaryIO], Any], upload: Callable[[Any, 
         return
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f"{target.name}.{uuid.uuid4().hex}.tmp")
+    tmp = target.with_name(f"{target.name}.{uuid.uuid4().hex}{PARTIAL_SUFFIX}")
     try:
         with open(tmp, "wb") as fh:
             write(fh)

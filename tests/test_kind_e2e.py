@@ -375,15 +375,14 @@ def test_scorer_workers_follow_the_chart_and_auto_follows_a_pod_cpu_limit(kube: 
     values = yaml.safe_load((ROOT / "helm" / "fraudops" / "values.yaml").read_text())["scorer"]
     for pod in scorer_replicas(kube):
         assert python_in_pod(pod, WORKERS).strip() == str(values["workers"]), pod
+    from fraudops.monitoring.backends import CONTAINER_SECURITY, POD_SECURITY
+
     name = f"workers-auto-{int(time.time())}"
-    hardened = {"runAsNonRoot": True, "runAsUser": 10001, "allowPrivilegeEscalation": False,
-                "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]},
-                "seccompProfile": {"type": "RuntimeDefault"}}
     code = "from fraudops.settings import ServingConfig; print(ServingConfig.from_env().workers)"
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
-           "spec": {"restartPolicy": "Never", "containers": [{
+           "spec": {"restartPolicy": "Never", "securityContext": POD_SECURITY, "containers": [{
                "name": "probe", "image": IMAGE, "imagePullPolicy": "IfNotPresent", "command": ["python", "-c", code],
-               "env": [{"name": "FRAUDOPS_WORKERS", "value": "auto"}], "securityContext": hardened,
+               "env": [{"name": "FRAUDOPS_WORKERS", "value": "auto"}], "securityContext": CONTAINER_SECURITY,
                "resources": {"requests": {"cpu": "100m", "memory": "256Mi"},
                              "limits": {"cpu": "500m", "memory": "256Mi"}}}]}}
     core = kube.CoreV1Api()
@@ -501,6 +500,13 @@ def trigger_runs(url: str) -> list[dict[str, Any]]:
     return httpx.get(f"{url}/runs", timeout=30).json()["runs"]
 
 
+def promote(kube: Any, tag: str, reason: str) -> None:
+    """Make ``tag`` the champion through the registry's pointer (recorded in its history, as this test's)."""
+    run_python_in_cluster(kube, (
+        f"from fraudops.registry import Registry; Registry(remote={REGISTRY_URL!r}).promote({tag!r}, "
+        f"reason={reason!r}, actor='test_kind_e2e')"))
+
+
 def start_from_the_first_model(kube: Any) -> str:
     """On a fresh cluster, nothing: the first model is the champion and the trigger has launched nothing. On a
     re-run against the same cluster, make it so: the first model becomes the champion again (recorded in the
@@ -510,9 +516,7 @@ def start_from_the_first_model(kube: Any) -> str:
         "import json; from fraudops.registry import Registry; "
         f"print(json.dumps(Registry(remote={REGISTRY_URL!r}).history()[0]['tag']))")).strip().splitlines()[-1])
     if champion_tag(kube) != first:
-        run_python_in_cluster(kube, (
-            f"from fraudops.registry import Registry; Registry(remote={REGISTRY_URL!r}).promote({first!r}, "
-            "reason='end-to-end test: the drift scenario starts from the first model', actor='test_kind_e2e')"))
+        promote(kube, first, "end-to-end test: the drift scenario starts from the first model")
         kubectl("-n", NAMESPACE, "rollout", "restart", f"deployment/{RELEASE}-trigger")
         kubectl("-n", NAMESPACE, "rollout", "status", f"deployment/{RELEASE}-trigger", "--timeout=300s",
                 timeout=320)
@@ -607,9 +611,7 @@ def serve_a_new_base_model(kube: Any) -> None:
     cluster those include this section's drifted traffic of the earlier runs, so it no longer sees that as drift,
     and Alertmanager may still hold its alert group."""
     tag = BASE_MODELS[-1] if BASE_MODELS else train_a_base_model()
-    run_python_in_cluster(kube, (
-        f"from fraudops.registry import Registry; Registry(remote={REGISTRY_URL!r}).promote({tag!r}, "
-        "reason='end-to-end test: the alert loop starts from a model of the base table', actor='test_kind_e2e')"))
+    promote(kube, tag, "end-to-end test: the alert loop starts from a model of the base table")
     with httpx.Client(timeout=30) as client:
         wait_for("the scorer to serve the model of the base table", lambda: served_tag(client) == tag, 180)
 

@@ -155,6 +155,12 @@ class KfpBackend:
         return FAILED if state in FINAL_STATES else RUNNING
 
 
+# What the `restricted` Pod Security standard asks of a fraudops container, and of its pod.
+CONTAINER_SECURITY: dict[str, Any] = {"runAsNonRoot": True, "runAsUser": 10001, "allowPrivilegeEscalation": False,
+                                      "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}
+POD_SECURITY: dict[str, Any] = {"seccompProfile": {"type": "RuntimeDefault"}, "fsGroup": 10001}
+
+
 class JobBackend:
     """Creates a Kubernetes Job that runs the pipeline (``kfp.local`` inside the project image)."""
 
@@ -177,8 +183,7 @@ class JobBackend:
             "name": self.purpose, "image": self.image, "args": [*request.cli_args(), "--root", "/tmp/runs"],
             "env": [{"name": k, "value": v} for k, v in sorted(self.env.items())],
             "resources": self.resources,
-            "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "allowPrivilegeEscalation": False,
-                                "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}},
+            "securityContext": CONTAINER_SECURITY,
             "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"},
                              {"name": "bentoml", "mountPath": "/var/lib/fraudops/bentoml"}],
         }
@@ -186,7 +191,7 @@ class JobBackend:
             container["envFrom"] = [{"secretRef": {"name": self.env_from_secret}}]
         pod: dict[str, Any] = {
             "restartPolicy": "Never", "containers": [container],
-            "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}, "fsGroup": 10001},
+            "securityContext": POD_SECURITY,
             "volumes": [{"name": "tmp", "emptyDir": {}}, {"name": "bentoml", "emptyDir": {}}],
             "automountServiceAccountToken": False,
         }

@@ -24,7 +24,7 @@ from typing import Any
 
 import psutil
 
-from fraudops.storage import write_json
+from fraudops.storage import PARTIAL_SUFFIX, write_json
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def _child_of(pid: int, parent: int) -> bool:
 
 def _writing(path: Path) -> bool:
     """True for the temporary file `write_json` renames into place once it is whole."""
-    return path.suffix == ".tmp"
+    return path.suffix == PARTIAL_SUFFIX
 
 
 class Siblings:
