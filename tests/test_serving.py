@@ -47,6 +47,7 @@ from fraudops.serving import (
 )
 from fraudops.serving.challenger import bucket
 from fraudops.serving.scorer import THREAD_ROWS
+from fraudops.serving.siblings import Siblings
 from fraudops.training import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,12 +82,13 @@ def home(trained, tmp_path) -> Path:
     return Path(shutil.copytree(trained["home"], tmp_path / "home"))
 
 
-def make_scorer(home: Path, tmp_path: Path, registry: CollectorRegistry | None = None, **settings: Any) -> Scorer:
+def make_scorer(home: Path, tmp_path: Path, registry: CollectorRegistry | None = None,
+                siblings: Siblings | None = None, **settings: Any) -> Scorer:
     config = ServingConfig(prediction_log=str(tmp_path / "log"), poll_seconds=settings.pop("poll_seconds", 0),
                            **settings)
     writer = LogWriter(config.prediction_log, flush_seconds=60)
-    return Scorer(config, ModelSource(registry=Registry(home=home)), writer, ScorerMetrics(registry or
-                                                                                          CollectorRegistry()))
+    return Scorer(config, ModelSource(registry=Registry(home=home)), writer,
+                  ScorerMetrics(registry or CollectorRegistry()), siblings)
 
 
 @pytest.fixture
@@ -400,6 +402,36 @@ def test_swap_under_load_fails_no_request(home, tmp_path, trained):
     assert {tag for _, tag in seen} == {trained["a"], trained["b"]}
     assert {tag for started, tag in seen if started > switched} == {trained["b"]}
     assert scorer.reload()["changed"] is False
+
+
+def test_a_reload_names_the_workers_it_could_not_reach(home, tmp_path, trained, caplog, monkeypatch):
+    """Workers that cannot share their directory (a read-only home) or ask each other (a full disk) still serve and
+    reload themselves, and the answer says the others may not have; a sibling's failed reload is an answer."""
+    (tmp_path / "file").write_text("")
+    alone = make_scorer(home, tmp_path / "alone", workers=2, siblings=Siblings(tmp_path / "file"))
+    alone.start()
+    assert alone.ready and "POST /reload reaches only the worker that takes it" in caplog.text
+    Registry(home=home).promote(trained["b"], reason="test")
+    result = alone.reload_everywhere()
+    alone.close()
+    assert result["model_tag"] == trained["b"] and result["changed"]
+    assert result["workers"]["serving"] == 1 and result["workers"]["total"] == 2
+    assert re.fullmatch(r"cannot share .*file/\S+ with the other workers: .+", result["workers"]["errors"]["siblings"])
+
+    siblings = Siblings(tmp_path / "workers")
+    full = make_scorer(home, tmp_path / "full", workers=2, siblings=siblings)
+    full.start()
+
+    def no_space(action: str, timeout: float) -> dict[str, Any]:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(siblings, "ask", no_space)
+    assert full.reload_everywhere()["workers"] == {
+        "serving": 1, "total": 2, "errors": {"siblings": "cannot ask the other workers: [Errno 28] No space left on "
+                                                         "device"}}
+    monkeypatch.setattr(full, "reload", lambda: {}["model_tag"])
+    assert full._reload_answer() == {"error": "KeyError: 'model_tag'"}
+    full.close()
 
 
 def test_a_model_that_fails_to_load_leaves_the_current_one_serving(home, tmp_path, trained, caplog):

@@ -89,19 +89,37 @@ def test_dead_reused_silent_and_leaving_siblings(tmp_path: Path, children) -> No
 
 def test_late_workers_late_answers_and_servers_that_are_gone(tmp_path: Path, children) -> None:
     a = worker(tmp_path, children())
-    write_json(str(a.requests / "1-old"), {"action": "reload", "from": a.pid})
+    old, new, gone = (f"{time.time_ns()}-{name}" for name in ("old", "new", "gone"))  # as `ask` names them
+    write_json(str(a.requests / old), {"action": "reload", "from": a.pid})
     late = worker(tmp_path, children())
     assert late.pending() == []  # a request made before it joined: it loaded the model after it
-    write_json(str(a.requests / "2-new"), {"action": "reload", "from": a.pid})
-    assert late.pending() == [("2-new", "reload")] and late.pending() == []
+    write_json(str(a.requests / new), {"action": "reload", "from": a.pid})
+    assert late.pending() == [(new, "reload")] and late.pending() == []
 
-    late.answer("2-new", {"model_tag": "m"})
-    late.answer("9-gone", {"model_tag": "m"})  # its asker gave up and removed the request
+    late.answer(new, {"model_tag": "m"})
+    late.answer(gone, {"model_tag": "m"})  # its asker gave up and removed the request
     a.pending()
-    assert sorted(p.name for p in a.answers.iterdir()) == [f"2-new.{late.pid}"]
+    assert sorted(p.name for p in a.answers.iterdir()) == [f"{new}.{late.pid}"]
 
-    gone = tmp_path / f"{a.root.name.rsplit('-', 1)[0]}-{2**22 + 7}"
-    (gone / "requests").mkdir(parents=True)  # the directory of an arbiter that no longer runs
+    dead = 2**22 + 7  # a pid that no process has
+    host, namespace = a.server.rsplit("-", 1)
+    ended = tmp_path / f"{a.server}-{dead}"  # the directory of an arbiter that no longer runs
+    others = [tmp_path / f"{host}-{int(namespace) + 1}-{dead}",  # in another pid namespace (another container)
+              tmp_path / f"{host}-2-{namespace}-{dead}"]  # of another host whose name starts with this one's
+    for folder in (ended, *others):
+        (folder / "requests").mkdir(parents=True)
     worker(tmp_path, children())
-    assert not gone.exists() and a.root.exists()
+    assert not ended.exists() and a.root.exists() and all(folder.exists() for folder in others)
     assert json.loads((a.root / f"{a.pid}.worker").read_text()) == {"pid": a.pid}
+
+
+def test_requests_of_askers_killed_while_waiting_are_removed(tmp_path: Path, children) -> None:
+    a, b = worker(tmp_path, children()), worker(tmp_path, children())
+    old = f"{time.time_ns() - 301 * 10**9}-killed"  # older than STALE_SECONDS: its asker never removed it
+    write_json(str(a.requests / old), {"action": "reload", "from": a.pid})
+    b.answer(old, {"model_tag": "m"})
+    write_json(str(a.requests / f"{time.time_ns()}-waiting"), {"action": "reload", "from": a.pid})
+    assert [action for _, action in b.pending()] == ["reload"]
+    assert [p.name.split("-", 1)[1] for p in a.requests.iterdir()] == ["waiting"]
+    b.pending()
+    assert list(b.answers.iterdir()) == []  # the answer to the removed request went with it

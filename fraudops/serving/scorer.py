@@ -55,6 +55,7 @@ class Scorer:
                  metrics: ScorerMetrics | None = None, siblings: Siblings | None = None) -> None:
         self.config = config
         self.siblings = siblings
+        self.siblings_error: str | None = None  # why the other workers cannot be reached (they were to be)
         self.source = source
         self.service_spec = config.service_spec()
         self.log = log_writer
@@ -204,7 +205,12 @@ class Scorer:
         """Load the model (a failure leaves the service unready and is retried), then start the champion poll and,
         with siblings, listen to their requests (from before the load: a /reload made meanwhile waits for it)."""
         if self.siblings is not None:
-            self.siblings.join()
+            try:
+                self.siblings.join()
+            except OSError as exc:  # e.g. a read-only BENTOML_HOME: serve, and say so at each /reload
+                self.siblings_error = f"cannot share {self.siblings.root} with the other workers: {exc}"
+                log.error("%s; POST /reload reaches only the worker that takes it", self.siblings_error)
+                self.siblings = None
         self._try_reload()
         if self.config.poll_seconds > 0 or not self.ready or self.siblings is not None:
             self._watcher = threading.Thread(target=self._watch, name="fraudops-model-watch", daemon=True)
@@ -234,14 +240,21 @@ class Scorer:
             return self.reload()
         except ModelLoadError as exc:
             return {"error": str(exc)}
+        except Exception as exc:  # an answer, not a silence the asking worker waits out
+            log.exception("reload asked by another worker failed")
+            return {"error": f"{type(exc).__name__}: {exc}"}
 
     def reload_everywhere(self) -> dict[str, Any]:
         """`reload` here, then in every other worker of this server; ``workers`` says how many of the
         ``FRAUDOPS_WORKERS`` serve the answer's model now, and why the others do not (``errors``, by pid)."""
         result = self.reload()
         if self.siblings is None:
-            return result
-        asked = self.siblings.ask("reload", SIBLING_SECONDS)
+            return result if self.siblings_error is None else self._alone(result, self.siblings_error)
+        try:
+            asked = self.siblings.ask("reload", SIBLING_SECONDS)
+        except (OSError, ValueError) as exc:  # this worker switched: say what the others may not have
+            log.exception("cannot ask the other workers to reload")
+            return self._alone(result, f"cannot ask the other workers: {exc}")
         errors = {str(pid): answer.get("error") or f"serves {answer.get('model_tag')}"
                   for pid, answer in asked["answers"].items() if answer.get("model_tag") != result["model_tag"]}
         errors.update({str(pid): f"no answer in {SIBLING_SECONDS:.0f} s" for pid in asked["unanswered"]})
@@ -251,6 +264,10 @@ class Scorer:
         serving = 1 + sum(answer.get("model_tag") == result["model_tag"] for answer in asked["answers"].values())
         return {**result, "workers": {"serving": serving, "total": max(reached, self.config.workers),
                                       "errors": errors}}
+
+    def _alone(self, result: dict[str, Any], why: str) -> dict[str, Any]:
+        """``result`` of a reload of this worker only, the others not reached because of ``why``."""
+        return {**result, "workers": {"serving": 1, "total": self.config.workers, "errors": {"siblings": why}}}
 
     def _try_reload(self) -> None:
         with contextlib.suppress(ModelLoadError):  # logged when the reason changes; the watcher retries

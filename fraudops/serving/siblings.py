@@ -1,11 +1,12 @@
 """The other workers of one BentoML server, so that a request to one of them can reach them all.
 
 BentoML's workers share a listening socket, not state: ``POST /reload`` lands in one worker. That worker posts
-the request as a file in a directory the server's workers share (``$BENTOML_HOME/fraudops/workers/<host>-<arbiter
-pid>``: their parent, the arbiter, names it), and waits for each live sibling's answer; each worker looks for
-requests a few times a second (`Siblings.pending`) and answers after doing what was asked. A sibling is a
-registered pid whose parent is the arbiter: one that died is not waited for, one that does not answer in time is
-named as unanswered. The directories of arbiters that are gone are removed by the next server to start.
+the request as a file in a directory the server's workers share (``$BENTOML_HOME/fraudops/workers/<host>-<pid
+namespace>-<arbiter pid>``: their parent, the arbiter, names it), and waits for each live sibling's answer; each
+worker looks for requests a few times a second (`Siblings.pending`) and answers after doing what was asked. A
+sibling is a registered pid whose parent is the arbiter: one that died is not waited for, one that does not answer
+in time is named as unanswered. The directories of arbiters that are gone are removed by the next server to start
+on the same host and pid namespace, requests left by askers that were killed after `STALE_SECONDS`.
 """
 
 from __future__ import annotations
@@ -31,12 +32,24 @@ log = logging.getLogger(__name__)
 TICK_SECONDS = 0.2
 """How often a worker looks for its siblings' requests."""
 
+STALE_SECONDS = 300.0
+"""A request this old was left by an asker killed while it waited (asks wait seconds): it is removed."""
+
 
 def default_root() -> Path:
     """``$BENTOML_HOME/fraudops/workers``: one directory per server under it."""
     from fraudops.registry import default_home
 
     return default_home() / "fraudops" / "workers"
+
+
+def _namespace() -> str:
+    """This process's pid namespace (the inode of ``/proc/self/ns/pid``; "0" without one): two containers with one
+    host name and one volume have arbiters of the same pid, in namespaces of their own."""
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return "0"
 
 
 def _child_of(pid: int, parent: int) -> bool:
@@ -60,8 +73,8 @@ class Siblings:
         self.pid = pid or os.getpid()
         self.parent = parent or os.getppid()
         self.home = root or default_root()
-        self.host = socket.gethostname()
-        self.root = self.home / f"{self.host}-{self.parent}"
+        self.server = f"{socket.gethostname()}-{_namespace()}"  # where the arbiter's pid names one process
+        self.root = self.home / f"{self.server}-{self.parent}"
         self.requests = self.root / "requests"
         self.answers = self.root / "answers"
         self._handled: set[str] = set()
@@ -69,10 +82,11 @@ class Siblings:
 
     def join(self) -> None:
         """Register this worker; forget workers that are gone, and the directories of servers that are gone."""
-        for other in self.home.glob(f"{self.host}-*") if self.home.is_dir() else ():
-            with contextlib.suppress(ValueError):
-                if other != self.root and not psutil.pid_exists(int(other.name.rsplit("-", 1)[1])):
-                    shutil.rmtree(other, ignore_errors=True)
+        for other in self.home.iterdir() if self.home.is_dir() else ():
+            server, _, arbiter = other.name.rpartition("-")
+            if server == self.server and other != self.root and arbiter.isdigit() and \
+                    not psutil.pid_exists(int(arbiter)):
+                shutil.rmtree(other, ignore_errors=True)
         for folder in (self.requests, self.answers):
             folder.mkdir(parents=True, exist_ok=True)
         for entry in self.root.glob("*.worker"):
@@ -137,6 +151,13 @@ class Siblings:
             names = sorted(p.name for p in self.requests.iterdir() if not _writing(p))
         except FileNotFoundError:
             return []
+        stale = time.time_ns() - int(STALE_SECONDS * 1e9)
+        for name in list(names):
+            made = name.split("-", 1)[0]
+            if made.isdigit() and int(made) < stale:
+                with contextlib.suppress(OSError):
+                    (self.requests / name).unlink()
+                names.remove(name)
         found = []
         with self._lock:
             for name in names:
