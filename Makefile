@@ -34,7 +34,7 @@ demo: install
 	$(BIN)/fraudops demo --home $(DEMO_HOME)/demo
 
 test: install
-	$(BIN)/pytest
+	$(BIN)/pytest --durations=20  # the slowest tests, to keep CI within its 30 minutes
 
 test-fast: install
 	$(BIN)/pytest -m "not slow"
