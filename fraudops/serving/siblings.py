@@ -152,12 +152,15 @@ class Siblings:
         except FileNotFoundError:
             return []
         stale = time.time_ns() - int(STALE_SECONDS * 1e9)
-        for name in list(names):
+        fresh = []
+        for name in names:
             made = name.split("-", 1)[0]
             if made.isdigit() and int(made) < stale:
                 with contextlib.suppress(OSError):
                     (self.requests / name).unlink()
-                names.remove(name)
+            else:
+                fresh.append(name)
+        names = fresh
         found = []
         with self._lock:
             for name in names:
