@@ -427,8 +427,8 @@ def test_a_reload_names_the_workers_it_could_not_reach(home, tmp_path, trained, 
 
     monkeypatch.setattr(siblings, "ask", no_space)
     assert full.reload_everywhere()["workers"] == {
-        "serving": 1, "total": 2, "errors": {"siblings": "cannot ask the other workers: [Errno 28] No space left on "
-                                                         "device"}}
+        "serving": 1, "total": 2, "errors": {"siblings": f"cannot ask the other workers through {siblings.root}: "
+                                                         "[Errno 28] No space left on device"}}
     monkeypatch.setattr(full, "reload", lambda: {}["model_tag"])
     assert full._reload_answer() == {"error": "KeyError: 'model_tag'"}
     full.close()

@@ -254,7 +254,7 @@ class Scorer:
             asked = self.siblings.ask("reload", SIBLING_SECONDS)
         except (OSError, ValueError) as exc:  # this worker switched: say what the others may not have
             log.exception("cannot ask the other workers to reload")
-            return self._alone(result, f"cannot ask the other workers: {exc}")
+            return self._alone(result, f"cannot ask the other workers through {self.siblings.root}: {exc}")
         errors = {str(pid): answer.get("error") or f"serves {answer.get('model_tag')}"
                   for pid, answer in asked["answers"].items() if answer.get("model_tag") != result["model_tag"]}
         errors.update({str(pid): f"no answer in {SIBLING_SECONDS:.0f} s" for pid in asked["unanswered"]})
