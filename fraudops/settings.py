@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -57,22 +58,52 @@ def usable_cpus() -> int:
     return max(1, min(cpus, math.ceil(limit))) if limit else cpus
 
 
-def _cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup"), proc: Path = Path("/proc/self/cgroup")) -> float | None:
+def _cgroup_cpu_limit(proc: Path = Path("/proc/self/cgroup"), mountinfo: Path = Path("/proc/self/mountinfo")
+                      ) -> float | None:
     """CPUs of the tightest CPU quota over this process's cgroup and its ancestors (v2 ``cpu.max``, v1
-    ``cpu.cfs_quota_us``); None without one."""
+    ``cpu.cfs_quota_us``) that its mounts show; None without one.
+
+    A group's folder is its path in ``proc`` below the root of a mount of its hierarchy (``mountinfo``): in a
+    container without a cgroup namespace the mount shows the container's own group, not the host's root."""
     try:
         groups = {controllers: path for _, controllers, path in
                   (line.split(":", 2) for line in proc.read_text().splitlines() if line.count(":") >= 2)}
     except OSError:
-        groups = {}
-    v1 = next((path for controllers, path in groups.items() if "cpu" in controllers.split(",")), "/")
-    mounts = [root] + [root / name for name in ("cpu", "cpu,cpuacct", "cpuacct,cpu")]
+        return None
+    v1 = next((path for controllers, path in groups.items() if "cpu" in controllers.split(",")), None)
     limits = []
-    for mount, group in zip(mounts, [groups.get("", "/")] + [v1] * 3, strict=True):
-        folder = mount / group.strip("/")  # the group, then each ancestor up to the mount (a container's root)
-        limits += [_quota(f) for f in (folder, *folder.parents) if f == mount or mount in f.parents]
+    for point, root, hierarchy in _cpu_mounts(mountinfo):
+        group = groups.get("") if hierarchy == "cgroup2" else v1
+        if group is None or (root != "/" and group != root and not group.startswith(root.rstrip("/") + "/")):
+            continue  # not in this hierarchy, or not below what the mount shows
+        folder = point / group[len(root.rstrip("/")):].strip("/")  # then each ancestor up to the mount point
+        limits += [_quota(f) for f in (folder, *folder.parents) if f == point or point in f.parents]
     found = [limit for limit in limits if limit is not None]
     return min(found) if found else None
+
+
+def _cpu_mounts(mountinfo: Path) -> list[tuple[Path, str, str]]:
+    """The mount point, mount root and type of each cgroup mount that can hold a CPU quota: the v2 hierarchy, and
+    a v1 hierarchy with the ``cpu`` controller (``mountinfo``: proc(5)'s format)."""
+    try:
+        lines = mountinfo.read_text().splitlines()
+    except OSError:
+        return []
+    mounts = []
+    for line in lines:
+        fields, _, rest = line.partition(" - ")
+        own, other = fields.split(), rest.split()
+        if len(own) < 5 or len(other) < 3:
+            continue
+        kind = other[0]
+        if kind == "cgroup2" or (kind == "cgroup" and "cpu" in other[2].split(",")):
+            mounts.append((Path(_unescape(own[4])), _unescape(own[3]), kind))
+    return mounts
+
+
+def _unescape(field: str) -> str:
+    """A mountinfo path field: space, tab, newline and backslash come as octal escapes."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
 def _quota(folder: Path) -> float | None:

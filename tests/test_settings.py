@@ -65,33 +65,69 @@ def test_a_bad_value_names_its_variable(monkeypatch: pytest.MonkeyPatch) -> None
     StoreSettings.from_env()  # other processes do not care
 
 
-def _cgroup(tmp_path: Path, files: dict[str, str], membership: str) -> tuple[Path, Path]:
+V2 = [("", "/", "cgroup2", "rw")]  # cgroup v2 at the folder's root, showing the hierarchy's root
+V1 = [("cpu", "/", "cgroup", "rw,cpu")]
+
+
+def _cgroup(tmp_path: Path, files: dict[str, str], membership: str, mounts: list[tuple[str, str, str, str]]
+            ) -> tuple[Path, Path]:
+    """A fake /sys/fs/cgroup below ``tmp_path``: ``files`` in it, the process's ``membership`` (/proc/self/cgroup)
+    and ``mounts`` (point below the fake root, mount root, type, super options) as /proc/self/mountinfo."""
+    fs = tmp_path / "fs"
     for name, text in files.items():
-        (tmp_path / "fs" / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / "fs" / name).write_text(text)
+        (fs / name).parent.mkdir(parents=True, exist_ok=True)
+        (fs / name).write_text(text)
     (tmp_path / "cgroup").write_text(membership)
-    return tmp_path / "fs", tmp_path / "cgroup"
+    (tmp_path / "mountinfo").write_text("".join(
+        f"{30 + i} 23 0:{40 + i} {root} {str(fs / point).replace(' ', chr(92) + '040')} rw,nosuid shared:9 - "
+        f"{kind} {kind} {options}\n" for i, (point, root, kind, options) in enumerate(mounts)))
+    return tmp_path / "cgroup", tmp_path / "mountinfo"
 
 
-@pytest.mark.parametrize(("files", "membership", "cpus"), [
-    ({"kubepods/pod1/cpu.max": "150000 100000\n"}, "0::/kubepods/pod1\n", 1.5),  # v2, the process's own group
-    ({"cpu.max": "200000 100000\n"}, "0::/\n", 2.0),  # v2 in a cgroup namespace
-    ({"cpu.max": "max 100000\n"}, "0::/\n", None),  # v2, no limit
+@pytest.mark.parametrize(("files", "membership", "mounts", "cpus"), [
+    ({"kubepods/pod1/cpu.max": "150000 100000\n"}, "0::/kubepods/pod1\n", V2, 1.5),  # v2, the process's own group
+    ({"cpu.max": "200000 100000\n"}, "0::/\n", V2, 2.0),  # v2 in a cgroup namespace
+    ({"cpu.max": "max 100000\n"}, "0::/\n", V2, None),  # v2, no limit
     ({"cpu/docker/abc/cpu.cfs_quota_us": "50000\n", "cpu/docker/abc/cpu.cfs_period_us": "100000\n"},
-     "4:memory:/docker/abc\n3:cpu,cpuacct:/docker/abc\n0::/\n", 0.5),  # v1
-    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, "1:cpu:/\n0::/\n", None),  # v1, none
+     "4:memory:/docker/abc\n3:cpu,cpuacct:/docker/abc\n0::/\n", V1, 0.5),  # v1
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, "1:cpu:/\n0::/\n", V1, None),  # none
     ({"cpu,cpuacct/docker/cpu.cfs_quota_us": "300000\n", "cpu,cpuacct/docker/cpu.cfs_period_us": "100000\n"},
-     "3:cpu,cpuacct:/docker/abc\n", 3.0),  # v1 mounted as cpu,cpuacct; the limit on the parent group
+     "3:cpu,cpuacct:/docker/abc\n", [("cpu,cpuacct", "/", "cgroup", "rw,cpu,cpuacct")], 3.0),  # the parent's limit
     ({"system.slice/cpu.max": "100000 100000\n", "system.slice/app.service/cpu.max": "max 100000\n"},
-     "0::/system.slice/app.service\n", 1.0),  # v2: a slice's limit binds the service below it
-    ({"cpu.max": "400000 100000\n", "pod/cpu.max": "250000 100000\n"}, "0::/pod\n", 2.5),  # the tightest one
-    ({}, "", None),  # no cgroup files at all
+     "0::/system.slice/app.service\n", V2, 1.0),  # v2: a slice's limit binds the service below it
+    ({"cpu.max": "400000 100000\n", "pod/cpu.max": "250000 100000\n"}, "0::/pod\n", V2, 2.5),  # the tightest one
+    # without a cgroup namespace a container's mount shows its own group at the mount point
+    ({"cpu/cpu.cfs_quota_us": "50000\n", "cpu/cpu.cfs_period_us": "100000\n"}, "3:cpu:/docker/abc\n",
+     [("cpu", "/docker/abc", "cgroup", "rw,cpu")], 0.5),
+    ({"cpu/cpu.cfs_quota_us": "200000\n", "cpu/cpu.cfs_period_us": "100000\n",  # ... and a group nested in it
+      "cpu/sub/cpu.cfs_quota_us": "50000\n", "cpu/sub/cpu.cfs_period_us": "100000\n"},
+     "3:cpu:/kubepods/pod1/ctr/sub\n", [("cpu", "/kubepods/pod1/ctr", "cgroup", "rw,cpu")], 0.5),
+    ({"app/cpu.max": "100000 100000\n"}, "0::/system.slice/docker-abc.scope/app\n",  # v2 the same way
+     [("", "/system.slice/docker-abc.scope", "cgroup2", "rw")], 1.0),
+    ({"cpu.max": "100000 100000\n"}, "0::/other\n",  # a group the mount does not show: not its limit
+     [("", "/system.slice/docker-abc.scope", "cgroup2", "rw")], None),
+    ({"cpu/cpu.cfs_quota_us": "150000\n", "cpu/cpu.cfs_period_us": "100000\n", "unified/cpu.max": "max 100000\n"},
+     "1:cpu:/\n0::/\n", [*V1, ("unified", "/", "cgroup2", "rw")], 1.5),  # a hybrid host
+    ({"cpu/cpu.cfs_quota_us": "150000\n", "cpu/cpu.cfs_period_us": "100000\n"}, "1:cpuacct:/\n0::/\n",
+     [("cpu", "/", "cgroup", "rw,cpuacct")], None),  # a v1 mount without the cpu controller
+    ({"my cgroup/cpu.max": "300000 100000\n"}, "0::/\n", [("my cgroup", "/", "cgroup2", "rw")], 3.0),  # escaped
+    ({"cpu.max": "200000 100000\n"}, "0::/\n", [], None),  # no cgroup mounts
+    ({}, "", V2, None),  # no cgroup files at all
 ])
-def test_the_cgroup_cpu_limit(tmp_path: Path, files: dict[str, str], membership: str, cpus: float | None) -> None:
+def test_the_cgroup_cpu_limit(tmp_path: Path, files: dict[str, str], membership: str,
+                              mounts: list[tuple[str, str, str, str]], cpus: float | None) -> None:
     from fraudops.settings import _cgroup_cpu_limit
 
-    root, proc = _cgroup(tmp_path, files, membership)
-    assert _cgroup_cpu_limit(root, proc) == cpus
+    proc, mountinfo = _cgroup(tmp_path, files, membership, mounts)
+    assert _cgroup_cpu_limit(proc, mountinfo) == cpus
+
+
+def test_the_cgroup_cpu_limit_without_proc_files(tmp_path: Path) -> None:
+    from fraudops.settings import _cgroup_cpu_limit
+
+    proc, mountinfo = _cgroup(tmp_path, {"cpu.max": "200000 100000\n"}, "0::/\n", V2)
+    assert _cgroup_cpu_limit(proc, tmp_path / "absent") is None
+    assert _cgroup_cpu_limit(tmp_path / "absent", mountinfo) is None
 
 
 def test_workers_auto_is_one_per_usable_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
