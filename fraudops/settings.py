@@ -89,16 +89,17 @@ def _cpu_mounts(mountinfo: Path) -> list[tuple[Path, str, str]]:
         lines = mountinfo.read_text().splitlines()
     except OSError:
         return []
-    mounts = []
+    mounts: dict[Path, tuple[str, str]] = {}  # a later mount on a point hides the one before
     for line in lines:
         fields, _, rest = line.partition(" - ")
         own, other = fields.split(), rest.split()
         if len(own) < 5 or len(other) < 3:
             continue
-        kind = other[0]
+        point, kind = Path(_unescape(own[4])), other[0]
+        mounts.pop(point, None)
         if kind == "cgroup2" or (kind == "cgroup" and "cpu" in other[2].split(",")):
-            mounts.append((Path(_unescape(own[4])), _unescape(own[3]), kind))
-    return mounts
+            mounts[point] = (_unescape(own[3]), kind)
+    return [(point, root, kind) for point, (root, kind) in mounts.items()]
 
 
 def _unescape(field: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -112,6 +113,8 @@ def _cgroup(tmp_path: Path, files: dict[str, str], membership: str, mounts: list
      [("cpu", "/", "cgroup", "rw,cpuacct")], None),  # a v1 mount without the cpu controller
     ({"my cgroup/cpu.max": "300000 100000\n"}, "0::/\n", [("my cgroup", "/", "cgroup2", "rw")], 3.0),  # escaped
     ({"cpu.max": "200000 100000\n"}, "0::/\n", [], None),  # no cgroup mounts
+    ({"cpu/cpu.cfs_quota_us": "50000\n", "cpu/cpu.cfs_period_us": "100000\n"}, "1:cpu:/\n",  # hidden by a
+     [*V1, ("cpu", "/", "tmpfs", "rw")], None),  # later mount on the same point
     ({}, "", V2, None),  # no cgroup files at all
 ])
 def test_the_cgroup_cpu_limit(tmp_path: Path, files: dict[str, str], membership: str,
@@ -192,3 +195,37 @@ def test_the_service_runs_one_worker_per_cpu_of_a_real_cgroup_quota() -> None:
     finally:
         container.rmdir()
         pod.rmdir()
+
+
+@pytest.mark.skipif(_cpu_cgroup_mount() is None or shutil.which("unshare") is None,
+                    reason="needs root, unshare and a writable cgroup with the CPU controller")
+def test_a_container_without_a_cgroup_namespace_reads_the_quota_of_its_nested_group() -> None:
+    """A container runtime without cgroup namespaces bind-mounts the container's own group over the cgroup mount
+    point, while /proc/self/cgroup names the group by its host path: the real kernel, mount and files."""
+    found = _cpu_cgroup_mount()
+    assert found
+    mount, kind = found
+    container = mount / f"fraudops-ns-test-{os.getpid()}"
+    nested = container / "sub"
+    container.mkdir()
+    try:
+        if kind == "v1":
+            nested.mkdir()
+            for group, quota in ((container, 200_000), (nested, 50_000)):
+                (group / "cpu.cfs_period_us").write_text("100000")
+                (group / "cpu.cfs_quota_us").write_text(str(quota))
+        else:
+            (container / "cpu.max").write_text("200000 100000")
+            (container / "cgroup.subtree_control").write_text("+cpu")
+            nested.mkdir()
+            (nested / "cpu.max").write_text("50000 100000")
+        script = (f'mount --bind {container} {mount} && echo $$ > {mount}/sub/cgroup.procs && exec "$0" -c "$1"')
+        out = subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, sys.executable,
+             "from fraudops.settings import _cgroup_cpu_limit; print(_cgroup_cpu_limit())"],
+            cwd=REPO, capture_output=True, text=True, timeout=60, check=True)
+        assert out.stdout.split()[-1] == "0.5", (out.stdout, out.stderr)
+    finally:
+        if nested.exists():
+            nested.rmdir()
+        container.rmdir()
