@@ -8,6 +8,7 @@ import dataclasses
 import json
 import math
 import os
+import queue
 import re
 import shutil
 import signal
@@ -1119,6 +1120,102 @@ def test_a_frozen_store_records_the_outage_once_it_answers_again(home, tmp_path,
     assert back["results"][0]["features"]["device_id__count_1h"] == 5
     assert registry.get_sample_value("fraudops_scorer_feature_store_pending_writes") == 0
     assert counter(registry, "feature_store_dropped_writes") == 0
+
+
+class SlowLink:
+    """A TCP proxy on a free loopback port that delays every byte ``delay`` seconds each way, in order: a network
+    between the scorer and its store (this kernel has no netem). ``delay`` may change while connections are open."""
+
+    def __init__(self, upstream: str, delay: float) -> None:
+        import socket
+        from urllib.parse import urlsplit
+
+        target = urlsplit(upstream)
+        self.delay, self._target = delay, (target.hostname, target.port)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"redis://127.0.0.1:{self._listener.getsockname()[1]}{target.path}"
+        self._sockets: list[Any] = [self._listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            server = socket.create_connection(self._target)
+            self._sockets += [client, server]
+            for source, sink in ((client, server), (server, client)):
+                chunks: queue.Queue[tuple[float, bytes]] = queue.Queue()
+                threading.Thread(target=self._read, args=(source, chunks), daemon=True).start()
+                threading.Thread(target=self._write, args=(chunks, sink), daemon=True).start()
+
+    def _read(self, source: Any, chunks: queue.Queue[tuple[float, bytes]]) -> None:
+        while True:
+            try:
+                data = source.recv(65536)
+            except OSError:
+                data = b""
+            chunks.put((time.monotonic() + self.delay, data))
+            if not data:
+                return
+
+    @staticmethod
+    def _write(chunks: queue.Queue[tuple[float, bytes]], sink: Any) -> None:
+        import socket
+
+        while True:
+            due, data = chunks.get()
+            time.sleep(max(0.0, due - time.monotonic()))
+            try:
+                if not data:
+                    sink.shutdown(socket.SHUT_WR)
+                    return
+                sink.sendall(data)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        for sock in self._sockets:
+            sock.close()
+
+
+def test_a_store_across_a_slow_network_is_waited_for_within_the_timeout_and_loses_nothing(home, tmp_path,
+                                                                                           redis_server):
+    """The store behind a network of 60 ms round trip, inside the 0.5 s timeout: each request waits for its two
+    round trips and is answered from the store. Then 1.2 s away: each request is answered from the snapshot, flagged,
+    after about the timeout (not the network's time), and its transaction held. Back to 60 ms: the next request
+    sees every transaction once, the held ones included."""
+    link = SlowLink(redis_server.url, delay=0.03)
+    registry = CollectorRegistry()
+    scorer = make_scorer(home, tmp_path, registry, feature_store_url=link.url, feature_store_timeout_seconds=0.5,
+                         feature_store_retry_seconds=0)
+    rows = burst(7, "SLOW-NET-DEV")
+    near, far = [], []
+    try:
+        scorer.reload()
+        for batch, out, delay in ((rows[:3], near, 0.03), (rows[3:6], far, 0.6)):
+            link.delay = delay
+            for row in batch:
+                started = time.monotonic()
+                out.append((scorer.score([row], explain=True), time.monotonic() - started))
+        link.delay = 0.03
+        back = scorer.score(rows[6:], explain=True)
+    finally:
+        scorer.close()
+        link.close()
+    assert [body["results"][0]["features"]["device_id__count_1h"] for body, _ in near] == [0, 1, 2]
+    assert not any("features_fallback" in body for body, _ in near)
+    assert all(seconds >= 0.12 for _, seconds in near)  # two round trips through the link
+    assert all(body["features_fallback"] is True for body, _ in far)
+    assert all(seconds < 1.2 for _, seconds in far), [seconds for _, seconds in far]  # not the 1.2 s round trip
+    assert "features_fallback" not in back
+    assert back["results"][0]["features"]["device_id__count_1h"] == 6
+    assert registry.get_sample_value("fraudops_scorer_feature_store_pending_writes") == 0
+    assert counter(registry, "feature_store_dropped_writes") == 0
+    assert counter(registry, "feature_store_requests") == 7 and counter(registry, "feature_store_fallbacks") == 3
 
 
 def test_a_backlog_of_held_writes_is_recorded_500_a_request_without_new_fallbacks(home, tmp_path, redis_server):
