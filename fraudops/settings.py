@@ -74,8 +74,9 @@ def _cgroup_cpu_limit(proc: Path = Path("/proc/self/cgroup"), mountinfo: Path = 
     limits = []
     for point, root, hierarchy in _cpu_mounts(mountinfo):
         group = groups.get("") if hierarchy == "cgroup2" else v1
-        if group is None or (root != "/" and group != root and not group.startswith(root.rstrip("/") + "/")):
-            continue  # not in this hierarchy, or not below what the mount shows
+        if group is None or ".." in group.split("/") or (
+                root != "/" and group != root and not group.startswith(root.rstrip("/") + "/")):
+            continue  # not in this hierarchy, outside the cgroup namespace's root, or not below what the mount shows
         folder = point / group[len(root.rstrip("/")):].strip("/")  # then each ancestor up to the mount point
         limits += [_quota(f) for f in (folder, *folder.parents) if f == point or point in f.parents]
     found = [limit for limit in limits if limit is not None]
@@ -89,17 +90,16 @@ def _cpu_mounts(mountinfo: Path) -> list[tuple[Path, str, str]]:
         lines = mountinfo.read_text().splitlines()
     except OSError:
         return []
-    mounts: dict[Path, tuple[str, str]] = {}  # a later mount on a point hides the one before
+    mounts = []
     for line in lines:
         fields, _, rest = line.partition(" - ")
         own, other = fields.split(), rest.split()
-        if len(own) < 5 or len(other) < 3:
-            continue
-        point, kind = Path(_unescape(own[4])), other[0]
-        mounts.pop(point, None)
-        if kind == "cgroup2" or (kind == "cgroup" and "cpu" in other[2].split(",")):
-            mounts[point] = (_unescape(own[3]), kind)
-    return [(point, root, kind) for point, (root, kind) in mounts.items()]
+        if len(own) >= 5 and len(other) >= 3:
+            mounts.append((own[0], own[1], Path(_unescape(own[4])), _unescape(own[3]), other[0], other[2]))
+    covered = {(parent, point) for _, parent, point, *_ in mounts}  # a mount on a point hides its parent there
+    return [(point, root, kind) for mount, _, point, root, kind, options in mounts
+            if (mount, point) not in covered and (kind == "cgroup2" or (kind == "cgroup" and "cpu" in
+                                                                        options.split(",")))]
 
 
 def _unescape(field: str) -> str:

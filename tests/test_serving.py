@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import dataclasses
 import json
@@ -1134,8 +1135,11 @@ class SlowLink:
         self.delay, self._target = delay, (target.hostname, target.port)
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"redis://127.0.0.1:{self._listener.getsockname()[1]}{target.path}"
-        self._sockets: list[Any] = [self._listener]
-        threading.Thread(target=self._accept, daemon=True).start()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._sockets: list[Any] = []
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
 
     def _accept(self) -> None:
         import socket
@@ -1143,14 +1147,20 @@ class SlowLink:
         while True:
             try:
                 client, _ = self._listener.accept()
+                server = socket.create_connection(self._target)
             except OSError:
                 return  # closed
-            server = socket.create_connection(self._target)
-            self._sockets += [client, server]
-            for source, sink in ((client, server), (server, client)):
-                chunks: queue.Queue[tuple[float, bytes]] = queue.Queue()
-                threading.Thread(target=self._read, args=(source, chunks), daemon=True).start()
-                threading.Thread(target=self._write, args=(chunks, sink), daemon=True).start()
+            with self._lock:
+                self._sockets += [client, server]
+                if self._closed:
+                    break
+                for source, sink in ((client, server), (server, client)):
+                    source.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    chunks: queue.Queue[tuple[float, bytes]] = queue.Queue()
+                    for pump, args in ((self._read, (source, chunks)), (self._write, (chunks, sink))):
+                        self._threads.append(threading.Thread(target=pump, args=args, daemon=True))
+                        self._threads[-1].start()
+        self._shut([client, server])
 
     def _read(self, source: Any, chunks: queue.Queue[tuple[float, bytes]]) -> None:
         while True:
@@ -1162,13 +1172,12 @@ class SlowLink:
             if not data:
                 return
 
-    @staticmethod
-    def _write(chunks: queue.Queue[tuple[float, bytes]], sink: Any) -> None:
+    def _write(self, chunks: queue.Queue[tuple[float, bytes]], sink: Any) -> None:
         import socket
 
         while True:
             due, data = chunks.get()
-            time.sleep(max(0.0, due - time.monotonic()))
+            time.sleep(max(0.0, due - time.monotonic()) if not self._closed else 0.0)
             try:
                 if not data:
                     sink.shutdown(socket.SHUT_WR)
@@ -1177,9 +1186,24 @@ class SlowLink:
             except OSError:
                 return
 
-    def close(self) -> None:
-        for sock in self._sockets:
+    @staticmethod
+    def _shut(sockets: list[Any]) -> None:
+        """Wake whatever waits on them (closing alone does not, on Linux), then close."""
+        import socket
+
+        for sock in sockets:
+            with contextlib.suppress(OSError):  # never connected, or already shut
+                sock.shutdown(socket.SHUT_RDWR)
             sock.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            sockets = [self._listener, *self._sockets]
+        self._shut(sockets)
+        for thread in self._threads:
+            thread.join(timeout=5)
+        assert not any(thread.is_alive() for thread in self._threads), "the slow link's threads did not stop"
 
 
 def test_a_store_across_a_slow_network_is_waited_for_within_the_timeout_and_loses_nothing(home, tmp_path,

@@ -79,9 +79,13 @@ def _cgroup(tmp_path: Path, files: dict[str, str], membership: str, mounts: list
         (fs / name).parent.mkdir(parents=True, exist_ok=True)
         (fs / name).write_text(text)
     (tmp_path / "cgroup").write_text(membership)
-    (tmp_path / "mountinfo").write_text("".join(
-        f"{30 + i} 23 0:{40 + i} {root} {str(fs / point).replace(' ', chr(92) + '040')} rw,nosuid shared:9 - "
-        f"{kind} {kind} {options}\n" for i, (point, root, kind, options) in enumerate(mounts)))
+    lines, top = [], {}  # each mount on top of the one listed before it on its point
+    for i, (point, root, kind, options) in enumerate(mounts):
+        path = str(fs / point).replace(" ", chr(92) + "040")
+        lines.append(f"{30 + i} {top.get(path, 23)} 0:{40 + i} {root} {path} rw,nosuid shared:9 - {kind} {kind} "
+                     f"{options}\n")
+        top[path] = 30 + i
+    (tmp_path / "mountinfo").write_text("".join(lines))
     return tmp_path / "cgroup", tmp_path / "mountinfo"
 
 
@@ -115,6 +119,7 @@ def _cgroup(tmp_path: Path, files: dict[str, str], membership: str, mounts: list
     ({"cpu.max": "200000 100000\n"}, "0::/\n", [], None),  # no cgroup mounts
     ({"cpu/cpu.cfs_quota_us": "50000\n", "cpu/cpu.cfs_period_us": "100000\n"}, "1:cpu:/\n",  # hidden by a
      [*V1, ("cpu", "/", "tmpfs", "rw")], None),  # later mount on the same point
+    ({"cpu.max": "100000 100000\n"}, "0::/../sibling\n", V2, None),  # outside the cgroup namespace's root
     ({}, "", V2, None),  # no cgroup files at all
 ])
 def test_the_cgroup_cpu_limit(tmp_path: Path, files: dict[str, str], membership: str,
@@ -123,6 +128,21 @@ def test_the_cgroup_cpu_limit(tmp_path: Path, files: dict[str, str], membership:
 
     proc, mountinfo = _cgroup(tmp_path, files, membership, mounts)
     assert _cgroup_cpu_limit(proc, mountinfo) == cpus
+
+
+def test_the_mount_on_top_of_a_point_is_the_one_whose_parent_it_is_not(tmp_path: Path) -> None:
+    """Propagation can slip a mount under one already there: mountinfo then lists the lower one later, and its
+    parent ids, not the order, say which one shows."""
+    from fraudops.settings import _cpu_mounts
+
+    lines = ["50 23 0:29 / /sys/fs/cgroup/cpu rw shared:1 - cgroup cgroup rw,cpu",
+             "60 51 0:29 /docker/abc /sys/fs/cgroup/cpu rw master:1 - cgroup cgroup rw,cpu",
+             "51 50 0:28 / /sys/fs/cgroup/cpu rw - tmpfs tmpfs rw",  # listed after, between the two
+             "70 23 0:38 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw"]
+    path = tmp_path / "mountinfo"
+    path.write_text("\n".join(lines) + "\n")
+    assert _cpu_mounts(path) == [(Path("/sys/fs/cgroup/cpu"), "/docker/abc", "cgroup"),
+                                 (Path("/sys/fs/cgroup/unified"), "/", "cgroup2")]
 
 
 def test_the_cgroup_cpu_limit_without_proc_files(tmp_path: Path) -> None:
@@ -222,9 +242,13 @@ def test_a_container_without_a_cgroup_namespace_reads_the_quota_of_its_nested_gr
         script = (f'mount --bind {container} {mount} && echo $$ > {mount}/sub/cgroup.procs && exec "$0" -c "$1"')
         out = subprocess.run(
             ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, sys.executable,
-             "from fraudops.settings import _cgroup_cpu_limit; print(_cgroup_cpu_limit())"],
+             "from pathlib import Path; from fraudops.settings import _cgroup_cpu_limit, _cpu_mounts; "
+             "mounts = _cpu_mounts(Path('/proc/self/mountinfo')); "
+             f"print([root for point, root, _ in mounts if point == Path('{mount}')]); print(_cgroup_cpu_limit())"],
             cwd=REPO, capture_output=True, text=True, timeout=60, check=True)
-        assert out.stdout.split()[-1] == "0.5", (out.stdout, out.stderr)
+        shown, limit = out.stdout.splitlines()[-2:]
+        assert shown.startswith("['/") and shown.endswith(f"/{container.name}']"), (out.stdout, out.stderr)  # one
+        assert limit == "0.5", (out.stdout, out.stderr)
     finally:
         if nested.exists():
             nested.rmdir()
