@@ -591,6 +591,10 @@ def features_rebuild(window: str, log_root: str | None, store_url: str, model_ta
     seeded = (f"loaded the snapshot of {tag}" if result.seed.loaded
               else f"kept its history (seeded from {result.seed.source})")
     out.print(f"store {seeded}; replayed {result.transactions:,} logged transactions, {result.recorded:,} new")
+    if result.unreadable:
+        raise FraudopsError(f"{len(result.unreadable)} log file(s) could not be read, their transactions not replayed: "
+                            f"{', '.join(result.unreadable)}; restore them and run the rebuild again (it counts "
+                            "nothing twice)")
 
 
 # -- monitor ------------------------------------------------------------------------------------------------

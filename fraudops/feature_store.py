@@ -10,8 +10,6 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-import pandas as pd
-
 from fraudops.bundle import ModelBundle
 from fraudops.entity_features import OnlineFeatures
 from fraudops.errors import ConfigError
@@ -56,18 +54,20 @@ def seed_from_bundle(store: RedisStore, bundle: ModelBundle, tag: str) -> SeedRe
 
 @dataclass(frozen=True)
 class RebuildResult:
-    """What `rebuild_from_log` did: the snapshot seeding, the decided transactions read from the log, and how
-    many of them the store had not recorded before."""
+    """What `rebuild_from_log` did: the snapshot seeding, the decided transactions read from the log, how many
+    of them the store had not recorded before, and the log files it could not read (their rows not replayed)."""
 
     seed: SeedResult
     transactions: int
     recorded: int
+    unreadable: tuple[str, ...] = ()
 
 
 def rebuild_from_log(store: RedisStore, bundle: ModelBundle, tag: str, log_root: str, start: datetime,
                      end: datetime, batch: int = 1000) -> RebuildResult:
     """Rebuild a (new) store: seed it with ``bundle``'s snapshot if its namespace has no history, then record the
-    transactions the prediction log holds from [start, end) in event-time order, as the scorer recorded them.
+    transactions the prediction log holds from [start, end) in event-time order, as the scorer recorded them,
+    ``batch`` at a time (the log's input column in memory, not the rows).
 
     Only decided rows count (roles champion and canary: a shadow row's transaction was decided by another model
     of the same request), each transaction once; recording is idempotent by transaction id, so a rebuild over
@@ -76,24 +76,35 @@ def rebuild_from_log(store: RedisStore, bundle: ModelBundle, tag: str, log_root:
     expired counts again: see `fraudops.online_store.RedisStore`). Not recovered: transactions
     older than the log's retention, and the all-history counts of a transaction that is both in the model's
     training table and in the log (a retrained model's table holds exported traffic) and older than the longest
-    window at the table's end, which count twice."""
-    seed = seed_from_bundle(store, bundle, tag)
-    frame = read_predictions(log_root, start, end)
-    if len(frame) and not {"role", "input"} <= set(frame):
-        raise ConfigError(f"the prediction log at {log_root} lacks the role or input column: written by an older "
-                          "scorer, it cannot rebuild the store")
+    window at the table's end, which count twice. A window without any logged prediction is a `ConfigError`
+    (before the store is touched): the wrong log, most likely."""
+    spec = bundle.state.spec
+    assert spec.timestamp is not None  # a model with entity features has one (open_store checked)
+    frame = read_predictions(log_root, start, end, columns=["role", "input", "request_id", "row", spec.timestamp])
+    unreadable = tuple(frame.attrs.get("corrupt_paths", ()))
+    if not len(frame) and not unreadable:
+        raise ConfigError(f"the prediction log at {log_root} holds no prediction logged from {start:%Y-%m-%d %H:%M} "
+                          f"to {end:%Y-%m-%d %H:%M} UTC: check --log-root (FRAUDOPS_PREDICTION_LOG); to load only "
+                          "the model's snapshot, use `fraudops features load-snapshot`")
+    if len(frame) and not {"role", "input", spec.timestamp} <= set(frame):
+        raise ConfigError(f"the prediction log at {log_root} lacks the role, input or {spec.timestamp} column: "
+                          "written by an older scorer, it cannot rebuild the store")
     decided = frame[frame["role"].isin(DECIDED_ROLES)] if len(frame) else frame
     if {"request_id", "row"} <= set(decided):  # a row the log writer wrote twice (recovery after a crash)
         decided = decided.drop_duplicates(["request_id", "row"], keep="first")
+    if len(decided):  # stable: a time's transactions in the order they were logged
+        decided = decided.sort_values(spec.timestamp, kind="stable")
+    texts = decided["input"].tolist() if len(decided) else []
+    del frame, decided
     from fraudops.serving.rows import RowSchema
 
     schema = RowSchema(bundle.state)
-    rows = schema.validate([json.loads(text) for text in decided.get("input", pd.Series(dtype=object))])
-    spec = bundle.state.spec
-    rows.sort(key=lambda row: row[spec.timestamp])  # stable: a time's transactions in the order they were logged
     config = bundle.state.entities
     assert config is not None  # open_store checked
+    seed = seed_from_bundle(store, bundle, tag)
     online = OnlineFeatures(config, store)
-    recorded = sum(online.record(rows[i:i + batch]) for i in range(0, len(rows), batch))
-    log.info("feature store %s rebuilt from %d logged transactions (%d new)", store.namespace, len(rows), recorded)
-    return RebuildResult(seed, len(rows), recorded)
+    recorded = 0
+    for i in range(0, len(texts), batch):
+        recorded += online.record(schema.validate([json.loads(text) for text in texts[i:i + batch]]))
+    log.info("feature store %s rebuilt from %d logged transactions (%d new)", store.namespace, len(texts), recorded)
+    return RebuildResult(seed, len(texts), recorded, unreadable)

@@ -777,9 +777,10 @@ def _parts(fs: Any, base: str, start: pd.Timestamp | None, end: pd.Timestamp | N
     return keep
 
 
-def read_log(root: str, kind: str, start: datetime | str | None = None, end: datetime | str | None = None
-             ) -> pd.DataFrame:
-    """Rows of one log (``predictions`` or ``feedback``) logged in [start, end), oldest first.
+def read_log(root: str, kind: str, start: datetime | str | None = None, end: datetime | str | None = None,
+             columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """Rows of one log (``predictions`` or ``feedback``) logged in [start, end), oldest first; ``columns``: only
+    those of them a file has (and the time logged), not all.
 
     Unreadable part files are skipped with a warning; ``frame.attrs["corrupt_parts"]`` counts them and
     ``frame.attrs["corrupt_paths"]`` lists them. Naive times are UTC.
@@ -790,7 +791,12 @@ def read_log(root: str, kind: str, start: datetime | str | None = None, end: dat
     for path in _parts(fs, base, begin, stop):
         try:
             with fs.open(path, "rb") as fh:
-                frames.append(pq.read_table(fh).to_pandas())
+                wanted = None
+                if columns is not None:
+                    present = pq.ParquetFile(fh).schema_arrow.names
+                    wanted = [c for c in present if c == TIME_COLUMN or c in columns]
+                    fh.seek(0)
+                frames.append(pq.read_table(fh, columns=wanted).to_pandas())
         except (OSError, ValueError, pa.ArrowException) as exc:
             log.warning("skipping unreadable log file %s: %s", path, exc)
             corrupt.append(path)
@@ -809,10 +815,11 @@ def read_log(root: str, kind: str, start: datetime | str | None = None, end: dat
     return frame
 
 
-def read_predictions(root: str, start: datetime | str | None = None, end: datetime | str | None = None
-                     ) -> pd.DataFrame:
-    """Predictions logged in [start, end): request_id, row, model_tag, score, decision, features, input JSON."""
-    return read_log(root, PREDICTIONS, start, end)
+def read_predictions(root: str, start: datetime | str | None = None, end: datetime | str | None = None,
+                     columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """Predictions logged in [start, end): request_id, row, model_tag, score, decision, features, input JSON
+    (``columns``: only those)."""
+    return read_log(root, PREDICTIONS, start, end, columns)
 
 
 def read_feedback(root: str, start: datetime | str | None = None, end: datetime | str | None = None

@@ -165,6 +165,12 @@ def test_parse_window_rejects_other_text(text: str) -> None:
         parse_window(text)
 
 
+@pytest.mark.parametrize("text", ["36501d", "10000000d", "876001h"])
+def test_parse_window_rejects_windows_beyond_a_century(text: str) -> None:
+    with pytest.raises(ConfigError, match="is longer than 36500 days"):
+        parse_window(text)
+
+
 # -- decision bands -------------------------------------------------------------------------------------------
 def test_logged_bands_are_the_ones_most_rows_were_decided_with() -> None:
     window = pd.DataFrame({"review_threshold": [0.2, 0.2, 0.3, None], "decline_threshold": [0.8, 0.8, 0.9, None]})

@@ -124,6 +124,16 @@ def test_columns_roundtrip_and_schemas_may_differ_between_chunks(tmp_path):
     assert str(frame["logged_at"].dt.tz) == "UTC" and frame["model_tag"].unique().tolist() == ["m:1"]
 
 
+def test_only_the_columns_asked_for_are_read(tmp_path):
+    writer = LogWriter(str(tmp_path), flush_seconds=60)
+    writer.append(chunk(2, country=["GB", "FR"]))
+    writer.append(chunk(1))  # a file without the country column
+    writer.close()
+    frame = read_predictions(str(tmp_path), columns=["country", "not_logged"])
+    assert list(frame.columns) == ["logged_at", "country"] and len(frame) == 3
+    assert frame["country"].tolist()[:2] == ["GB", "FR"] and pd.isna(frame["country"].iloc[2])
+
+
 def test_corrupt_and_unreadable_parts_are_skipped_and_counted(tmp_path):
     writer = LogWriter(str(tmp_path), flush_seconds=60)
     writer.append(chunk(4))

@@ -1315,6 +1315,18 @@ def test_a_lost_store_is_rebuilt_from_the_prediction_log(home, tmp_path, redis_s
                                       "--log-root", str(tmp_path / "log")])
     assert "kept its history" in again.output and "403 logged transactions, 0 new" in again.output
     np.testing.assert_array_equal(live.lookup(rows), before)
+    # an unreadable log file: the rest is replayed, and the command fails naming it
+    (broken := sorted((tmp_path / "log").rglob("part-*.parquet"))[0]).write_bytes(b"torn")
+    partial = CliRunner().invoke(main, ["features", "rebuild", "--from-log", "1h", "--store-url", redis_server.url,
+                                        "--log-root", str(tmp_path / "log")])
+    assert partial.exit_code == 1 and "0 new" in partial.output, partial.output
+    assert f"1 log file(s) could not be read, their transactions not replayed: {broken}" in partial.output
+    # the wrong log (or none): an error before the store is touched
+    client.flushall()
+    wrong = CliRunner().invoke(main, ["features", "rebuild", "--from-log", "1h", "--store-url", redis_server.url,
+                                      "--log-root", str(tmp_path / "no-log-here")])
+    assert wrong.exit_code == 1 and "holds no prediction logged from" in wrong.output, wrong.output
+    assert client.dbsize() == 0
 
 
 def test_only_the_champion_claims_an_empty_store(home, tmp_path, redis_server, trained):

@@ -41,7 +41,14 @@ def parse_window(text: str) -> timedelta:
     if not match:
         raise ConfigError(f"window {text!r} is not a duration like 30m, 1h or 2d")
     value, unit = float(match.group(1)), match.group(2)
-    return timedelta(**{{"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[unit]: value})
+    seconds = value * {"s": 1, "m": 60, "h": 3600, "d": 86_400}[unit]
+    if seconds > LONGEST_WINDOW.total_seconds():
+        raise ConfigError(f"window {text!r} is longer than {LONGEST_WINDOW.days} days")
+    return timedelta(seconds=seconds)
+
+
+LONGEST_WINDOW = timedelta(days=36_500)
+"""The longest window a command takes (a century: what comes before it is not a time a log holds)."""
 
 
 def labelled_window(log_root: str, start: datetime, end: datetime, model_tag: str | None = None,
