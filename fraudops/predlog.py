@@ -791,12 +791,12 @@ def read_log(root: str, kind: str, start: datetime | str | None = None, end: dat
     for path in _parts(fs, base, begin, stop):
         try:
             with fs.open(path, "rb") as fh:
-                wanted = None
-                if columns is not None:
-                    present = pq.ParquetFile(fh).schema_arrow.names
-                    wanted = [c for c in present if c == TIME_COLUMN or c in columns]
-                    fh.seek(0)
-                frames.append(pq.read_table(fh, columns=wanted).to_pandas())
+                if columns is None:
+                    frames.append(pq.read_table(fh).to_pandas())
+                else:
+                    part = pq.ParquetFile(fh)
+                    wanted = [c for c in part.schema_arrow.names if c == TIME_COLUMN or c in columns]
+                    frames.append(part.read(columns=wanted).to_pandas())
         except (OSError, ValueError, pa.ArrowException) as exc:
             log.warning("skipping unreadable log file %s: %s", path, exc)
             corrupt.append(path)

@@ -211,6 +211,8 @@ def test_object_store_log(monkeypatch):
         writer.close()
         assert len(read_predictions("s3://predlog/scorer")) == 5
         assert len(read_predictions("s3://predlog/scorer", T0 + timedelta(hours=1))) == 2
+        some = read_predictions("s3://predlog/scorer", columns=["input"])  # what a feature store rebuild reads
+        assert list(some.columns) == ["logged_at", "input"] and len(some) == 5
     finally:
         server.stop()
 
