@@ -590,7 +590,10 @@ def features_rebuild(window: str, log_root: str | None, store_url: str, model_ta
         raise FraudopsError(str(exc)) from None
     seeded = (f"loaded the snapshot of {tag}" if result.seed.loaded
               else f"kept its history (seeded from {result.seed.source})")
-    out.print(f"store {seeded}; replayed {result.transactions:,} logged transactions, {result.recorded:,} new")
+    left = (f"; {result.left_out:,} left out: the scorers recorded them (logged since "
+            f"{result.covered_since:%Y-%m-%d %H:%M:%S} UTC) and the store has folded them into its all-history "
+            "counts" if result.left_out and result.covered_since else "")
+    out.print(f"store {seeded}; replayed {result.transactions:,} logged transactions, {result.recorded:,} new{left}")
     if result.unreadable:
         raise FraudopsError(f"{len(result.unreadable)} log file(s) could not be read, their transactions not replayed: "
                             f"{', '.join(result.unreadable)}; restore them and run the rebuild again (it counts "

@@ -10,11 +10,14 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
+import numpy as np
+import pandas as pd
+
 from fraudops.bundle import ModelBundle
 from fraudops.entity_features import OnlineFeatures
 from fraudops.errors import ConfigError
 from fraudops.online_store import RedisStore, SeedResult, StoreLimits
-from fraudops.predlog import read_predictions
+from fraudops.predlog import TIME_COLUMN, read_predictions
 from fraudops.registry import CANARY, CHAMPION
 
 log = logging.getLogger(__name__)
@@ -61,6 +64,10 @@ class RebuildResult:
     transactions: int
     recorded: int
     unreadable: tuple[str, ...] = ()
+    left_out: int = 0
+    """Transactions the scorers recorded (logged since `RedisStore.covered_since`) that the store no longer finds
+    (a longest window behind every one of their entity values' newest): replayed, they would count twice."""
+    covered_since: datetime | None = None
 
 
 def rebuild_from_log(store: RedisStore, bundle: ModelBundle, tag: str, log_root: str, start: datetime,
@@ -70,14 +77,18 @@ def rebuild_from_log(store: RedisStore, bundle: ModelBundle, tag: str, log_root:
     ``batch`` at a time (the log's input column in memory, not the rows).
 
     Only decided rows count (roles champion and canary: a shadow row's transaction was decided by another model
-    of the same request), each transaction once; recording is idempotent by transaction id, so a rebuild over
-    a store that still has part of the history, or run twice, counts nothing twice, within the longest window (a
-    transaction whose events the store folded, a longest window behind its values' newest, and whose marker
-    expired counts again: see `fraudops.online_store.RedisStore`). Not recovered: transactions
-    older than the log's retention, and the all-history counts of a transaction that is both in the model's
-    training table and in the log (a retrained model's table holds exported traffic) and older than the longest
-    window at the table's end, which count twice. A window without any logged prediction is a `ConfigError`
-    (before the store is touched): the wrong log, most likely."""
+    of the same request), each transaction once; recording is idempotent by transaction id while the store keeps
+    the transaction's events or marker (a longest window). Beyond that, the namespace's coverage decides
+    (`RedisStore.covered_since`: its seed's claim, lowered to ``start`` by each complete rebuild): a transaction
+    logged since then, which the scorers recorded, is recorded only where one of its entity values keeps its
+    event (else it is left out, already counted), so a rebuild over a store that kept its history, or run twice,
+    counts nothing twice. Not recovered: transactions older than the log's retention, writes a scorer dropped
+    (beyond its held limit) that no entity value keeps by then, and the all-history counts of a transaction that
+    is both in the model's training table and in the log (a retrained model's table holds exported traffic) and
+    older than the longest window at the table's end, which count twice; nor those of the transactions the
+    scorers held while the store was empty or down, before its reseed, when the rebuild comes a longest window
+    after them. A window without any logged prediction is a `ConfigError` (before the store is touched): the
+    wrong log, most likely."""
     spec = bundle.state.spec
     assert spec.timestamp is not None  # a model with entity features has one (open_store checked)
     frame = read_predictions(log_root, start, end, columns=["role", "input", "request_id", "row", spec.timestamp])
@@ -95,6 +106,7 @@ def rebuild_from_log(store: RedisStore, bundle: ModelBundle, tag: str, log_root:
     if len(decided):  # stable: a time's transactions in the order they were logged
         decided = decided.sort_values(spec.timestamp, kind="stable")
     texts = decided["input"].tolist() if len(decided) else []
+    logged = pd.DatetimeIndex(decided[TIME_COLUMN]) if len(decided) else pd.DatetimeIndex([], tz="UTC")
     del frame, decided
     from fraudops.serving.rows import RowSchema
 
@@ -102,9 +114,17 @@ def rebuild_from_log(store: RedisStore, bundle: ModelBundle, tag: str, log_root:
     config = bundle.state.entities
     assert config is not None  # open_store checked
     seed = seed_from_bundle(store, bundle, tag)
+    covered = store.covered_since()
+    scorers = (logged >= covered) if covered is not None else np.zeros(len(texts), dtype=bool)
     online = OnlineFeatures(config, store)
     recorded = 0
+    store.take_unfindable()
     for i in range(0, len(texts), batch):
-        recorded += online.record(schema.validate([json.loads(text) for text in texts[i:i + batch]]))
-    log.info("feature store %s rebuilt from %d logged transactions (%d new)", store.namespace, len(texts), recorded)
-    return RebuildResult(seed, len(texts), recorded, unreadable)
+        records = online.records(schema.validate([json.loads(text) for text in texts[i:i + batch]]))
+        recorded += store.write(records, findable_only=np.asarray(scorers[i:i + batch]))
+    left_out = store.take_unfindable()
+    if not unreadable:
+        store.mark_covered(start)
+    log.info("feature store %s rebuilt from %d logged transactions (%d new, %d left out)", store.namespace,
+             len(texts), recorded, left_out)
+    return RebuildResult(seed, len(texts), recorded, unreadable, left_out, covered)

@@ -519,6 +519,15 @@ _WRITE_SHA = hashlib.sha1(_WRITE.encode()).hexdigest()  # EVALSHA's name for it
 
 # Claiming a namespace's seed (`RedisStore.seed`). KEYS[1]: the seed hash (source, state, started, finished).
 # ARGV: source, now. Returns {state, source}: 'claimed' when this call claimed it.
+# Lowering a namespace's coverage (`RedisStore.mark_covered`). KEYS[1]: the seed hash; ARGV[1]: epoch seconds.
+_COVER = """
+local started = redis.call('HGET', KEYS[1], 'started')
+if not started then return 0 end
+local covered = tonumber(redis.call('HGET', KEYS[1], 'covered_from'))
+if covered and covered <= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'covered_from', ARGV[1])
+return 1
+"""
 _CLAIM = """
 local source = redis.call('HGET', KEYS[1], 'source')
 if not source then
@@ -634,6 +643,20 @@ class _Merged:
     beyond: np.ndarray
     kept_new: np.ndarray
     folded_early: np.ndarray
+
+
+def _merge_fresh(old: _Blobs, paired: np.ndarray, records: Records, owner: np.ndarray, fresh: np.ndarray,
+                 adds: _Additions | None, keep_ticks: int, limits: StoreLimits) -> _Merged | None:
+    """`_merge` of the ``fresh`` transactions of ``records`` (entries under the blob indices ``owner``) into
+    ``old`` (None: nothing to write)."""
+    take = fresh[records.entry_row]
+    rows = records.entry_row[take]
+    new = _NewEvents(owner[take], records.ticks[rows], records.amount[rows], records.account_hashes[rows],
+                     records.txn_hashes[rows])
+    if not len(new.entity) and adds is None:
+        return None
+    return _merge(old, paired, new, adds, keep_ticks, limits, secrets.randbits(63) | 1,
+                  time.time_ns() // (1_000_000_000 // TICKS_PER_SECOND))
 
 
 def _merge(old: _Blobs, paired: np.ndarray, new: _NewEvents, adds: _Additions | None, keep_ticks: int,
@@ -798,6 +821,7 @@ class RedisStore:
         self._queued = 0  # entity values of the batch calls on the wire or waiting for their turn
         self._queue_lock = threading.Lock()
         self._races = 0
+        self._unfindable = 0
 
     @classmethod
     def from_url(cls, url: str, limits: StoreLimits, *, timeout_s: float = 0.05, key_timeout_s: float = 0.0,
@@ -824,11 +848,15 @@ class RedisStore:
         while the write's script call is on its way (again on the states read again, if the write lost a race)."""
         return self._call(query, records, "read and write", answer)[0]
 
-    def write(self, records: Records) -> int:
-        return self._call(None, records, "write")[1] if len(records) else 0
+    def write(self, records: Records, findable_only: np.ndarray | None = None) -> int:
+        """Record the transactions not recorded before; returns how many were new. ``findable_only`` (per
+        transaction; a rebuild's replay of those the scorers recorded): record such a transaction only if one of its
+        entity values keeps its event, where a later replay finds it (see `take_unfindable`)."""
+        return self._call(None, records, "write", findable_only=findable_only)[1] if len(records) else 0
 
     def _call(self, query: Query | None, records: Records, what: str, answer: Callable[[States], T] | None = None,
-              adds: _Additions | None = None, refs: Sequence[EntityRef] = ()) -> tuple[T | None, int]:
+              adds: _Additions | None = None, refs: Sequence[EntityRef] = (), findable_only: np.ndarray | None = None
+              ) -> tuple[T | None, int]:
         """Read the query's and the records' entity values (or ``refs``, a seed chunk's), answer the query, record
         the new records (and a seed chunk's ``adds``). Returns ``answer`` of the query's states and how many records
         were new (a seed chunk: 1 applied, 0 applied before, -1 not this seed's owner)."""
@@ -854,7 +882,7 @@ class RedisStore:
                                        "took longer than their allowance")
             try:
                 with _unavailable(what):
-                    return self._exchange(query, records, owner, refs, adds, what, answer)
+                    return self._exchange(query, records, owner, refs, adds, what, answer, findable_only)
             finally:
                 self._turn.release()
         finally:
@@ -862,12 +890,12 @@ class RedisStore:
                 self._queued -= len(refs)
 
     def _exchange(self, query: Query | None, records: Records, owner: np.ndarray, refs: list[EntityRef],
-                  adds: _Additions | None, what: str, answer: Callable[[States], T] | None) -> tuple[T | None, int]:
+                  adds: _Additions | None, what: str, answer: Callable[[States], T] | None,
+                  findable_only: np.ndarray | None = None) -> tuple[T | None, int]:
         names = [self._suffix(ref) for ref in refs]
         blob_keys = [f"{self._prefix}:e:{name}" for name in names]  # read, and written for the touched ones
         timeout = self.timeout_s + self.key_timeout_s * len(refs)
-        txn, new_rows = records.txn_hashes, records.entry_row
-        record_ticks, record_amount, record_account = records.ticks, records.amount, records.account_hashes
+        txn = records.txn_hashes
         paired = np.array([ref.paired for ref in refs], dtype=bool)
         markers = self._markers("t", records.txn.tolist()) + self._markers("x", txn.tolist())  # by id, then hash
         first_of_id = np.zeros(len(records), dtype=bool)  # a transaction id repeated in the batch counts once
@@ -880,14 +908,15 @@ class RedisStore:
                 old = _Blobs.decode(raw, names)
                 estimate = self._estimates(conn, old, query, paired, names, timeout) if query is not None else None
                 fresh = first_of_id & ~marked & ~isin(txn, old.txn)  # not among the events its values keep
-                take = fresh[new_rows]
-                rows = new_rows[take]
-                new = _NewEvents(owner[take], record_ticks[rows], record_amount[rows], record_account[rows], txn[rows])
+                horizon = max(keep_ticks, self.limits.keep_ticks)
+                merged, unfindable = _merge_fresh(old, paired, records, owner, fresh, adds, horizon, self.limits), 0
+                if merged is not None and findable_only is not None:  # again without those a replay cannot find
+                    left_out = fresh & findable_only & ~isin(txn, merged.kept_new)
+                    if left_out.any():
+                        fresh, unfindable = fresh & ~left_out, int(left_out.sum())
+                        merged = _merge_fresh(old, paired, records, owner, fresh, adds, horizon, self.limits)
                 written: Callable[[], int | list[int]] = _nothing_to_write
-                if len(new.entity) or adds is not None:
-                    token = secrets.randbits(63) | 1
-                    merged = _merge(old, paired, new, adds, max(keep_ticks, self.limits.keep_ticks), self.limits,
-                                    token, time.time_ns() // (1_000_000_000 // TICKS_PER_SECOND))
+                if merged is not None:
                     marking = fresh if query is None else fresh & ~isin(txn, merged.kept_new)  # see the class
                     written = self._write(conn, merged, [blob_keys[i] for i in merged.touched],
                                           [names[i] for i in merged.touched], old.head["token"][merged.touched], adds,
@@ -898,6 +927,8 @@ class RedisStore:
                 finally:  # read the reply whatever happened, so that the connection stays in step
                     status = written()
                 if not isinstance(status, list):
+                    with self._queue_lock:
+                        self._unfindable += unfindable
                     return result, (status if adds is not None else int(fresh.sum()))
                 with self._queue_lock:
                     self._races += 1
@@ -914,6 +945,13 @@ class RedisStore:
     def _markers(self, kind: str, values: list[Any]) -> list[str]:
         """Marker keys of transactions: ``t`` by id, ``x`` by hash (see the class)."""
         return [f"{self._prefix}:{kind}:{value}" for value in values]
+
+    def take_unfindable(self) -> int:
+        """Transactions `write` left out since the last call, because with ``findable_only`` none of their entity
+        values would keep their events."""
+        with self._queue_lock:
+            unfindable, self._unfindable = self._unfindable, 0
+        return unfindable
 
     def take_races(self) -> int:
         """Writes that lost the compare-and-set race to another writer (and read and merged again) since the last
@@ -1078,6 +1116,22 @@ class RedisStore:
         """This namespace's seed marker (empty when nothing was seeded)."""
         with _unavailable("read"):
             return {k.decode(): v.decode() for k, v in self.client.hgetall(f"{self._prefix}:seed").items()}
+
+    def covered_since(self) -> datetime | None:
+        """Since when the namespace has recorded every decided transaction (as far as the scorers could): when its
+        seed was claimed, or the start of the earliest complete rebuild since (`mark_covered`); None unseeded."""
+        state = self.seed_state()
+        if "covered_from" in state:
+            return datetime.fromtimestamp(float(state["covered_from"]), UTC)
+        return datetime.fromisoformat(state["started"]) if "started" in state else None
+
+    def mark_covered(self, since: datetime) -> None:
+        """Record that the transactions logged since ``since`` are in the namespace (a rebuild replayed them), if
+        that is earlier than what `covered_since` says."""
+        covered = self.covered_since()
+        if covered is not None and since < covered:
+            with _unavailable("write"):
+                self.client.eval(_COVER, 1, f"{self._prefix}:seed", repr(since.timestamp()))
 
 
 # -- frozen snapshot ------------------------------------------------------------------------------------------
@@ -1272,7 +1326,7 @@ def _unavailable(what: str) -> Iterator[None]:
 
 
 def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
 def offsets(lengths: np.ndarray) -> np.ndarray:

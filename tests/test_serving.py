@@ -1329,6 +1329,78 @@ def test_a_lost_store_is_rebuilt_from_the_prediction_log(home, tmp_path, redis_s
     assert client.dbsize() == 0
 
 
+def test_a_rebuild_over_a_store_the_scorers_kept_counts_nothing_twice(home, tmp_path, redis_server, monkeypatch):
+    """Two weeks of traffic (the longest window: 7 d) recorded by the scorer, then a rebuild over the whole log (a
+    store that was not lost, or was reseeded and recorded for longer than a window before the rebuild): the
+    transactions the store folded without a marker are left out, not counted again, and every feature stays."""
+    from click.testing import CliRunner
+
+    from fraudops.cli import main
+
+    requests = as_requests(generate_transactions(1440, seed=5, start="2026-01-20", days=15))
+    scorer = make_scorer(home, tmp_path, feature_store_url=redis_server.url, feature_store_timeout_seconds=2)
+    scorer.reload()
+    try:
+        for start in range(0, 1400, 40):
+            scorer.score(requests[start:start + 40])
+        live = scorer.model.entities.live
+        rows = scorer.model.schema.validate(requests[1400:])
+        before = live.lookup(rows)
+    finally:
+        scorer.close()
+    monkeypatch.setenv("BENTOML_HOME", str(home))
+    outputs = [CliRunner().invoke(main, ["features", "rebuild", "--from-log", "1h", "--store-url", redis_server.url,
+                                         "--log-root", str(tmp_path / "log")]) for _ in range(2)]
+    assert all(out.exit_code == 0 for out in outputs), [out.output for out in outputs]
+    first = re.search(r"replayed 1,400 logged transactions, 0 new; ([\d,]+) left out: the scorers recorded them",
+                      outputs[0].output)
+    assert first and int(first.group(1).replace(",", "")) > 100, outputs[0].output
+    assert "replayed 1,400 logged transactions, 0 new" in outputs[1].output
+    np.testing.assert_array_equal(live.lookup(rows), before)
+
+
+def test_a_late_rebuild_after_a_reseed_restores_what_the_lost_store_had(home, tmp_path, redis_server, monkeypatch):
+    """The store is lost after 3 days of traffic; the scorer loads the snapshot again (its champion poll) and
+    records 12 more days (beyond the 7 d window) before the rebuild: the lost days are replayed, the days since
+    (recorded by the scorer, partly folded) are not counted again, and every feature equals a store never lost."""
+    import redis
+    from click.testing import CliRunner
+
+    from fraudops.cli import main
+
+    requests = as_requests(generate_transactions(1440, seed=6, start="2026-01-20", days=15))
+    reference_url = redis_server.url.rsplit("/", 1)[0] + "/1"
+    scorer = make_scorer(home, tmp_path, feature_store_url=redis_server.url, feature_store_timeout_seconds=2)
+    reference = make_scorer(home, tmp_path / "reference", feature_store_url=reference_url,
+                            feature_store_timeout_seconds=2)
+    lost_at = next(i for i, r in enumerate(requests) if r["purchase_time"] >= "2026-01-23")
+    try:
+        scorer.reload()
+        reference.reload()
+        for start in range(0, 1400, 40):
+            if start <= lost_at < start + 40:
+                scorer.score(requests[start:lost_at])
+                redis.Redis.from_url(redis_server.url).flushdb()  # lost
+                assert scorer.model.seed_store()  # the next champion poll's reseed
+                scorer.score(requests[lost_at:start + 40])
+            else:
+                scorer.score(requests[start:start + 40])
+            reference.score(requests[start:start + 40])
+        rows = scorer.model.schema.validate(requests[1400:])
+        live, never_lost = scorer.model.entities.live, reference.model.entities.live
+        expected = never_lost.lookup(rows)
+    finally:  # the log written
+        scorer.close()
+        reference.close()
+    assert not np.array_equal(live.lookup(rows), expected, equal_nan=True)  # the store lost 3 days
+    monkeypatch.setenv("BENTOML_HOME", str(home))
+    out = CliRunner().invoke(main, ["features", "rebuild", "--from-log", "1h", "--store-url", redis_server.url,
+                                    "--log-root", str(tmp_path / "log")])
+    assert out.exit_code == 0, out.output
+    assert f"replayed 1,400 logged transactions, {lost_at:,} new" in out.output
+    np.testing.assert_allclose(live.lookup(rows), expected, rtol=1e-12)  # sums added in another order
+
+
 def test_only_the_champion_claims_an_empty_store(home, tmp_path, redis_server, trained):
     """A challenger (rollout) or the shadow process loading its model never seeds the store: the champion's
     snapshot would not load into a namespace another model claimed."""
