@@ -596,8 +596,8 @@ def features_rebuild(window: str, log_root: str | None, store_url: str, model_ta
     out.print(f"store {seeded}; replayed {result.transactions:,} logged transactions, {result.recorded:,} new{left}")
     if result.unreadable:
         raise FraudopsError(f"{len(result.unreadable)} log file(s) could not be read, their transactions not replayed: "
-                            f"{', '.join(result.unreadable)}; restore them and run the rebuild again (it counts "
-                            "nothing twice)")
+                            f"{', '.join(result.unreadable)}; restore them and run the rebuild again within a longest "
+                            "window (it counts nothing twice then)")
 
 
 # -- monitor ------------------------------------------------------------------------------------------------

@@ -65,7 +65,7 @@ class RebuildResult:
     recorded: int
     unreadable: tuple[str, ...] = ()
     left_out: int = 0
-    """Transactions the scorers recorded (logged since `RedisStore.covered_since`) that the store no longer finds
+    """Transactions the scorers recorded (logged since `RedisStore.coverage`) that the store no longer finds
     (a longest window behind every one of their entity values' newest): replayed, they would count twice."""
     covered_since: datetime | None = None
 
@@ -79,7 +79,7 @@ def rebuild_from_log(store: RedisStore, bundle: ModelBundle, tag: str, log_root:
     Only decided rows count (roles champion and canary: a shadow row's transaction was decided by another model
     of the same request), each transaction once; recording is idempotent by transaction id while the store keeps
     the transaction's events or marker (a longest window). Beyond that, the namespace's coverage decides
-    (`RedisStore.covered_since`: its seed's claim, lowered to ``start`` by each complete rebuild): a transaction
+    (`RedisStore.coverage`: its seed's claim, lowered to ``start`` by each complete rebuild): a transaction
     logged since then, which the scorers recorded, is recorded only where one of its entity values keeps its
     event (else it is left out, already counted), so a rebuild over a store that kept its history, or run twice,
     counts nothing twice. Not recovered: transactions older than the log's retention, writes a scorer dropped
@@ -114,8 +114,8 @@ def rebuild_from_log(store: RedisStore, bundle: ModelBundle, tag: str, log_root:
     config = bundle.state.entities
     assert config is not None  # open_store checked
     seed = seed_from_bundle(store, bundle, tag)
-    covered = store.covered_since()
-    scorers = (logged >= covered) if covered is not None else np.zeros(len(texts), dtype=bool)
+    coverage = store.coverage()
+    scorers = (logged >= coverage.since) if coverage is not None else np.zeros(len(texts), dtype=bool)
     online = OnlineFeatures(config, store)
     recorded = 0
     store.take_unfindable()
@@ -123,8 +123,9 @@ def rebuild_from_log(store: RedisStore, bundle: ModelBundle, tag: str, log_root:
         records = online.records(schema.validate([json.loads(text) for text in texts[i:i + batch]]))
         recorded += store.write(records, findable_only=np.asarray(scorers[i:i + batch]))
     left_out = store.take_unfindable()
-    if not unreadable:
-        store.mark_covered(start)
+    if not unreadable and coverage is not None:
+        store.mark_covered(start, coverage)
     log.info("feature store %s rebuilt from %d logged transactions (%d new, %d left out)", store.namespace,
              len(texts), recorded, left_out)
-    return RebuildResult(seed, len(texts), recorded, unreadable, left_out, covered)
+    return RebuildResult(seed, len(texts), recorded, unreadable, left_out,
+                         coverage.since if coverage is not None else None)

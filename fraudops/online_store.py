@@ -517,17 +517,17 @@ return 1
 """
 _WRITE_SHA = hashlib.sha1(_WRITE.encode()).hexdigest()  # EVALSHA's name for it
 
-# Claiming a namespace's seed (`RedisStore.seed`). KEYS[1]: the seed hash (source, state, started, finished).
-# ARGV: source, now. Returns {state, source}: 'claimed' when this call claimed it.
-# Lowering a namespace's coverage (`RedisStore.mark_covered`). KEYS[1]: the seed hash; ARGV[1]: epoch seconds.
+# Lowering a namespace's coverage (`RedisStore.mark_covered`). KEYS[1]: the seed hash. ARGV: the new start (epoch
+# seconds), the claim it was read under (``started``: not another seed's, after a loss), that claim's time (epoch).
 _COVER = """
-local started = redis.call('HGET', KEYS[1], 'started')
-if not started then return 0 end
-local covered = tonumber(redis.call('HGET', KEYS[1], 'covered_from'))
-if covered and covered <= tonumber(ARGV[1]) then return 0 end
+if redis.call('HGET', KEYS[1], 'started') ~= ARGV[2] then return 0 end
+local covered = tonumber(redis.call('HGET', KEYS[1], 'covered_from')) or tonumber(ARGV[3])
+if covered <= tonumber(ARGV[1]) then return 0 end
 redis.call('HSET', KEYS[1], 'covered_from', ARGV[1])
 return 1
 """
+# Claiming a namespace's seed (`RedisStore.seed`). KEYS[1]: the seed hash (source, state, started, finished).
+# ARGV: source, now. Returns {state, source}: 'claimed' when this call claimed it.
 _CLAIM = """
 local source = redis.call('HGET', KEYS[1], 'source')
 if not source then
@@ -927,8 +927,9 @@ class RedisStore:
                 finally:  # read the reply whatever happened, so that the connection stays in step
                     status = written()
                 if not isinstance(status, list):
-                    with self._queue_lock:
-                        self._unfindable += unfindable
+                    if unfindable:
+                        with self._queue_lock:
+                            self._unfindable += unfindable
                     return result, (status if adds is not None else int(fresh.sum()))
                 with self._queue_lock:
                     self._races += 1
@@ -1117,21 +1118,31 @@ class RedisStore:
         with _unavailable("read"):
             return {k.decode(): v.decode() for k, v in self.client.hgetall(f"{self._prefix}:seed").items()}
 
-    def covered_since(self) -> datetime | None:
+    def coverage(self) -> Coverage | None:
         """Since when the namespace has recorded every decided transaction (as far as the scorers could): when its
         seed was claimed, or the start of the earliest complete rebuild since (`mark_covered`); None unseeded."""
         state = self.seed_state()
-        if "covered_from" in state:
-            return datetime.fromtimestamp(float(state["covered_from"]), UTC)
-        return datetime.fromisoformat(state["started"]) if "started" in state else None
+        if "started" not in state:
+            return None
+        since = (datetime.fromtimestamp(float(state["covered_from"]), UTC) if "covered_from" in state
+                 else datetime.fromisoformat(state["started"]))
+        return Coverage(since, state["started"])
 
-    def mark_covered(self, since: datetime) -> None:
-        """Record that the transactions logged since ``since`` are in the namespace (a rebuild replayed them), if
-        that is earlier than what `covered_since` says."""
-        covered = self.covered_since()
-        if covered is not None and since < covered:
-            with _unavailable("write"):
-                self.client.eval(_COVER, 1, f"{self._prefix}:seed", repr(since.timestamp()))
+    def mark_covered(self, since: datetime, coverage: Coverage) -> bool:
+        """Record that the transactions logged since ``since`` are in the namespace (a rebuild replayed them) if that
+        is earlier than its coverage, and the namespace still has the seed ``coverage`` was read under (not a new one
+        after a loss meanwhile). Whether it did."""
+        claimed = datetime.fromisoformat(coverage.claim).timestamp()
+        with _unavailable("write"):
+            return bool(self.client.eval(_COVER, 1, f"{self._prefix}:seed", repr(since.timestamp()), coverage.claim,
+                                         repr(claimed)))
+
+
+class Coverage(NamedTuple):
+    """A namespace's `RedisStore.coverage`: ``since`` when, under the seed claimed at ``claim`` (its ``started``)."""
+
+    since: datetime
+    claim: str
 
 
 # -- frozen snapshot ------------------------------------------------------------------------------------------

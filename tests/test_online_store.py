@@ -7,12 +7,14 @@ import socket
 import threading
 import time
 import uuid
+from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
 import pytest
 import redis
 
+from fraudops import online_store
 from fraudops.entity_features import EntityFeatureConfig, OnlineFeatures
 from fraudops.online_store import (
     NEVER,
@@ -331,6 +333,29 @@ def test_a_store_that_requires_history_refuses_reads_until_its_seed_is_ready(red
         online.lookup([row(1)])
     store.mark_ready("m:1")
     assert feature(online, [row(1)], "device_id__count_1h") == 1
+
+
+def test_a_rebuild_lowers_the_coverage_of_the_seed_it_read_only(redis_url: str) -> None:
+    """A namespace holds every decided transaction since its seed's claim, or since an earlier complete rebuild; a
+    rebuild that read the coverage of a seed since lost (and claimed again by a scorer) leaves the new one alone."""
+    from datetime import timedelta
+
+    namespace = f"t{uuid.uuid4().hex[:8]}"
+    store = RedisStore.from_url(redis_url, StoreLimits(keep_seconds=86_400), namespace=namespace)
+    assert store.coverage() is None
+    seed = f"{namespace}:2:seed"
+    store.client.eval(online_store._CLAIM, 1, seed, "m:1", "2026-03-01T10:00:00.250000+00:00")
+    claimed = datetime(2026, 3, 1, 10, 0, 0, 250000, tzinfo=UTC)
+    coverage = store.coverage()
+    assert coverage is not None and coverage.since == claimed
+    assert not store.mark_covered(claimed + timedelta(days=1), coverage)  # later: nothing to lower
+    assert store.mark_covered(claimed - timedelta(days=7), coverage)
+    assert store.coverage().since == claimed - timedelta(days=7)
+    assert not store.mark_covered(claimed - timedelta(days=3), coverage)  # not below what it is
+    store.client.delete(seed)  # lost, then claimed again by a scorer
+    store.client.eval(online_store._CLAIM, 1, seed, "m:1", "2026-03-20T08:00:00.000001+00:00")
+    assert not store.mark_covered(claimed - timedelta(days=30), coverage)
+    assert store.coverage().since == datetime(2026, 3, 20, 8, 0, 0, 1, tzinfo=UTC)
 
 
 def test_a_scored_batch_reads_then_records_itself_in_one_call(new_store) -> None:
