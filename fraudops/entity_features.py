@@ -38,7 +38,7 @@ from typing import Any, TypeVar, overload
 import numpy as np
 import pandas as pd
 
-from fraudops.normalize import MISSING, TICKS_PER_SECOND, entity_keys, key_text, ticks, to_times
+from fraudops.normalize import MISSING, TICKS_PER_SECOND, UNIT_SECONDS, entity_keys, key_text, ticks, to_times
 from fraudops.online_store import (
     NO_ACCOUNT,
     NO_TIME,
@@ -60,7 +60,6 @@ T = TypeVar("T")
 
 DEFAULT_WINDOWS = ("1h", "24h", "7d")
 ALL = "all"
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 _NONE = np.iinfo(np.int64).min  # no time: no earlier transaction / an account the store knew before everything
 _NEVER = np.iinfo(np.int64).max  # an account the store has never seen
 
@@ -78,7 +77,7 @@ class Window:
         match = re.fullmatch(r"([1-9]\d*)([smhdw])", text.strip()) if isinstance(text, str) else None
         if match is None:
             raise ValueError(f"window {text!r} must be a whole number and a unit (s, m, h, d or w), such as 1h or 7d")
-        return cls(match.group(0), int(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+        return cls(match.group(0), int(match.group(1)) * UNIT_SECONDS[match.group(2)])
 
     @property
     def ticks(self) -> int:

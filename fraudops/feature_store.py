@@ -121,7 +121,7 @@ def rebuild_from_log(store: RedisStore, bundle: ModelBundle, tag: str, log_root:
     store.take_unfindable()
     for i in range(0, len(texts), batch):
         records = online.records(schema.validate([json.loads(text) for text in texts[i:i + batch]]))
-        recorded += store.write(records, findable_only=np.asarray(scorers[i:i + batch]))
+        recorded += store.write(records, findable_only=scorers[i:i + batch])
     left_out = store.take_unfindable()
     if not unreadable and coverage is not None:
         store.mark_covered(start, coverage)

@@ -21,6 +21,8 @@ MISSING = "__missing__"
 NUMERIC_SHARE = 0.95
 
 TICKS_PER_SECOND = 1_000_000  # ticks are microseconds: exact as integers in a float64 (a Redis score) until 2255
+UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+"""Seconds in each unit of a duration (`30m`, `24h`, `7d`): entity-feature windows and the commands' windows."""
 
 
 def to_times(values: pd.Series, kind: str, time_format: str | None = None) -> pd.Series:

@@ -21,6 +21,7 @@ from fraudops import storage
 from fraudops.decisions import DECLINE_COLUMN, REVIEW_COLUMN, Bands
 from fraudops.errors import ConfigError
 from fraudops.monitoring.drift import LABEL, SCORE, DriftPolicy, compute_drift
+from fraudops.normalize import UNIT_SECONDS
 from fraudops.predlog import TIME_COLUMN, read_feedback, read_predictions
 from fraudops.registry import CANARY, CHAMPION, Registry, default_home
 from fraudops.settings import StoreSettings
@@ -41,7 +42,7 @@ def parse_window(text: str) -> timedelta:
     if not match:
         raise ConfigError(f"window {text!r} is not a duration like 30m, 1h or 2d")
     value, unit = float(match.group(1)), match.group(2)
-    seconds = value * {"s": 1, "m": 60, "h": 3600, "d": 86_400}[unit]
+    seconds = value * UNIT_SECONDS[unit]
     if seconds > LONGEST_WINDOW.total_seconds():
         raise ConfigError(f"window {text!r} is longer than {LONGEST_WINDOW.days} days")
     return timedelta(seconds=seconds)
