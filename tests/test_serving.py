@@ -1280,13 +1280,20 @@ def test_a_backlog_of_held_writes_is_recorded_500_a_request_without_new_fallback
     assert counter(registry, "feature_store_fallbacks") == 3 and counter(registry, "feature_store_dropped_writes") == 0
 
 
+def rebuild_cli(store_url: str, log_root: Path) -> Any:
+    """`fraudops features rebuild --from-log 1h` of the log at ``log_root`` into the store at ``store_url``."""
+    from click.testing import CliRunner
+
+    from fraudops.cli import main
+
+    return CliRunner().invoke(main, ["features", "rebuild", "--from-log", "1h", "--store-url", store_url,
+                                     "--log-root", str(log_root)])
+
+
 def test_a_lost_store_is_rebuilt_from_the_prediction_log(home, tmp_path, redis_server, trained, monkeypatch):
     """Score traffic (a retry among it) with a store, lose the store, rebuild it from the log: every entity
     feature of new transactions is what it was before the loss (the snapshot loaded, each transaction once)."""
     import redis
-    from click.testing import CliRunner
-
-    from fraudops.cli import main
 
     scorer = make_scorer(home, tmp_path, feature_store_url=redis_server.url, feature_store_timeout_seconds=2)
     scorer.reload()
@@ -1305,26 +1312,22 @@ def test_a_lost_store_is_rebuilt_from_the_prediction_log(home, tmp_path, redis_s
     client.flushall()
     assert client.dbsize() == 0
     monkeypatch.setenv("BENTOML_HOME", str(home))
-    result = CliRunner().invoke(main, ["features", "rebuild", "--from-log", "1h", "--store-url", redis_server.url,
-                                       "--log-root", str(tmp_path / "log")])
+    result = rebuild_cli(redis_server.url, tmp_path / "log")
     assert result.exit_code == 0, result.output
     assert f"loaded the snapshot of {trained['a']}" in result.output
     assert "replayed 403 logged transactions, 400 new" in result.output
     np.testing.assert_array_equal(live.lookup(rows), before)
-    again = CliRunner().invoke(main, ["features", "rebuild", "--from-log", "1h", "--store-url", redis_server.url,
-                                      "--log-root", str(tmp_path / "log")])
+    again = rebuild_cli(redis_server.url, tmp_path / "log")
     assert "kept its history" in again.output and "403 logged transactions, 0 new" in again.output
     np.testing.assert_array_equal(live.lookup(rows), before)
     # an unreadable log file: the rest is replayed, and the command fails naming it
     (broken := sorted((tmp_path / "log").rglob("part-*.parquet"))[0]).write_bytes(b"torn")
-    partial = CliRunner().invoke(main, ["features", "rebuild", "--from-log", "1h", "--store-url", redis_server.url,
-                                        "--log-root", str(tmp_path / "log")])
+    partial = rebuild_cli(redis_server.url, tmp_path / "log")
     assert partial.exit_code == 1 and "0 new" in partial.output, partial.output
     assert f"1 log file(s) could not be read, their transactions not replayed: {broken}" in partial.output
     # the wrong log (or none): an error before the store is touched
     client.flushall()
-    wrong = CliRunner().invoke(main, ["features", "rebuild", "--from-log", "1h", "--store-url", redis_server.url,
-                                      "--log-root", str(tmp_path / "no-log-here")])
+    wrong = rebuild_cli(redis_server.url, tmp_path / "no-log-here")
     assert wrong.exit_code == 1 and "holds no prediction logged from" in wrong.output, wrong.output
     assert client.dbsize() == 0
 
@@ -1333,10 +1336,6 @@ def test_a_rebuild_over_a_store_the_scorers_kept_counts_nothing_twice(home, tmp_
     """Two weeks of traffic (the longest window: 7 d) recorded by the scorer, then a rebuild over the whole log (a
     store that was not lost, or was reseeded and recorded for longer than a window before the rebuild): the
     transactions the store folded without a marker are left out, not counted again, and every feature stays."""
-    from click.testing import CliRunner
-
-    from fraudops.cli import main
-
     requests = as_requests(generate_transactions(1440, seed=5, start="2026-01-20", days=15))
     scorer = make_scorer(home, tmp_path, feature_store_url=redis_server.url, feature_store_timeout_seconds=2)
     scorer.reload()
@@ -1349,8 +1348,7 @@ def test_a_rebuild_over_a_store_the_scorers_kept_counts_nothing_twice(home, tmp_
     finally:
         scorer.close()
     monkeypatch.setenv("BENTOML_HOME", str(home))
-    outputs = [CliRunner().invoke(main, ["features", "rebuild", "--from-log", "1h", "--store-url", redis_server.url,
-                                         "--log-root", str(tmp_path / "log")]) for _ in range(2)]
+    outputs = [rebuild_cli(redis_server.url, tmp_path / "log") for _ in range(2)]
     assert all(out.exit_code == 0 for out in outputs), [out.output for out in outputs]
     first = re.search(r"replayed 1,400 logged transactions, 0 new; ([\d,]+) left out: the scorers recorded them",
                       outputs[0].output)
@@ -1364,9 +1362,6 @@ def test_a_late_rebuild_after_a_reseed_restores_what_the_lost_store_had(home, tm
     records 12 more days (beyond the 7 d window) before the rebuild: the lost days are replayed, the days since
     (recorded by the scorer, partly folded) are not counted again, and every feature equals a store never lost."""
     import redis
-    from click.testing import CliRunner
-
-    from fraudops.cli import main
 
     requests = as_requests(generate_transactions(1440, seed=6, start="2026-01-20", days=15))
     reference_url = redis_server.url.rsplit("/", 1)[0] + "/1"
@@ -1394,8 +1389,7 @@ def test_a_late_rebuild_after_a_reseed_restores_what_the_lost_store_had(home, tm
         reference.close()
     assert not np.array_equal(live.lookup(rows), expected, equal_nan=True)  # the store lost 3 days
     monkeypatch.setenv("BENTOML_HOME", str(home))
-    out = CliRunner().invoke(main, ["features", "rebuild", "--from-log", "1h", "--store-url", redis_server.url,
-                                    "--log-root", str(tmp_path / "log")])
+    out = rebuild_cli(redis_server.url, tmp_path / "log")
     assert out.exit_code == 0, out.output
     assert f"replayed 1,400 logged transactions, {lost_at:,} new" in out.output
     np.testing.assert_allclose(live.lookup(rows), expected, rtol=1e-12)  # sums added in another order
