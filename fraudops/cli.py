@@ -567,25 +567,42 @@ def features_load_snapshot(store_url: str, model_tag: str, registry_url: str | N
 @features.command("rebuild")
 @click.option("--from-log", "window", required=True, help="How far back to replay the prediction log (30m, 1h, 7d).")
 @click.option("--log-root", default=None, help="Prediction log root (default: $FRAUDOPS_PREDICTION_LOG).")
+@click.option("--wal-dir", envvar="FRAUDOPS_PREDICTION_WAL", default="",
+              help="The scorers' write-ahead directory on this host: rows that dead scorers left there are written to "
+                   "the log first, as a starting scorer does (default: the scorer's; `off`: none).")
+@click.option("--spill-dir", envvar="FRAUDOPS_PREDICTION_SPILL", default="",
+              help="The scorers' spill directory on this host (rows the log storage refused at their shutdown), "
+                   "replayed with the log (default: the scorer's).")
 @_store_options
 @friendly_errors
-def features_rebuild(window: str, log_root: str | None, store_url: str, model_tag: str,
-                     registry_url: str | None) -> None:
+def features_rebuild(window: str, log_root: str | None, wal_dir: str, spill_dir: str, store_url: str,
+                     model_tag: str, registry_url: str | None) -> None:
     """Rebuild a lost store: the model's snapshot if the store has no history, then the decided transactions of
-    the last WINDOW of the prediction log in event-time order (idempotent by transaction id)."""
+    the last WINDOW of the prediction log (with the rows the scorers on this host wrote ahead or spilled) in
+    event-time order (idempotent by transaction id)."""
     from datetime import UTC, datetime
+    from pathlib import Path
 
     from fraudops.feature_store import rebuild_from_log
     from fraudops.monitoring.job import parse_window
     from fraudops.online_store import StoreUnavailable
-    from fraudops.predlog import default_root
+    from fraudops.predlog import default_root, recover_wal, spill_directory, wal_directory
 
     span = parse_window(window)
     store, bundle, tag = _store_and_model(store_url, model_tag, registry_url)
+    root = log_root or default_root()
+    wal = wal_directory(wal_dir)
+    if wal is not None and wal.is_dir():
+        rows, torn = recover_wal(root, wal)
+        if rows or torn:
+            out.print(f"wrote {rows:,} rows that stopped scorers left in {wal} to the log "
+                      f"({torn} torn records skipped)")
+    spill = Path(spill_dir) if spill_dir else spill_directory()
     end = datetime.now(UTC)
     try:
         with console.status(f"replaying the last {window} of the prediction log"):
-            result = rebuild_from_log(store, bundle, tag, log_root or default_root(), end - span, end)
+            result = rebuild_from_log(store, bundle, tag, root, end - span, end,
+                                      spill_dir=str(spill) if spill.is_dir() else None)
     except StoreUnavailable as exc:
         raise FraudopsError(str(exc)) from None
     seeded = (f"loaded the snapshot of {tag}" if result.seed.loaded
@@ -594,10 +611,19 @@ def features_rebuild(window: str, log_root: str | None, store_url: str, model_ta
             f"{result.covered_since:%Y-%m-%d %H:%M:%S} UTC) and the store has folded them into its all-history "
             "counts" if result.left_out and result.covered_since else "")
     out.print(f"store {seeded}; replayed {result.transactions:,} logged transactions, {result.recorded:,} new{left}")
+    failures = []
     if result.unreadable:
-        raise FraudopsError(f"{len(result.unreadable)} log file(s) could not be read, their transactions not replayed: "
-                            f"{', '.join(result.unreadable)}; restore them and run the rebuild again within a longest "
-                            "window (it counts nothing twice then)")
+        failures.append(f"{len(result.unreadable)} log file(s) could not be read, their transactions not replayed: "
+                        f"{', '.join(result.unreadable)}; restore them")
+    if result.rejected:
+        unnamed = result.rejected - len(result.problems)
+        more = f"; and {unnamed:,} more" if unnamed else ""
+        failures.append(f"{result.rejected:,} logged transaction(s) that the schema of {tag} refuses were not "
+                        f"replayed: {'; '.join(result.problems)}{more}; mend them, or give --model the model that "
+                        "scored them")
+    if failures:
+        raise FraudopsError(f"{'. '.join(failures)}. Then run the rebuild again within a longest window (it counts "
+                            "nothing twice then)")
 
 
 # -- monitor ------------------------------------------------------------------------------------------------

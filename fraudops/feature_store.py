@@ -9,6 +9,7 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -19,6 +20,9 @@ from fraudops.errors import ConfigError
 from fraudops.online_store import RedisStore, SeedResult, StoreLimits
 from fraudops.predlog import TIME_COLUMN, read_predictions
 from fraudops.registry import CANARY, CHAMPION
+
+if TYPE_CHECKING:
+    from fraudops.serving.rows import RowSchema
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +72,42 @@ class RebuildResult:
     """Transactions the scorers recorded (logged since `RedisStore.coverage`) that the store no longer finds
     (a longest window behind every one of their entity values' newest): replayed, they would count twice."""
     covered_since: datetime | None = None
+    rejected: int = 0
+    """Logged transactions the model's schema refused (not replayed); ``problems`` names the first of them."""
+    problems: tuple[str, ...] = ()
+
+
+MAX_PROBLEMS = 5
+"""Rejected logged transactions named in a `RebuildResult` (all are counted)."""
+
+
+def _validated(schema: RowSchema, texts: list[str], where: list[str]) -> tuple[list[dict], list[int], list[str]]:
+    """The rows of ``texts`` (logged input JSON) that ``schema`` accepts, their positions, and a problem for each
+    other one, named by ``where`` (its request and row)."""
+    from fraudops.serving.errors import Problem, RequestError
+
+    items, keep, problems = [], [], []
+    for i, text in enumerate(texts):
+        try:
+            items.append(json.loads(text))
+            keep.append(i)
+        except (TypeError, ValueError) as exc:  # a torn or missing input (never written so by a scorer)
+            problems.append(f"{where[i]}: input: not a JSON object ({exc})")
+    while keep:
+        try:
+            return schema.validate(items), keep, problems
+        except RequestError as exc:
+            bad = {p.row for p in exc.problems if p.row is not None} or set(range(len(keep)))
+            for j in sorted(bad):
+                named = [str(Problem(None, p.field, p.reason, p.problem, p.value)) for p in exc.problems if p.row == j]
+                problems.append(f"{where[keep[j]]}: {'; '.join(named) or exc}")
+            items = [item for j, item in enumerate(items) if j not in bad]
+            keep = [k for j, k in enumerate(keep) if j not in bad]
+    return [], [], problems
 
 
 def rebuild_from_log(store: RedisStore, bundle: ModelBundle, tag: str, log_root: str, start: datetime,
-                     end: datetime, batch: int = 1000) -> RebuildResult:
+                     end: datetime, batch: int = 1000, spill_dir: str | None = None) -> RebuildResult:
     """Rebuild a (new) store: seed it with ``bundle``'s snapshot if its namespace has no history, then record the
     transactions the prediction log holds from [start, end) in event-time order, as the scorer recorded them,
     ``batch`` at a time (the log's input column in memory, not the rows).
@@ -88,11 +124,18 @@ def rebuild_from_log(store: RedisStore, bundle: ModelBundle, tag: str, log_root:
     older than the longest window at the table's end, which count twice; nor those of the transactions the
     scorers held while the store was empty or down, before its reseed, when the rebuild comes a longest window
     after them. A window without any logged prediction is a `ConfigError` (before the store is touched): the
-    wrong log, most likely."""
+    wrong log, most likely.
+
+    ``spill_dir``: a scorer's spill directory (`LogWriter`: the rows the log storage refused at its shutdown),
+    read as a part of the log. A logged transaction ``bundle``'s schema refuses (a model of another schema, or a
+    log file edited by hand) is counted and named in the result, not replayed; the others are. While some rows
+    could not be read or were refused, the namespace's coverage stays as it was."""
     spec = bundle.state.spec
     assert spec.timestamp is not None  # a model with entity features has one (open_store checked)
-    frame = read_predictions(log_root, start, end, columns=["role", "input", "request_id", "row", spec.timestamp])
-    unreadable = tuple(frame.attrs.get("corrupt_paths", ()))
+    wanted = ["role", "input", "request_id", "row", spec.timestamp]
+    parts = [read_predictions(root, start, end, columns=wanted) for root in (log_root, spill_dir) if root]
+    unreadable = tuple(path for part in parts for path in part.attrs.get("corrupt_paths", ()))
+    frame = pd.concat(parts, ignore_index=True, sort=False) if len(parts) > 1 else parts[0]
     if not len(frame) and not unreadable:
         raise ConfigError(f"the prediction log at {log_root} holds no prediction logged from {start:%Y-%m-%d %H:%M} "
                           f"to {end:%Y-%m-%d %H:%M} UTC: check --log-root (FRAUDOPS_PREDICTION_LOG); to load only "
@@ -107,6 +150,8 @@ def rebuild_from_log(store: RedisStore, bundle: ModelBundle, tag: str, log_root:
         decided = decided.sort_values(spec.timestamp, kind="stable")
     texts = decided["input"].tolist() if len(decided) else []
     logged = pd.DatetimeIndex(decided[TIME_COLUMN]) if len(decided) else pd.DatetimeIndex([], tz="UTC")
+    where = ([f"request {rid} row {row}" for rid, row in zip(decided["request_id"], decided["row"], strict=True)]
+             if {"request_id", "row"} <= set(decided) else [f"logged row {i}" for i in range(len(texts))])
     del frame, decided
     from fraudops.serving.rows import RowSchema
 
@@ -119,13 +164,17 @@ def rebuild_from_log(store: RedisStore, bundle: ModelBundle, tag: str, log_root:
     online = OnlineFeatures(config, store)
     recorded = 0
     store.take_unfindable()
+    rejected: list[str] = []
     for i in range(0, len(texts), batch):
-        records = online.records(schema.validate([json.loads(text) for text in texts[i:i + batch]]))
-        recorded += store.write(records, findable_only=scorers[i:i + batch])
+        rows, keep, problems = _validated(schema, texts[i:i + batch], where[i:i + batch])
+        rejected += problems
+        if rows:
+            recorded += store.write(online.records(rows), findable_only=scorers[i:i + batch][keep])
     left_out = store.take_unfindable()
-    if not unreadable and coverage is not None:
+    if not unreadable and not rejected and coverage is not None:
         store.mark_covered(start, coverage)
-    log.info("feature store %s rebuilt from %d logged transactions (%d new, %d left out)", store.namespace,
-             len(texts), recorded, left_out)
+    log.info("feature store %s rebuilt from %d logged transactions (%d new, %d left out, %d refused)",
+             store.namespace, len(texts), recorded, left_out, len(rejected))
     return RebuildResult(seed, len(texts), recorded, unreadable, left_out,
-                         coverage.since if coverage is not None else None)
+                         coverage.since if coverage is not None else None, len(rejected),
+                         tuple(rejected[:MAX_PROBLEMS]))

@@ -52,6 +52,32 @@ def default_root() -> str:
     return StoreSettings.from_env().prediction_log or str(default_home() / "fraudops" / "prediction-log")
 
 
+def wal_directory(setting: str) -> Path | None:
+    """The write-ahead directory of a scorer whose ``FRAUDOPS_PREDICTION_WAL`` is ``setting`` (None: ``off``; empty:
+    ``<BENTOML_HOME>/fraudops/prediction-wal``)."""
+    if setting == "off":
+        return None
+    if setting:
+        return Path(setting)
+    from fraudops.registry import default_home
+
+    return default_home() / "fraudops" / "prediction-wal"
+
+
+def spill_directory() -> Path:
+    """Where a `LogWriter` saves the rows the log storage refused at its close: ``$FRAUDOPS_PREDICTION_SPILL``, else
+    ``$TMPDIR/fraudops-predlog-spill``."""
+    return Path(StoreSettings.from_env().prediction_spill or Path(tempfile.gettempdir()) / "fraudops-predlog-spill")
+
+
+def recover_wal(root: str, wal_dir: Path) -> tuple[int, int]:
+    """Write to the log at ``root`` the rows that dead writers left in ``wal_dir`` (a live writer's segments stay
+    its own), as a starting scorer does; (rows recovered, torn records skipped)."""
+    writer = LogWriter(root, wal_dir=wal_dir)
+    writer.close()
+    return writer.wal_recovered_rows, writer.wal_unreadable_records
+
+
 def json_text(value: Any) -> str:
     """``value`` as compact JSON text (types JSON lacks as their ``str``; NaN and infinities as ``json`` writes
     them): what a log's JSON columns hold. Rust's serialiser, ~5x faster than ``json.dumps`` on request rows."""
@@ -164,8 +190,7 @@ class LogWriter:
         self.flush_seconds = flush_seconds
         self.compact_seconds = compact_seconds
         self.max_pending_rows = max_pending_rows
-        self.spill_dir = Path(spill_dir or StoreSettings.from_env().prediction_spill or
-                              Path(tempfile.gettempdir()) / "fraudops-predlog-spill")
+        self.spill_dir = Path(spill_dir) if spill_dir else spill_directory()
         self._on_written = on_written or (lambda _kind, _rows: None)
         self._on_error = on_error or (lambda _kind, _exc: None)
         self._on_wal_error = on_wal_error or (lambda _exc: None)

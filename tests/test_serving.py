@@ -1280,14 +1280,14 @@ def test_a_backlog_of_held_writes_is_recorded_500_a_request_without_new_fallback
     assert counter(registry, "feature_store_fallbacks") == 3 and counter(registry, "feature_store_dropped_writes") == 0
 
 
-def rebuild_cli(store_url: str, log_root: Path) -> Any:
+def rebuild_cli(store_url: str, log_root: Path, *options: str) -> Any:
     """`fraudops features rebuild --from-log 1h` of the log at ``log_root`` into the store at ``store_url``."""
     from click.testing import CliRunner
 
     from fraudops.cli import main
 
     return CliRunner().invoke(main, ["features", "rebuild", "--from-log", "1h", "--store-url", store_url,
-                                     "--log-root", str(log_root)])
+                                     "--log-root", str(log_root), *options])
 
 
 def test_a_lost_store_is_rebuilt_from_the_prediction_log(home, tmp_path, redis_server, trained, monkeypatch):
@@ -1330,6 +1330,120 @@ def test_a_lost_store_is_rebuilt_from_the_prediction_log(home, tmp_path, redis_s
     wrong = rebuild_cli(redis_server.url, tmp_path / "no-log-here")
     assert wrong.exit_code == 1 and "holds no prediction logged from" in wrong.output, wrong.output
     assert client.dbsize() == 0
+
+
+def test_logged_rows_the_schema_refuses_are_named_and_the_others_replayed(home, tmp_path, redis_server, trained,
+                                                                          monkeypatch):
+    """Three logged transactions edited so that the model's schema refuses them (a text amount, no purchase time,
+    an input that is not JSON): the rebuild replays the other 97, names the three by request and row with their
+    field and problem, and fails, so that they are mended and the rebuild run again."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import redis
+
+    scorer = make_scorer(home, tmp_path, feature_store_url=redis_server.url, feature_store_timeout_seconds=2)
+    scorer.reload()
+    try:
+        for start in range(0, 100, 20):
+            scorer.score(trained["requests"][start:start + 20])
+    finally:
+        scorer.close()
+    part = sorted((tmp_path / "log").rglob("part-*.parquet"))[0]
+    table = pq.read_table(part)
+    inputs = table.column("input").to_pylist()
+    first = [json.loads(text) for text in inputs[:2]]
+    first[0]["amount"] = "lots"
+    del first[1]["purchase_time"]
+    inputs[:3] = [json.dumps(first[0]), json.dumps(first[1]), '{"amount": 1']
+    pq.write_table(table.set_column(table.schema.get_field_index("input"), "input", pa.array(inputs)), part)
+    ids = table.column("request_id").to_pylist()[:3]
+    rows = table.column("row").to_pylist()[:3]
+    redis.Redis.from_url(redis_server.url).flushall()
+    monkeypatch.setenv("BENTOML_HOME", str(home))
+    result = rebuild_cli(redis_server.url, tmp_path / "log")
+    assert result.exit_code == 1, result.output
+    assert "replayed 100 logged transactions, 97 new" in result.output
+    text = " ".join(result.output.split())
+    assert f"3 logged transaction(s) that the schema of {trained['a']} refuses were not replayed" in text
+    assert f"request {ids[0]} row {rows[0]}: amount: must be a number (got 'lots')" in text
+    assert f"request {ids[1]} row {rows[1]}: purchase_time: is required" in text
+    assert f"request {ids[2]} row {rows[2]}: input: not a JSON object" in text
+
+
+def test_a_rebuild_replays_what_a_killed_scorer_wrote_ahead_and_a_stopped_one_spilled(home, tmp_path, redis_server,
+                                                                                        trained, monkeypatch):
+    """One scorer stops while the log storage refuses writes: its rows go to the spill directory. Another is
+    killed (SIGKILL) before it writes its log: its rows are only in its write-ahead directory. The store is lost.
+    The rebuild writes the killed scorer's rows to the log, replays them with the spilled ones, and every entity
+    feature equals that of a store that recorded the same traffic and was never lost."""
+    import subprocess
+    import sys
+
+    import redis
+
+    requests, probe = trained["requests"][:400], trained["requests"][400:440]
+    (tmp_path / "blocked").write_text("a file where the log's directory should be")
+    reference_url = redis_server.url.rsplit("/", 1)[0] + "/1"
+    config = ServingConfig(prediction_log=str(tmp_path / "blocked" / "log"), poll_seconds=0,
+                           feature_store_url=redis_server.url, feature_store_timeout_seconds=2)
+    spilling = Scorer(config, ModelSource(registry=Registry(home=home)),
+                      LogWriter(config.prediction_log, flush_seconds=60, spill_dir=tmp_path / "spill"),
+                      ScorerMetrics(CollectorRegistry()))
+    reference = make_scorer(home, tmp_path / "reference", feature_store_url=reference_url,
+                            feature_store_timeout_seconds=2)
+    try:
+        spilling.reload()
+        reference.reload()
+        for start in range(0, 200, 40):
+            spilling.score(requests[start:start + 40])
+    finally:
+        spilling.close()
+    assert len(read_predictions(str(tmp_path / "spill"))) == 200
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_SCORER, str(home), str(tmp_path / "log"), str(tmp_path / "wal"),
+         redis_server.url], input=json.dumps(requests[200:]), text=True, capture_output=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not (tmp_path / "log").exists()  # nothing written but ahead
+    try:
+        for start in range(0, 400, 40):
+            reference.score(requests[start:start + 40])
+        rows = reference.model.schema.validate(probe)
+        expected = reference.model.entities.live.lookup(rows)
+    finally:
+        reference.close()
+    redis.Redis.from_url(redis_server.url).flushdb()  # lost
+    monkeypatch.setenv("BENTOML_HOME", str(home))
+    out = rebuild_cli(redis_server.url, tmp_path / "log", "--wal-dir", str(tmp_path / "wal"), "--spill-dir",
+                      str(tmp_path / "spill"))
+    assert out.exit_code == 0, out.output
+    assert f"wrote 200 rows that stopped scorers left in {tmp_path / 'wal'} to the log" in " ".join(out.output.split())
+    assert "replayed 400 logged transactions, 400 new" in out.output
+    live = make_scorer(home, tmp_path / "after", feature_store_url=redis_server.url, feature_store_timeout_seconds=2)
+    try:
+        live.reload()
+        np.testing.assert_allclose(live.model.entities.live.lookup(rows), expected, rtol=1e-12)
+    finally:
+        live.close()
+
+
+KILLED_SCORER = """
+import json, os, signal, sys
+from pathlib import Path
+from prometheus_client import CollectorRegistry
+from fraudops.predlog import LogWriter
+from fraudops.registry import Registry
+from fraudops.serving import ModelSource, Scorer, ScorerMetrics, ServingConfig
+
+home, log, wal, url = sys.argv[1:5]
+requests = json.load(sys.stdin)
+config = ServingConfig(prediction_log=log, poll_seconds=0, feature_store_url=url, feature_store_timeout_seconds=2)
+scorer = Scorer(config, ModelSource(registry=Registry(home=Path(home))),
+                LogWriter(log, flush_seconds=3600, wal_dir=wal), ScorerMetrics(CollectorRegistry()))
+scorer.reload()
+for start in range(0, len(requests), 40):
+    scorer.score(requests[start:start + 40])
+os.kill(os.getpid(), signal.SIGKILL)
+"""
 
 
 def test_a_rebuild_over_a_store_the_scorers_kept_counts_nothing_twice(home, tmp_path, redis_server, monkeypatch):

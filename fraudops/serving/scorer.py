@@ -11,7 +11,6 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -21,7 +20,7 @@ from pydantic import ValidationError
 
 from fraudops.bundle import ModelBundle
 from fraudops.errors import FraudopsError
-from fraudops.predlog import FEEDBACK, LogChunk, LogUnavailableError, LogWriter, default_root
+from fraudops.predlog import FEEDBACK, LogChunk, LogUnavailableError, LogWriter, default_root, wal_directory
 from fraudops.registry import CANARY, CHAMPION, CHAMPION_ON_CANARY, SHADOW, Rollout
 from fraudops.serving.api import FEEDBACK_LABELS
 from fraudops.serving.challenger import Challenger
@@ -80,7 +79,7 @@ class Scorer:
                            flush_seconds=config.log_flush_seconds,
                            on_written=lambda kind, rows: metrics.log_rows.labels(kind).inc(rows),
                            on_error=lambda kind, _exc: metrics.log_failures.labels(kind).inc(),
-                           wal_dir=wal_dir(config), fsync_seconds=config.wal_fsync_seconds,
+                           wal_dir=wal_directory(config.prediction_wal), fsync_seconds=config.wal_fsync_seconds,
                            on_wal_error=lambda _exc: metrics.wal_failures.inc())
         if writer.wal_recovered_rows or writer.wal_unreadable_records:
             metrics.wal_recovered.inc(writer.wal_recovered_rows)
@@ -423,14 +422,3 @@ class Scorer:
         for source, count in Counter(x.source for x in items).items():
             self.metrics.feedback.labels(source).inc(count)
         return {"accepted": len(items)}
-
-
-def wal_dir(config: ServingConfig) -> Path | None:
-    """The write-ahead directory of the prediction log (None when ``prediction_wal`` is ``off``)."""
-    if config.prediction_wal == "off":
-        return None
-    if config.prediction_wal:
-        return Path(config.prediction_wal)
-    from fraudops.registry import default_home
-
-    return default_home() / "fraudops" / "prediction-wal"
