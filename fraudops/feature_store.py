@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -81,9 +82,10 @@ MAX_PROBLEMS = 5
 """Rejected logged transactions named in a `RebuildResult` (all are counted)."""
 
 
-def _validated(schema: RowSchema, texts: list[str], where: list[str]) -> tuple[list[dict], list[int], list[str]]:
+def _validated(schema: RowSchema, texts: list[str], where: Callable[[int], str]
+               ) -> tuple[list[dict[str, Any]], list[int], list[str]]:
     """The rows of ``texts`` (logged input JSON) that ``schema`` accepts, their positions, and a problem for each
-    other one, named by ``where`` (its request and row)."""
+    other one, named by ``where(position)`` (its request and row)."""
     from fraudops.serving.errors import Problem, RequestError
 
     items, keep, problems = [], [], []
@@ -92,7 +94,7 @@ def _validated(schema: RowSchema, texts: list[str], where: list[str]) -> tuple[l
             items.append(json.loads(text))
             keep.append(i)
         except (TypeError, ValueError) as exc:  # a torn or missing input (never written so by a scorer)
-            problems.append(f"{where[i]}: input: not a JSON object ({exc})")
+            problems.append(f"{where(i)}: input: not a JSON object ({exc})")
     while keep:
         try:
             return schema.validate(items), keep, problems
@@ -100,7 +102,7 @@ def _validated(schema: RowSchema, texts: list[str], where: list[str]) -> tuple[l
             bad = {p.row for p in exc.problems if p.row is not None} or set(range(len(keep)))
             for j in sorted(bad):
                 named = [str(Problem(None, p.field, p.reason, p.problem, p.value)) for p in exc.problems if p.row == j]
-                problems.append(f"{where[keep[j]]}: {'; '.join(named) or exc}")
+                problems.append(f"{where(keep[j])}: {'; '.join(named) or exc}")
             items = [item for j, item in enumerate(items) if j not in bad]
             keep = [k for j, k in enumerate(keep) if j not in bad]
     return [], [], problems
@@ -150,8 +152,12 @@ def rebuild_from_log(store: RedisStore, bundle: ModelBundle, tag: str, log_root:
         decided = decided.sort_values(spec.timestamp, kind="stable")
     texts = decided["input"].tolist() if len(decided) else []
     logged = pd.DatetimeIndex(decided[TIME_COLUMN]) if len(decided) else pd.DatetimeIndex([], tz="UTC")
-    where = ([f"request {rid} row {row}" for rid, row in zip(decided["request_id"], decided["row"], strict=True)]
-             if {"request_id", "row"} <= set(decided) else [f"logged row {i}" for i in range(len(texts))])
+    named = {"request_id", "row"} <= set(decided)
+    ids, numbers = (decided["request_id"].to_numpy(), decided["row"].to_numpy()) if named else ((), ())
+
+    def where(i: int) -> str:
+        return f"request {ids[i]} row {numbers[i]}" if named else f"logged row {i}"
+
     del frame, decided
     from fraudops.serving.rows import RowSchema
 
@@ -166,7 +172,7 @@ def rebuild_from_log(store: RedisStore, bundle: ModelBundle, tag: str, log_root:
     store.take_unfindable()
     rejected: list[str] = []
     for i in range(0, len(texts), batch):
-        rows, keep, problems = _validated(schema, texts[i:i + batch], where[i:i + batch])
+        rows, keep, problems = _validated(schema, texts[i:i + batch], lambda j, at=i: where(at + j))
         rejected += problems
         if rows:
             recorded += store.write(online.records(rows), findable_only=scorers[i:i + batch][keep])
