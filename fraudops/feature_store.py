@@ -170,17 +170,18 @@ def rebuild_from_log(store: RedisStore, bundle: ModelBundle, tag: str, log_root:
     online = OnlineFeatures(config, store)
     recorded = 0
     store.take_unfindable()
-    rejected: list[str] = []
+    rejected = 0
+    named_problems: list[str] = []
     for i in range(0, len(texts), batch):
         rows, keep, problems = _validated(schema, texts[i:i + batch], lambda j, at=i: where(at + j))
-        rejected += problems
+        rejected += len(problems)
+        named_problems += problems[:MAX_PROBLEMS - len(named_problems)]
         if rows:
             recorded += store.write(online.records(rows), findable_only=scorers[i:i + batch][keep])
     left_out = store.take_unfindable()
     if not unreadable and not rejected and coverage is not None:
         store.mark_covered(start, coverage)
     log.info("feature store %s rebuilt from %d logged transactions (%d new, %d left out, %d refused)",
-             store.namespace, len(texts), recorded, left_out, len(rejected))
+             store.namespace, len(texts), recorded, left_out, rejected)
     return RebuildResult(seed, len(texts), recorded, unreadable, left_out,
-                         coverage.since if coverage is not None else None, len(rejected),
-                         tuple(rejected[:MAX_PROBLEMS]))
+                         coverage.since if coverage is not None else None, rejected, tuple(named_problems))
