@@ -1280,14 +1280,17 @@ def test_a_backlog_of_held_writes_is_recorded_500_a_request_without_new_fallback
     assert counter(registry, "feature_store_fallbacks") == 3 and counter(registry, "feature_store_dropped_writes") == 0
 
 
-def rebuild_cli(store_url: str, log_root: Path, *options: str) -> Any:
-    """`fraudops features rebuild --from-log 1h` of the log at ``log_root`` into the store at ``store_url``."""
+def rebuild_cli(store_url: str, log_root: Path, wal_dir: Path | None = None, spill_dir: Path | None = None) -> Any:
+    """`fraudops features rebuild --from-log 1h` of the log at ``log_root`` into the store at ``store_url``, with
+    this host's write-ahead and spill directories ``wal_dir`` and ``spill_dir`` (none: not the defaults, which
+    other processes of this machine may use)."""
     from click.testing import CliRunner
 
     from fraudops.cli import main
 
     return CliRunner().invoke(main, ["features", "rebuild", "--from-log", "1h", "--store-url", store_url,
-                                     "--log-root", str(log_root), *options])
+                                     "--log-root", str(log_root), "--wal-dir", str(wal_dir or "off"),
+                                     "--spill-dir", str(spill_dir or log_root.parent / "no-spill")])
 
 
 def test_a_lost_store_is_rebuilt_from_the_prediction_log(home, tmp_path, redis_server, trained, monkeypatch):
@@ -1413,8 +1416,7 @@ def test_a_rebuild_replays_what_a_killed_scorer_wrote_ahead_and_a_stopped_one_sp
         reference.close()
     redis.Redis.from_url(redis_server.url).flushdb()  # lost
     monkeypatch.setenv("BENTOML_HOME", str(home))
-    out = rebuild_cli(redis_server.url, tmp_path / "log", "--wal-dir", str(tmp_path / "wal"), "--spill-dir",
-                      str(tmp_path / "spill"))
+    out = rebuild_cli(redis_server.url, tmp_path / "log", tmp_path / "wal", tmp_path / "spill")
     assert out.exit_code == 0, out.output
     assert f"wrote 200 rows that stopped scorers left in {tmp_path / 'wal'} to the log" in " ".join(out.output.split())
     assert "replayed 400 logged transactions, 400 new" in out.output
