@@ -568,11 +568,12 @@ def features_load_snapshot(store_url: str, model_tag: str, registry_url: str | N
 @click.option("--from-log", "window", required=True, help="How far back to replay the prediction log (30m, 1h, 7d).")
 @click.option("--log-root", default=None, help="Prediction log root (default: $FRAUDOPS_PREDICTION_LOG).")
 @click.option("--wal-dir", envvar="FRAUDOPS_PREDICTION_WAL", default="",
-              help="The scorers' write-ahead directory on this host: rows that dead scorers left there are written to "
-                   "the log first, as a starting scorer does (default: the scorer's; `off`: none).")
+              help="The scorers' write-ahead directory on this host: rows that killed scorers left there are written "
+                   "to the log first, as a starting scorer does (default: the scorer's, when the log is the scorer's "
+                   "own; `off`: none).")
 @click.option("--spill-dir", envvar="FRAUDOPS_PREDICTION_SPILL", default="",
               help="The scorers' spill directory on this host (rows the log storage refused at their shutdown), "
-                   "replayed with the log (default: the scorer's).")
+                   "replayed with the log (default: the scorer's, when the log is the scorer's own).")
 @_store_options
 @friendly_errors
 def features_rebuild(window: str, log_root: str | None, wal_dir: str, spill_dir: str, store_url: str,
@@ -591,18 +592,19 @@ def features_rebuild(window: str, log_root: str | None, wal_dir: str, spill_dir:
     span = parse_window(window)
     store, bundle, tag = _store_and_model(store_url, model_tag, registry_url)
     root = log_root or default_root()
-    wal = wal_directory(wal_dir)
+    own = root == default_root()  # the default directories hold what this host's scorers wrote for their own log
+    wal = wal_directory(wal_dir) if wal_dir or own else None
+    spill = Path(spill_dir) if spill_dir else spill_directory() if own else None
     if wal is not None and wal.is_dir():
-        rows, torn = recover_wal(root, wal)
+        rows, torn = recover_wal(root, wal, spill)
         if rows or torn:
-            out.print(f"wrote {rows:,} rows that stopped scorers left in {wal} to the log "
-                      f"({torn} torn records skipped)")
-    spill = Path(spill_dir) if spill_dir else spill_directory()
+            out.print(f"recovered {rows:,} rows that killed scorers left in {wal} (written to the log, or to "
+                      f"{spill or spill_directory()} if it refused them; {torn} torn records skipped)")
     end = datetime.now(UTC)
     try:
         with console.status(f"replaying the last {window} of the prediction log"):
             result = rebuild_from_log(store, bundle, tag, root, end - span, end,
-                                      spill_dir=str(spill) if spill.is_dir() else None)
+                                      spill_dir=str(spill) if spill is not None and spill.is_dir() else None)
     except StoreUnavailable as exc:
         raise FraudopsError(str(exc)) from None
     seeded = (f"loaded the snapshot of {tag}" if result.seed.loaded
@@ -610,7 +612,8 @@ def features_rebuild(window: str, log_root: str | None, wal_dir: str, spill_dir:
     left = (f"; {result.left_out:,} left out: the scorers recorded them (logged since "
             f"{result.covered_since:%Y-%m-%d %H:%M:%S} UTC) and the store has folded them into its all-history "
             "counts" if result.left_out and result.covered_since else "")
-    out.print(f"store {seeded}; replayed {result.transactions:,} logged transactions, {result.recorded:,} new{left}")
+    out.print(f"store {seeded}; replayed {result.transactions - result.rejected:,} logged transactions, "
+              f"{result.recorded:,} new{left}")
     failures = []
     if result.unreadable:
         failures.append(f"{len(result.unreadable)} log file(s) could not be read, their transactions not replayed: "
@@ -620,7 +623,7 @@ def features_rebuild(window: str, log_root: str | None, wal_dir: str, spill_dir:
         more = f"; and {unnamed:,} more" if unnamed else ""
         failures.append(f"{result.rejected:,} logged transaction(s) that the schema of {tag} refuses were not "
                         f"replayed: {'; '.join(result.problems)}{more}; mend them, or give --model the model that "
-                        "scored them")
+                        "scored them (a window holding rows of two schemas needs a rebuild with each)")
     if failures:
         raise FraudopsError(f"{'. '.join(failures)}. Then run the rebuild again within a longest window (it counts "
                             "nothing twice then)")

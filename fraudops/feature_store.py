@@ -85,27 +85,30 @@ MAX_PROBLEMS = 5
 def _validated(schema: RowSchema, texts: list[str], where: Callable[[int], str]
                ) -> tuple[list[dict[str, Any]], list[int], list[str]]:
     """The rows of ``texts`` (logged input JSON) that ``schema`` accepts, their positions, and a problem for each
-    other one, named by ``where(position)`` (its request and row)."""
+    other one in order, named by ``where(position)`` (its request and row)."""
     from fraudops.serving.errors import Problem, RequestError
 
-    items, keep, problems = [], [], []
+    items, keep, refused = [], [], []
     for i, text in enumerate(texts):
         try:
             items.append(json.loads(text))
             keep.append(i)
         except (TypeError, ValueError) as exc:  # a torn or missing input (never written so by a scorer)
-            problems.append(f"{where(i)}: input: not a JSON object ({exc})")
+            refused.append((i, f"input: not JSON ({exc})"))
+    rows: list[dict[str, Any]] = []
     while keep:
         try:
-            return schema.validate(items), keep, problems
+            rows = schema.validate(items)
+            break
         except RequestError as exc:
             bad = {p.row for p in exc.problems if p.row is not None} or set(range(len(keep)))
             for j in sorted(bad):
-                named = [str(Problem(None, p.field, p.reason, p.problem, p.value)) for p in exc.problems if p.row == j]
-                problems.append(f"{where(keep[j])}: {'; '.join(named) or exc}")
+                named = [str(Problem(None, p.field, p.reason, p.problem, p.value)).removeprefix(": ")
+                         for p in exc.problems if p.row == j]
+                refused.append((keep[j], "; ".join(named) or str(exc)))
             items = [item for j, item in enumerate(items) if j not in bad]
             keep = [k for j, k in enumerate(keep) if j not in bad]
-    return [], [], problems
+    return rows, keep, [f"{where(i)}: {problem}" for i, problem in sorted(refused)]
 
 
 def rebuild_from_log(store: RedisStore, bundle: ModelBundle, tag: str, log_root: str, start: datetime,

@@ -70,10 +70,11 @@ def spill_directory() -> Path:
     return Path(StoreSettings.from_env().prediction_spill or Path(tempfile.gettempdir()) / "fraudops-predlog-spill")
 
 
-def recover_wal(root: str, wal_dir: Path) -> tuple[int, int]:
-    """Write to the log at ``root`` the rows that dead writers left in ``wal_dir`` (a live writer's segments stay
-    its own), as a starting scorer does; (rows recovered, torn records skipped)."""
-    writer = LogWriter(root, wal_dir=wal_dir)
+def recover_wal(root: str, wal_dir: Path, spill_dir: Path | None = None) -> tuple[int, int]:
+    """Write to the log at ``root`` (or, if it refuses them, to ``spill_dir``) the rows that dead writers left in
+    ``wal_dir`` (a live writer's segments stay its own), as a starting scorer does; (rows recovered, torn records
+    skipped)."""
+    writer = LogWriter(root, wal_dir=wal_dir, spill_dir=spill_dir)
     writer.close()
     return writer.wal_recovered_rows, writer.wal_unreadable_records
 

@@ -155,8 +155,9 @@ class ServingConfig(StoreSettings):
     log_flush_rows: int = Field(10_000, ge=1, description="write the log when this many rows wait")
     log_flush_seconds: float = Field(10.0, gt=0, description="... or this often")
     prediction_wal: str = Field("", description="local directory where each prediction is written ahead before its "
-                                "200, so a killed scorer loses none; empty: $BENTOML_HOME/fraudops/prediction-wal; "
-                                "`off`: no write-ahead")
+                                "200, so a killed scorer loses none (its next start, or `fraudops features rebuild`, "
+                                "writes them to the log); empty: $BENTOML_HOME/fraudops/prediction-wal; `off`: no "
+                                "write-ahead")
     wal_fsync_seconds: float = Field(1.0, ge=0, description="most seconds between fsyncs of the write-ahead log "
                                      "(what a node crash can lose); 0: fsync before every answer")
     workers: int = Field("auto", ge=1, le=64, validate_default=True, description="BentoML worker processes, each "

@@ -1337,9 +1337,10 @@ def test_a_lost_store_is_rebuilt_from_the_prediction_log(home, tmp_path, redis_s
 
 def test_logged_rows_the_schema_refuses_are_named_and_the_others_replayed(home, tmp_path, redis_server, trained,
                                                                           monkeypatch):
-    """Three logged transactions edited so that the model's schema refuses them (a text amount, no purchase time,
-    an input that is not JSON): the rebuild replays the other 97, names the three by request and row with their
-    field and problem, and fails, so that they are mended and the rebuild run again."""
+    """Five logged transactions edited so that the model's schema refuses them (a text amount, no purchase time,
+    torn JSON, JSON that is not an object, a signup after the purchase: refused only once the others are out): the
+    rebuild replays the other 95, names the five in order by request and row with their field and problem, and
+    fails, so that they are mended and the rebuild run again."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     import redis
@@ -1354,23 +1355,29 @@ def test_logged_rows_the_schema_refuses_are_named_and_the_others_replayed(home, 
     part = sorted((tmp_path / "log").rglob("part-*.parquet"))[0]
     table = pq.read_table(part)
     inputs = table.column("input").to_pylist()
-    first = [json.loads(text) for text in inputs[:2]]
-    first[0]["amount"] = "lots"
-    del first[1]["purchase_time"]
-    inputs[:3] = [json.dumps(first[0]), json.dumps(first[1]), '{"amount": 1']
+    edited = [json.loads(inputs[i]) for i in (0, 1, 4)]
+    edited[0]["amount"] = "lots"
+    del edited[1]["purchase_time"]
+    edited[2]["signup_time"] = "2027-01-01T00:00:00Z"
+    inputs[:5] = [json.dumps(edited[0]), json.dumps(edited[1]), '{"amount": 1', "5", json.dumps(edited[2])]
     pq.write_table(table.set_column(table.schema.get_field_index("input"), "input", pa.array(inputs)), part)
-    ids = table.column("request_id").to_pylist()[:3]
-    rows = table.column("row").to_pylist()[:3]
+    ids = table.column("request_id").to_pylist()[:5]
+    rows = table.column("row").to_pylist()[:5]
     redis.Redis.from_url(redis_server.url).flushall()
     monkeypatch.setenv("BENTOML_HOME", str(home))
     result = rebuild_cli(redis_server.url, tmp_path / "log")
     assert result.exit_code == 1, result.output
-    assert "replayed 100 logged transactions, 97 new" in result.output
+    assert "replayed 95 logged transactions, 95 new" in result.output
     text = " ".join(result.output.split())
-    assert f"3 logged transaction(s) that the schema of {trained['a']} refuses were not replayed" in text
-    assert f"request {ids[0]} row {rows[0]}: amount: must be a number (got 'lots')" in text
-    assert f"request {ids[1]} row {rows[1]}: purchase_time: is required" in text
-    assert f"request {ids[2]} row {rows[2]}: input: not a JSON object" in text
+    named = re.search(rf"5 logged transaction\(s\) that the schema of {trained['a']} refuses were not replayed: (.*); "
+                      "mend them", text)
+    assert named, text
+    problems = named.group(1).split("; request ")
+    assert problems[0] == f"request {ids[0]} row {rows[0]}: amount: must be a number (got 'lots')", problems
+    assert problems[1] == f"{ids[1]} row {rows[1]}: purchase_time: is required", problems
+    assert problems[2].startswith(f"{ids[2]} row {rows[2]}: input: not JSON ("), problems
+    assert problems[3].startswith(f"{ids[3]} row {rows[3]}: must be a JSON object"), problems
+    assert problems[4] == f"{ids[4]} row {rows[4]}: signup_time: must not be after purchase_time", problems
 
 
 def test_a_rebuild_replays_what_a_killed_scorer_wrote_ahead_and_a_stopped_one_spilled(home, tmp_path, redis_server,
@@ -1418,7 +1425,8 @@ def test_a_rebuild_replays_what_a_killed_scorer_wrote_ahead_and_a_stopped_one_sp
     monkeypatch.setenv("BENTOML_HOME", str(home))
     out = rebuild_cli(redis_server.url, tmp_path / "log", tmp_path / "wal", tmp_path / "spill")
     assert out.exit_code == 0, out.output
-    assert f"wrote 200 rows that stopped scorers left in {tmp_path / 'wal'} to the log" in " ".join(out.output.split())
+    assert f"recovered 200 rows that killed scorers left in {tmp_path / 'wal'} (written to the log" in \
+        " ".join(out.output.split())
     assert "replayed 400 logged transactions, 400 new" in out.output
     live = make_scorer(home, tmp_path / "after", feature_store_url=redis_server.url, feature_store_timeout_seconds=2)
     try:
