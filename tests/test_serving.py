@@ -1390,6 +1390,9 @@ def test_a_rebuild_replays_what_a_killed_scorer_wrote_ahead_and_a_stopped_one_sp
     import sys
 
     import redis
+    from click.testing import CliRunner
+
+    from fraudops.cli import main
 
     requests, probe = trained["requests"][:400], trained["requests"][400:440]
     (tmp_path / "blocked").write_text("a file where the log's directory should be")
@@ -1409,9 +1412,10 @@ def test_a_rebuild_replays_what_a_killed_scorer_wrote_ahead_and_a_stopped_one_sp
     finally:
         spilling.close()
     assert len(read_predictions(str(tmp_path / "spill"))) == 200
+    wal = home / "fraudops" / "prediction-wal"  # the scorer's default
     killed = subprocess.run(
-        [sys.executable, "-c", KILLED_SCORER, str(home), str(tmp_path / "log"), str(tmp_path / "wal"),
-         redis_server.url], input=json.dumps(requests[200:]), text=True, capture_output=True, timeout=120)
+        [sys.executable, "-c", KILLED_SCORER, str(home), str(tmp_path / "log"), str(wal), redis_server.url],
+        input=json.dumps(requests[200:]), text=True, capture_output=True, timeout=120)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert not (tmp_path / "log").exists()  # nothing written but ahead
     try:
@@ -1423,10 +1427,17 @@ def test_a_rebuild_replays_what_a_killed_scorer_wrote_ahead_and_a_stopped_one_sp
         reference.close()
     redis.Redis.from_url(redis_server.url).flushdb()  # lost
     monkeypatch.setenv("BENTOML_HOME", str(home))
-    out = rebuild_cli(redis_server.url, tmp_path / "log", tmp_path / "wal", tmp_path / "spill")
+    rebuild = ["features", "rebuild", "--from-log", "1h", "--store-url", redis_server.url]
+    # another log than the scorers' own: their default write-ahead directory does not hold its rows
+    other = CliRunner().invoke(main, [*rebuild, "--log-root", str(tmp_path / "log")])
+    assert other.exit_code == 1 and "holds no prediction logged" in other.output, other.output
+    assert not (tmp_path / "log").exists()
+    # the scorers' settings: their own log, so their default write-ahead directory too, and their spill directory
+    monkeypatch.setenv("FRAUDOPS_PREDICTION_LOG", str(tmp_path / "log"))
+    monkeypatch.setenv("FRAUDOPS_PREDICTION_SPILL", str(tmp_path / "spill"))
+    out = CliRunner().invoke(main, rebuild)
     assert out.exit_code == 0, out.output
-    assert f"recovered 200 rows that killed scorers left in {tmp_path / 'wal'} (written to the log" in \
-        " ".join(out.output.split())
+    assert f"recovered 200 rows that killed scorers left in {wal} (written to the log" in " ".join(out.output.split())
     assert "replayed 400 logged transactions, 400 new" in out.output
     live = make_scorer(home, tmp_path / "after", feature_store_url=redis_server.url, feature_store_timeout_seconds=2)
     try:
