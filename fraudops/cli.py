@@ -591,8 +591,9 @@ def features_rebuild(window: str, log_root: str | None, wal_dir: str, spill_dir:
 
     span = parse_window(window)
     store, bundle, tag = _store_and_model(store_url, model_tag, registry_url)
-    root = log_root or default_root()
-    own = root == default_root()  # the default directories hold what this host's scorers wrote for their own log
+    scorers_root = default_root()
+    root = log_root or scorers_root
+    own = root == scorers_root  # the default directories hold what this host's scorers wrote for their own log
     wal = wal_directory(wal_dir) if wal_dir or own else None
     spill = Path(spill_dir) if spill_dir else spill_directory() if own else None
     if wal is not None and wal.is_dir():

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -82,10 +81,10 @@ MAX_PROBLEMS = 5
 """Rejected logged transactions named in a `RebuildResult` (all are counted)."""
 
 
-def _validated(schema: RowSchema, texts: list[str], where: Callable[[int], str]
-               ) -> tuple[list[dict[str, Any]], list[int], list[str]]:
-    """The rows of ``texts`` (logged input JSON) that ``schema`` accepts, their positions, and a problem for each
-    other one in order, named by ``where(position)`` (its request and row)."""
+def _validated(schema: RowSchema, texts: list[str]
+               ) -> tuple[list[dict[str, Any]], list[int], list[tuple[int, str]]]:
+    """The rows of ``texts`` (logged input JSON) that ``schema`` accepts, their positions, and the position and
+    problem of each other one, in order."""
     from fraudops.serving.errors import Problem, RequestError
 
     items, keep, refused = [], [], []
@@ -108,7 +107,7 @@ def _validated(schema: RowSchema, texts: list[str], where: Callable[[int], str]
                 refused.append((keep[j], "; ".join(named) or str(exc)))
             items = [item for j, item in enumerate(items) if j not in bad]
             keep = [k for j, k in enumerate(keep) if j not in bad]
-    return rows, keep, [f"{where(i)}: {problem}" for i, problem in sorted(refused)]
+    return rows, keep, sorted(refused)
 
 
 def rebuild_from_log(store: RedisStore, bundle: ModelBundle, tag: str, log_root: str, start: datetime,
@@ -176,9 +175,9 @@ def rebuild_from_log(store: RedisStore, bundle: ModelBundle, tag: str, log_root:
     rejected = 0
     named_problems: list[str] = []
     for i in range(0, len(texts), batch):
-        rows, keep, problems = _validated(schema, texts[i:i + batch], lambda j, at=i: where(at + j))
-        rejected += len(problems)
-        named_problems += problems[:MAX_PROBLEMS - len(named_problems)]
+        rows, keep, refused = _validated(schema, texts[i:i + batch])
+        rejected += len(refused)
+        named_problems += [f"{where(i + j)}: {problem}" for j, problem in refused[:MAX_PROBLEMS - len(named_problems)]]
         if rows:
             recorded += store.write(online.records(rows), findable_only=scorers[i:i + batch][keep])
     left_out = store.take_unfindable()
