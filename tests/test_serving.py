@@ -1387,6 +1387,54 @@ def test_logged_rows_the_schema_refuses_are_named_and_the_others_replayed(home, 
     assert problems[4] == f"{ids[4]} row {rows[4]}: signup_time: must not be after purchase_time", problems
 
 
+def test_with_refused_rows_each_replayed_transaction_keeps_its_own_findable_only_mark(home, tmp_path, redis_server,
+                                                                                       trained, monkeypatch):
+    """A rebuild writes the rows logged since the namespace's coverage began (the scorers recorded them) findable
+    only, the older ones unconditionally. With refused rows on both sides of that time, every replayed transaction
+    still gets the mark of its own row, not of a neighbour's."""
+    from datetime import UTC, datetime, timedelta
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from fraudops.feature_store import open_store, rebuild_from_log
+    from fraudops.online_store import Coverage, RedisStore
+
+    scorer = make_scorer(home, tmp_path, feature_store_url=redis_server.url, feature_store_timeout_seconds=2)
+    scorer.reload()
+    try:
+        for start in range(0, 100, 20):
+            scorer.score(trained["requests"][start:start + 20])
+            time.sleep(0.01)  # each request logged at a time of its own
+    finally:
+        scorer.close()
+    part = sorted((tmp_path / "log").rglob("part-*.parquet"))[0]
+    table = pq.read_table(part)
+    inputs, logged = table.column("input").to_pylist(), table.column("logged_at").to_pylist()
+    for i in (0, 38, 39, 61):  # refused: the first row, the last two before the coverage began, one after
+        inputs[i] = json.dumps({**json.loads(inputs[i]), "amount": "lots"})
+    pq.write_table(table.set_column(table.schema.get_field_index("input"), "input", pa.array(inputs)), part)
+    since = logged[40]  # the coverage began with the third request
+    ids = [json.loads(text)["transaction_id"] for text in inputs]
+    expected = {ids[i]: logged[i] >= since for i in range(100) if i not in (0, 38, 39, 61)}
+    assert set(expected.values()) == {True, False}
+    marks: dict[str, bool] = {}
+    real_write = RedisStore.write
+
+    def write(self: RedisStore, records: Any, findable_only: Any = None) -> int:
+        marks.update(zip(records.txn.tolist(), findable_only.tolist(), strict=True))
+        return real_write(self, records, findable_only)
+
+    monkeypatch.setattr(RedisStore, "write", write)
+    monkeypatch.setattr(RedisStore, "coverage", lambda self: Coverage(since, "the claim"))
+    bundle = Registry(home=home).load(trained["a"])
+    now = datetime.now(UTC)
+    result = rebuild_from_log(open_store(redis_server.url, bundle), bundle, trained["a"], str(tmp_path / "log"),
+                              now - timedelta(hours=1), now + timedelta(minutes=1), batch=32)
+    assert result.rejected == 4 and result.transactions == 100
+    assert marks == expected
+
+
 def test_a_rebuild_replays_what_a_killed_scorer_wrote_ahead_and_a_stopped_one_spilled(home, tmp_path, redis_server,
                                                                                         trained, monkeypatch):
     """One scorer stops while the log storage refuses writes: its rows go to the spill directory. Another is
