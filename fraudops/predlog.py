@@ -803,6 +803,28 @@ def _parts(fs: Any, base: str, start: pd.Timestamp | None, end: pd.Timestamp | N
     return keep
 
 
+def log_parts(root: str, kind: str, start: datetime | str | None = None, end: datetime | str | None = None
+              ) -> tuple[Any, list[str]]:
+    """The filesystem of one log (``predictions`` or ``feedback``) and its part files whose hour partition
+    overlaps [start, end), oldest partition first; read them with `read_part`."""
+    fs, base = storage.filesystem(storage.join(root, kind))
+    return fs, _parts(fs, base, _utc(start), _utc(end))
+
+
+def read_part(fs: Any, path: str, columns: Sequence[str] | None = None) -> tuple[pa.Table, list[str]]:
+    """One part file and the names of all its columns; ``columns``: only those of them it has (and the time logged)
+    are read. Raises one of `UNREADABLE` when the file cannot be read."""
+    with fs.open(path, "rb") as fh:
+        part = pq.ParquetFile(fh)
+        names = part.schema_arrow.names
+        return part.read(columns=None if columns is None else
+                         [c for c in names if c == TIME_COLUMN or c in columns]), names
+
+
+UNREADABLE = (OSError, ValueError, pa.ArrowException)
+"""What `read_part` raises for a file it cannot read."""
+
+
 def read_log(root: str, kind: str, start: datetime | str | None = None, end: datetime | str | None = None,
              columns: Sequence[str] | None = None) -> pd.DataFrame:
     """Rows of one log (``predictions`` or ``feedback``) logged in [start, end), oldest first; ``columns``: only
@@ -812,18 +834,12 @@ def read_log(root: str, kind: str, start: datetime | str | None = None, end: dat
     ``frame.attrs["corrupt_paths"]`` lists them. Naive times are UTC.
     """
     begin, stop = _utc(start), _utc(end)
-    fs, base = storage.filesystem(storage.join(root, kind))
+    fs, paths = log_parts(root, kind, begin, stop)
     frames, corrupt = [], []
-    for path in _parts(fs, base, begin, stop):
+    for path in paths:
         try:
-            with fs.open(path, "rb") as fh:
-                if columns is None:
-                    frames.append(pq.read_table(fh).to_pandas())
-                else:
-                    part = pq.ParquetFile(fh)
-                    wanted = [c for c in part.schema_arrow.names if c == TIME_COLUMN or c in columns]
-                    frames.append(part.read(columns=wanted).to_pandas())
-        except (OSError, ValueError, pa.ArrowException) as exc:
+            frames.append(read_part(fs, path, columns)[0].to_pandas())
+        except UNREADABLE as exc:
             log.warning("skipping unreadable log file %s: %s", path, exc)
             corrupt.append(path)
     if frames:
