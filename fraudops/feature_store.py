@@ -230,27 +230,12 @@ class _ReplayOrder:
                     continue
                 logged_rows += int(window.sum())
                 columns.update(names)
-                if "role" not in names:
-                    continue
-                decided = pc.is_in(table.column("role"), value_set=pa.array(DECIDED_ROLES)).to_numpy(
-                    zero_copy_only=False)
-                at = np.flatnonzero(window & decided)
-                if not len(at):
-                    continue
-                event = (_event_times(table.column(timestamp), path)[at] if timestamp in table.column_names
-                         else np.full(len(at), np.inf))
-                if {"request_id", "row"} <= set(table.column_names):
-                    ids = table.column("request_id").fill_null("").to_numpy(zero_copy_only=False)[at]
-                    first, second = (hash_object_array(ids.astype(object), key).view(np.int64)
-                                     for key in _REQUEST_KEYS)
-                    row = table.column("row").to_numpy(zero_copy_only=False)[at].astype(np.int64)
-                    named = np.ones(len(at), dtype=bool)
-                else:  # never deduplicated
-                    first = second = row = np.zeros(len(at), dtype=np.int64)
-                    named = np.zeros(len(at), dtype=bool)
-                parts.append((np.full(len(at), len(files), dtype=np.int32), at.astype(np.int32), logged[at],
-                              np.full(len(at), source, dtype=np.int8), event, first, second, row, named))
-                files.append((fs, path))
+                rows = _decided_rows(table, window, timestamp, path)
+                if rows is not None:
+                    at = rows[0]
+                    parts.append((np.full(len(at), len(files), dtype=np.int32), at, logged[at],
+                                  np.full(len(at), source, dtype=np.int8), *rows[1:]))
+                    files.append((fs, path))
         if not parts:
             empty = np.zeros(0, dtype=np.int64)
             return cls(files, empty.astype(np.int32), empty.astype(np.int32), empty, logged_rows,
@@ -271,6 +256,27 @@ class _ReplayOrder:
         replay = kept[np.lexsort((rank[kept], event[kept]))]
         return cls(files, file[replay], at[replay], logged[replay], logged_rows, frozenset(columns),
                    tuple(unreadable))
+
+
+def _decided_rows(table: pa.Table, window: np.ndarray, timestamp: str, path: str) -> tuple[np.ndarray, ...] | None:
+    """A log file's decided rows in the window (None: none): their rows in the file, event times (`_event_times`),
+    the two hashes of their request ids and their rows in their requests, and whether they have those (a file
+    without them: never taken for a repeat)."""
+    names = table.column_names
+    if "role" not in names:
+        return None
+    decided = pc.is_in(table.column("role"), value_set=pa.array(DECIDED_ROLES)).to_numpy(zero_copy_only=False)
+    at = np.flatnonzero(window & decided).astype(np.int32)
+    if not len(at):
+        return None
+    event = _event_times(table.column(timestamp), path)[at] if timestamp in names else np.full(len(at), np.inf)
+    if not {"request_id", "row"} <= set(names):
+        zeros = np.zeros(len(at), dtype=np.int64)
+        return at, event, zeros, zeros, zeros, np.zeros(len(at), dtype=bool)
+    ids = table.column("request_id").fill_null("").to_numpy(zero_copy_only=False)[at].astype(object)
+    first, second = (hash_object_array(ids, key).view(np.int64) for key in _REQUEST_KEYS)
+    row = table.column("row").fill_null(-1).to_numpy(zero_copy_only=False)[at].astype(np.int64)
+    return at, event, first, second, row, np.ones(len(at), dtype=bool)
 
 
 class _Inputs:
