@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -21,7 +20,7 @@ from pandas._libs.hashing import hash_object_array
 from fraudops.bundle import ModelBundle
 from fraudops.entity_features import OnlineFeatures
 from fraudops.errors import ConfigError
-from fraudops.online_store import RedisStore, SeedResult, StoreLimits
+from fraudops.online_store import RedisStore, SeedResult, StoreLimits, offsets
 from fraudops.predlog import PREDICTIONS, TIME_COLUMN, UNREADABLE, log_parts, read_part
 from fraudops.registry import CANARY, CHAMPION
 
@@ -85,7 +84,7 @@ MAX_PROBLEMS = 5
 """Rejected logged transactions named in a `RebuildResult` (all are counted)."""
 
 
-def _validated(schema: RowSchema, texts: list[str]
+def _validated(schema: RowSchema, texts: list[str | None]
                ) -> tuple[list[dict[str, Any]], list[int], list[tuple[int, str]]]:
     """The rows of ``texts`` (logged input JSON) that ``schema`` accepts, their positions, and the position and
     problem of each other one, in order."""
@@ -118,8 +117,8 @@ def rebuild_from_log(store: RedisStore, bundle: ModelBundle, tag: str, log_root:
                      end: datetime, batch: int = 1000, spill_dir: str | None = None) -> RebuildResult:
     """Rebuild a (new) store: seed it with ``bundle``'s snapshot if its namespace has no history, then record the
     transactions the prediction log holds from [start, end) in event-time order, as the scorer recorded them,
-    ``batch`` at a time. It holds the order (`_ReplayOrder`: ~110 bytes a logged row at its peak) and the inputs of
-    the log files the replay is in (`_Inputs`), not the window's inputs.
+    ``batch`` at a time. It holds the order (`_ReplayOrder`, ~75 bytes a logged row at its peak) and the inputs of at
+    most `_Inputs.LOOKAHEAD` rows, not the window's inputs.
 
     Only decided rows count (roles champion and canary: a shadow row's transaction was decided by another model
     of the same request), each transaction once; recording is idempotent by transaction id while the store keeps
@@ -163,13 +162,15 @@ def rebuild_from_log(store: RedisStore, bundle: ModelBundle, tag: str, log_root:
     named_problems: list[str] = []
     store.take_unfindable()
     for lo in range(0, len(order), batch):
-        texts, where = inputs.texts(lo, min(lo + batch, len(order)))
-        rows, keep, refused = _validated(schema, texts)
+        chunk = inputs.read(lo, min(lo + batch, len(order)))
+        rows, keep, refused = _validated(schema, chunk.texts)
         rejected += len(refused)
-        named_problems += [f"{where(j)}: {problem}" for j, problem in refused[:MAX_PROBLEMS - len(named_problems)]]
+        named_problems += [f"{chunk.name(j)}: {problem}"
+                           for j, problem in refused[:MAX_PROBLEMS - len(named_problems)]]
         if rows:
-            scorers = (order.logged[lo:lo + batch] >= since) if since is not None else np.zeros(len(texts), bool)
-            recorded += store.write(online.records(rows), findable_only=scorers[keep])
+            logged = order.logged[chunk.positions[keep]]
+            recorded += store.write(online.records(rows), findable_only=logged >= since if since is not None
+                                    else np.zeros(len(rows), dtype=bool))
     left_out = store.take_unfindable()
     unreadable = order.unreadable + inputs.unreadable
     if not unreadable and not rejected and coverage is not None:
@@ -188,15 +189,20 @@ class _ReplayOrder:
     """The decided rows of a window of the prediction log (and of the spill directories read with it), in the
     order a rebuild replays them: by event time (missing last), a time's rows in the order logged. Each is named by
     where its input is (``file``, an index into ``files``, and ``at``, its row in that file) and when it was logged
-    (``logged``, microseconds), not by its input: 16 bytes a row, ~110 while the order is built (measured: 1.8
-    million logged rows, 476 MB peak RSS of the whole rebuild with the store faked). A row the log writer
+    (``logged``, microseconds) and its request (a hash), not by its input: 24 bytes a row, ~75 while the order is
+    built (measured: 1.8 million logged rows, 432 MB peak RSS of the whole rebuild with the store faked, 236 above
+    the process's start). A row the log writer
     wrote twice (a recovery after a crash: the same request and row) counts once, the first logged; the log's
     copy before a spill directory's."""
 
     files: list[tuple[Any, str]]
+    file_rows: list[int]
+    """Each file's rows when the order was read."""
     file: np.ndarray
     at: np.ndarray
     logged: np.ndarray
+    request: np.ndarray
+    """The (first) hash of each row's request id, to check that its file still holds it."""
     logged_rows: int
     """Rows of any role logged in the window."""
     columns: frozenset[str]
@@ -210,7 +216,8 @@ class _ReplayOrder:
     def of(cls, roots: list[str], timestamp: str, start: datetime, end: datetime) -> _ReplayOrder:
         begin, stop = _micros_of(start), _micros_of(end)
         files: list[tuple[Any, str]] = []
-        parts: list[tuple[np.ndarray, ...]] = []
+        file_rows: list[int] = []
+        parts: list[tuple[Any, ...]] = []
         columns: set[str] = set()
         unreadable: list[str] = []
         logged_rows = 0
@@ -236,12 +243,14 @@ class _ReplayOrder:
                     parts.append((np.full(len(at), len(files), dtype=np.int32), at, logged[at],
                                   np.full(len(at), source, dtype=np.int8), *rows[1:]))
                     files.append((fs, path))
+                    file_rows.append(table.num_rows)
         if not parts:
             empty = np.zeros(0, dtype=np.int64)
-            return cls(files, empty.astype(np.int32), empty.astype(np.int32), empty, logged_rows,
+            return cls(files, file_rows, empty.astype(np.int32), empty.astype(np.int32), empty, empty, logged_rows,
                        frozenset(columns), tuple(unreadable))
-        file, at, logged, source, event, first, second, row, named = (np.concatenate(column)
-                                                                       for column in zip(*parts, strict=True))
+        events = _event_column([part[4] for part in parts], [part[0] for part in parts], timestamp)
+        file, at, logged, source, first, second, row, named = (np.concatenate(column) for column in zip(
+            *((part[:4] + part[5:]) for part in parts), strict=True))
         del parts
         sequence = np.lexsort((np.arange(len(file)), logged, source))  # as logged: the log's, then a spill's
         rank = np.empty(len(file), dtype=np.int64)
@@ -251,11 +260,11 @@ class _ReplayOrder:
         repeat = np.zeros(len(file), dtype=bool)
         repeat[same[1:]] = ((first[same[1:]] == first[same[:-1]]) & (second[same[1:]] == second[same[:-1]])
                             & (row[same[1:]] == row[same[:-1]]) & named[same[1:]] & named[same[:-1]])
-        del same, first, second, row, named
+        del same, second, row, named
         kept = np.flatnonzero(~repeat)
-        replay = kept[np.lexsort((rank[kept], event[kept]))]
-        return cls(files, file[replay], at[replay], logged[replay], logged_rows, frozenset(columns),
-                   tuple(unreadable))
+        replay = kept[np.lexsort((rank[kept], events[kept]))]
+        return cls(files, file_rows, file[replay], at[replay], logged[replay], first[replay], logged_rows,
+                   frozenset(columns), tuple(unreadable))
 
 
 def _decided_rows(table: pa.Table, window: np.ndarray, timestamp: str, path: str) -> tuple[np.ndarray, ...] | None:
@@ -269,72 +278,96 @@ def _decided_rows(table: pa.Table, window: np.ndarray, timestamp: str, path: str
     at = np.flatnonzero(window & decided).astype(np.int32)
     if not len(at):
         return None
-    event = _event_times(table.column(timestamp), path)[at] if timestamp in names else np.full(len(at), np.inf)
+    event = _event_times(table.column(timestamp), path)[at] if timestamp in names else None
     if not {"request_id", "row"} <= set(names):
         zeros = np.zeros(len(at), dtype=np.int64)
         return at, event, zeros, zeros, zeros, np.zeros(len(at), dtype=bool)
-    ids = table.column("request_id").fill_null("").to_numpy(zero_copy_only=False)[at].astype(object)
-    first, second = (hash_object_array(ids, key).view(np.int64) for key in _REQUEST_KEYS)
+    first, second = _request_hashes(table.column("request_id").take(pa.array(at)))
     row = table.column("row").fill_null(-1).to_numpy(zero_copy_only=False)[at].astype(np.int64)
     return at, event, first, second, row, np.ones(len(at), dtype=bool)
 
 
-class _Inputs:
-    """The logged inputs of a `_ReplayOrder`'s rows, read file by file: a file's input column is read when the
-    replay first needs it and dropped after the last row that needs it (also when more than `CACHE_BYTES` are
-    held: the least recently used first, read again if needed again). Where the event order follows the order
-    logged, each file is read once and a few are held at a time."""
+def _request_hashes(ids: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """Two 64-bit hashes of each request id (a null one apart from every text)."""
+    texts = ids.fill_null(_NULL_REQUEST).to_numpy(zero_copy_only=False).astype(object)
+    first, second = (hash_object_array(texts, key).view(np.int64) for key in _REQUEST_KEYS)
+    return first, second
 
-    CACHE_BYTES = 256 << 20
+
+_NULL_REQUEST = "\0null"
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """The inputs `_Inputs.read` could read of a stretch of the order: their ``positions`` in it (the rows of a
+    log file unreadable by then left out), texts (None: not logged) and names for messages."""
+
+    positions: np.ndarray
+    texts: list[str | None]
+    names: list[tuple[Any, Any]]
+
+    def name(self, k: int) -> str:
+        request, row = self.names[k]
+        return f"request {request} row {row}" if row is not None else f"logged row {self.positions[k]}"
+
+
+class _Inputs:
+    """The logged inputs of a `_ReplayOrder`'s rows, read file by file: when the replay first needs a row of a
+    file, the file's input column is read and the inputs of its rows among the next `LOOKAHEAD` of the order are
+    kept; the file is dropped. Where the event order follows the order logged, each file is read once; where it
+    does not (late or backfilled transactions spread over many files), a file is read once per `LOOKAHEAD` rows it
+    spreads over, and no more than that many inputs are held. A file that no longer holds the rows the order read
+    in it (rewritten, torn or gone since) is unreadable: its rows not read yet are left out."""
+
+    LOOKAHEAD = 100_000
 
     def __init__(self, order: _ReplayOrder) -> None:
         self.order = order
-        self.last_use = np.zeros(len(order.files), dtype=np.int64)
-        np.maximum.at(self.last_use, order.file, np.arange(len(order)))
-        self.held: dict[int, pa.Table] = {}  # in order of use
+        self.by_file = np.argsort(order.file, kind="stable")  # each file's positions in the order, ascending
+        self.starts = offsets(np.bincount(order.file, minlength=len(order.files)))
+        self.pending: dict[int, tuple[str | None, Any, Any]] = {}
+        self.lost: set[int] = set()
         self.unreadable: tuple[str, ...] = ()
 
-    def texts(self, lo: int, hi: int) -> tuple[list[str | None], Callable[[int], str]]:
-        """The input texts of rows [lo, hi) of the order (None: unreadable now, or never logged), and the name of
-        each (by its position in them) for messages."""
-        file, at = self.order.file[lo:hi], self.order.at[lo:hi]
-        texts: list[str | None] = [None] * (hi - lo)
-        tables: dict[int, pa.Table | None] = {}
-        for f in np.unique(file).tolist():
-            tables[f] = table = self._table(f)
-            if table is None or "input" not in table.column_names:
-                continue
-            mine = np.flatnonzero(file == f)
-            for k, text in zip(mine.tolist(), table.column("input").take(pa.array(at[mine])).to_pylist(),
-                               strict=True):
-                texts[k] = text
-        for f in [f for f in self.held if self.last_use[f] < hi]:
-            del self.held[f]
+    def read(self, lo: int, hi: int) -> _Chunk:
+        """The inputs of positions [lo, hi) of the order, read in turn (``lo`` past every position read before)."""
+        missing = [p for p in range(lo, hi) if p not in self.pending]
+        for f in np.unique(self.order.file[missing]).tolist():
+            if f not in self.lost:
+                self._load(f, lo, max(hi, lo + self.LOOKAHEAD))
+        positions, texts, names = [], [], []
+        for p in range(lo, hi):
+            got = self.pending.pop(p, None)
+            if got is not None:
+                positions.append(p)
+                texts.append(got[0])
+                names.append(got[1:])
+        return _Chunk(np.array(positions, dtype=np.int64), texts, names)
 
-        def where(k: int) -> str:
-            table = tables[int(file[k])]
-            if table is not None and {"request_id", "row"} <= set(table.column_names):
-                i = int(at[k])
-                return f"request {table.column('request_id')[i].as_py()} row {table.column('row')[i].as_py()}"
-            return f"logged row {lo + k}"
-
-        return texts, where
-
-    def _table(self, f: int) -> pa.Table | None:
-        table = self.held.pop(f, None)
-        if table is None:
-            fs, path = self.order.files[f]
-            try:
-                table = read_part(fs, path, ["input", "request_id", "row"])[0]
-            except UNREADABLE as exc:  # gone or torn since the order was read
-                log.warning("skipping unreadable log file %s: %s", path, exc)
-                if path not in self.unreadable:
-                    self.unreadable += (path,)
-                return None
-        self.held[f] = table
-        while sum(t.nbytes for t in self.held.values()) > self.CACHE_BYTES and len(self.held) > 1:
-            del self.held[next(iter(self.held))]
-        return table
+    def _load(self, f: int, lo: int, hi: int) -> None:
+        """Keep the inputs of file ``f``'s rows at positions [lo, hi) not kept yet."""
+        mine = self.by_file[self.starts[f]:self.starts[f + 1]]
+        mine = mine[np.searchsorted(mine, lo):np.searchsorted(mine, hi)]
+        mine = np.array([p for p in mine.tolist() if p not in self.pending], dtype=np.int64)
+        fs, path = self.order.files[f]
+        try:
+            table = read_part(fs, path, ["input", "request_id", "row"])[0]
+            if table.num_rows != self.order.file_rows[f]:
+                raise ValueError(f"{table.num_rows} rows, {self.order.file_rows[f]} when the order was read")
+            at = pa.array(self.order.at[mine])
+            named = {"request_id", "row"} <= set(table.column_names)
+            ids = table.column("request_id").take(at) if named else None
+            if ids is not None and not np.array_equal(_request_hashes(ids)[0], self.order.request[mine]):
+                raise ValueError("other requests at the rows the order read")
+        except (*UNREADABLE, IndexError) as exc:  # rewritten, torn or gone since the order was read
+            log.warning("skipping log file %s, unreadable now: %s", path, exc)
+            self.lost.add(f)
+            self.unreadable += (path,)
+            return
+        texts = table.column("input").take(at).to_pylist() if "input" in table.column_names else [None] * len(mine)
+        requests = ids.to_pylist() if ids is not None else [None] * len(mine)
+        rows = table.column("row").take(at).to_pylist() if named else [None] * len(mine)
+        self.pending.update(zip(mine.tolist(), zip(texts, requests, rows, strict=True), strict=True))
 
 
 def _micros_of(time: datetime) -> int:
@@ -348,13 +381,25 @@ def _micros(column: pa.ChunkedArray) -> np.ndarray:
 
 
 def _event_times(column: pa.ChunkedArray, path: str) -> np.ndarray:
-    """A file's event times as sortable numbers: microseconds (datetimes) or seconds (second offsets), missing:
-    infinity (replayed last, as a sort puts missing times)."""
+    """A file's event times as sortable numbers, exactly: nanoseconds (datetimes; missing: the largest int64) or
+    seconds (second offsets; missing: infinity), so that missing times are replayed last, as a sort puts them."""
     if pa.types.is_timestamp(column.type):
-        values = pd.DatetimeIndex(column.to_pandas()).as_unit("us")
-        out = values.asi8.astype(np.float64)
-        out[values.isna()] = np.inf
+        values = pd.DatetimeIndex(column.to_pandas()).as_unit("ns")
+        out = values.asi8.copy()
+        out[values.isna()] = np.iinfo(np.int64).max
         return out
     if pa.types.is_floating(column.type) or pa.types.is_integer(column.type):
         return np.nan_to_num(column.to_numpy(zero_copy_only=False).astype(np.float64), nan=np.inf)
     raise ConfigError(f"the log file {path} holds event times of type {column.type}, not times or seconds")
+
+
+def _event_column(events: list[np.ndarray | None], rows: list[np.ndarray], timestamp: str) -> np.ndarray:
+    """The files' event times as one array (a file without them: missing), all of one kind."""
+    kinds = {e.dtype.kind for e in events if e is not None}
+    if len(kinds) > 1:
+        raise ConfigError(f"the prediction log holds {timestamp} both as times and as second offsets: rows of two "
+                          "models' schemas; rebuild with each model over the window of its rows")
+    kind = kinds.pop() if kinds else "i"
+    missing = np.iinfo(np.int64).max if kind == "i" else np.inf
+    return np.concatenate([e if e is not None else np.full(len(r), missing, dtype=np.int64 if kind == "i" else
+                                                           np.float64) for e, r in zip(events, rows, strict=True)])

@@ -31,46 +31,64 @@ def part(root: Path, name: str, logged_second: int, rows: list[tuple[str, str, i
         folder / f"part-{name}.parquet")
 
 
-@pytest.mark.parametrize("cache_bytes", [1, 256 << 20])
+@pytest.mark.parametrize("lookahead", [1, 200_000])
 def test_a_rebuild_replays_decided_rows_by_event_time_each_once_reading_inputs_file_by_file(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cache_bytes: int) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lookahead: int) -> None:
     """By event time (missing last), a time's rows as logged; shadow rows and rows logged outside the window left
-    out; a row written twice counted once, the log's first copy (before a spill directory's, even an earlier one).
-    The same with a cache too small for one file (every file read again when needed)."""
+    out; a row written twice counted once, the log's first copy (before a spill directory's, even an earlier one);
+    a null request id apart from an empty one. The same when each file is read again for every row."""
     log, spill = tmp_path / "log", tmp_path / "spill"
     part(log, "a", 1, [("champion", "r1", 0, "2026-03-01 10:05"), ("champion", "r1", 1, "2026-03-01 09:00"),
                        ("shadow", "r1", 0, "2026-03-01 08:00")])
-    part(log, "b", 2, [("champion", "r2", 0, "2026-03-01 09:30"), ("champion", "r1", 1, "2026-03-01 09:00")])
+    part(log, "b", 2, [("champion", "r2", 0, "2026-03-01 09:30"), ("champion", "r1", 1, "2026-03-01 09:00"),
+                       ("champion", None, 0, "2026-03-01 09:40"), ("champion", "", 0, "2026-03-01 09:45")])
     part(log, "c", 3, [("canary", "r3", 0, None), ("champion", "r4", 0, "2026-03-01 09:00")])
     part(log, "d", 3000, [("champion", "r6", 0, "2026-03-01 07:00")])  # logged after the window
     part(spill, "e", 0, [("champion", "r5", 0, "2026-03-01 09:10"), ("champion", "r2", 0, "2026-03-01 09:30")])
-    monkeypatch.setattr(_Inputs, "CACHE_BYTES", cache_bytes)
+    monkeypatch.setattr(_Inputs, "LOOKAHEAD", lookahead)
     order = _ReplayOrder.of([str(log), str(spill)], "purchase_time", HOUR, HOUR + timedelta(minutes=30))
-    assert order.logged_rows == 9 and not order.unreadable
+    assert order.logged_rows == 11 and not order.unreadable
     assert "input" in order.columns
     inputs = _Inputs(order)
     replayed, names = [], []
-    for lo in range(0, len(order), 2):
-        texts, where = inputs.texts(lo, min(lo + 2, len(order)))
-        replayed += [json.loads(text) for text in texts]
-        names += [where(k) for k in range(len(texts))]
+    for lo in range(0, len(order), 3):
+        chunk = inputs.read(lo, min(lo + 3, len(order)))
+        replayed += [json.loads(text) for text in chunk.texts]
+        names += [chunk.name(k) for k in range(len(chunk.texts))]
     assert [(r["id"], r["logged"]) for r in replayed] == [
-        ("r1/1", 1), ("r4/0", 3), ("r5/0", 0), ("r2/0", 2), ("r1/0", 1), ("r3/0", 3)]
+        ("r1/1", 1), ("r4/0", 3), ("r5/0", 0), ("r2/0", 2), ("None/0", 2), ("/0", 2), ("r1/0", 1), ("r3/0", 3)]
     assert names == [f"request {r['id'].replace('/', ' row ')}" for r in replayed]
     assert order.logged.tolist() == [pd.Timestamp(HOUR + timedelta(seconds=r["logged"])).value // 1000
                                      for r in replayed]
-    assert len(inputs.held) <= 1
+    assert not inputs.pending and not inputs.unreadable
 
 
-def test_a_log_file_gone_before_its_inputs_are_read_is_named_unreadable_and_its_rows_left_out(
-        tmp_path: Path) -> None:
-    part(tmp_path, "a", 1, [("champion", "r1", 0, "2026-03-01 09:00")])
-    part(tmp_path, "b", 2, [("champion", "r2", 0, "2026-03-01 09:10")])
+@pytest.mark.parametrize("later, earlier", [("2026-03-01 09:00:00.000000002", "2026-03-01 09:00:00.000000001"),
+                                            ("2260-01-01 00:00:00.000002", "2260-01-01 00:00:00.000001")])
+def test_event_times_are_ordered_to_the_nanosecond(tmp_path: Path, later: str, earlier: str) -> None:
+    """Two transactions a nanosecond apart (or a microsecond apart in 2260), the later logged first, replay in
+    the order of their event times."""
+    part(tmp_path, "a", 1, [("champion", "later", 0, later)])
+    part(tmp_path, "b", 2, [("champion", "earlier", 0, earlier)])
     order = _ReplayOrder.of([str(tmp_path)], "purchase_time", HOUR, HOUR + timedelta(hours=1))
-    gone = next(tmp_path.rglob("part-b.parquet"))
-    gone.write_bytes(b"torn")
+    assert [json.loads(text)["id"] for text in _Inputs(order).read(0, 2).texts] == ["earlier/0", "later/0"]
+
+
+@pytest.mark.parametrize("change", ["torn", "other rows", "fewer rows"])
+def test_a_log_file_changed_before_its_inputs_are_read_is_unreadable_and_its_rows_left_out(
+        tmp_path: Path, change: str) -> None:
+    """Between reading the order and reading the inputs, a file is torn, or rewritten with other rows (as many or
+    fewer): its rows are not replayed (not others in their place), and it is named unreadable."""
+    part(tmp_path, "a", 1, [("champion", "r1", 0, "2026-03-01 09:00")])
+    part(tmp_path, "b", 2, [("champion", "r2", 0, "2026-03-01 09:10"), ("champion", "r2", 1, "2026-03-01 09:20")])
+    order = _ReplayOrder.of([str(tmp_path)], "purchase_time", HOUR, HOUR + timedelta(hours=1))
+    changed = next(tmp_path.rglob("part-b.parquet"))
+    if change == "torn":
+        changed.write_bytes(b"torn")
+    else:
+        part(tmp_path, "b", 2, [("champion", "r9", 0, "2026-03-01 09:10"), ("champion", "r9", 1, "2026-03-01 09:20")]
+             [:2 if change == "other rows" else 1])
     inputs = _Inputs(order)
-    texts, where = inputs.texts(0, 2)
-    assert json.loads(texts[0])["id"] == "r1/0" and texts[1] is None
-    assert where(1) == "logged row 1"
-    assert inputs.unreadable == (str(gone),)
+    chunk = inputs.read(0, 3)
+    assert [json.loads(text)["id"] for text in chunk.texts] == ["r1/0"] and chunk.positions.tolist() == [0]
+    assert inputs.unreadable == (str(changed),)
