@@ -31,5 +31,7 @@ def test_quick_run_prints_offline_online_memory_and_rebuild_tables(tmp_path: Pat
                                                                       "first 500 rows)"]) or 0)
     assert {row["batch rows"] for row in online} == {"1", "100"}
     assert all((parse_number(row["MiB per million entities"]) or 0) > 0 for row in memory)
-    assert [row["log"] for row in rebuild] == ["in event-time order", "shuffled"]
+    assert [(row["log"], row["store"]) for row in rebuild] == [
+        ("in event-time order", "counting only"), ("in event-time order", "redis-server (loopback)"),
+        ("shuffled", "counting only")]
     assert all(row["logged rows"] == "20 000" and (parse_number(row["rows/s"]) or 0) > 0 for row in rebuild)
