@@ -196,8 +196,6 @@ class _ReplayOrder:
     copy before a spill directory's."""
 
     files: list[tuple[Any, str]]
-    file_rows: list[int]
-    """Each file's rows when the order was read."""
     file: np.ndarray
     at: np.ndarray
     logged: np.ndarray
@@ -216,7 +214,6 @@ class _ReplayOrder:
     def of(cls, roots: list[str], timestamp: str, start: datetime, end: datetime) -> _ReplayOrder:
         begin, stop = _micros_of(start), _micros_of(end)
         files: list[tuple[Any, str]] = []
-        file_rows: list[int] = []
         parts: list[tuple[Any, ...]] = []
         columns: set[str] = set()
         unreadable: list[str] = []
@@ -243,10 +240,9 @@ class _ReplayOrder:
                     parts.append((np.full(len(at), len(files), dtype=np.int32), at, logged[at],
                                   np.full(len(at), source, dtype=np.int8), *rows[1:]))
                     files.append((fs, path))
-                    file_rows.append(table.num_rows)
         if not parts:
             empty = np.zeros(0, dtype=np.int64)
-            return cls(files, file_rows, empty.astype(np.int32), empty.astype(np.int32), empty, empty, logged_rows,
+            return cls(files, empty.astype(np.int32), empty.astype(np.int32), empty, empty, logged_rows,
                        frozenset(columns), tuple(unreadable))
         events = _event_column([part[4] for part in parts], [part[0] for part in parts], timestamp)
         file, at, logged, source, first, second, row, named = (np.concatenate(column) for column in zip(
@@ -263,7 +259,7 @@ class _ReplayOrder:
         del same, second, row, named
         kept = np.flatnonzero(~repeat)
         replay = kept[np.lexsort((rank[kept], events[kept]))]
-        return cls(files, file_rows, file[replay], at[replay], logged[replay], first[replay], logged_rows,
+        return cls(files, file[replay], at[replay], logged[replay], first[replay], logged_rows,
                    frozenset(columns), tuple(unreadable))
 
 
@@ -352,14 +348,12 @@ class _Inputs:
         fs, path = self.order.files[f]
         try:
             table = read_part(fs, path, ["input", "request_id", "row"])[0]
-            if table.num_rows != self.order.file_rows[f]:
-                raise ValueError(f"{table.num_rows} rows, {self.order.file_rows[f]} when the order was read")
             at = pa.array(self.order.at[mine])
             named = {"request_id", "row"} <= set(table.column_names)
             ids = table.column("request_id").take(at) if named else None
             if ids is not None and not np.array_equal(_request_hashes(ids)[0], self.order.request[mine]):
                 raise ValueError("other requests at the rows the order read")
-        except (*UNREADABLE, IndexError) as exc:  # rewritten, torn or gone since the order was read
+        except UNREADABLE as exc:  # rewritten (fewer rows: an ArrowIndexError), torn or gone since the order was read
             log.warning("skipping log file %s, unreadable now: %s", path, exc)
             self.lost.add(f)
             self.unreadable += (path,)
