@@ -322,8 +322,12 @@ class _Inputs:
         self.by_file = np.argsort(order.file, kind="stable")  # each file's positions in the order, ascending
         self.starts = offsets(np.bincount(order.file, minlength=len(order.files)))
         self.pending: dict[int, tuple[str | None, Any, Any]] = {}
-        self.lost: set[int] = set()
-        self.unreadable: tuple[str, ...] = ()
+        self.lost: list[int] = []  # files unreadable now, in the order found
+
+    @property
+    def unreadable(self) -> tuple[str, ...]:
+        """The files found unreadable when their inputs were read."""
+        return tuple(self.order.files[f][1] for f in self.lost)
 
     def read(self, lo: int, hi: int) -> _Chunk:
         """The inputs of positions [lo, hi) of the order, read in turn (``lo`` past every position read before)."""
@@ -355,8 +359,7 @@ class _Inputs:
                 raise ValueError("other requests at the rows the order read")
         except UNREADABLE as exc:  # rewritten (fewer rows: an ArrowIndexError), torn or gone since the order was read
             log.warning("skipping log file %s, unreadable now: %s", path, exc)
-            self.lost.add(f)
-            self.unreadable += (path,)
+            self.lost.append(f)
             return
         texts = table.column("input").take(at).to_pylist() if "input" in table.column_names else [None] * len(mine)
         requests = ids.to_pylist() if ids is not None else [None] * len(mine)
