@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import gc
 import itertools
+import json
+import os
 import shutil
 import socket
 import subprocess
@@ -29,7 +31,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import fmt, fmt_ratio, markdown_table, report_sections, section_parser
+from bench.common import fmt, fmt_ratio, markdown_table, report_sections, run_measured, section_parser
 from fraudops.data.synthetic import generate_transactions
 from fraudops.entity_features import EntityFeatureConfig, OnlineFeatures, compute, frame_columns
 from fraudops.online_store import MemoryStore, RedisStore, StoreLimits
@@ -220,8 +222,6 @@ def write_log(work: Path, rows: int, shuffled: bool) -> None:
     """A model (``work/home``) and a prediction log (``work/log``) of ``rows`` synthetic transactions scored by the
     real scorer in batches of 1,000 (frozen features: no store), in event-time order or shuffled (every log file
     then spans the whole window: late or backfilled traffic, the rebuild's worst case)."""
-    import json
-
     from prometheus_client import CollectorRegistry
 
     from fraudops import steps
@@ -255,7 +255,6 @@ def rebuild_child(work: str, how: str) -> None:
     `rebuild_from_log` into a store that only counts what it is given (memory and speed of the rebuild itself, not
     of Redis), a ``redis://`` URL into that Redis; ``inputs`` only reads the window's inputs as one frame, as the
     rebuild did before it streamed them. Prints the rows as JSON."""
-    import json
     from datetime import UTC, datetime, timedelta
 
     from fraudops.feature_store import DECIDED_ROLES, open_store, rebuild_from_log
@@ -301,11 +300,6 @@ def rebuild_child(work: str, how: str) -> None:
 
 
 def bench_rebuild(quick: bool) -> str:
-    import json
-    import os
-
-    from bench.common import run_measured
-
     rows = 20_000 if quick else 1_200_000
     table = []
     repo = Path(__file__).resolve().parents[1]
