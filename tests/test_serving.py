@@ -16,6 +16,7 @@ import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from multiprocessing import Pipe
 from pathlib import Path
 from typing import Any
@@ -1335,6 +1336,30 @@ def test_a_lost_store_is_rebuilt_from_the_prediction_log(home, tmp_path, redis_s
     assert client.dbsize() == 0
 
 
+def logged_then_edited(home: Path, tmp_path: Path, store_url: str, requests: list[Any],
+                       edit: Callable[[list[str]], None]) -> Any:
+    """Score ``requests`` with the store at ``store_url``, 20 a request, each request logged at a time of its own;
+    then rewrite the log's one part file with its input texts changed in place by ``edit``. Returns the table as
+    logged (before the edit)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    scorer = make_scorer(home, tmp_path, feature_store_url=store_url, feature_store_timeout_seconds=2)
+    scorer.reload()
+    try:
+        for start in range(0, len(requests), 20):
+            scorer.score(requests[start:start + 20])
+            time.sleep(0.01)
+    finally:
+        scorer.close()
+    part = sorted((tmp_path / "log").rglob("part-*.parquet"))[0]
+    table = pq.read_table(part)
+    inputs = table.column("input").to_pylist()
+    edit(inputs)
+    pq.write_table(table.set_column(table.schema.get_field_index("input"), "input", pa.array(inputs)), part)
+    return table
+
+
 def test_logged_rows_the_schema_refuses_are_named_and_the_others_replayed(home, tmp_path, redis_server, trained,
                                                                           monkeypatch):
     """Five logged transactions edited so that the model's schema refuses them (a text amount, no purchase time,
@@ -1343,28 +1368,18 @@ def test_logged_rows_the_schema_refuses_are_named_and_the_others_replayed(home, 
     fails, so that they are mended and the rebuild run again."""
     from datetime import UTC, datetime
 
-    import pyarrow as pa
-    import pyarrow.parquet as pq
     import redis
 
     from fraudops.feature_store import open_store
 
-    scorer = make_scorer(home, tmp_path, feature_store_url=redis_server.url, feature_store_timeout_seconds=2)
-    scorer.reload()
-    try:
-        for start in range(0, 100, 20):
-            scorer.score(trained["requests"][start:start + 20])
-    finally:
-        scorer.close()
-    part = sorted((tmp_path / "log").rglob("part-*.parquet"))[0]
-    table = pq.read_table(part)
-    inputs = table.column("input").to_pylist()
-    edited = [json.loads(inputs[i]) for i in (0, 1, 4)]
-    edited[0]["amount"] = "lots"
-    del edited[1]["purchase_time"]
-    edited[2]["signup_time"] = "2027-01-01T00:00:00Z"
-    inputs[:5] = [json.dumps(edited[0]), json.dumps(edited[1]), '{"amount": 1', "5", json.dumps(edited[2])]
-    pq.write_table(table.set_column(table.schema.get_field_index("input"), "input", pa.array(inputs)), part)
+    def edit(inputs: list[str]) -> None:
+        edited = [json.loads(inputs[i]) for i in (0, 1, 4)]
+        edited[0]["amount"] = "lots"
+        del edited[1]["purchase_time"]
+        edited[2]["signup_time"] = "2027-01-01T00:00:00Z"
+        inputs[:5] = [json.dumps(edited[0]), json.dumps(edited[1]), '{"amount": 1', "5", json.dumps(edited[2])]
+
+    table = logged_then_edited(home, tmp_path, redis_server.url, trained["requests"][:100], edit)
     ids = table.column("request_id").to_pylist()[:5]
     rows = table.column("row").to_pylist()[:5]
     redis.Redis.from_url(redis_server.url).flushall()
@@ -1394,28 +1409,17 @@ def test_with_refused_rows_each_replayed_transaction_keeps_its_own_findable_only
     still gets the mark of its own row, not of a neighbour's."""
     from datetime import UTC, datetime, timedelta
 
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     from fraudops.feature_store import open_store, rebuild_from_log
     from fraudops.online_store import Coverage, RedisStore
 
-    scorer = make_scorer(home, tmp_path, feature_store_url=redis_server.url, feature_store_timeout_seconds=2)
-    scorer.reload()
-    try:
-        for start in range(0, 100, 20):
-            scorer.score(trained["requests"][start:start + 20])
-            time.sleep(0.01)  # each request logged at a time of its own
-    finally:
-        scorer.close()
-    part = sorted((tmp_path / "log").rglob("part-*.parquet"))[0]
-    table = pq.read_table(part)
-    inputs, logged = table.column("input").to_pylist(), table.column("logged_at").to_pylist()
-    for i in (0, 38, 39, 61):  # refused: the first row, the last two before the coverage began, one after
-        inputs[i] = json.dumps({**json.loads(inputs[i]), "amount": "lots"})
-    pq.write_table(table.set_column(table.schema.get_field_index("input"), "input", pa.array(inputs)), part)
+    def edit(inputs: list[str]) -> None:
+        for i in (0, 38, 39, 61):  # refused: the first row, the last two before the coverage began, one after
+            inputs[i] = json.dumps({**json.loads(inputs[i]), "amount": "lots"})
+
+    table = logged_then_edited(home, tmp_path, redis_server.url, trained["requests"][:100], edit)
+    logged = table.column("logged_at").to_pylist()
     since = logged[40]  # the coverage began with the third request
-    ids = [json.loads(text)["transaction_id"] for text in inputs]
+    ids = [json.loads(text)["transaction_id"] for text in table.column("input").to_pylist()]
     expected = {ids[i]: logged[i] >= since for i in range(100) if i not in (0, 38, 39, 61)}
     assert set(expected.values()) == {True, False}
     marks: dict[str, bool] = {}
