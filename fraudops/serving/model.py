@@ -31,6 +31,11 @@ from fraudops.serving.rows import RowSchema
 from fraudops.settings import ServingConfig
 
 T = TypeVar("T")
+THREADS = 1
+"""CatBoost threads per model call. A serving worker is one of one per CPU (`FRAUDOPS_WORKERS=auto`), and CatBoost's
+default (all cores) makes every `Pool` wake a TBB worker thread that spins for about 1 ms after the call: measured on
+2 cores, a model's process CPU per single-row call 1.36 ms instead of 0.24, per 1,000-row call 2.6 instead of 1.3,
+with the same scores."""
 
 log = logging.getLogger(__name__)
 
@@ -302,7 +307,7 @@ class ServedModel:
             if matrix is not None and entities is not None:
                 features.update(zip(entities.frozen.feature_names, matrix.T, strict=True))
             pool = _pool(features, names, state.categorical_features)
-            return features, pool, model.predict_proba(pool)[:, 1].tolist()
+            return features, pool, model.predict_proba(pool, thread_count=THREADS)[:, 1].tolist()
 
         store = fallback = False
         if entities is None:
@@ -313,7 +318,7 @@ class ServedModel:
         seconds = time.perf_counter() - started
         codes = None
         if explain:
-            shap = model.get_feature_importance(pool, type="ShapValues")[:, :-1]
+            shap = model.get_feature_importance(pool, type="ShapValues", thread_count=THREADS)[:, :-1]
             codes = reason_codes(shap, names, features, reasons)
         return Scored(scores, self.bands.decide(scores), {name: features[name] for name in names}, seconds, codes,
                       store, fallback)
@@ -357,7 +362,7 @@ def _pool(features: Mapping[str, np.ndarray], names: list[str], categorical: lis
     for j, name in enumerate(categorical):
         categories[:, j] = features[name]
     return Pool(FeaturesData(num_feature_data=numbers, cat_feature_data=categories, num_feature_names=numeric,
-                             cat_feature_names=list(categorical)))
+                             cat_feature_names=list(categorical)), thread_count=THREADS)
 
 
 def reason_codes(contributions: np.ndarray, names: list[str], features: Mapping[str, Sequence[Any]], k: int
