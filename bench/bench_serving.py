@@ -491,6 +491,11 @@ def fresh_transactions(count: int) -> Callable[[int, int], list[list[Any]]]:
     return take
 
 
+def request_bodies(batches: list[list[Any]]) -> list[bytes]:
+    """``POST /score`` bodies of the batches."""
+    return [json.dumps({"transactions": batch}).encode() for batch in batches]
+
+
 def measure_with_store(env: dict[str, str], work: Path, take: Callable[[int, int], list[list[Any]]],
                        calls: dict[int, int], seconds: float, sustained_seconds: float, workers: int,
                        rates: Sequence[int] = RATES, batches: Sequence[int] = BATCHES) -> dict[str, Any]:
@@ -499,7 +504,7 @@ def measure_with_store(env: dict[str, str], work: Path, take: Callable[[int, int
     import redis
 
     def bodies(size: int, count: int) -> list[bytes]:
-        return [json.dumps({"transactions": batch}).encode() for batch in take(size, count)]
+        return request_bodies(take(size, count))
 
     with store_service(env, work, workers, f"store-{workers}") as (server, url):
         port = server.port
@@ -555,11 +560,8 @@ def side_by_side(env: dict[str, str], store_env: dict[str, str], work: Path,
     by ``in_process``, b, b3); then each held for ``sustained_seconds`` and batches of 1. (b) is sent the run's
     traffic (``frozen_bodies``), (b3) new transactions from ``take``. Returns per service the medians (keys as
     `measure`'s), its rounds and peak RSS, and (a)'s rounds."""
-    def store_bodies(size: int, count: int) -> list[bytes]:
-        return [json.dumps({"transactions": batch}).encode() for batch in take(size, count)]
-
     bodies = {"b": lambda size, count: list(itertools.islice(itertools.cycle(frozen_bodies[size]), count)),
-              "b3": store_bodies}
+              "b3": lambda size, count: request_bodies(take(size, count))}
     with contextlib.ExitStack() as stack:
         frozen = scorer_service({**env, "FRAUDOPS_WORKERS": str(workers),
                                  "FRAUDOPS_PREDICTION_LOG": str(work / f"side-log-{workers}"),
@@ -695,7 +697,7 @@ def main(argv: list[str] | None = None) -> int:
         batches = {size: [requests[i: i + size] for i in range(0, len(requests) - size + 1, size)][:20]
                    for size in BATCHES}
         single_bodies = [json.dumps({"transactions": [r]}).encode() for r in requests[:2000]]
-        batch_bodies = {size: [json.dumps({"transactions": b}).encode() for b in batches[size]] for size in BATCHES}
+        batch_bodies = {size: request_bodies(batches[size]) for size in BATCHES}
         results: dict[str, dict[str, Any]] = {}
 
         print("(a) in-process bundle.score", flush=True)
