@@ -508,6 +508,8 @@ def measure_with_store(env: dict[str, str], work: Path, take: Callable[[int, int
     transactions from ``take``. Returns the measures and the store's counts."""
     import redis
 
+    from fraudops.online_store import LAYOUT
+
     def bodies(size: int, count: int) -> list[bytes]:
         return request_bodies(take(size, count))
 
@@ -532,7 +534,7 @@ def measure_with_store(env: dict[str, str], work: Path, take: Callable[[int, int
         server.stop()  # before Redis is read: the counts below are final
         client = redis.Redis.from_url(url)
         memory = int(client.info("memory")["used_memory"])
-        entities = sum(1 for _ in client.scan_iter(match="*:2:e:*", count=10_000))
+        entities = sum(1 for _ in client.scan_iter(match=f"*:{LAYOUT}:e:*", count=10_000))
         client.close()
     results["rss"] = server.peak_rss
     return {"results": results, "memory": memory, "entities": entities,

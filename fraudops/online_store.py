@@ -88,7 +88,7 @@ class StoreLimits:
     entity; beyond it the oldest are folded early, so windowed features of busier entities undercount (all-history
     ones stay exact). ``exact_accounts``: most accounts per entity counted exactly; beyond it the all-history
     distinct-account count becomes approximate. ``retention_seconds``: an entity value's history expires that long
-    after its last transaction was recorded.
+    after its last transaction was recorded (Redis: or up to an eighth later, see `RedisStore`).
     """
 
     keep_seconds: int
@@ -435,54 +435,64 @@ class MemoryStore:
 
 
 # -- Redis --------------------------------------------------------------------------------------------------
-LAYOUT = 2
-"""The version of the Redis layout: its keys are named ``{namespace}:2:...``, so a namespace written by another
+LAYOUT = 3
+"""The version of the Redis layout: its keys are named ``{namespace}:3:...``, so a namespace written by another
 layout is a new, unseeded one (the scorer seeds it from its model's snapshot, `fraudops features rebuild` adds
 the prediction log)."""
 _HEADER = np.dtype([("layout", "<u2"), ("flags", "<u2"), ("n_events", "<u4"), ("token", "<u8"),
                     ("n_accounts", "<u4"), ("spare", "<u4"), ("count", "<i8"), ("amount_sum", "<f8"),
-                    ("amount_max", "<f8"), ("last", "<i8"), ("spare2", "<i8")])
+                    ("amount_max", "<f8"), ("last", "<i8"), ("renew", "<i8")])
 _BEYOND = 1  # header flag: the accounts are counted in the HyperLogLog
 _HEADER_UNITS, _EVENT_UNITS, _ACCOUNT_UNITS = 4, 2, 1  # of 16 bytes
+_TAIL_EVENTS = 32
+"""Most events appended to a blob since it was last written whole: a write that would append more rewrites it."""
+_PAIR_HASH = np.int64(0x9E3779B97F4A7C1)  # odd: (value, transaction hash) pairs to one int64 (wrapping), see _settled
 _ATTEMPTS = 5
 """Reads and compare-and-set writes of one batch before it gives up, when other writers keep changing its keys."""
 
 # The write of a batch (`RedisStore._call`), after the client read the keys and merged the batch in. KEYS, every key
-# it touches: the three horizons (keep_ticks, keep_seconds, retention_seconds),
-# the seed hash and its set of applied chunks, the n blobs of the entity values written, the m markers to set (see
-# `RedisStore`), then the HyperLogLogs of the entity values whose accounts are beyond exact counting.
-# ARGV[1]: JSON [n, m, [keep_ticks, keep_seconds, retention_seconds], blob lengths (bytes), HyperLogLog members per
-# HyperLogLog (in KEYS' order), seed guard ([source, chunk id]) or null];
-# ARGV[2]: per entity value the token its blob had when read (8 bytes, zeros: none); ARGV[3]: the new blobs;
-# ARGV[4]: the HyperLogLog members, 8 bytes each.
-# Compare and set: nothing is written unless every blob still has the token read (else the positions, 1 to n, of those
-# that changed: another writer came between, the client reads them again). A seed guard also requires the namespace's
-# seed to be claimed by that source and not ready, and the chunk not applied yet (-1 not the owner, 2 already applied).
-# The transactions recorded that need a marker (see `RedisStore`) get ``:t:{id}`` for the longest window. The
-# horizons are the namespace's: the longest any writer has asked for (a challenger with shorter windows than the
-# champion's must not fold or expire history the champion's windows still read). Keys come as KEYS, not built in the
-# script, as Redis asks of scripts (ACL key patterns, key tracking). The tokens are read with MGET in chunks (one call
-# per blob cost more). A scored batch of 1,000 new transactions after 100,000 (~2,600 entity values, no markers) takes
-# 11 ms of Redis's one thread in a run (14.7 ms with a marker per transaction); replayed 40 times on a warm server
-# (2,606 keys, 404 KB of blobs), 9.9 ms (median): the blob SETs 5.8 (~2 us each, with the expiry, passed as a string:
-# formatted from a number at every call, ~1 ms more), the tokens' check 2.7, decoding the arguments 1.1. (WATCH
-# instead of the tokens: 27 ms for 2,606 keys; the blobs as arguments of their own instead of one string: -1.4 ms
-# in Redis, +0.8 ms in the client; the tokens with a GETRANGE per blob: -2% of the check. Keeping the expiry of blobs
-# written recently (SET KEEPTTL, a header field for when it was set) cut the SETs' own time by 7-16% but Redis's
-# per batch of 1,000 in the 2-worker service by 0-2%, within its noise: not taken.)
+# it touches: the three horizons (keep_ticks, keep_seconds, retention_seconds), the seed hash and its set of applied
+# chunks, the c blobs written whole, the w blobs created (absent when read), the a blobs appended to, the m markers to
+# set (see `RedisStore`), then the HyperLogLogs of the entity values whose accounts are beyond exact counting.
+# ARGV[1]: JSON [c, w, a, m, [keep_ticks, keep_seconds, retention_seconds], byte lengths of the c blobs and of the
+# w + a tails, the c blobs' lengths when read (0: none), HyperLogLog members per HyperLogLog (in KEYS' order), seed
+# guard ([source, chunk id]) or null]; ARGV[2]: per blob written whole the token it had when read (8 bytes, zeros:
+# none); ARGV[3]: the new blobs, then the tails; ARGV[4]: the HyperLogLog members, 8 bytes each; ARGV[5]: the header
+# of a blob created with a tail only (no folded history, no events or accounts of its own).
+# Compare and set, for the blobs written whole only: nothing is written unless each still has the token and the
+# length read (an append changes the length only), else the script returns the positions (1 to c) of those that
+# changed (another writer came between: the client reads them again). Tails need no check: appends commute, and a
+# reader dedups and folds a blob's tail (`_Blobs.decode`). A blob created is set only if still absent (else its tail
+# is appended to the one another writer created); an append that finds no blob (it expired since the read) gets the
+# header first. A seed guard also requires the namespace's seed to be claimed by that source and not ready, and the
+# chunk not applied yet (-1 not the owner, 2 already applied). The transactions recorded that need a marker (see
+# `RedisStore`) get ``:t:{hash}`` for the longest window. The horizons are the namespace's: the longest any writer has
+# asked for (a challenger with shorter windows than the champion's must not fold or expire history the champion's
+# windows still read). A blob written whole or created expires after the retention and an eighth more, so that the
+# appends of that eighth need no EXPIRE (the client writes whole a blob whose eighth is over: its header's
+# ``renew``). Keys come as KEYS, not built in the script, as Redis asks of scripts (ACL key patterns, key tracking).
+# The tokens are read with MGET in chunks (one call per blob cost more). Measured on a warm server, 2,600 blobs of
+# 300 bytes: layout 2's tokens' check and SET ... EX of every blob took 5.3 ms of Redis; an APPEND of 32 bytes to each,
+# 1.3 ms (2.6 with an EXPIRE each). (Layout 2, replayed: the blob SETs 5.8 ms of 9.9, the tokens' check 2.7, decoding
+# the arguments 1.1; WATCH instead of the tokens: 27 ms for 2,606 keys; the blobs as arguments of their own instead
+# of one string: -1.4 ms in Redis, +0.8 ms in the client. Checking with EXISTS that the blobs to append to exist cost
+# ~0.5 us each, more than the appends.)
 _WRITE = """
 local meta = cjson.decode(ARGV[1])
-local n, m, lim, lengths, counts, guard = meta[1], meta[2], meta[3], meta[4], meta[5], meta[6]
-local tokens, blobs, members = ARGV[2], ARGV[3], ARGV[4]
+local c, w, a, m, lim, lengths, held_lengths, counts, guard = meta[1], meta[2], meta[3], meta[4], meta[5], meta[6],
+  meta[7], meta[8], meta[9]
+local tokens, blobs, members, header = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local zero = string.rep('\\0', 8)
 local changed = {}
-for lo = 1, n, 500 do
-  local hi = math.min(lo + 499, n)
+for lo = 1, c, 500 do
+  local hi = math.min(lo + 499, c)
   local blobs_held = redis.call('MGET', unpack(KEYS, 5 + lo, 5 + hi))
   for i = lo, hi do
     local held = blobs_held[i - lo + 1]
-    held = held and string.sub(held, 9, 16) or zero
-    if held ~= string.sub(tokens, 8 * i - 7, 8 * i) then changed[#changed + 1] = i end
+    if (held and #held or 0) ~= held_lengths[i] or
+       (held and string.sub(held, 9, 16) or zero) ~= string.sub(tokens, 8 * i - 7, 8 * i) then
+      changed[#changed + 1] = i
+    end
   end
 end
 if #changed > 0 then return changed end
@@ -495,12 +505,21 @@ local held = redis.call('MGET', KEYS[1], KEYS[2], KEYS[3])
 local keep, window = math.max(lim[1], tonumber(held[1]) or 0), math.max(lim[2], tonumber(held[2]) or 0)
 local ttl = math.max(lim[3], tonumber(held[3]) or 0)
 redis.call('MSET', KEYS[1], string.format('%.17g', keep), KEYS[2], window, KEYS[3], ttl)
-window, ttl = string.format('%d', window), string.format('%d', ttl)  -- once: a number is formatted at every call
+local life = string.format('%d', ttl + math.floor(ttl / 8))  -- once: a number is formatted at every call
+window = string.format('%d', window)
+local n = c + w + a
 for i = 6 + n, 5 + n + m do redis.call('SET', KEYS[i], '1', 'EX', window) end
 local at = 1
 for i = 1, n do
-  redis.call('SET', KEYS[5 + i], string.sub(blobs, at, at + lengths[i] - 1), 'EX', ttl)
+  local key, bytes = KEYS[5 + i], string.sub(blobs, at, at + lengths[i] - 1)
   at = at + lengths[i]
+  if i <= c then
+    redis.call('SET', key, bytes, 'EX', life)
+  elseif i <= c + w then
+    if not redis.call('SET', key, header .. bytes, 'NX', 'EX', life) then redis.call('APPEND', key, bytes) end
+  elseif redis.call('APPEND', key, bytes) == #bytes then
+    redis.call('SET', key, header .. bytes, 'EX', life)
+  end
 end
 local member = 1
 for h = 1, #counts do
@@ -513,7 +532,7 @@ for h = 1, #counts do
     redis.call('PFADD', key, unpack(batch))
   end
   member = member + 8 * counts[h]
-  redis.call('EXPIRE', key, ttl)
+  redis.call('EXPIRE', key, life)
 end
 return 1
 """
@@ -570,7 +589,8 @@ class _Additions:
 
 @dataclass
 class _Blobs:
-    """Entity values' blobs as read, decoded columnar (see `RedisStore`)."""
+    """Entity values' blobs as read, decoded columnar (see `RedisStore`), their tails settled: as if written whole.
+    ``length``: each blob's bytes as read (0: none); ``tail``: its events appended since it was written whole."""
 
     head: np.ndarray
     event_start: np.ndarray
@@ -581,11 +601,20 @@ class _Blobs:
     account_start: np.ndarray
     account_hash: np.ndarray
     account_first: np.ndarray
+    length: np.ndarray
+    tail: np.ndarray
 
     @classmethod
-    def decode(cls, blobs: Sequence[bytes | None], names: Sequence[str]) -> _Blobs:
+    def decode(cls, blobs: Sequence[bytes | None], names: Sequence[str], paired: np.ndarray, horizon: int,
+               max_events: int) -> _Blobs:
+        """The blobs read for the entity values ``names`` (``paired``: those whose accounts are tracked), with
+        ``horizon`` and ``max_events`` to fold their tails by."""
         n = len(blobs)
         lengths = np.fromiter((0 if b is None else len(b) for b in blobs), np.int64, n)
+        misfit = np.flatnonzero(lengths % 16)
+        if len(misfit):
+            raise StoreUnavailable(f"feature store entity value {names[misfit[0]]!r} is not a layout-{LAYOUT} "
+                                   "blob (written by another version?)", answered=True)
         units = np.frombuffer(b"".join(b for b in blobs if b is not None), "<i8").reshape(-1, 2)
         base = offsets(lengths // 16)[:-1]
         present = np.flatnonzero(lengths)
@@ -594,17 +623,65 @@ class _Blobs:
         if len(present):
             raw = units[(base[present, None] + np.arange(_HEADER_UNITS)).ravel()]
             head[present] = raw.reshape(-1, 8).view(_HEADER).ravel()
-            bad = present[(head["layout"][present] != LAYOUT) | (lengths[present] != 16 * (
-                _HEADER_UNITS + _EVENT_UNITS * head["n_events"][present].astype(np.int64)
-                + _ACCOUNT_UNITS * head["n_accounts"][present].astype(np.int64)))]
-            if len(bad):
-                raise StoreUnavailable(f"feature store entity value {names[bad[0]]!r} is not a layout-{LAYOUT} "
-                                       "blob (written by another version?)", answered=True)
         n_events, n_accounts = head["n_events"].astype(np.int64), head["n_accounts"].astype(np.int64)
+        whole = _HEADER_UNITS + _EVENT_UNITS * n_events + _ACCOUNT_UNITS * n_accounts
+        extra = lengths // 16 - whole
+        bad = present[(head["layout"][present] != LAYOUT) | (extra[present] < 0) | (extra[present] % _EVENT_UNITS > 0)]
+        if len(bad):
+            raise StoreUnavailable(f"feature store entity value {names[bad[0]]!r} is not a layout-{LAYOUT} "
+                                   "blob (written by another version?)", answered=True)
+        tail = np.where(lengths > 0, extra // _EVENT_UNITS, 0)
         at = _ranges(base + _HEADER_UNITS, n_events, _EVENT_UNITS)
         a_at = _ranges(base + _HEADER_UNITS + _EVENT_UNITS * n_events, n_accounts)
-        return cls(head, offsets(n_events), units[at, 0], units[at, 1].view(np.float64), units[at + 1, 0],
-                   units[at + 1, 1], offsets(n_accounts), units[a_at, 0], units[a_at, 1])
+        event_start, from_tail = offsets(n_events + tail), None
+        if tail.any():  # each value's tail after its other events
+            in_tail = _ranges(event_start[:-1] + n_events, tail)
+            gathered = np.empty(int(event_start[-1]), dtype=np.int64)
+            gathered[_ranges(event_start[:-1], n_events)] = at
+            gathered[in_tail] = _ranges(base + whole, tail, _EVENT_UNITS)
+            at, from_tail = gathered, np.zeros(len(gathered), dtype=bool)
+            from_tail[in_tail] = True
+        blobs_read = cls(head, event_start, units[at, 0], units[at, 1].view(np.float64), units[at + 1, 0],
+                         units[at + 1, 1], offsets(n_accounts), units[a_at, 0], units[a_at, 1], lengths, tail)
+        return blobs_read if from_tail is None else blobs_read._settled(from_tail, paired, horizon, max_events)
+
+    def _settled(self, from_tail: np.ndarray, paired: np.ndarray, horizon: int, max_events: int) -> _Blobs:
+        """These blobs as `_merge` would have written them whole: a transaction appended twice under a value (by
+        writers that raced) once, the events in time order, those beyond the horizon or the cap folded, and the
+        accounts of the tails' events among the accounts (of the paired values counted exactly)."""
+        n = len(self.head)
+        ent, ticks, amount, account, txn = (np.repeat(np.arange(n), np.diff(self.event_start)), self.ticks, self.amount,
+                                            self.account, self.txn)
+        # sorting is the cost here: only when a transaction may be there twice (one sort of a hash of value and
+        # transaction tells), or the tails are not in time order already (late events)
+        pairs = np.sort(txn + ent * _PAIR_HASH)
+        if (pairs[1:] == pairs[:-1]).any():
+            order = np.lexsort((np.arange(len(ent)), txn, ent))
+            repeated = np.zeros(len(ent), dtype=bool)
+            repeated[order[1:]] = (ent[order[1:]] == ent[order[:-1]]) & (txn[order[1:]] == txn[order[:-1]])
+            first = np.flatnonzero(~repeated)
+            ent, ticks, amount, account, txn, from_tail = (x[first] for x in (ent, ticks, amount, account, txn,
+                                                                               from_tail))
+        later = ticks[1:] - ticks[:-1]
+        if not ((ent[1:] > ent[:-1]) | (later > 0) | ((later == 0) & (txn[1:] > txn[:-1]))).all():
+            order = np.lexsort((txn, ticks, ent))
+            ent, ticks, amount, account, txn, from_tail = (x[order] for x in (ent, ticks, amount, account, txn,
+                                                                               from_tail))
+        kept = _kept(ent, ticks, n, horizon, max_events)
+        head = self.head.copy()
+        head["count"], head["amount_sum"], head["amount_max"], head["last"] = _folded(
+            head["count"].astype(np.int64), head["amount_sum"].astype(np.float64),
+            head["amount_max"].astype(np.float64), head["last"].astype(np.int64), ent, ticks, amount, ~kept, n)
+        counted = paired & ((head["flags"] & _BEYOND) == 0)
+        seen = from_tail & counted[ent] & (account != NO_ACCOUNT)
+        account_start, a_hash, a_first = self.account_start, self.account_hash, self.account_first
+        if seen.any():
+            a_owner = np.repeat(np.arange(n), np.diff(self.account_start))
+            a_ent, a_hash, a_first = _first_sightings([(a_owner, a_hash, a_first),
+                                                       (ent[seen], account[seen], ticks[seen])])
+            account_start = offsets(np.bincount(a_ent, minlength=n))
+        return _Blobs(head, offsets(np.bincount(ent[kept], minlength=n)), ticks[kept], amount[kept], account[kept],
+                      txn[kept], account_start, a_hash, a_first, self.length, self.tail)
 
     def states(self, query: Query, estimate: np.ndarray) -> States:
         """The `States` of the query's entity values, the first of these blobs."""
@@ -616,6 +693,43 @@ class _Blobs:
         return States(self.event_start[:q + 1], self.ticks[:e], self.amount[:e], self.account[:e], self.txn[:e],
                       head["count"].astype(np.int64), head["amount_sum"].astype(np.float64),
                       head["amount_max"].astype(np.float64), head["last"].astype(np.int64), before, first)
+
+
+def _kept(ent: np.ndarray, ticks: np.ndarray, n: int, horizon: int, max_events: int) -> np.ndarray:
+    """Which events (sorted by value ``ent`` < ``n``, then time) a value keeps: those within ``horizon`` ticks of its
+    newest and among its newest ``max_events``; the others are folded."""
+    start = offsets(np.bincount(ent, minlength=n))
+    newest = np.full(n, NO_TIME)
+    nonempty = start[1:] > start[:-1]
+    newest[nonempty] = ticks[start[1:][nonempty] - 1]
+    return (ticks >= newest[ent] - horizon) & (start[ent + 1] - 1 - np.arange(len(ent)) < max_events)
+
+
+def _folded(count: np.ndarray, amount_sum: np.ndarray, amount_max: np.ndarray, last: np.ndarray, ent: np.ndarray,
+            ticks: np.ndarray, amount: np.ndarray, folded: np.ndarray, n: int
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The folded aggregates of ``n`` values with the ``folded`` events (of values ``ent``) added."""
+    count = count + np.bincount(ent[folded], minlength=n)
+    amount_sum = amount_sum + np.bincount(ent[folded], weights=amount[folded], minlength=n)
+    if folded.any():
+        folded_max = np.full(n, -np.inf)
+        np.maximum.at(folded_max, ent[folded], amount[folded])
+        amount_max = np.fmax(amount_max, np.where(np.isneginf(folded_max), np.nan, folded_max))
+        last = last.copy()
+        np.maximum.at(last, ent[folded], ticks[folded])
+    return count, amount_sum, amount_max, last
+
+
+def _first_sightings(parts: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows (value, account hash, ticks) of the parts, sorted by value and account, each account of a value once
+    with the earliest time it was seen."""
+    a_ent, a_hash, a_first = (np.concatenate(p) for p in zip(*parts, strict=True))
+    order = np.lexsort((a_first, a_hash, a_ent))
+    a_ent, a_hash, a_first = a_ent[order], a_hash[order], a_first[order]
+    firsts = np.ones(len(a_ent), dtype=bool)
+    firsts[1:] = (a_ent[1:] != a_ent[:-1]) | (a_hash[1:] != a_hash[:-1])
+    return a_ent[firsts], a_hash[firsts], a_first[firsts]
 
 
 @dataclass(frozen=True)
@@ -630,25 +744,39 @@ class _NewEvents:
 
 
 @dataclass(frozen=True)
+class _Clock:
+    """Redis's clock at the read (``now``, epoch seconds) and when a blob written whole now must be written whole
+    again to renew its expiry (``renew``: ``now`` plus an eighth of the retention, see `_WRITE`)."""
+
+    now: int
+    renew: int
+
+
+@dataclass(frozen=True)
 class _Merged:
-    """What a write sends: the blob indices it rewrites, their new blobs, and the HyperLogLog members of those
-    ``beyond`` exact counting (``member_counts``: how many of them per such value, in order). ``kept_new``: the
-    hashes of the batch's transactions among the kept events (sorted), which need no marker. ``folded_early``: the
-    hashes of stored transactions folded while their retries must still count once (by the ``max_events`` cap, or
-    within the longest window of the wall clock: behind a neighbour dated ahead of it), which get a marker."""
+    """What a write sends: the blob indices it writes, the first ``rewritten`` whole, the next ``created`` (absent
+    when read) and the others appended to; their bytes (the new blobs, then the tails), the ``header`` of a blob
+    created with a tail only, and the HyperLogLog members of the values beyond exact counting (``hll``:
+    their blob indices; ``member_counts``: how many members each). ``kept_new``: the hashes of the batch's
+    transactions among the kept events (sorted), which need no marker. ``folded_early``: the hashes of stored
+    transactions folded while their retries must still count once (by the ``max_events`` cap, or within the longest
+    window of the wall clock: behind a neighbour dated ahead of it), which get a marker."""
 
     touched: np.ndarray
+    rewritten: int
+    created: int
     blobs: bytes
+    header: bytes
     lengths: list[int]
     members: bytes
     member_counts: list[int]
-    beyond: np.ndarray
+    hll: np.ndarray
     kept_new: np.ndarray
     folded_early: np.ndarray
 
 
 def _merge_fresh(old: _Blobs, paired: np.ndarray, records: Records, owner: np.ndarray, fresh: np.ndarray,
-                 adds: _Additions | None, keep_ticks: int, limits: StoreLimits) -> _Merged | None:
+                 adds: _Additions | None, keep_ticks: int, limits: StoreLimits, clock: _Clock) -> _Merged | None:
     """`_merge` of the ``fresh`` transactions of ``records`` (entries under the blob indices ``owner``) into
     ``old`` (None: nothing to write)."""
     take = fresh[records.entry_row]
@@ -658,15 +786,18 @@ def _merge_fresh(old: _Blobs, paired: np.ndarray, records: Records, owner: np.nd
     if not len(new.entity) and adds is None:
         return None
     return _merge(old, paired, new, adds, keep_ticks, limits, secrets.randbits(63) | 1,
-                  time.time_ns() // (1_000_000_000 // TICKS_PER_SECOND))
+                  time.time_ns() // (1_000_000_000 // TICKS_PER_SECOND), clock)
 
 
 def _merge(old: _Blobs, paired: np.ndarray, new: _NewEvents, adds: _Additions | None, keep_ticks: int,
-           limits: StoreLimits, token: int, now: int) -> _Merged:
-    """The new blobs of the entity values the batch changes: old and new events merged in time order, those beyond
-    the horizon (newest - ``keep_ticks``) or the ``max_events`` cap folded, accounts merged (first sight kept),
-    and the values beyond ``exact_accounts`` moved to their HyperLogLog. ``now``: the wall clock in ticks, for
-    which stored events fold early (see `_Merged.folded_early`)."""
+           limits: StoreLimits, token: int, now: int, clock: _Clock) -> _Merged:
+    """The writes of the entity values the batch changes: old and new events merged in time order, those beyond
+    the horizon (newest - ``keep_ticks``) or the ``max_events`` cap folded, accounts merged (first sight kept), and
+    the values beyond ``exact_accounts`` moved to their HyperLogLog. A value's new events are appended to its blob
+    (to a header of no history when it has none) unless its tail would pass `_TAIL_EVENTS`, its expiry is due for
+    renewal (``clock``), its accounts go beyond exact counting now, or a seed adds to it: then its blob is written
+    whole. Blobs written whole or created get ``token``. ``now``:
+    the wall clock in ticks, for which stored events fold early (see `_Merged.folded_early`)."""
     n = len(old.head)
     touched_mask = np.zeros(n, dtype=bool)
     touched_mask[new.entity] = True
@@ -687,23 +818,18 @@ def _merge(old: _Blobs, paired: np.ndarray, new: _NewEvents, adds: _Additions | 
     order = np.lexsort((txn, ticks, ent))
     ent, ticks, amount, account, txn = ent[order], ticks[order], amount[order], account[order], txn[order]
     is_new = order >= len(order) - len(new.txn)
+    kept = _kept(ent, ticks, t, keep_ticks, limits.max_events)
+    folded = ~kept
+    kept_new = np.unique(txn[kept & is_new])
     start = offsets(np.bincount(ent, minlength=t))
     newest = np.full(t, NO_TIME)
     nonempty = start[1:] > start[:-1]
-    newest[nonempty] = ticks[start[1:][nonempty] - 1]  # sorted by time within each value
-    kept = (ticks >= newest[ent] - keep_ticks) & (start[ent + 1] - 1 - np.arange(len(ent)) < limits.max_events)
-    folded = ~kept
-    kept_new = np.unique(txn[kept & is_new])
+    newest[nonempty] = ticks[start[1:][nonempty] - 1]
     early = folded & ~is_new & ((ticks >= newest[ent] - keep_ticks) | (ticks > now - keep_ticks))
     head = old.head[touched]
-    count = head["count"].astype(np.int64) + np.bincount(ent[folded], minlength=t)
-    amount_sum = head["amount_sum"] + np.bincount(ent[folded], weights=amount[folded], minlength=t)
-    amount_max, last = head["amount_max"].astype(np.float64), head["last"].astype(np.int64)
-    if folded.any():
-        folded_max = np.full(t, -np.inf)
-        np.maximum.at(folded_max, ent[folded], amount[folded])
-        amount_max = np.fmax(amount_max, np.where(np.isneginf(folded_max), np.nan, folded_max))
-        np.maximum.at(last, ent[folded], ticks[folded])
+    count, amount_sum, amount_max, last = _folded(
+        head["count"].astype(np.int64), head["amount_sum"].astype(np.float64), head["amount_max"].astype(np.float64),
+        head["last"].astype(np.int64), ent, ticks, amount, folded, t)
     if adds is not None:
         count += adds.count
         amount_sum += adds.amount_sum
@@ -719,12 +845,7 @@ def _merge(old: _Blobs, paired: np.ndarray, new: _NewEvents, adds: _Additions | 
     if adds is not None:
         parts.append((code[adds.account_entity], adds.account, adds.account_first))
         placeholders = adds.placeholders[touched]
-    a_ent, a_hash, a_first = (np.concatenate(p) for p in zip(*parts, strict=True))
-    order = np.lexsort((a_first, a_hash, a_ent))
-    a_ent, a_hash, a_first = a_ent[order], a_hash[order], a_first[order]
-    firsts = np.ones(len(a_ent), dtype=bool)
-    firsts[1:] = (a_ent[1:] != a_ent[:-1]) | (a_hash[1:] != a_hash[:-1])
-    a_ent, a_hash, a_first = a_ent[firsts], a_hash[firsts], a_first[firsts]
+    a_ent, a_hash, a_first = _first_sightings(parts)
     was_beyond = (head["flags"] & _BEYOND) > 0
     beyond = was_beyond | (np.bincount(a_ent, minlength=t) > limits.exact_accounts) | (placeholders > 0)
     in_blob = ~beyond[a_ent]
@@ -738,57 +859,95 @@ def _merge(old: _Blobs, paired: np.ndarray, new: _NewEvents, adds: _Additions | 
         order = np.argsort(m_ent, kind="stable")
         m_ent, m_hash = m_ent[order], m_hash[order]
     a_ent, a_hash, a_first = a_ent[in_blob], a_hash[in_blob], a_first[in_blob]
-    # the blobs: header, kept events, accounts, in 16-byte units
+    # whole blobs (header, kept events, accounts) or tails (the new events), in 16-byte units
     n_events = np.bincount(ent[kept], minlength=t)
     n_accounts = np.bincount(a_ent, minlength=t)
-    units = _HEADER_UNITS + _EVENT_UNITS * n_events + _ACCOUNT_UNITS * n_accounts
-    base = offsets(units)
+    n_new = np.bincount(ent[is_new], minlength=t)
+    present = old.length[touched] > 0
+    rewrite = (beyond & ~was_beyond) | (adds is not None) | present & (
+        (old.tail[touched] + n_new > _TAIL_EVENTS) | (head["renew"] < clock.now))
+    units = np.where(rewrite, _HEADER_UNITS + _EVENT_UNITS * n_events + _ACCOUNT_UNITS * n_accounts,
+                     _EVENT_UNITS * n_new)
+    whole, tails = np.flatnonzero(rewrite), np.flatnonzero(~rewrite)
+    created = np.flatnonzero(~rewrite & ~present)
+    slots = np.concatenate([whole, created, np.flatnonzero(~rewrite & present)])  # the order written
+    base = offsets(units[slots])
+    at_value = np.empty(t, dtype=np.int64)
+    at_value[slots] = base[:-1]
     out = np.zeros((int(base[-1]), 2), dtype="<i8")
-    header = np.zeros(t, _HEADER)
-    header["layout"], header["flags"], header["token"] = LAYOUT, np.where(beyond, _BEYOND, 0), token
-    header["n_events"], header["n_accounts"] = n_events, n_accounts
-    header["count"], header["amount_sum"], header["amount_max"], header["last"] = count, amount_sum, amount_max, last
-    out[(base[:-1, None] + np.arange(_HEADER_UNITS)).ravel()] = header.view("<i8").reshape(-1, 2)
-    at = _ranges(base[:-1] + _HEADER_UNITS, n_events, _EVENT_UNITS)  # events and accounts are sorted by value
-    out[at, 0], out[at, 1] = ticks[kept], amount[kept].view("<i8")
-    out[at + 1, 0], out[at + 1, 1] = account[kept], txn[kept]
-    at = _ranges(base[:-1] + _HEADER_UNITS + _EVENT_UNITS * n_events, n_accounts)
-    out[at, 0], out[at, 1] = a_hash, a_first
-    return _Merged(touched, out.tobytes(), (units * 16).tolist(), m_hash.astype("<i8").tobytes(),
-                   np.bincount(m_ent, minlength=t)[beyond].tolist(), beyond, kept_new, np.unique(txn[early]))
+    header = np.zeros(len(whole), _HEADER)
+    header["layout"], header["flags"], header["token"] = LAYOUT, np.where(beyond[whole], _BEYOND, 0), token
+    header["n_events"], header["n_accounts"], header["renew"] = n_events[whole], n_accounts[whole], clock.renew
+    header["count"], header["amount_sum"] = count[whole], amount_sum[whole]
+    header["amount_max"], header["last"] = amount_max[whole], last[whole]
+    out[(at_value[whole, None] + np.arange(_HEADER_UNITS)).ravel()] = header.view("<i8").reshape(-1, 2)
+    written = kept & rewrite[ent]  # events and accounts are sorted by value
+    at = _ranges(at_value[whole] + _HEADER_UNITS, n_events[whole], _EVENT_UNITS)
+    appended = is_new & ~rewrite[ent]
+    at = np.concatenate([at, _ranges(at_value[tails], n_new[tails], _EVENT_UNITS)])
+    events = np.concatenate([np.flatnonzero(written), np.flatnonzero(appended)])
+    out[at, 0], out[at, 1] = ticks[events], amount[events].view("<i8")
+    out[at + 1, 0], out[at + 1, 1] = account[events], txn[events]
+    listed = rewrite[a_ent]
+    at = _ranges(at_value[whole] + _HEADER_UNITS + _EVENT_UNITS * n_events[whole], n_accounts[whole])
+    out[at, 0], out[at, 1] = a_hash[listed], a_first[listed]
+    empty = np.zeros(1, _HEADER)
+    empty["layout"], empty["token"], empty["renew"] = LAYOUT, token, clock.renew
+    empty["amount_max"], empty["last"] = np.nan, NO_TIME
+    return _Merged(touched[slots], len(whole), len(created), out.tobytes(), empty.tobytes(),
+                   (units[slots] * 16).tolist(),
+                   m_hash.astype("<i8").tobytes(), np.bincount(m_ent, minlength=t)[beyond].tolist(), touched[beyond],
+                   kept_new, np.unique(txn[early]))
+
+
+class _Read(NamedTuple):
+    """What a read learnt besides the blobs: the namespace's horizon (ticks) and retention (seconds; 0: none yet),
+    Redis's clock (epoch seconds), and which of the batch's transactions are marked."""
+
+    keep_ticks: int
+    retention_seconds: int
+    now: int
+    marked: np.ndarray
 
 
 class RedisStore:
     """The shared online store: Redis 7+ (tested with Debian's 7.0), standalone or with replicas, not Redis
     Cluster (one call reads and one script writes the keys of many entities, which span hash slots).
 
-    Layout 2 (`LAYOUT`), all keys under ``{namespace}:2``: per entity value one binary string ``:e:{column}:{value}``
+    Layout 3 (`LAYOUT`), all keys under ``{namespace}:3``: per entity value one binary string ``:e:{column}:{value}``
     (a 64-byte header with the folded aggregates, then the kept events, 32 bytes each, in time order, then the
-    accounts counted exactly, 16 bytes each; little-endian, see `_HEADER`), beyond ``exact_accounts`` a HyperLogLog
-    ``:h:{column}:{value}`` of account hashes; both expire ``retention_seconds`` after the value's last write.
+    accounts counted exactly, 16 bytes each, then a tail: the events appended since, at most `_TAIL_EVENTS`, in the
+    order written; little-endian, see `_HEADER`), beyond ``exact_accounts`` a HyperLogLog ``:h:{column}:{value}``
+    of account hashes; both expire ``retention_seconds`` after the value's last write, or up to an eighth later.
     ``:keep_ticks``, ``:keep_seconds`` and ``:retention_seconds`` hold the longest horizon and retention any writer
     has used, and every write uses those: models with different windows share the namespace without one folding
     away what the other's windows read. ``:seed`` marks the namespace's history and ``:ready`` its end (`seed`).
 
-    A read is one MGET (the ready marker, the horizon, the batch's blobs, the batch's transaction markers), decoded
-    and answered in numpy. A write reads the same way, merges the batch into the blobs in numpy (`_merge`), then
-    sends them in one compare-and-set script call (`_WRITE`): when another writer changed some of them in between,
-    it reads those again and merges again (at most `_ATTEMPTS` times). While Redis runs the script, the caller's
-    ``answer`` runs on the states read (the scorer's features and scores): a batch of 1,000 scored in-process with
-    the store took 33 ms instead of 45 (~11 ms of Redis's work overlapped).
+    A read is one MGET (the ready marker, the horizon and retention, the batch's blobs, the batch's transaction
+    markers) and Redis's clock, decoded and answered in numpy; a blob's tail is settled as it is decoded: in time
+    order, a transaction appended twice (by writers that raced) once, the events beyond the horizon or the cap
+    folded, exactly as if the blob had been written whole. A write reads the same way, merges the batch into the
+    blobs in numpy (`_merge`), then sends one script call (`_WRITE`): a value's new events are appended to its blob
+    (created with a header of no history if it has none), and a blob is written whole, compared and set, only when
+    its tail is full, its expiry due for renewal, its accounts go beyond exact counting, or a seed adds to it. Appends
+    commute, so writers recording the same values at once need no second read; when a blob written whole was changed
+    by another writer in between, the write reads it again and merges again (at most `_ATTEMPTS` times). While Redis
+    runs the script, the caller's ``answer`` runs on the states read (the scorer's features and scores): a batch of
+    1,000 scored in-process with the store took 33 ms instead of 45 (~11 ms of Redis's work overlapped).
 
     Retries: a transaction is recorded when it is not among the events its entity values keep and has no marker
-    (``:t:{id}`` or ``:x:{hash}``, each expiring after the longest window). `write` (a rebuild's or a seed's replay)
-    marks every transaction it records, by id, so that running it again counts nothing twice. A scored batch
-    (`read_and_write`) marks by id only the transactions none of whose events it keeps (late for all their values),
-    and by hash the stored transactions its merge folds while their retries may still come: by the ``max_events``
+    (``:t:{hash}``, expiring after the longest window). `write` (a rebuild's or a seed's replay) marks every
+    transaction it records, so that running it again counts nothing twice. A scored batch (`read_and_write`) marks
+    only the transactions none of whose events it keeps (late for all their values), and the stored transactions its
+    merge folds while their retries may still come: by the ``max_events``
     cap, or dated within the longest window of the wall clock (behind a neighbour dated ahead of it; times in
     relative seconds, such as IEEE-CIS's ``TransactionDT``, are never near the clock, so only the cap's). So a scored
     transaction dated d before it was scored counts once for its retries during at least the longest window minus d;
     one dated more than the longest window before the clock (a scored backfill), while its events are kept. A retry
     is found among the events of the values it names: one naming other values than the original only by a marker.
     A marker is a key of its own with its expiry: one per scored transaction was a third of Redis's memory and a
-    quarter of its time a batch on synthetic traffic.
+    quarter of its time a batch on synthetic traffic. Two writers recording one transaction at once (a retry sent to
+    two replicas) both append it; readers count it once.
 
     Any Redis error (timeout, connection, out of memory, a refusal) raises `StoreUnavailable`, without retries; a
     write that timed out may still have been applied, and retrying it is safe (idempotent).
@@ -899,31 +1058,33 @@ class RedisStore:
         timeout = self.timeout_s + self.key_timeout_s * len(refs)
         txn = records.txn_hashes
         paired = np.array([ref.paired for ref in refs], dtype=bool)
-        markers = self._markers("t", records.txn.tolist()) + self._markers("x", txn.tolist())  # by id, then hash
+        markers = self._markers(txn)
         first_of_id = np.zeros(len(records), dtype=bool)  # a transaction id repeated in the batch counts once
         first_of_id[np.unique(txn, return_index=True)[1]] = True
         conn = self.client.connection_pool.get_connection()
         try:
-            raw, keep_ticks, marked = self._read(conn, blob_keys, markers,
-                                                 query is not None and self.require_history, timeout, what)
+            raw, read = self._read(conn, blob_keys, markers, query is not None and self.require_history, timeout,
+                                   what)
             for _ in range(_ATTEMPTS):
-                old = _Blobs.decode(raw, names)
+                horizon = max(read.keep_ticks, self.limits.keep_ticks)
+                old = _Blobs.decode(raw, names, paired, horizon, self.limits.max_events)
                 estimate = self._estimates(conn, old, query, paired, names, timeout) if query is not None else None
-                fresh = first_of_id & ~marked & ~isin(txn, old.txn)  # not among the events its values keep
-                horizon = max(keep_ticks, self.limits.keep_ticks)
-                merged, unfindable = _merge_fresh(old, paired, records, owner, fresh, adds, horizon, self.limits), 0
+                fresh = first_of_id & ~read.marked & ~isin(txn, old.txn)  # not among the events its values keep
+                retention = max(read.retention_seconds, self.limits.retention_seconds)
+                clock = _Clock(read.now, read.now + retention // 8)
+                merged, unfindable = _merge_fresh(old, paired, records, owner, fresh, adds, horizon, self.limits,
+                                                  clock), 0
                 if merged is not None and findable_only is not None:  # again without those a replay cannot find
                     left_out = fresh & findable_only & ~isin(txn, merged.kept_new)
                     if left_out.any():
                         fresh, unfindable = fresh & ~left_out, int(left_out.sum())
-                        merged = _merge_fresh(old, paired, records, owner, fresh, adds, horizon, self.limits)
+                        merged = _merge_fresh(old, paired, records, owner, fresh, adds, horizon, self.limits, clock)
                 written: Callable[[], int | list[int]] = _nothing_to_write
                 if merged is not None:
                     marking = fresh if query is None else fresh & ~isin(txn, merged.kept_new)  # see the class
-                    written = self._write(conn, merged, [blob_keys[i] for i in merged.touched],
-                                          [names[i] for i in merged.touched], old.head["token"][merged.touched], adds,
+                    written = self._write(conn, merged, old, blob_keys, names, adds,
                                           [markers[i] for i in np.flatnonzero(marking).tolist()]
-                                          + self._markers("x", merged.folded_early.tolist()), timeout)
+                                          + self._markers(merged.folded_early), timeout)
                 try:  # the answer from the blobs this write replaces, while Redis runs the script
                     result = answer(old.states(query, estimate)) if query is not None and answer is not None else None
                 finally:  # read the reply whatever happened, so that the connection stays in step
@@ -936,8 +1097,8 @@ class RedisStore:
                 with self._queue_lock:
                     self._races += 1
                 changed = merged.touched[np.asarray(status) - 1].tolist()  # read again only what changed
-                again, keep_ticks, marked = self._read(conn, [blob_keys[i] for i in changed], markers,
-                                                       query is not None and self.require_history, timeout, what)
+                again, read = self._read(conn, [blob_keys[i] for i in changed], markers,
+                                         query is not None and self.require_history, timeout, what)
                 for i, blob in zip(changed, again, strict=True):
                     raw[i] = blob
             raise StoreUnavailable(f"feature store {what} failed: other writers changed the batch's entity values "
@@ -945,9 +1106,9 @@ class RedisStore:
         finally:
             self.client.connection_pool.release(conn)
 
-    def _markers(self, kind: str, values: list[Any]) -> list[str]:
-        """Marker keys of transactions: ``t`` by id, ``x`` by hash (see the class)."""
-        return [f"{self._prefix}:{kind}:{value}" for value in values]
+    def _markers(self, txn_hashes: np.ndarray) -> list[str]:
+        """Marker keys of transactions, by the hashes of their ids (see the class)."""
+        return [f"{self._prefix}:t:{value}" for value in txn_hashes.tolist()]
 
     def take_unfindable(self) -> int:
         """Transactions `write` left out since the last call, because with ``findable_only`` none of their entity
@@ -964,20 +1125,21 @@ class RedisStore:
         return races
 
     def _read(self, conn: Any, blob_keys: list[str], markers: list[str], require_history: bool, timeout: float,
-              what: str) -> tuple[list[bytes | None], int, np.ndarray]:
-        """One MGET (more for a batch beyond 10,000 keys): whether the seed is ready (NOHISTORY unless it is, when
-        required), the namespace's horizon, the blobs at ``blob_keys``, and which transactions are marked (``markers``:
-        by id, then by hash, for each transaction)."""
-        keys = [f"{self._prefix}:ready", f"{self._prefix}:keep_ticks", *blob_keys, *markers]
-        replies = [value for reply in self._round_trip(conn, [("MGET", *keys[i:i + 10_000])
-                                                              for i in range(0, len(keys), 10_000)], timeout)
-                   for value in reply]
-        if require_history and replies[0] is None:
+              what: str) -> tuple[list[bytes | None], _Read]:
+        """One MGET (more for a batch beyond 10,000 keys) and Redis's clock: whether the seed is ready (NOHISTORY
+        unless it is, when required), the namespace's horizon and retention, the blobs at ``blob_keys``, and which
+        transactions are marked (``markers``, one per transaction)."""
+        p = self._prefix
+        keys = [f"{p}:ready", f"{p}:keep_ticks", f"{p}:retention_seconds", *blob_keys, *markers]
+        commands: list[tuple[Any, ...]] = [("MGET", *keys[i:i + 10_000]) for i in range(0, len(keys), 10_000)]
+        *replies, clock = self._round_trip(conn, [*commands, ("TIME",)], timeout)
+        values = [value for reply in replies for value in reply]
+        if require_history and values[0] is None:
             raise StoreUnavailable(f"feature store {what} failed: NOHISTORY the namespace has no history (not "
                                    "seeded yet, or the store restarted empty)", answered=True)
-        marked = np.fromiter((value is not None for value in replies[2 + len(blob_keys):]), bool, len(markers))
-        half = len(markers) // 2
-        return replies[2:2 + len(blob_keys)], int(float(replies[1] or 0)), marked[:half] | marked[half:]
+        marked = np.fromiter((value is not None for value in values[3 + len(blob_keys):]), bool, len(markers))
+        return values[3:3 + len(blob_keys)], _Read(int(float(values[1] or 0)), int(values[2] or 0), int(clock[0]),
+                                                   marked)
 
     def _estimates(self, conn: Any, old: _Blobs, query: Query, paired: np.ndarray, names: list[str],
                    timeout: float) -> np.ndarray:
@@ -991,21 +1153,24 @@ class RedisStore:
             estimate[beyond] = counts
         return estimate
 
-    def _write(self, conn: Any, merged: _Merged, blob_keys: list[str], names: list[str], tokens: np.ndarray,
+    def _write(self, conn: Any, merged: _Merged, old: _Blobs, blob_keys: list[str], names: list[str],
                adds: _Additions | None, markers: list[str], timeout: float) -> Callable[[], int | list[int]]:
-        """Send the compare-and-set script call (`_WRITE`) for the blobs at ``blob_keys`` (of the entity values
-        ``names``) and the transactions' ``markers``; returns the wait for its reply: 1 written, or the positions
-        (1-based) of the blobs another writer changed in between (see the script for a seed chunk's -1 and 2)."""
+        """Send the compare-and-set script call (`_WRITE`) for the blobs ``merged`` writes (of ``old``, read at
+        ``blob_keys``, of the entity values ``names``) and the transactions' ``markers``; returns the wait for its
+        reply: 1 written, or the positions (1-based, in ``merged.touched``) of the blobs another writer changed in
+        between (see the script for a seed chunk's -1 and 2)."""
         p = self._prefix
+        whole = merged.touched[:merged.rewritten]
         keys = [f"{p}:keep_ticks", f"{p}:keep_seconds", f"{p}:retention_seconds", f"{p}:seed", f"{p}:seed:done",
-                *blob_keys, *markers,
-                *(f"{p}:h:{names[i]}" for i in np.flatnonzero(merged.beyond).tolist())]
-        meta = json.dumps([len(names), len(markers),
+                *(blob_keys[i] for i in merged.touched.tolist()), *markers,
+                *(f"{p}:h:{names[i]}" for i in merged.hll.tolist())]
+        meta = json.dumps([merged.rewritten, merged.created,
+                           len(merged.touched) - merged.rewritten - merged.created, len(markers),
                            [self.limits.keep_ticks, self.limits.keep_seconds, self.limits.retention_seconds],
-                           merged.lengths, merged.member_counts, list(adds.guard) if adds else None],
-                          separators=(",", ":"))
-        command = ("EVALSHA", _WRITE_SHA, len(keys), *keys, meta, tokens.astype("<u8").tobytes(), merged.blobs,
-                   merged.members)
+                           merged.lengths, old.length[whole].tolist(), merged.member_counts,
+                           list(adds.guard) if adds else None], separators=(",", ":"))
+        command = ("EVALSHA", _WRITE_SHA, len(keys), *keys, meta, old.head["token"][whole].astype("<u8").tobytes(),
+                   merged.blobs, merged.members, merged.header)
         RedisStore._send(conn, [command])
 
         def status() -> int | list[int]:
@@ -1057,11 +1222,11 @@ class RedisStore:
         none yet, so that a new store continues the training table's windows and all-history counts instead of
         starting cold.
 
-        The namespace's history is its seed marker ``{ns}:2:seed`` (a hash: ``source``, ``state`` loading or
-        ready, ``started``, ``finished``; once ready, also the string ``{ns}:2:ready``, which reads check), claimed
+        The namespace's history is its seed marker ``{ns}:3:seed`` (a hash: ``source``, ``state`` loading or
+        ready, ``started``, ``finished``; once ready, also the string ``{ns}:3:ready``, which reads check), claimed
         by the first loader: a namespace seeded by another source
         (another model's snapshot, ``log`` for a rebuild) is left as it is. Idempotent and resumable: each chunk of
-        folded aggregates and accounts is applied at most once (its id joins ``{ns}:2:seed:done`` in the same
+        folded aggregates and accounts is applied at most once (its id joins ``{ns}:3:seed:done`` in the same
         compare-and-set call), the kept events go through `write` (idempotent by transaction id), so a loader that
         died half-way, or two replicas loading at once, end with the snapshot loaded once. Transactions recorded
         meanwhile add up with it. Approximate: an entity the snapshot counted beyond ``exact_accounts`` accounts

@@ -50,6 +50,17 @@ def kept(store: MemoryStore | RedisStore, ref: EntityRef = DEV) -> int:
     return len(store.read(Query([ref])).ticks)
 
 
+def marker(store: RedisStore, txn: str) -> str:
+    """The key marking a transaction recorded (see `RedisStore`)."""
+    return f"{store.namespace}:{online_store.LAYOUT}:t:{text_hashes([txn])[0]}"
+
+
+def retention_ttl(store: RedisStore, key: str, seconds: int) -> bool:
+    """Whether a key expires after ``seconds`` and at most an eighth more (a blob written whole, or appended to
+    within that eighth: see `RedisStore`), give or take the test's own time."""
+    return seconds - 100 < store.client.ttl(key) <= seconds + seconds // 8
+
+
 def feature(online: OnlineFeatures, rows: list[dict[str, object]], name: str) -> float:
     values = online.lookup(rows)
     return float(values[-1, online.feature_names.index(name)])
@@ -112,8 +123,8 @@ def test_redis_keys_expire_with_the_longest_window_or_the_retention(redis_url: s
     limits = StoreLimits(keep_seconds=86_400, retention_seconds=30 * 86_400)
     store = RedisStore.from_url(redis_url, limits, namespace=f"t{uuid.uuid4().hex[:8]}")
     OnlineFeatures(CONFIG, store).record([row(0)])
-    assert 30 * 86_000 < store.client.ttl(store.key("e", DEV)) <= 30 * 86_400
-    assert 86_000 < store.client.ttl(f"{store.namespace}:2:t:t0") <= 86_400
+    assert retention_ttl(store, store.key("e", DEV), 30 * 86_400)
+    assert 86_000 < store.client.ttl(marker(store, "t0")) <= 86_400
 
 
 def test_a_scored_transaction_is_remembered_by_its_kept_events_or_if_none_by_its_marker(new_store) -> None:
@@ -125,9 +136,9 @@ def test_a_scored_transaction_is_remembered_by_its_kept_events_or_if_none_by_its
     late = row(0, user="u1") | {"ip_address": "ip100"}  # 100 hours behind every one of its values: folded at once
     online.process([late, row(102, seconds=3600)])
     if isinstance(store, RedisStore):
-        assert [bool(store.client.exists(f"{store.namespace}:2:t:t{i}")) for i in (0, 100, 101, 102)] == [
+        assert [bool(store.client.exists(marker(store, f"t{i}"))) for i in (0, 100, 101, 102)] == [
             True, False, False, False]
-        assert 86_000 < store.client.ttl(f"{store.namespace}:2:t:t0") <= 86_400
+        assert 86_000 < store.client.ttl(marker(store, "t0")) <= 86_400
     assert online.record([late, row(101, seconds=3600), row(102, seconds=3600)]) == 0
     assert feature(online, [row(103, seconds=3600)], "device_id__count_all") == 4
     assert kept(store) == 3
@@ -178,8 +189,8 @@ def test_a_writer_with_shorter_windows_keeps_the_history_longer_windows_read(red
     assert feature(online, probe, "device_id__count_1d") == 11  # nothing folded at the canary's 1 h horizon
     assert feature(online, probe, "device_id__count_1h") == 2
     assert kept(champion) == 11
-    assert 90 * 86_000 < champion.client.ttl(champion.key("e", DEV)) <= 90 * 86_400
-    assert 86_000 < champion.client.ttl(f"{namespace}:2:t:t-96") <= 86_400  # a late one's marker
+    assert retention_ttl(champion, champion.key("e", DEV), 90 * 86_400)
+    assert 86_000 < champion.client.ttl(marker(champion, "t-96")) <= 86_400  # a late one's marker
 
 
 def test_after_a_long_pause_the_old_events_are_folded_at_the_next_write(new_store) -> None:
@@ -256,8 +267,10 @@ def test_batches_of_one_store_take_turns_each_waiting_as_long_as_the_work_ahead_
     first_sent, answer_first = threading.Event(), threading.Event()
     real_round_trip = store._round_trip
 
+    ids = {str(text_hashes([f"t{i}"])[0]): f"t{i}" for i in range(4)}  # markers are named by hashes
+
     def round_trip(conn: object, commands: list[tuple[object, ...]], timeout: float) -> list[object]:
-        markers = [str(key).rsplit(":t:", 1)[1] for key in commands[0][1:] if ":t:" in str(key)]
+        markers = [ids[str(key).rsplit(":t:", 1)[1]] for key in commands[0][1:] if ":t:" in str(key)]
         if commands[0][0] == "MGET" and markers:  # a call's read (its transactions' markers)
             on_wire.append(markers[0])
             if markers[0] == "t0":  # the first call stays on the wire until told
@@ -328,7 +341,7 @@ def test_a_store_that_requires_history_refuses_reads_until_its_seed_is_ready(red
     online.record([row(0)])  # writes are not refused: a rebuild may replay before the seed is marked
     with pytest.raises(StoreUnavailable, match="NOHISTORY"):
         online.lookup([row(1)])
-    store.client.hset(f"{namespace}:2:seed", mapping={"source": "m:1", "state": "loading"})
+    store.client.hset(f"{namespace}:{online_store.LAYOUT}:seed", mapping={"source": "m:1", "state": "loading"})
     with pytest.raises(StoreUnavailable, match="no history"):
         online.lookup([row(1)])
     store.mark_ready("m:1")
@@ -343,7 +356,7 @@ def test_a_rebuild_lowers_the_coverage_of_the_seed_it_read_only(redis_url: str) 
     namespace = f"t{uuid.uuid4().hex[:8]}"
     store = RedisStore.from_url(redis_url, StoreLimits(keep_seconds=86_400), namespace=namespace)
     assert store.coverage() is None
-    seed = f"{namespace}:2:seed"
+    seed = f"{namespace}:{online_store.LAYOUT}:seed"
     store.client.eval(online_store._CLAIM, 1, seed, "m:1", "2026-03-01T10:00:00.250000+00:00")
     claimed = datetime(2026, 3, 1, 10, 0, 0, 250000, tzinfo=UTC)
     coverage = store.coverage()
@@ -393,12 +406,19 @@ def test_a_batch_reads_the_history_before_it_then_records_itself(new_store) -> N
     assert store.write(Records.of([Record("b", ticks + 10, 7.0, "u2", (DEV,))])) == 0
 
 
+def due_for_renewal(store: RedisStore, ref: EntityRef = DEV) -> None:
+    """Make an entity value's blob due for renewal: the next write writes it whole (compare and set)."""
+    store.client.setrange(store.key("e", ref), online_store._HEADER.fields["renew"][1], np.int64(0).tobytes())
+
+
 def test_concurrent_writers_both_count_the_loser_reads_and_merges_again(redis_url: str) -> None:
-    """Compare and set: a replica's batch written between another's read and write makes that write read again
-    what the other changed (only that), so that both batches count, once each."""
+    """Compare and set: a replica's batch written between another's read and its write of a blob whole makes that
+    write read again what the other changed (only that), so that both batches count, once each."""
     namespace, limits = f"t{uuid.uuid4().hex[:8]}", StoreLimits(keep_seconds=86_400)
     first = RedisStore.from_url(redis_url, limits, timeout_s=2, namespace=namespace)
     second = RedisStore.from_url(redis_url, limits, timeout_s=2, namespace=namespace)
+    OnlineFeatures(CONFIG, second).record([row(-100)])  # the device, 100 minutes before
+    due_for_renewal(first)
     read_keys: list[list[str]] = []
     real_read = first._read
 
@@ -415,7 +435,7 @@ def test_concurrent_writers_both_count_the_loser_reads_and_merges_again(redis_ur
     assert first.take_races() == 1 and first.take_races() == 0 and second.take_races() == 0
     probe = OnlineFeatures(CONFIG, second)
     assert feature(probe, [row(2)], "device_id__count_1h") == 2
-    assert feature(probe, [row(2)], "device_id__amount_sum_all") == 1 + 2
+    assert feature(probe, [row(2)], "device_id__amount_sum_all") == -99 + 1 + 2
     assert feature(probe, [{**row(2), "ip_address": "ip0"}], "ip_address__count_all") == 1  # the first's, once
 
 
@@ -428,6 +448,8 @@ def test_a_scored_batch_computes_its_features_while_its_write_is_on_the_way(redi
     namespace, limits = f"t{uuid.uuid4().hex[:8]}", StoreLimits(keep_seconds=86_400)
     first = RedisStore.from_url(redis_url, limits, timeout_s=2, namespace=namespace)
     second = RedisStore.from_url(redis_url, limits, timeout_s=2, namespace=namespace)
+    OnlineFeatures(CONFIG, second).record([row(-100)])  # the device, 100 minutes before
+    due_for_renewal(first)  # written whole by the next write: compared and set
     steps: list[str] = []
     real_write, real_read, real_kernel = first._write, first._read, kernel_module._entity_features
 
@@ -451,11 +473,149 @@ def test_a_scored_batch_computes_its_features_while_its_write_is_on_the_way(redi
     assert feature(OnlineFeatures(CONFIG, second), [row(2)], "device_id__count_1h") == 2  # both counted once
 
 
+def stored(store: RedisStore, ref: EntityRef = DEV) -> tuple[np.void, int]:
+    """An entity value's blob as Redis holds it: its header, and how many events its tail holds."""
+    raw = store.client.get(store.key("e", ref))
+    assert raw is not None
+    head = np.frombuffer(raw[:64], online_store._HEADER)[0]
+    whole = 64 + 32 * int(head["n_events"]) + 16 * int(head["n_accounts"])
+    return head, (len(raw) - whole) // 32
+
+
+def same_values(a: np.ndarray, b: np.ndarray) -> bool:
+    return bool(np.array_equal(a, b, equal_nan=True))
+
+
+def test_a_value_gets_its_new_events_appended_and_a_long_tail_written_whole(redis_url: str) -> None:
+    """A new value's blob is a header of no history with its first events as a tail; its next transactions are
+    appended to it (no compare and set: the token stays), until the tail would pass `_TAIL_EVENTS`: then it is written
+    whole, folded, with a new token. Reads fold a tail as a write would have: features and state equal the in-memory
+    reference's."""
+    limits = StoreLimits(keep_seconds=86_400)
+    store = RedisStore.from_url(redis_url, limits, timeout_s=2, namespace=f"t{uuid.uuid4().hex[:8]}")
+    online, reference = OnlineFeatures(CONFIG, store), OnlineFeatures(CONFIG, MemoryStore(limits))
+    rows = [row(i, seconds=3 * 3600, user="u") | {"ip_address": "ip"} for i in range(online_store._TAIL_EVENTS + 1)]
+    assert same_values(online.process(rows[:1]), reference.process(rows[:1]))
+    token = stored(store)[0]["token"]
+    for i, one in enumerate(rows[1:-1], 1):
+        assert same_values(online.process([one]), reference.process([one]))
+        head, tail = stored(store)
+        assert head["token"] == token and tail == i + 1 and head["n_events"] == 0
+    assert same_values(online.process(rows[-1:]), reference.process(rows[-1:]))
+    head, tail = stored(store)
+    assert tail == 0 and head["token"] != token and head["n_events"] == 9  # a day of 3-hour steps
+    for ref in (DEV, EntityRef("ip_address", "ip", True), EntityRef("user_id", "u", False)):
+        ours, theirs = store.read(Query([ref])), reference.store.read(Query([ref]))
+        assert ours.ticks.tolist() == theirs.ticks.tolist() and ours.count.tolist() == theirs.count.tolist()
+        assert ours.amount_sum.tolist() == theirs.amount_sum.tolist()
+    probe = [row(40, seconds=3 * 3600, user="v")]
+    assert same_values(online.lookup(probe), reference.lookup(probe))
+
+
+def test_writers_appending_at_once_both_count_and_a_retry_appended_twice_counts_once(redis_url: str) -> None:
+    """Appends commute: a replica appending between another's read and write costs that write no second read,
+    and a transaction both append (a retry sent to both at once) counts once."""
+    namespace, limits = f"t{uuid.uuid4().hex[:8]}", StoreLimits(keep_seconds=86_400)
+    first = RedisStore.from_url(redis_url, limits, timeout_s=2, namespace=namespace)
+    second = RedisStore.from_url(redis_url, limits, timeout_s=2, namespace=namespace)
+    known = {"ip_address": "ip", "user_id": "u"}
+    OnlineFeatures(CONFIG, first).record([row(0) | known])
+    retried = row(1) | known
+    real_read = first._read
+
+    def read_then_let_the_other_write(*args: object) -> object:
+        answer = real_read(*args)  # type: ignore[arg-type]
+        assert OnlineFeatures(CONFIG, second).record([retried, row(2) | known]) == 2
+        return answer
+
+    first._read = read_then_let_the_other_write  # type: ignore[method-assign]
+    assert OnlineFeatures(CONFIG, first).record([retried, row(3) | known]) == 2  # it did not see the other's
+    assert first.take_races() == 0 and stored(first)[1] == 5  # row 0 and the retry twice in the tail
+    probe = OnlineFeatures(CONFIG, second)
+    assert feature(probe, [row(4) | known], "device_id__count_all") == 4  # 0, 1 once, 2, 3
+    assert feature(probe, [row(4) | known], "ip_address__amount_sum_all") == 1 + 2 + 3 + 4
+    assert kept(second) == 4
+
+
+def test_a_blob_written_whole_loses_to_an_append_between_its_read_and_write(redis_url: str) -> None:
+    """A blob to be written whole (here: due for renewal when read) is compared on its token and its length: an
+    append in between, which leaves the token, makes the writer read it again, so that the appended event is kept."""
+    namespace, limits = f"t{uuid.uuid4().hex[:8]}", StoreLimits(keep_seconds=86_400)
+    first = RedisStore.from_url(redis_url, limits, timeout_s=2, namespace=namespace)
+    second = RedisStore.from_url(redis_url, limits, timeout_s=2, namespace=namespace)
+    OnlineFeatures(CONFIG, first).record([row(0)])
+    key, at = first.key("e", DEV), online_store._HEADER.fields["renew"][1]
+    renew = first.client.getrange(key, at, at + 7)
+    due_for_renewal(first)
+    real_read, reads = first._read, []
+
+    def read_then_let_the_other_append(*args: object) -> object:
+        answer = real_read(*args)  # type: ignore[arg-type]
+        reads.append(1)
+        if len(reads) == 1:  # not due for the other: it appends
+            first.client.setrange(key, at, renew)
+            assert OnlineFeatures(CONFIG, second).record([row(1)]) == 1
+        return answer
+
+    first._read = read_then_let_the_other_append  # type: ignore[method-assign]
+    assert OnlineFeatures(CONFIG, first).record([row(2)]) == 1
+    assert first.take_races() == 1 and stored(first)[1] == 3  # read again: not due any more, appended
+    assert feature(OnlineFeatures(CONFIG, second), [row(3)], "device_id__count_all") == 3
+
+
+def test_an_append_to_a_value_that_expired_since_the_read_starts_it_again(redis_url: str) -> None:
+    """An append that finds no blob (it expired after the read) writes the header of a value without history first,
+    with the expiry of a new blob; a value created meanwhile by another writer gets the tail appended instead."""
+    namespace, limits = f"t{uuid.uuid4().hex[:8]}", StoreLimits(keep_seconds=86_400, retention_seconds=8 * 86_400)
+    store = RedisStore.from_url(redis_url, limits, timeout_s=2, namespace=namespace)
+    other = RedisStore.from_url(redis_url, limits, timeout_s=2, namespace=namespace)
+    online = OnlineFeatures(CONFIG, store)
+    online.record([row(0)])
+    real_read = store._read
+    meanwhile = [lambda: store.client.delete(store.key("e", DEV)),
+                 lambda: OnlineFeatures(CONFIG, other).record([row(3) | {"device_id": "new"}])]
+
+    def read_then(*args: object) -> object:
+        answer = real_read(*args)  # type: ignore[arg-type]
+        meanwhile.pop(0)()
+        return answer
+
+    store._read = read_then  # type: ignore[method-assign]
+    assert online.record([row(1)]) == 1
+    store._read = real_read  # type: ignore[method-assign]
+    assert store.take_races() == 0 and stored(store)[1] == 1 and stored(store)[0]["n_events"] == 0
+    assert retention_ttl(store, store.key("e", DEV), 8 * 86_400)
+    assert feature(online, [row(2)], "device_id__count_all") == 1  # the expired history is gone, row 1 is not
+    store._read = read_then  # type: ignore[method-assign]
+    assert online.record([row(2) | {"device_id": "new"}]) == 1  # absent when read, created meanwhile: appended
+    store._read = real_read  # type: ignore[method-assign]
+    new = EntityRef("device_id", "new", True)
+    assert stored(store, new)[1] == 2 and kept(store, new) == 2 and store.take_races() == 0
+
+
+def test_appends_keep_the_expiry_and_a_blob_due_for_renewal_is_written_whole(redis_url: str) -> None:
+    """A blob written whole expires after the retention and an eighth (its header says until when appends may
+    leave the expiry as it is); a write after that writes it whole again, renewing the expiry."""
+    limits = StoreLimits(keep_seconds=86_400, retention_seconds=8 * 86_400)
+    store = RedisStore.from_url(redis_url, limits, timeout_s=2, namespace=f"t{uuid.uuid4().hex[:8]}")
+    online, key = OnlineFeatures(CONFIG, store), store.key("e", DEV)
+    online.record([row(0)])
+    assert retention_ttl(store, key, 8 * 86_400)
+    assert stored(store)[0]["renew"] - time.time() == pytest.approx(86_400, abs=100)
+    store.client.expire(key, 1_000)
+    online.record([row(1)])
+    assert stored(store)[1] == 2 and store.client.ttl(key) <= 1_000  # appended: the expiry left as it was
+    due_for_renewal(store)
+    online.record([row(2)])
+    assert stored(store)[1] == 0 and retention_ttl(store, key, 8 * 86_400)
+    assert feature(online, [row(3)], "device_id__count_all") == 3
+
+
 def test_a_blob_of_another_layout_is_refused_not_misread(redis_url: str) -> None:
     store = RedisStore.from_url(redis_url, StoreLimits(keep_seconds=86_400), timeout_s=2,
                                 namespace=f"t{uuid.uuid4().hex[:8]}")
     store.client.set(store.key("e", DEV), b"\x07\x00" + bytes(62))
-    with pytest.raises(StoreUnavailable, match="'device_id:dev' is not a layout-2 blob") as error:
+    with pytest.raises(StoreUnavailable, match="'device_id:dev' is not a layout-3 blob") as error:
         OnlineFeatures(CONFIG, store).lookup([row(0)])
     assert error.value.answered
 
@@ -469,7 +629,7 @@ def test_a_refused_read_records_nothing(redis_url: str) -> None:
     online = OnlineFeatures(CONFIG, store)
     with pytest.raises(StoreUnavailable, match="NOHISTORY"):
         online.process([row(0)])
-    assert not store.client.exists(f"{namespace}:2:t:t0", store.key("e", DEV))
+    assert not store.client.exists(marker(store, "t0"), store.key("e", DEV))
     store.mark_ready("m:1")
     assert online.process([row(0)])[0, online.feature_names.index("device_id__count_1h")] == 0
     assert store.client.exists(store.key("e", DEV))
