@@ -446,6 +446,9 @@ _BEYOND = 1  # header flag: the accounts are counted in the HyperLogLog
 _HEADER_UNITS, _EVENT_UNITS, _ACCOUNT_UNITS = 4, 2, 1  # of 16 bytes
 _TAIL_EVENTS = 32
 """Most events appended to a blob since it was last written whole: a write that would append more rewrites it."""
+_APPEND_FROM = 32
+"""Fewest entity values a write must touch to append to their blobs; a smaller one (the single transactions of
+real-time traffic) writes them whole, so that their next reads have no tail to settle, unless it lost a race."""
 _PAIR_HASH = np.int64(0x9E3779B97F4A7C1)  # odd: (value, transaction hash) pairs to one int64 (wrapping), see _settled
 _ATTEMPTS = 5
 """Reads and compare-and-set writes of one batch before it gives up, when other writers keep changing its keys."""
@@ -667,7 +670,7 @@ class _Blobs:
             order = np.lexsort((txn, ticks, ent))
             ent, ticks, amount, account, txn, from_tail = (x[order] for x in (ent, ticks, amount, account, txn,
                                                                                from_tail))
-        kept = _kept(ent, ticks, n, horizon, max_events)
+        kept = _kept(ent, ticks, n, horizon, max_events)[0]
         head = self.head.copy()
         head["count"], head["amount_sum"], head["amount_max"], head["last"] = _folded(
             head["count"].astype(np.int64), head["amount_sum"].astype(np.float64),
@@ -695,14 +698,16 @@ class _Blobs:
                       head["amount_max"].astype(np.float64), head["last"].astype(np.int64), before, first)
 
 
-def _kept(ent: np.ndarray, ticks: np.ndarray, n: int, horizon: int, max_events: int) -> np.ndarray:
+def _kept(ent: np.ndarray, ticks: np.ndarray, n: int, horizon: int, max_events: int
+          ) -> tuple[np.ndarray, np.ndarray]:
     """Which events (sorted by value ``ent`` < ``n``, then time) a value keeps: those within ``horizon`` ticks of its
-    newest and among its newest ``max_events``; the others are folded."""
+    newest and among its newest ``max_events``; the others are folded. Also each event's value's newest time."""
     start = offsets(np.bincount(ent, minlength=n))
     newest = np.full(n, NO_TIME)
     nonempty = start[1:] > start[:-1]
     newest[nonempty] = ticks[start[1:][nonempty] - 1]
-    return (ticks >= newest[ent] - horizon) & (start[ent + 1] - 1 - np.arange(len(ent)) < max_events)
+    newest_of = newest[ent]
+    return (ticks >= newest_of - horizon) & (start[ent + 1] - 1 - np.arange(len(ent)) < max_events), newest_of
 
 
 def _folded(count: np.ndarray, amount_sum: np.ndarray, amount_max: np.ndarray, last: np.ndarray, ent: np.ndarray,
@@ -776,7 +781,8 @@ class _Merged:
 
 
 def _merge_fresh(old: _Blobs, paired: np.ndarray, records: Records, owner: np.ndarray, fresh: np.ndarray,
-                 adds: _Additions | None, keep_ticks: int, limits: StoreLimits, clock: _Clock) -> _Merged | None:
+                 adds: _Additions | None, keep_ticks: int, limits: StoreLimits, clock: _Clock, whole_below: int
+                 ) -> _Merged | None:
     """`_merge` of the ``fresh`` transactions of ``records`` (entries under the blob indices ``owner``) into
     ``old`` (None: nothing to write)."""
     take = fresh[records.entry_row]
@@ -786,17 +792,17 @@ def _merge_fresh(old: _Blobs, paired: np.ndarray, records: Records, owner: np.nd
     if not len(new.entity) and adds is None:
         return None
     return _merge(old, paired, new, adds, keep_ticks, limits, secrets.randbits(63) | 1,
-                  time.time_ns() // (1_000_000_000 // TICKS_PER_SECOND), clock)
+                  time.time_ns() // (1_000_000_000 // TICKS_PER_SECOND), clock, whole_below)
 
 
 def _merge(old: _Blobs, paired: np.ndarray, new: _NewEvents, adds: _Additions | None, keep_ticks: int,
-           limits: StoreLimits, token: int, now: int, clock: _Clock) -> _Merged:
+           limits: StoreLimits, token: int, now: int, clock: _Clock, whole_below: int) -> _Merged:
     """The writes of the entity values the batch changes: old and new events merged in time order, those beyond
     the horizon (newest - ``keep_ticks``) or the ``max_events`` cap folded, accounts merged (first sight kept), and
     the values beyond ``exact_accounts`` moved to their HyperLogLog. A value's new events are appended to its blob
-    (to a header of no history when it has none) unless its tail would pass `_TAIL_EVENTS`, its expiry is due for
-    renewal (``clock``), its accounts go beyond exact counting now, or a seed adds to it: then its blob is written
-    whole. Blobs written whole or created get ``token``. ``now``:
+    (to a header of no history when it has none) unless the write touches fewer than ``whole_below`` values, its
+    tail would pass `_TAIL_EVENTS`, its expiry is due for renewal (``clock``), its accounts go beyond exact counting
+    now, or a seed adds to it: then its blob is written whole. Blobs written whole or created get ``token``. ``now``:
     the wall clock in ticks, for which stored events fold early (see `_Merged.folded_early`)."""
     n = len(old.head)
     touched_mask = np.zeros(n, dtype=bool)
@@ -818,14 +824,10 @@ def _merge(old: _Blobs, paired: np.ndarray, new: _NewEvents, adds: _Additions | 
     order = np.lexsort((txn, ticks, ent))
     ent, ticks, amount, account, txn = ent[order], ticks[order], amount[order], account[order], txn[order]
     is_new = order >= len(order) - len(new.txn)
-    kept = _kept(ent, ticks, t, keep_ticks, limits.max_events)
+    kept, newest = _kept(ent, ticks, t, keep_ticks, limits.max_events)
     folded = ~kept
     kept_new = np.unique(txn[kept & is_new])
-    start = offsets(np.bincount(ent, minlength=t))
-    newest = np.full(t, NO_TIME)
-    nonempty = start[1:] > start[:-1]
-    newest[nonempty] = ticks[start[1:][nonempty] - 1]
-    early = folded & ~is_new & ((ticks >= newest[ent] - keep_ticks) | (ticks > now - keep_ticks))
+    early = folded & ~is_new & ((ticks >= newest - keep_ticks) | (ticks > now - keep_ticks))
     head = old.head[touched]
     count, amount_sum, amount_max, last = _folded(
         head["count"].astype(np.int64), head["amount_sum"].astype(np.float64), head["amount_max"].astype(np.float64),
@@ -864,7 +866,7 @@ def _merge(old: _Blobs, paired: np.ndarray, new: _NewEvents, adds: _Additions | 
     n_accounts = np.bincount(a_ent, minlength=t)
     n_new = np.bincount(ent[is_new], minlength=t)
     present = old.length[touched] > 0
-    rewrite = (beyond & ~was_beyond) | (adds is not None) | present & (
+    rewrite = (beyond & ~was_beyond) | (adds is not None) | (t < whole_below) | present & (
         (old.tail[touched] + n_new > _TAIL_EVENTS) | (head["renew"] < clock.now))
     units = np.where(rewrite, _HEADER_UNITS + _EVENT_UNITS * n_events + _ACCOUNT_UNITS * n_accounts,
                      _EVENT_UNITS * n_new)
@@ -891,7 +893,7 @@ def _merge(old: _Blobs, paired: np.ndarray, new: _NewEvents, adds: _Additions | 
     listed = rewrite[a_ent]
     at = _ranges(at_value[whole] + _HEADER_UNITS + _EVENT_UNITS * n_events[whole], n_accounts[whole])
     out[at, 0], out[at, 1] = a_hash[listed], a_first[listed]
-    empty = np.zeros(1, _HEADER)
+    empty = np.zeros(int(len(created) > 0), _HEADER)  # of a value without history, for those created
     empty["layout"], empty["token"], empty["renew"] = LAYOUT, token, clock.renew
     empty["amount_max"], empty["last"] = np.nan, NO_TIME
     return _Merged(touched[slots], len(whole), len(created), out.tobytes(), empty.tobytes(),
@@ -1065,6 +1067,7 @@ class RedisStore:
         try:
             raw, read = self._read(conn, blob_keys, markers, query is not None and self.require_history, timeout,
                                    what)
+            whole_below = _APPEND_FROM
             for _ in range(_ATTEMPTS):
                 horizon = max(read.keep_ticks, self.limits.keep_ticks)
                 old = _Blobs.decode(raw, names, paired, horizon, self.limits.max_events)
@@ -1073,12 +1076,13 @@ class RedisStore:
                 retention = max(read.retention_seconds, self.limits.retention_seconds)
                 clock = _Clock(read.now, read.now + retention // 8)
                 merged, unfindable = _merge_fresh(old, paired, records, owner, fresh, adds, horizon, self.limits,
-                                                  clock), 0
+                                                  clock, whole_below), 0
                 if merged is not None and findable_only is not None:  # again without those a replay cannot find
                     left_out = fresh & findable_only & ~isin(txn, merged.kept_new)
                     if left_out.any():
                         fresh, unfindable = fresh & ~left_out, int(left_out.sum())
-                        merged = _merge_fresh(old, paired, records, owner, fresh, adds, horizon, self.limits, clock)
+                        merged = _merge_fresh(old, paired, records, owner, fresh, adds, horizon, self.limits, clock,
+                                              whole_below)
                 written: Callable[[], int | list[int]] = _nothing_to_write
                 if merged is not None:
                     marking = fresh if query is None else fresh & ~isin(txn, merged.kept_new)  # see the class
@@ -1096,6 +1100,7 @@ class RedisStore:
                     return result, (status if adds is not None else int(fresh.sum()))
                 with self._queue_lock:
                     self._races += 1
+                whole_below = 0  # a small write that lost a race appends what it can: appends do not race
                 changed = merged.touched[np.asarray(status) - 1].tolist()  # read again only what changed
                 again, read = self._read(conn, [blob_keys[i] for i in changed], markers,
                                          query is not None and self.require_history, timeout, what)

@@ -241,6 +241,26 @@ def test_online_replay_equals_offline(store_kind: str, store_url: str | None) ->
     assert_same_features(online, offline_features(frame, CONFIG))
 
 
+def test_a_replay_through_appended_tails_equals_offline_and_the_reference_store(
+        redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every write appending (small writes are otherwise written whole), tails are settled at every read exactly as
+    the writes would have: the features equal the offline ones; with a cap of 4 events per value and late rows
+    (shuffled within each day), equal to the in-memory reference's."""
+    from fraudops import online_store
+
+    monkeypatch.setattr(online_store, "_APPEND_FROM", 1)
+    frame = awkward_table(1500, seed=2)
+    store = make_store("redis", redis_url, StoreLimits(keep_seconds=CONFIG.longest_seconds))
+    assert_same_features(replay(OnlineFeatures(CONFIG, store), as_rows(frame), sizes=(1, 4, 1, 9, 2)),
+                         offline_features(frame, CONFIG))
+    day = frame["purchase_time"].dt.floor("D")
+    late = frame.groupby(day, group_keys=False).apply(lambda part: part.sample(frac=1.0, random_state=3))
+    limits = StoreLimits(keep_seconds=CONFIG.longest_seconds, max_events=4)
+    got, want = (replay(OnlineFeatures(CONFIG, make_store(kind, redis_url, limits)), as_rows(late),
+                        sizes=(1, 4, 1, 9, 2)) for kind in ("redis", "memory"))
+    assert_same_features(got, want)
+
+
 @pytest.mark.slow
 def test_online_replay_of_5000_rows_row_by_row_and_in_batches_equals_offline(store_kind: str,
                                                                              store_url: str | None) -> None:

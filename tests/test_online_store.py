@@ -473,6 +473,38 @@ def test_a_scored_batch_computes_its_features_while_its_write_is_on_the_way(redi
     assert feature(OnlineFeatures(CONFIG, second), [row(2)], "device_id__count_1h") == 2  # both counted once
 
 
+@pytest.fixture
+def appending(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writes of any size append (the tests' writes touch a few values, which are otherwise written whole)."""
+    monkeypatch.setattr(online_store, "_APPEND_FROM", 1)
+
+
+def test_a_small_write_writes_its_blobs_whole_unless_it_lost_a_race(redis_url: str) -> None:
+    """Single transactions (fewer than `_APPEND_FROM` values) write their blobs whole, leaving no tail for the next
+    read to settle; one that lost the compare and set appends when it tries again, so that it cannot lose again."""
+    namespace, limits = f"t{uuid.uuid4().hex[:8]}", StoreLimits(keep_seconds=86_400)
+    first = RedisStore.from_url(redis_url, limits, timeout_s=2, namespace=namespace)
+    second = RedisStore.from_url(redis_url, limits, timeout_s=2, namespace=namespace)
+    online = OnlineFeatures(CONFIG, first)
+    online.record([row(0)])
+    online.record([row(1)])
+    assert stored(first)[1] == 0 and stored(first)[0]["n_events"] == 2
+    real_read, reads = first._read, []
+
+    def read_then_let_the_other_write(*args: object) -> object:
+        answer = real_read(*args)  # type: ignore[arg-type]
+        reads.append(1)
+        if len(reads) == 1:
+            assert OnlineFeatures(CONFIG, second).record([row(2)]) == 1  # written whole: a new token
+        return answer
+
+    first._read = read_then_let_the_other_write  # type: ignore[method-assign]
+    assert online.record([row(3)]) == 1
+    assert first.take_races() == 1 and len(reads) == 2
+    assert stored(first)[1] == 1 and stored(first)[0]["n_events"] == 3  # lost once, then appended
+    assert feature(OnlineFeatures(CONFIG, second), [row(4)], "device_id__count_all") == 4
+
+
 def stored(store: RedisStore, ref: EntityRef = DEV) -> tuple[np.void, int]:
     """An entity value's blob as Redis holds it: its header, and how many events its tail holds."""
     raw = store.client.get(store.key("e", ref))
@@ -486,7 +518,7 @@ def same_values(a: np.ndarray, b: np.ndarray) -> bool:
     return bool(np.array_equal(a, b, equal_nan=True))
 
 
-def test_a_value_gets_its_new_events_appended_and_a_long_tail_written_whole(redis_url: str) -> None:
+def test_a_value_gets_its_new_events_appended_and_a_long_tail_written_whole(redis_url: str, appending: None) -> None:
     """A new value's blob is a header of no history with its first events as a tail; its next transactions are
     appended to it (no compare and set: the token stays), until the tail would pass `_TAIL_EVENTS`: then it is written
     whole, folded, with a new token. Reads fold a tail as a write would have: features and state equal the in-memory
@@ -512,7 +544,8 @@ def test_a_value_gets_its_new_events_appended_and_a_long_tail_written_whole(redi
     assert same_values(online.lookup(probe), reference.lookup(probe))
 
 
-def test_writers_appending_at_once_both_count_and_a_retry_appended_twice_counts_once(redis_url: str) -> None:
+def test_writers_appending_at_once_both_count_and_a_retry_appended_twice_counts_once(redis_url: str,
+                                                                                     appending: None) -> None:
     """Appends commute: a replica appending between another's read and write costs that write no second read,
     and a transaction both append (a retry sent to both at once) counts once."""
     namespace, limits = f"t{uuid.uuid4().hex[:8]}", StoreLimits(keep_seconds=86_400)
@@ -537,7 +570,7 @@ def test_writers_appending_at_once_both_count_and_a_retry_appended_twice_counts_
     assert kept(second) == 4
 
 
-def test_a_blob_written_whole_loses_to_an_append_between_its_read_and_write(redis_url: str) -> None:
+def test_a_blob_written_whole_loses_to_an_append_between_its_read_and_write(redis_url: str, appending: None) -> None:
     """A blob to be written whole (here: due for renewal when read) is compared on its token and its length: an
     append in between, which leaves the token, makes the writer read it again, so that the appended event is kept."""
     namespace, limits = f"t{uuid.uuid4().hex[:8]}", StoreLimits(keep_seconds=86_400)
@@ -563,7 +596,7 @@ def test_a_blob_written_whole_loses_to_an_append_between_its_read_and_write(redi
     assert feature(OnlineFeatures(CONFIG, second), [row(3)], "device_id__count_all") == 3
 
 
-def test_an_append_to_a_value_that_expired_since_the_read_starts_it_again(redis_url: str) -> None:
+def test_an_append_to_a_value_that_expired_since_the_read_starts_it_again(redis_url: str, appending: None) -> None:
     """An append that finds no blob (it expired after the read) writes the header of a value without history first,
     with the expiry of a new blob; a value created meanwhile by another writer gets the tail appended instead."""
     namespace, limits = f"t{uuid.uuid4().hex[:8]}", StoreLimits(keep_seconds=86_400, retention_seconds=8 * 86_400)
@@ -593,7 +626,7 @@ def test_an_append_to_a_value_that_expired_since_the_read_starts_it_again(redis_
     assert stored(store, new)[1] == 2 and kept(store, new) == 2 and store.take_races() == 0
 
 
-def test_appends_keep_the_expiry_and_a_blob_due_for_renewal_is_written_whole(redis_url: str) -> None:
+def test_appends_keep_the_expiry_and_a_blob_due_for_renewal_is_written_whole(redis_url: str, appending: None) -> None:
     """A blob written whole expires after the retention and an eighth (its header says until when appends may
     leave the expiry as it is); a write after that writes it whole again, renewing the expiry."""
     limits = StoreLimits(keep_seconds=86_400, retention_seconds=8 * 86_400)
