@@ -561,13 +561,16 @@ class OnlineFeatures:
     def process(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray: ...
 
     @overload
-    def process(self, rows: Sequence[Mapping[str, Any]], then: Callable[[np.ndarray], T]) -> T: ...
+    def process(self, rows: Sequence[Mapping[str, Any]], then: Callable[[np.ndarray], T],
+                meanwhile: Callable[[], object] | None = None) -> T: ...
 
-    def process(self, rows: Sequence[Mapping[str, Any]], then: Callable[[np.ndarray], Any] | None = None) -> Any:
+    def process(self, rows: Sequence[Mapping[str, Any]], then: Callable[[np.ndarray], Any] | None = None,
+                meanwhile: Callable[[], object] | None = None) -> Any:
         """Features of the rows (rows x `feature_names`), then the rows recorded in the store. With ``then``:
-        ``then`` of the features, run while the store records the rows (`FeatureStore.read_and_write`)."""
+        ``then`` of the features, run while the store records the rows, and ``meanwhile`` (work that needs no
+        history) while the store reads (`FeatureStore.read_and_write`)."""
         columns = row_columns(rows, self.config)
-        return self._lookup(columns, record=True, then=then)
+        return self._lookup(columns, record=True, then=then, meanwhile=meanwhile)
 
     def lookup(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """Features of the rows (rows x `feature_names`), without recording them."""
@@ -611,14 +614,15 @@ class OnlineFeatures:
         return Records(np.array(columns.txn, dtype=object), columns.ticks, columns.amount, names, refs,
                        np.concatenate(batch).astype(np.int64), np.concatenate(entity).astype(np.int64))
 
-    def _lookup(self, columns: Columns, record: bool = False, then: Callable[[np.ndarray], Any] | None = None
-                ) -> Any:
+    def _lookup(self, columns: Columns, record: bool = False, then: Callable[[np.ndarray], Any] | None = None,
+                meanwhile: Callable[[], object] | None = None) -> Any:
         """Read the batch's entity values, then run the kernel once over one table: every stored event (not queried)
         followed by the batch's rows, each under each of its entity values (one code per value read). A retried
         transaction is left out of the stored events: it counts once, as in the batch, and sees what it saw the
         first time (unless its events were folded: behind transactions a longest window newer, or beyond
         ``max_events``). ``record``: the same store call then records the batch (`FeatureStore.read_and_write`).
-        ``then``: returns ``then`` of the features instead (recording, computed while the store records)."""
+        ``then``: returns ``then`` of the features instead (recording, computed while the store records), and
+        ``meanwhile`` runs while the store reads (recording only)."""
         config, n = self.config, len(columns.ticks)
         if not n:
             empty = np.empty((0, len(config.feature_names)))
@@ -669,7 +673,7 @@ class OnlineFeatures:
 
         # recording, the store computes the features while its write is on the way (Redis: while it runs the script)
         return features(self.store.read(query)) if records is None else \
-            self.store.read_and_write(query, records, features)
+            self.store.read_and_write(query, records, features, meanwhile)
 
     def _prior(self, states: States, batch: list[np.ndarray], paired: list[str], m: int) -> _Prior:
         """What the store knows beyond the table: per value read (folded aggregates), per entry (stored events: none;

@@ -265,9 +265,11 @@ class FeatureStore(Protocol):
         """Record the transactions not recorded before (by id); returns how many were new."""
         ...
 
-    def read_and_write(self, query: Query, records: Records, answer: Callable[[States], T]) -> T:
+    def read_and_write(self, query: Query, records: Records, answer: Callable[[States], T],
+                       meanwhile: Callable[[], object] | None = None) -> T:
         """``answer`` of `read`, then `write` (a scored batch: its history, then itself), as one call where the
-        store can, and there ``answer`` runs while the write is on its way."""
+        store can, and there ``answer`` runs while the write is on its way and ``meanwhile`` (work that needs no
+        history) while the read is."""
         ...
 
 
@@ -394,7 +396,10 @@ class MemoryStore:
         states.accounts_before, states.account_first = account_answers(*columns, estimate, query)
         return states
 
-    def read_and_write(self, query: Query, records: Records, answer: Callable[[States], T]) -> T:
+    def read_and_write(self, query: Query, records: Records, answer: Callable[[States], T],
+                       meanwhile: Callable[[], object] | None = None) -> T:
+        if meanwhile is not None:
+            meanwhile()
         states = self.read(query)
         self.write(records)
         return answer(states)
@@ -1006,10 +1011,12 @@ class RedisStore:
     def read(self, query: Query) -> States:
         return self._call(query, _NO_RECORDS, "read", _states)[0] if len(query.entities) else empty_states(query)
 
-    def read_and_write(self, query: Query, records: Records, answer: Callable[[States], T]) -> T:
-        """The read, then the write of the records (none when the read fails); ``answer`` of the states read runs
-        while the write's script call is on its way (again on the states read again, if the write lost a race)."""
-        return self._call(query, records, "read and write", answer)[0]
+    def read_and_write(self, query: Query, records: Records, answer: Callable[[States], T],
+                       meanwhile: Callable[[], object] | None = None) -> T:
+        """The read, then the write of the records (none when the read fails); ``meanwhile`` runs while the read's
+        MGET is on its way, ``answer`` of the states read while the write's script call is (again on the states read
+        again, if the write lost a race)."""
+        return self._call(query, records, "read and write", answer, meanwhile=meanwhile)[0]
 
     def write(self, records: Records, findable_only: np.ndarray | None = None) -> int:
         """Record the transactions not recorded before; returns how many were new. ``findable_only`` (per
@@ -1018,8 +1025,8 @@ class RedisStore:
         return self._call(None, records, "write", findable_only=findable_only)[1] if len(records) else 0
 
     def _call(self, query: Query | None, records: Records, what: str, answer: Callable[[States], T] | None = None,
-              adds: _Additions | None = None, refs: Sequence[EntityRef] = (), findable_only: np.ndarray | None = None
-              ) -> tuple[T | None, int]:
+              adds: _Additions | None = None, refs: Sequence[EntityRef] = (), findable_only: np.ndarray | None = None,
+              meanwhile: Callable[[], object] | None = None) -> tuple[T | None, int]:
         """Read the query's and the records' entity values (or ``refs``, a seed chunk's), answer the query, record
         the new records (and a seed chunk's ``adds``). Returns ``answer`` of the query's states and how many records
         were new (a seed chunk: 1 applied, 0 applied before, -1 not this seed's owner)."""
@@ -1045,7 +1052,7 @@ class RedisStore:
                                        "took longer than their allowance")
             try:
                 with _unavailable(what):
-                    return self._exchange(query, records, owner, refs, adds, what, answer, findable_only)
+                    return self._exchange(query, records, owner, refs, adds, what, answer, findable_only, meanwhile)
             finally:
                 self._turn.release()
         finally:
@@ -1054,7 +1061,8 @@ class RedisStore:
 
     def _exchange(self, query: Query | None, records: Records, owner: np.ndarray, refs: list[EntityRef],
                   adds: _Additions | None, what: str, answer: Callable[[States], T] | None,
-                  findable_only: np.ndarray | None = None) -> tuple[T | None, int]:
+                  findable_only: np.ndarray | None = None, meanwhile: Callable[[], object] | None = None
+                  ) -> tuple[T | None, int]:
         names = [self._suffix(ref) for ref in refs]
         blob_keys = [f"{self._prefix}:e:{name}" for name in names]  # read, and written for the touched ones
         timeout = self.timeout_s + self.key_timeout_s * len(refs)
@@ -1066,7 +1074,7 @@ class RedisStore:
         conn = self.client.connection_pool.get_connection()
         try:
             raw, read = self._read(conn, blob_keys, markers, query is not None and self.require_history, timeout,
-                                   what)
+                                   what, meanwhile)
             whole_below = _APPEND_FROM
             for _ in range(_ATTEMPTS):
                 horizon = max(read.keep_ticks, self.limits.keep_ticks)
@@ -1130,14 +1138,20 @@ class RedisStore:
         return races
 
     def _read(self, conn: Any, blob_keys: list[str], markers: list[str], require_history: bool, timeout: float,
-              what: str) -> tuple[list[bytes | None], _Read]:
+              what: str, meanwhile: Callable[[], object] | None = None) -> tuple[list[bytes | None], _Read]:
         """One MGET (more for a batch beyond 10,000 keys) and Redis's clock: whether the seed is ready (NOHISTORY
         unless it is, when required), the namespace's horizon and retention, the blobs at ``blob_keys``, and which
-        transactions are marked (``markers``, one per transaction)."""
+        transactions are marked (``markers``, one per transaction). ``meanwhile`` runs before the reply is read."""
         p = self._prefix
         keys = [f"{p}:ready", f"{p}:keep_ticks", f"{p}:retention_seconds", *blob_keys, *markers]
         commands: list[tuple[Any, ...]] = [("MGET", *keys[i:i + 10_000]) for i in range(0, len(keys), 10_000)]
-        *replies, clock = self._round_trip(conn, [*commands, ("TIME",)], timeout)
+        commands.append(("TIME",))
+        self._send(conn, commands)
+        try:
+            if meanwhile is not None:
+                meanwhile()
+        finally:  # read the replies whatever happened, so that the connection stays in step
+            *replies, clock = self._receive(conn, len(commands), timeout)
         values = [value for reply in replies for value in reply]
         if require_history and values[0] is None:
             raise StoreUnavailable(f"feature store {what} failed: NOHISTORY the namespace has no history (not "
@@ -1438,7 +1452,8 @@ class SnapshotStore:
     def write(self, records: Records) -> int:
         raise TypeError("a frozen snapshot is read-only: record transactions in an online store")
 
-    def read_and_write(self, query: Query, records: Records, answer: Callable[[States], T]) -> T:
+    def read_and_write(self, query: Query, records: Records, answer: Callable[[States], T],
+                       meanwhile: Callable[[], object] | None = None) -> T:
         self.write(records)  # read-only: raises
         return answer(self.read(query))
 

@@ -265,20 +265,20 @@ def test_batches_of_one_store_take_turns_each_waiting_as_long_as_the_work_ahead_
                                 namespace=f"t{uuid.uuid4().hex[:8]}")
     on_wire: list[str] = []
     first_sent, answer_first = threading.Event(), threading.Event()
-    real_round_trip = store._round_trip
+    real_send = store._send
 
     ids = {str(text_hashes([f"t{i}"])[0]): f"t{i}" for i in range(4)}  # markers are named by hashes
 
-    def round_trip(conn: object, commands: list[tuple[object, ...]], timeout: float) -> list[object]:
+    def send(conn: object, commands: list[tuple[object, ...]]) -> None:
         markers = [ids[str(key).rsplit(":t:", 1)[1]] for key in commands[0][1:] if ":t:" in str(key)]
         if commands[0][0] == "MGET" and markers:  # a call's read (its transactions' markers)
             on_wire.append(markers[0])
             if markers[0] == "t0":  # the first call stays on the wire until told
                 first_sent.set()
                 answer_first.wait(10)
-        return real_round_trip(conn, commands, timeout)
+        real_send(conn, commands)
 
-    store._round_trip = round_trip  # type: ignore[method-assign]
+    store._send = send  # type: ignore[method-assign]
     online = OnlineFeatures(CONFIG, store)
 
     def behind(hold: float) -> threading.Thread:
@@ -642,6 +642,21 @@ def test_appends_keep_the_expiry_and_a_blob_due_for_renewal_is_written_whole(red
     online.record([row(2)])
     assert stored(store)[1] == 0 and retention_ttl(store, key, 8 * 86_400)
     assert feature(online, [row(3)], "device_id__count_all") == 3
+
+
+def test_a_scored_batch_does_its_work_without_history_while_its_read_is_on_the_way(redis_url: str,
+                                                                                   monkeypatch) -> None:
+    """``meanwhile`` (the scorer's row features) runs between sending the read and reading its reply."""
+    store = RedisStore.from_url(redis_url, StoreLimits(keep_seconds=86_400), timeout_s=2,
+                                namespace=f"t{uuid.uuid4().hex[:8]}")
+    steps: list[object] = []
+    real_send, real_receive = store._send, store._receive
+    monkeypatch.setattr(store, "_send", lambda conn, commands: steps.append(commands[0][0]) or real_send(conn,
+                                                                                                      commands))
+    monkeypatch.setattr(store, "_receive", lambda *args: steps.append("reply") or real_receive(*args))
+    online = OnlineFeatures(CONFIG, store)
+    online.process([row(0)], lambda features: steps.append("features"), lambda: steps.append("meanwhile"))
+    assert steps == ["MGET", "meanwhile", "reply", "features", "reply"]  # the write's script: sent, then its reply
 
 
 def test_a_blob_of_another_layout_is_refused_not_misread(redis_url: str) -> None:

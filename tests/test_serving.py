@@ -929,11 +929,11 @@ def test_batches_wait_on_the_store_in_worker_threads_and_single_transactions_on_
     callers: list[int] = []
     read_and_write = RedisStore.read_and_write
 
-    def meet(self: RedisStore, queries: Any, records: Any, answer: Any) -> Any:
+    def meet(self: RedisStore, queries: Any, records: Any, answer: Any, meanwhile: Any = None) -> Any:
         callers.append(threading.get_ident())
         if len(records) >= THREAD_ROWS:
             met.wait()
-        return read_and_write(self, queries, records, answer)
+        return read_and_write(self, queries, records, answer, meanwhile)
 
     monkeypatch.setattr(RedisStore, "read_and_write", meet)
     scorer = make_scorer(home, tmp_path, feature_store_url=redis_url, feature_store_timeout_seconds=2)

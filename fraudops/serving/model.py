@@ -170,13 +170,14 @@ class EntityFeatures:
         store = self.live.store if self.live is not None else None
         return store.take_races() if isinstance(store, RedisStore) else 0
 
-    def compute(self, rows: list[dict[str, Any]], record: bool, then: Callable[[np.ndarray], T]
-                ) -> tuple[T, bool]:
+    def compute(self, rows: list[dict[str, Any]], record: bool, then: Callable[[np.ndarray], T],
+                meanwhile: Callable[[], object] | None = None) -> tuple[T, bool]:
         """``then`` of the entity features of validated rows (rows x names), and whether they fell back on the
         snapshot.
 
         ``record``: read then record the rows, in one store call (a transaction id already recorded is not counted
-        again), after the writes held from an outage, with ``then`` run while the store records them; otherwise
+        again), after the writes held from an outage, with ``then`` run while the store records them (and
+        ``meanwhile``, work that needs no history, while it reads them); otherwise
         only read (shadow scoring: the deciding model records the transaction). When the store fails, the rows that
         were to be recorded are held for later."""
         live, guard = self.live, self.guard
@@ -186,7 +187,7 @@ class EntityFeatures:
             try:
                 if record:
                     guard.flush(live.store)
-                return (live.process(rows, then) if record else then(live.lookup(rows))), False
+                return (live.process(rows, then, meanwhile) if record else then(live.lookup(rows))), False
             except StoreUnavailable as exc:
                 guard.failed(exc)
                 now = time.monotonic()
@@ -313,7 +314,7 @@ class ServedModel:
         if entities is None:
             features, pool, scores = score(None)
         else:  # with a store recording the rows: scored while it records (again if a race changed the features)
-            (features, pool, scores), fallback = entities.compute(rows, record, score)
+            (features, pool, scores), fallback = entities.compute(rows, record, score, row_features)
             store = entities.live is not None
         seconds = time.perf_counter() - started
         codes = None
