@@ -141,6 +141,7 @@ async def _spread(port: int, size: int, workers: Workers) -> list[Connection]:
         if owner is None or (owner not in held and len(held) == workers.count) or \
                 len(held.setdefault(owner, [])) >= quota:
             conn.writer.close()
+            await asyncio.sleep(0.01 * attempts / quota)  # let another worker's accept loop wake up first
             continue
         held[owner].append(conn)
     if len(held) != workers.count:
