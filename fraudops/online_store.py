@@ -621,8 +621,7 @@ class _Blobs:
         lengths = np.fromiter((0 if b is None else len(b) for b in blobs), np.int64, n)
         misfit = np.flatnonzero(lengths % 16)
         if len(misfit):
-            raise StoreUnavailable(f"feature store entity value {names[misfit[0]]!r} is not a layout-{LAYOUT} "
-                                   "blob (written by another version?)", answered=True)
+            raise _not_this_layout(names[misfit[0]])
         units = np.frombuffer(b"".join(b for b in blobs if b is not None), "<i8").reshape(-1, 2)
         base = offsets(lengths // 16)[:-1]
         present = np.flatnonzero(lengths)
@@ -636,8 +635,7 @@ class _Blobs:
         extra = lengths // 16 - whole
         bad = present[(head["layout"][present] != LAYOUT) | (extra[present] < 0) | (extra[present] % _EVENT_UNITS > 0)]
         if len(bad):
-            raise StoreUnavailable(f"feature store entity value {names[bad[0]]!r} is not a layout-{LAYOUT} "
-                                   "blob (written by another version?)", answered=True)
+            raise _not_this_layout(names[bad[0]])
         tail = np.where(lengths > 0, extra // _EVENT_UNITS, 0)
         at = _ranges(base + _HEADER_UNITS, n_events, _EVENT_UNITS)
         a_at = _ranges(base + _HEADER_UNITS + _EVENT_UNITS * n_events, n_accounts)
@@ -677,9 +675,7 @@ class _Blobs:
                                                                                from_tail))
         kept = _kept(ent, ticks, n, horizon, max_events)[0]
         head = self.head.copy()
-        head["count"], head["amount_sum"], head["amount_max"], head["last"] = _folded(
-            head["count"].astype(np.int64), head["amount_sum"].astype(np.float64),
-            head["amount_max"].astype(np.float64), head["last"].astype(np.int64), ent, ticks, amount, ~kept, n)
+        head["count"], head["amount_sum"], head["amount_max"], head["last"] = _folded(head, ent, ticks, amount, ~kept)
         counted = paired & ((head["flags"] & _BEYOND) == 0)
         seen = from_tail & counted[ent] & (account != NO_ACCOUNT)
         account_start, a_hash, a_first = self.account_start, self.account_hash, self.account_first
@@ -703,6 +699,12 @@ class _Blobs:
                       head["amount_max"].astype(np.float64), head["last"].astype(np.int64), before, first)
 
 
+def _not_this_layout(name: str) -> StoreUnavailable:
+    """The refusal of an entity value's blob that this layout cannot read."""
+    return StoreUnavailable(f"feature store entity value {name!r} is not a layout-{LAYOUT} blob (written by another "
+                            "version?)", answered=True)
+
+
 def _kept(ent: np.ndarray, ticks: np.ndarray, n: int, horizon: int, max_events: int
           ) -> tuple[np.ndarray, np.ndarray]:
     """Which events (sorted by value ``ent`` < ``n``, then time) a value keeps: those within ``horizon`` ticks of its
@@ -715,17 +717,18 @@ def _kept(ent: np.ndarray, ticks: np.ndarray, n: int, horizon: int, max_events: 
     return (ticks >= newest_of - horizon) & (start[ent + 1] - 1 - np.arange(len(ent)) < max_events), newest_of
 
 
-def _folded(count: np.ndarray, amount_sum: np.ndarray, amount_max: np.ndarray, last: np.ndarray, ent: np.ndarray,
-            ticks: np.ndarray, amount: np.ndarray, folded: np.ndarray, n: int
+def _folded(head: np.ndarray, ent: np.ndarray, ticks: np.ndarray, amount: np.ndarray, folded: np.ndarray
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The folded aggregates of ``n`` values with the ``folded`` events (of values ``ent``) added."""
-    count = count + np.bincount(ent[folded], minlength=n)
-    amount_sum = amount_sum + np.bincount(ent[folded], weights=amount[folded], minlength=n)
+    """The folded aggregates (count, amount sum and max, last) of the values of ``head`` (`_HEADER` rows) with the
+    ``folded`` events (of values ``ent``) added."""
+    n = len(head)
+    count = head["count"].astype(np.int64) + np.bincount(ent[folded], minlength=n)
+    amount_sum = head["amount_sum"].astype(np.float64) + np.bincount(ent[folded], weights=amount[folded], minlength=n)
+    amount_max, last = head["amount_max"].astype(np.float64), head["last"].astype(np.int64)
     if folded.any():
         folded_max = np.full(n, -np.inf)
         np.maximum.at(folded_max, ent[folded], amount[folded])
         amount_max = np.fmax(amount_max, np.where(np.isneginf(folded_max), np.nan, folded_max))
-        last = last.copy()
         np.maximum.at(last, ent[folded], ticks[folded])
     return count, amount_sum, amount_max, last
 
@@ -834,9 +837,7 @@ def _merge(old: _Blobs, paired: np.ndarray, new: _NewEvents, adds: _Additions | 
     kept_new = np.unique(txn[kept & is_new])
     early = folded & ~is_new & ((ticks >= newest - keep_ticks) | (ticks > now - keep_ticks))
     head = old.head[touched]
-    count, amount_sum, amount_max, last = _folded(
-        head["count"].astype(np.int64), head["amount_sum"].astype(np.float64), head["amount_max"].astype(np.float64),
-        head["last"].astype(np.int64), ent, ticks, amount, folded, t)
+    count, amount_sum, amount_max, last = _folded(head, ent, ticks, amount, folded)
     if adds is not None:
         count += adds.count
         amount_sum += adds.amount_sum
