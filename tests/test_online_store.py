@@ -28,6 +28,7 @@ from fraudops.online_store import (
     RedisStore,
     StoreLimits,
     StoreUnavailable,
+    lexorder,
     text_hashes,
 )
 from fraudops.schema import SYNTHETIC
@@ -321,6 +322,27 @@ def test_a_server_that_lost_the_script_gets_it_again(redis_url: str) -> None:
 def test_bad_timeouts_are_named(timeouts: dict[str, float], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         RedisStore.from_url("redis://127.0.0.1:1/0", StoreLimits(keep_seconds=100), **timeouts)
+
+
+def test_lexorder_is_numpys_lexsort() -> None:
+    rng = np.random.default_rng(7)
+    n = 3000
+    hashes = rng.integers(-2**63, 2**63 - 1, n, dtype=np.int64)
+    hashes[::5] = NO_ACCOUNT  # sentinels and repeats, as accounts and first sightings have them
+    ticks = START + rng.integers(0, 10**12, n)
+    ticks[::7] = NO_TIME
+    cases = [
+        (hashes, ticks, rng.integers(0, 300, n)),  # a batch's events: transaction, time, value
+        (rng.integers(0, 2, n).astype(np.int8), ticks, rng.integers(0, 300, n)),  # small and wide keys
+        (np.arange(n)[::-1].copy(), rng.integers(0, 3, n), rng.integers(0, 3, n)),  # ties everywhere
+        (rng.integers(0, 2**40, n), rng.integers(0, 2**40, n), rng.integers(0, 2**40, n)),  # ranked, then packed
+        (hashes[:1], ticks[:1]),
+        (hashes[:0], ticks[:0]),
+    ]
+    for keys in cases:
+        assert np.array_equal(lexorder(keys), np.lexsort(keys))
+    texts = (np.array(["b", "a", "a"]), np.array([1, 2, 1]))  # not integers: numpy's own
+    assert np.array_equal(lexorder(texts), np.lexsort(texts))
 
 
 @pytest.mark.parametrize(("limits", "message"), [
