@@ -319,11 +319,21 @@ def account_answers(table_entity: np.ndarray, table_account: np.ndarray, table_f
 
 
 def isin(values: np.ndarray, among: np.ndarray) -> np.ndarray:
-    """`numpy.isin` of int64 arrays, through a set for the few values of a request (numpy's costs ~20 us)."""
-    if len(values) * len(among) > 4096:
-        return np.isin(values, among)
-    present = set(among.tolist())
-    return np.fromiter((v in present for v in values.tolist()), bool, len(values))
+    """`numpy.isin` of int64 arrays: through a set for the few values of a request (numpy's costs ~20 us), else by
+    binary search in ``among`` sorted, the values sorted too when they are the more (a batch's transactions among
+    its stored events: 0.03 ms instead of numpy's 0.3)."""
+    if len(values) * len(among) <= 4096:
+        present = set(among.tolist())
+        return np.fromiter((v in present for v in values.tolist()), bool, len(values))
+    ordered = np.sort(among)
+    order = np.argsort(values) if len(values) > len(among) else None  # sorted needles: searches stay near
+    probe = values if order is None else values[order]
+    found = ordered[np.minimum(np.searchsorted(ordered, probe), len(ordered) - 1)] == probe
+    if order is None:
+        return found
+    out = np.empty(len(values), dtype=bool)
+    out[order] = found
+    return out
 
 
 def at_of(order: np.ndarray) -> np.ndarray:

@@ -28,6 +28,7 @@ from fraudops.online_store import (
     RedisStore,
     StoreLimits,
     StoreUnavailable,
+    isin,
     lexorder,
     text_hashes,
 )
@@ -343,6 +344,16 @@ def test_lexorder_is_numpys_lexsort() -> None:
         assert np.array_equal(lexorder(keys), np.lexsort(keys))
     texts = (np.array(["b", "a", "a"]), np.array([1, 2, 1]))  # not integers: numpy's own
     assert np.array_equal(lexorder(texts), np.lexsort(texts))
+
+
+@pytest.mark.parametrize(("n", "m"), [(3, 5), (1000, 4000), (4000, 1000), (2000, 2000), (0, 9000), (9000, 0)])
+def test_isin_is_numpys(n: int, m: int) -> None:
+    rng = np.random.default_rng(n + m)
+    among = rng.integers(-2**63, 2**63 - 1, m, dtype=np.int64)
+    values = rng.integers(-2**63, 2**63 - 1, n, dtype=np.int64)
+    values[::3] = among[rng.integers(0, m, len(values[::3]))] if m else values[::3]
+    values[1::7] = np.iinfo(np.int64).max  # beyond every value among them
+    assert np.array_equal(isin(values, among), np.isin(values, among))
 
 
 @pytest.mark.parametrize(("limits", "message"), [
