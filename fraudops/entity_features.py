@@ -411,11 +411,12 @@ def _count_at_most(item_group: np.ndarray, item_rank: np.ndarray, group: np.ndar
 
 
 def _entity_features(config: EntityFeatureConfig, table: _Table, entry_row: np.ndarray, codes: np.ndarray,
-                     accounts: np.ndarray | None, prior: _Prior | None) -> np.ndarray:
+                     accounts: np.ndarray | None, prior: _Prior | None, context: int = 0) -> np.ndarray:
     """The features of entries, (table row, key code) pairs: a matrix of `kernel_names` x entries (with distinct
     accounts when ``accounts``, the entries' account codes, -1 for none, is given). Keys of several entity columns
     can share one call (codes in one space), and every window is computed at once, so that a request's few
-    transactions pay for one pass of a few dozen array operations.
+    transactions pay for one pass of a few dozen array operations. The first ``context`` entries are only history
+    the others see (a store's events): the matrix has a column for each of the others, in order.
 
     Entries are sorted by (key, time). An entry's strictly earlier transactions are the slice [start, end) of its
     key's run; window w's start is found by binary search on (key, rank of t - w). Sums come from a prefix sum,
@@ -423,24 +424,27 @@ def _entity_features(config: EntityFeatureConfig, table: _Table, entry_row: np.n
     `_distinct_accounts`.
     """
     paired = accounts is not None
-    out = np.empty((len(config.kernel_names(paired)), len(codes)))  # a feature's values contiguous
-    if not len(codes):
+    out = np.empty((len(config.kernel_names(paired)), len(codes) - context))  # a feature's values contiguous
+    if not len(codes) - context:
         return out
     width = len(table.unique_ticks) + 1
     sort_key = codes * width + table.rank[entry_row]
     by = np.argsort(sort_key)  # ties (same key and time) see the same rows whatever their order
-    rows, sort_key, c = entry_row[by], sort_key[by], codes[by]
-    rank, t, amount = table.rank[rows], table.ticks[rows], table.amount[rows]
+    rows, sort_key, c_all = entry_row[by], sort_key[by], codes[by]
+    rank_all, t_all, amount = table.rank[rows], table.ticks[rows], table.amount[rows]
     pos = np.arange(len(rows))
-    new_key = _changes(c)
-    start = np.maximum.accumulate(np.where(new_key, pos, 0))
-    end = np.maximum.accumulate(np.where(new_key | _changes(rank), pos, 0))
+    new_key = _changes(c_all)
+    start_all = np.maximum.accumulate(np.where(new_key, pos, 0))
+    end_all = np.maximum.accumulate(np.where(new_key | _changes(rank_all), pos, 0))
+    # the entries whose features are asked for, in sorted order (all: a view of every array)
+    asked: slice | np.ndarray = slice(None) if not context else np.flatnonzero(by >= context)
+    c, rank, t, start, end = (x[asked] for x in (c_all, rank_all, t_all, start_all, end_all))
     base = c * width
     lo = np.searchsorted(sort_key, base + table.window_start[:, rank], "left")  # windows x entries
     earlier = end > start
     before = np.maximum(end - 1, 0)
     count_all = end - start
-    prev = np.where(earlier, t[before], _NONE)
+    prev = np.where(earlier, t_all[before], _NONE)
     if prior is not None:
         count_all = count_all + prior.folded.count[c]
         prev = np.where(earlier, prev, prior.folded.last[c])
@@ -451,7 +455,7 @@ def _entity_features(config: EntityFeatureConfig, table: _Table, entry_row: np.n
         total = np.vstack([sums[end] - sums[lo], (sums[end] - sums[start])[None]]).astype("float64")
         range_max = _RangeMax(amount, int((end - lo).max()))
         amount_width = len(table.unique_amounts) + 1
-        running = np.maximum.accumulate(c * amount_width + table.amount_rank[rows])
+        running = np.maximum.accumulate(c_all * amount_width + table.amount_rank[rows])
         top = np.clip(running[before] - c * amount_width, 0, len(table.unique_amounts) - 1)
         max_all = np.where(earlier, table.unique_amounts[top], np.nan)
         if prior is not None:
@@ -462,24 +466,27 @@ def _entity_features(config: EntityFeatureConfig, table: _Table, entry_row: np.n
             mean = np.where(count > 0, total / count, np.nan)
         stacked = [count, total, mean, range_max.query(lo, end), max_all[None]]
     if paired:
-        known = None if prior is None else (prior.accounts_before[by], prior.account_first[by])
-        stacked.append(_distinct_accounts(table, accounts[by], c, rank, t, start, end, lo, known))
+        known = None if prior is None else (prior.accounts_before[by][asked], prior.account_first[by])
+        stacked.append(_distinct_accounts(table, accounts[by], c_all, rank_all, t_all, start_all, end_all, asked, lo,
+                                          known))
     recency = [np.where(prev == _NONE, np.nan, (t - prev) / TICKS_PER_SECOND), count_all == 0]
     values = [row for block in stacked for row in block] + recency  # views, in the stacked order
     order = config.stacked_order(paired)
-    if len(codes) < 4096:  # a request's few entries: one operation
-        out[:, by] = np.array([values[k] for k in order])
+    at = by[asked] - context
+    if len(at) < 4096:  # a request's few entries: one operation
+        out[:, at] = np.array([values[k] for k in order])
     else:  # a training table: a 1-d scatter per feature is several times faster than one 2-d scatter
         for j, k in enumerate(order):
-            out[j, by] = values[k]
+            out[j, at] = values[k]
     return out
 
 
 def _distinct_accounts(table: _Table, account: np.ndarray, c: np.ndarray, rank: np.ndarray, t: np.ndarray,
-                       start: np.ndarray, end: np.ndarray, lo: np.ndarray,
+                       start: np.ndarray, end: np.ndarray, asked: slice | np.ndarray, lo: np.ndarray,
                        known: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
-    """Distinct accounts per window (rows), then over all history (the last row), for entries sorted by (key, time)
-    (`_entity_features`; ``lo``: each window's first entry, windows x entries).
+    """Distinct accounts per window (rows), then over all history (the last row), of the ``asked`` entries among
+    entries sorted by (key, time) (`_entity_features`; ``lo``: each asked entry's first entry per window, windows x
+    asked entries).
 
     Occurrence j of a (key, account) pair counts for window w at time t when it lies in [t - w, t) and the
     pair's previous occurrence does not: for t in (max(t_j, t_prev + w), t_j + w]. So the count at t is
@@ -501,9 +508,11 @@ def _distinct_accounts(table: _Table, account: np.ndarray, c: np.ndarray, rank: 
     repeat = has_account & (prev_rank >= 0) & (prev_rank < rank)  # a repeat at the same time never counts
     counted_before = _prefix(first | repeat)
     first_before = _prefix(first)
-    firsts = first_before[end] - first_before[start]
+    a_c, a_rank, a_start, a_end = c[asked], rank[asked], start[asked], end[asked]
+    firsts = first_before[a_end] - first_before[a_start]
     opened = np.maximum(rank[repeat] + 1, table.window_end[:, prev_rank[repeat]])
-    windows = firsts + _count_at_most(c[repeat], opened, c, rank, width) - (counted_before[lo] - counted_before[start])
+    windows = (firsts + _count_at_most(c[repeat], opened, a_c, a_rank, width)
+               - (counted_before[lo] - counted_before[a_start]))
     if known is None:
         return np.vstack([windows, firsts])
     # pairs first seen here count until the store's first sight of them (then they are in accounts_before)
@@ -511,8 +520,8 @@ def _distinct_accounts(table: _Table, account: np.ndarray, c: np.ndarray, rank: 
     new = first & (store_first > t)
     new_before = _prefix(new)
     store_rank = np.searchsorted(table.unique_ticks, store_first[new], "right")
-    return np.vstack([windows, accounts_before + new_before[end] - new_before[start]
-                      - _count_at_most(c[new], store_rank, c, rank, width)])
+    return np.vstack([windows, accounts_before + new_before[a_end] - new_before[a_start]
+                      - _count_at_most(c[new], store_rank, a_c, a_rank, width)])
 
 
 def compute(columns: Columns, config: EntityFeatureConfig) -> dict[str, np.ndarray]:
@@ -663,9 +672,9 @@ class OnlineFeatures:
                 paired = np.array([ref.paired for ref in refs], dtype=bool)
                 accounts = np.where(paired[codes], account_codes[entry_row], -1)
             prior = self._prior(states, batch, [col for col, _ in pairs], m)
-            found = _entity_features(config, table, entry_row, codes, accounts, prior)
+            found = _entity_features(config, table, entry_row, codes, accounts, prior, context=m)
             out = np.full((n, len(config.feature_names)), np.nan)
-            at = m
+            at = 0
             for (offset, kernel_columns), rows in zip(config.layout, batch, strict=True):
                 out[rows, offset:offset + len(kernel_columns)] = found[kernel_columns, at:at + len(rows)].T
                 at += len(rows)

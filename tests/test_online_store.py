@@ -499,7 +499,8 @@ def test_a_scored_batch_computes_its_features_while_its_write_is_on_the_way(redi
 
     monkeypatch.setattr(first, "_write", write)
     monkeypatch.setattr(first, "_read", read_then_let_the_other_write)
-    monkeypatch.setattr(kernel_module, "_entity_features", lambda *a: steps.append("features") or real_kernel(*a))
+    monkeypatch.setattr(kernel_module, "_entity_features",
+                        lambda *a, **k: steps.append("features") or real_kernel(*a, **k))
     online = OnlineFeatures(CONFIG, first)
     assert online.process([row(1)])[0, online.feature_names.index("device_id__count_1h")] == 1
     assert steps == ["sent", "features", "reply"] * 2 and first.take_races() == 1
