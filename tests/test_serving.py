@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from prometheus_client import CollectorRegistry
+from pydantic_core import PydanticCustomError
 
 from fraudops import steps
 from fraudops.bundle import ModelBundle
@@ -49,6 +50,7 @@ from fraudops.serving import (
     reason_codes,
 )
 from fraudops.serving.challenger import bucket
+from fraudops.serving.rows import _time_parser
 from fraudops.serving.scorer import THREAD_ROWS
 from fraudops.serving.siblings import Siblings
 from fraudops.training import TrainConfig
@@ -142,6 +144,19 @@ def test_decision_bands_around_the_threshold():
 
 
 # -- validation -------------------------------------------------------------------------------------------------
+def test_times_with_offsets_are_the_same_instant_in_utc_nanoseconds():
+    parse = _time_parser(None)
+    noon = pd.Timestamp("2026-01-31T12:00:00.000001").value
+    assert parse("2026-01-31T12:00:00.000001") == parse("2026-01-31T12:00:00.000001Z") == noon
+    assert parse("2026-01-31T13:30:00.000001+01:30") == parse("2026-01-31T06:00:00.000001-06:00") == noon
+    # the supported years are those of the instant in UTC
+    assert parse("2262-01-01T00:30:00+01:00") == pd.Timestamp("2261-12-31T23:30:00").value
+    assert parse("1677-12-31T23:30:00-01:00") == pd.Timestamp("1678-01-01T00:30:00").value
+    for outside in ("2262-01-01T00:00:00Z", "2261-12-31T23:30:00-01:00", "1678-01-01T00:30:00+01:00"):
+        with pytest.raises(PydanticCustomError, match="outside the supported years"):
+            parse(outside)
+
+
 @pytest.mark.parametrize(("row", "field", "reason", "problem"), [
     (valid(amount=...), "amount", "missing", "is required"),
     (valid(purchase_time=...), "purchase_time", "missing", "is required"),
@@ -153,6 +168,7 @@ def test_decision_bands_around_the_threshold():
     (valid(purchase_time="31/01/2026"), "purchase_time", "bad_time", "cannot be read as an ISO 8601 date-time"),
     (valid(purchase_time=1767225600), "purchase_time", "bad_time", "must be an ISO 8601 date-time string"),
     (valid(signup_time="3026-01-01T00:00:00"), "signup_time", "bad_time", "is outside the supported years"),
+    (valid(signup_time="0001-01-01T00:00:00+01:00"), "signup_time", "bad_time", "is outside the supported years"),
     (valid(signup_time="2026-02-01T00:00:00Z"), "signup_time", "time_order", "must not be after purchase_time"),
     (valid(country=["GB"]), "country", "wrong_type", "must be a string"),
     (valid(device_id=False), "device_id", "wrong_type", "must be a string"),
@@ -1510,6 +1526,7 @@ KILLED_SCORER = """
 import json, os, signal, sys
 from pathlib import Path
 from prometheus_client import CollectorRegistry
+from pydantic_core import PydanticCustomError
 from fraudops.predlog import LogWriter
 from fraudops.registry import Registry
 from fraudops.serving import ModelSource, Scorer, ScorerMetrics, ServingConfig
