@@ -332,16 +332,17 @@ class LogWriter:
         url = storage.join(root, kind, partition, name)
         fs, path = storage.filesystem(url)
         fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        # dictionaries for all but the float columns (scores, ~70 feature values): trying them on floats took a
-        # third of the write (29 -> 19 ms for 10,000 rows) for the same file size
+        # dictionaries and statistics for all but the float columns (scores, ~70 feature values): dictionaries on
+        # floats took a third of the write (29 -> 19 ms for 10,000 rows) for the same file size, their statistics
+        # another tenth (readers select by time, never by a feature's range)
         dictionary = [f.name for f in table.schema if not pa.types.is_floating(f.type)]
         if storage.is_remote(url):
             with fs.open(path, "wb") as fh:  # one PUT: readers never see a partial object
-                pq.write_table(table, fh, use_dictionary=dictionary)
+                pq.write_table(table, fh, use_dictionary=dictionary, write_statistics=dictionary)
             return url
         tmp = f"{path.rsplit('/', 1)[0]}/.{name}.tmp"  # readers only look at part-* files
         with open(tmp, "wb") as fh:
-            pq.write_table(table, fh, use_dictionary=dictionary)
+            pq.write_table(table, fh, use_dictionary=dictionary, write_statistics=dictionary)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -444,8 +445,9 @@ def combined_table(chunks: list[LogChunk]) -> pa.Table:
         return pa.concat_tables(tables, promote_options="permissive")
     names = list(dict.fromkeys(n for c in chunks for n in (*c.shared, *c.columns, *(n for b in c.blocks for n in b),
                                                             *c.json_columns)))
-    times = [at for c in chunks for at in [pd.Timestamp(c.at).tz_convert("UTC")] * c.rows]  # one per chunk
-    data = {TIME_COLUMN: pa.array(times, pa.timestamp("us", tz="UTC"))}
+    micros = np.repeat(np.array([pd.Timestamp(c.at).value // 1000 for c in chunks], dtype=np.int64),
+                       [c.rows for c in chunks])  # a Timestamp per row took a quarter of the join
+    data = {TIME_COLUMN: pa.array(micros.view("datetime64[us]"), pa.timestamp("us", tz="UTC"))}
     joined: dict[str, np.ndarray] = {}
     for key in dict.fromkeys(key for c in chunks for key in c.blocks):  # a block every chunk has: one array
         if all(key in c.blocks for c in chunks) and len({c.blocks[key].dtype for c in chunks}) == 1:

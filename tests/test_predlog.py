@@ -11,11 +11,12 @@ import os
 import socket
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from fraudops.predlog import (
@@ -109,6 +110,16 @@ def test_reader_returns_a_time_window_across_days_and_hours(tmp_path):
     assert len(naive) == 2 and naive.attrs["corrupt_parts"] == 0
     assert read_predictions(str(tmp_path), "2026-04-01").empty
     assert "logged_at" in read_predictions(str(tmp_path / "nothing-here")).columns
+
+
+def test_joined_chunks_keep_each_ones_logging_time_in_utc():
+    plus_two = timezone(timedelta(hours=2))
+    times = [T0, T0 + timedelta(seconds=1, microseconds=7), (T0 + timedelta(minutes=2)).astimezone(plus_two)]
+    table = combined_table([chunk(rows, at=at) for rows, at in zip((2, 1, 3), times, strict=True)])
+    assert table.schema.field("logged_at").type == pa.timestamp("us", tz="UTC")
+    expected = [pd.Timestamp(at).tz_convert("UTC") for rows, at in zip((2, 1, 3), times, strict=True)
+                for _ in range(rows)]
+    assert table.column("logged_at").to_pandas().tolist() == expected
 
 
 def test_columns_roundtrip_and_schemas_may_differ_between_chunks(tmp_path):
