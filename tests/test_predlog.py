@@ -31,6 +31,7 @@ from fraudops.predlog import (
     read_log,
     read_predictions,
     read_records,
+    record_parts,
 )
 
 T0 = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
@@ -476,12 +477,12 @@ def test_a_full_wal_volume_is_counted_and_the_rows_still_reach_the_log(tmp_path,
     errors: list[Exception] = []
     writer = LogWriter(str(root), flush_seconds=3600, wal_dir=wal, on_wal_error=errors.append)
 
-    def full(fd: int, data: bytes, offset: int) -> int:
+    def full(fd: int, data: list[bytes], offset: int) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
 
     chunks = [chunk(2) for _ in range(5)] + [chunk(1)]
     with monkeypatch.context() as patch, caplog.at_level(logging.WARNING, "fraudops.predlog"):
-        patch.setattr(os, "pwrite", full)
+        patch.setattr(os, "pwritev", full)
         for c in chunks[:5]:
             writer.append(c)  # scoring goes on
     assert [e.errno for e in errors] == [errno.ENOSPC] * 5
@@ -495,6 +496,29 @@ def test_a_full_wal_volume_is_counted_and_the_rows_still_reach_the_log(tmp_path,
     segment.write_bytes(saved)  # killed before deleting it: its row is written again, and must not replace the
     LogWriter(str(root), flush_seconds=60, wal_dir=wal).close()  # part that also holds the rows of no segment
     assert set(read_predictions(str(root))["request_id"]) == {c.shared["request_id"] for c in chunks}
+
+
+def test_a_record_is_written_in_pieces_as_encoded_and_a_short_write_is_a_failed_one(tmp_path, monkeypatch):
+    """A record goes to its segment as the pieces it was encoded in (one pwritev; joined beyond the OS's limit of
+    pieces): the segment holds exactly `encode_record`'s bytes. A write the volume cut short fails the write ahead,
+    and the next record overwrites what it left."""
+    wide = LogChunk(PREDICTIONS, T0, 40, columns={f"f{i}": [float(i)] * 40 for i in range(700)})  # 700 raw pieces
+    small = scorer_chunk(3)
+    assert len(record_parts(wide)) > 700
+    root, wal = tmp_path / "log", tmp_path / "wal"
+    errors: list[Exception] = []
+    writer = LogWriter(str(root), flush_seconds=3600, wal_dir=wal, on_wal_error=errors.append)
+    writer.append(wide)
+    real = os.pwritev
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "pwritev", lambda fd, parts, offset: real(fd, parts, offset) - 1)  # one byte short
+        writer.append(small)
+    writer.append(small)
+    (segment,) = segments(wal)
+    assert segment.read_bytes() == encode_record(wide.encoded()) + encode_record(small.encoded())
+    assert [e.errno for e in errors] == [errno.ENOSPC]
+    writer.close()
+    assert len(read_predictions(str(root))) == 46
 
 
 def test_segments_of_a_live_writer_are_not_taken(tmp_path):
