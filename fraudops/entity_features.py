@@ -425,7 +425,7 @@ def _entity_features(config: EntityFeatureConfig, table: _Table, entry_row: np.n
     """
     paired = accounts is not None
     out = np.empty((len(config.kernel_names(paired)), len(codes) - context))  # a feature's values contiguous
-    if not len(codes) - context:
+    if len(codes) == context:
         return out
     width = len(table.unique_ticks) + 1
     sort_key = codes * width + table.rank[entry_row]

@@ -343,6 +343,7 @@ def at_of(order: np.ndarray) -> np.ndarray:
     out[order] = np.arange(len(order))
     return out
 
+
 _PACKED = 1 << 62
 """Keys packed for `lexorder` stay below this."""
 
@@ -384,7 +385,6 @@ def _dense_rank(values: np.ndarray) -> tuple[np.ndarray, int]:
     rank = np.empty(len(values), dtype=np.int64)
     rank[order] = np.cumsum(new) - 1
     return rank, int(rank[order[-1]]) + 1
-
 
 
 def empty_states(query: Query) -> States:
