@@ -612,8 +612,10 @@ def serve_a_new_base_model(kube: Any) -> None:
     and Alertmanager may still hold its alert group."""
     tag = BASE_MODELS[-1] if BASE_MODELS else train_a_base_model()
     promote(kube, tag, "end-to-end test: the alert loop starts from a model of the base table")
-    with httpx.Client(timeout=30) as client:
-        wait_for("the scorer to serve the model of the base table", lambda: served_tag(client) == tag, 180)
+    # every replica: each polls the pointer on its own, and the traffic below may all go to the one that did not yet
+    # (it did on 2026-12-05: the drift run of the new champion then found 455 rows)
+    wait_for("every scorer replica to serve the model of the base table",
+             lambda: all(replica_models(pod) == [tag] for pod in scorer_replicas(kube)), 180, poll=2)
 
 
 def alert_loop(kube: Any) -> None:
@@ -685,6 +687,12 @@ def replica_metrics(pod: str) -> str:
     """One replica's /metrics, read inside its pod (through the Service any replica would answer)."""
     return python_in_pod(pod, "import urllib.request; print(urllib.request.urlopen("
                               "'http://127.0.0.1:3000/metrics', timeout=30).read().decode())")
+
+
+def replica_models(pod: str) -> list[str]:
+    """The models one replica's model-info gauge is 1 for: its champion, once it has loaded it."""
+    return [labels["model_tag"] for labels, value in samples(replica_metrics(pod), "fraudops_scorer_model_info")
+            if value]
 
 
 def replica_score(pod: str, rows: list[dict[str, Any]], explain: bool = False) -> dict[str, Any]:
@@ -800,9 +808,7 @@ def test_rollout_shadow_then_canary_then_abort_on_every_scorer_replica(kube: Any
     assert len(replicas) >= 2, f"the chart's scorer runs 2 replicas on this cluster, found {replicas}"
 
     def serves_alone(pod: str) -> bool:
-        metrics = replica_metrics(pod)
-        serving = [labels["model_tag"] for labels, value in samples(metrics, "fraudops_scorer_model_info") if value]
-        return serving == [champion] and not active_rollout_series(metrics)
+        return replica_models(pod) == [champion] and not active_rollout_series(replica_metrics(pod))
 
     if registry_json(kube, ACTIVE_ROLLOUT) is not None:
         abort_active_rollout(kube, "end-to-end test: a rollout an interrupted run left behind")
