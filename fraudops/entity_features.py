@@ -50,8 +50,10 @@ from fraudops.online_store import (
     SnapshotStore,
     States,
     StoreLimits,
+    changes,
     isin,
     offsets,
+    ranked,
     text_hashes,
 )
 from fraudops.schema import DatasetSpec
@@ -332,30 +334,11 @@ class _Table:
 
     @classmethod
     def of(cls, ticks_: np.ndarray, amount: np.ndarray, windows: Sequence[Window]) -> _Table:
-        unique_ticks, rank = _ranked(ticks_)
-        unique_amounts, amount_rank = _ranked(amount)
+        unique_ticks, rank = ranked(ticks_)
+        unique_amounts, amount_rank = ranked(amount)
         lengths = np.array([w.ticks for w in windows], dtype=np.int64)[:, None]
         return cls(ticks_, amount, unique_ticks, rank, np.searchsorted(unique_ticks, unique_ticks - lengths, "left"),
                    np.searchsorted(unique_ticks, unique_ticks + lengths, "right"), unique_amounts, amount_rank)
-
-
-def _ranked(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The distinct values, sorted, and each value's rank among them (`np.unique` with ``return_inverse``,
-    without its overhead on a request's few values)."""
-    order = np.argsort(values)
-    ordered = values[order]
-    new = _changes(ordered)
-    rank = np.empty(len(values), dtype=np.int64)
-    rank[order] = np.cumsum(new) - 1
-    return ordered[new], rank
-
-
-def _changes(values: np.ndarray) -> np.ndarray:
-    """Whether each value differs from the one before it (the first does)."""
-    out = np.empty(len(values), dtype=bool)
-    out[:1] = True
-    np.not_equal(values[1:], values[:-1], out=out[1:])
-    return out
 
 
 @dataclass(frozen=True)
@@ -433,9 +416,9 @@ def _entity_features(config: EntityFeatureConfig, table: _Table, entry_row: np.n
     rows, sort_key, c_all = entry_row[by], sort_key[by], codes[by]
     rank_all, t_all, amount = table.rank[rows], table.ticks[rows], table.amount[rows]
     pos = np.arange(len(rows))
-    new_key = _changes(c_all)
+    new_key = changes(c_all)
     start_all = np.maximum.accumulate(np.where(new_key, pos, 0))
-    end_all = np.maximum.accumulate(np.where(new_key | _changes(rank_all), pos, 0))
+    end_all = np.maximum.accumulate(np.where(new_key | changes(rank_all), pos, 0))
     # the entries whose features are asked for, in sorted order (all: a view of every array)
     asked: slice | np.ndarray = slice(None) if not context else np.flatnonzero(by >= context)
     c, rank, t, start, end = (x[asked] for x in (c_all, rank_all, t_all, start_all, end_all))

@@ -359,14 +359,14 @@ def lexorder(keys: Sequence[np.ndarray]) -> np.ndarray:
     parts = [np.asarray(key, dtype=np.int64) for key in keys]
     lows = [int(part.min()) for part in parts]
     spans = [int(part.max()) - low + 1 for part, low in zip(parts, lows, strict=True)]
-    ranked = [False] * len(parts)
+    unranked = set(range(len(parts)))
     while math.prod(spans) >= _PACKED:
-        wide = [i for i, done in enumerate(ranked) if not done]
-        if not wide:
+        if not unranked:
             return np.lexsort(keys)
-        i = max(wide, key=spans.__getitem__)
-        parts[i], spans[i] = _dense_rank(parts[i])
-        lows[i], ranked[i] = 0, True
+        i = max(unranked, key=spans.__getitem__)
+        unranked.remove(i)
+        distinct, parts[i] = ranked(parts[i])
+        lows[i], spans[i] = 0, len(distinct)
     packed = np.zeros(n, dtype=np.int64)
     room = 1
     for part, low, span in zip(parts, lows, spans, strict=True):
@@ -375,16 +375,23 @@ def lexorder(keys: Sequence[np.ndarray]) -> np.ndarray:
     return np.argsort(packed, kind="stable")
 
 
-def _dense_rank(values: np.ndarray) -> tuple[np.ndarray, int]:
-    """Each value's rank among the distinct values, and how many there are."""
+def ranked(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct values, sorted, and each value's rank among them (`np.unique` with ``return_inverse``,
+    without its overhead on a request's few values)."""
     order = np.argsort(values)
     ordered = values[order]
-    new = np.empty(len(values), dtype=bool)
-    new[0] = True
-    np.not_equal(ordered[1:], ordered[:-1], out=new[1:])
+    new = changes(ordered)
     rank = np.empty(len(values), dtype=np.int64)
     rank[order] = np.cumsum(new) - 1
-    return rank, int(rank[order[-1]]) + 1
+    return ordered[new], rank
+
+
+def changes(values: np.ndarray) -> np.ndarray:
+    """Whether each value differs from the one before it (the first does)."""
+    out = np.empty(len(values), dtype=bool)
+    out[:1] = True
+    np.not_equal(values[1:], values[:-1], out=out[1:])
+    return out
 
 
 def empty_states(query: Query) -> States:
