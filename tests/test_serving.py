@@ -50,7 +50,7 @@ from fraudops.serving import (
     reason_codes,
 )
 from fraudops.serving.challenger import bucket
-from fraudops.serving.rows import _time_parser
+from fraudops.serving.rows import _TimeReader
 from fraudops.serving.scorer import THREAD_ROWS
 from fraudops.serving.siblings import Siblings
 from fraudops.training import TrainConfig
@@ -145,7 +145,7 @@ def test_decision_bands_around_the_threshold():
 
 # -- validation -------------------------------------------------------------------------------------------------
 def test_times_with_offsets_are_the_same_instant_in_utc_nanoseconds():
-    parse = _time_parser(None)
+    parse = _TimeReader(None).one
     noon = pd.Timestamp("2026-01-31T12:00:00.000001").value
     assert parse("2026-01-31T12:00:00.000001") == parse("2026-01-31T12:00:00.000001Z") == noon
     assert parse("2026-01-31T13:30:00.000001+01:30") == parse("2026-01-31T06:00:00.000001-06:00") == noon
@@ -155,6 +155,8 @@ def test_times_with_offsets_are_the_same_instant_in_utc_nanoseconds():
     for outside in ("2262-01-01T00:00:00Z", "2261-12-31T23:30:00-01:00", "1678-01-01T00:30:00+01:00"):
         with pytest.raises(PydanticCustomError, match="outside the supported years"):
             parse(outside)
+        with pytest.raises(ValueError):
+            _TimeReader(None).column(["2026-01-31T12:00:00", outside])
 
 
 @pytest.mark.parametrize(("row", "field", "reason", "problem"), [
@@ -253,7 +255,7 @@ def test_keys_spelled_as_usual_take_the_plain_validation_with_the_same_result(sc
         except ValidationError:
             full = None
         try:
-            fast = schema._plain.validate_python(copy.deepcopy(rows))
+            fast = schema._plain_rows(copy.deepcopy(rows))
         except ValidationError:
             fast = None
         if fast is not None:
@@ -262,7 +264,20 @@ def test_keys_spelled_as_usual_take_the_plain_validation_with_the_same_result(sc
         if full is not None:
             assert schema.validate(copy.deepcopy(rows)) == full, value
     assert plain == 15  # the 11 texts key_text leaves alone, the 3 integers and None
-    assert schema._plain.validate_python([valid()]) == schema.validate([valid()])
+    assert schema._plain_rows([valid()]) == schema.validate([valid()])
+
+
+def test_times_read_column_by_column_equal_the_validators_reading(scorer):
+    """The plain validation reads a batch's times after pydantic's pass: the same nanoseconds as the validator of
+    the full one, for every spelling; a time it cannot read sends the batch to the full validation."""
+    schema = scorer.model.schema
+    spellings = ["2026-01-31T12:00:00", "2026-01-31T12:00:00Z", "2026-01-31 12:00:00.5", "2026-01-31T13:30:00+01:30",
+                 "2026-01-31", "20260131T120000", "2026-01-31T12:00:00.123456-06:00", "1678-01-01T00:00:00.000001"]
+    rows = [valid(purchase_time=time, signup_time="1678-01-01T00:00:00.000001") for time in spellings]
+    assert schema._plain_rows(copy.deepcopy(rows)) == schema.adapter.validate_python(copy.deepcopy(rows))
+    for bad in ("31/01/2026", "2262-01-01T00:00:00Z"):
+        with pytest.raises(ValueError):
+            schema._plain_rows([*copy.deepcopy(rows), valid(purchase_time=bad)])
 
 
 # -- features and scores --------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, NotRequired, Required
@@ -26,29 +27,48 @@ from fraudops.serving.errors import Problem, RequestError, problems_of
 
 _EPOCH, _EPOCH_UTC = datetime(1970, 1, 1), datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
-# within pandas' datetime64[ns] range, in microseconds since 1970
-_EARLIEST, _LATEST = ((datetime(year, 1, 1) - _EPOCH) // _MICROSECOND for year in (1678, 2262))
+# within pandas' datetime64[ns] range, in nanoseconds since 1970
+_EARLIEST, _LATEST = ((datetime(year, 1, 1) - _EPOCH) // _MICROSECOND * 1000 for year in (1678, 2262))
 
 
-def _time_parser(time_format: str | None) -> Callable[[Any], int]:
-    """Validator turning a date-time string (ISO 8601, or ``time_format``) into UTC nanoseconds since 1970."""
-    expected = f"a date-time string in the format {time_format!r}" if time_format else \
-        "an ISO 8601 date-time string such as 2026-01-31T12:00:00Z"
+class _TimeReader:
+    """Date-time strings (ISO 8601, or ``time_format``) as UTC nanoseconds since 1970: one value (`one`, a
+    validator naming the problem) or a column of strings (`column`: a list comprehension, without the validator's
+    Python call per value from pydantic, ~0.35 us of a time's ~0.55)."""
 
-    def parse(value: Any) -> int:
+    def __init__(self, time_format: str | None) -> None:
+        self.expected = f"a date-time string in the format {time_format!r}" if time_format else \
+            "an ISO 8601 date-time string such as 2026-01-31T12:00:00Z"
+        self.read: Callable[[str], datetime] = \
+            functools.partial(_strptime, time_format=time_format) if time_format else datetime.fromisoformat
+
+    def one(self, value: Any) -> int:
         if not isinstance(value, str):
-            raise PydanticCustomError("bad_time", "must be {expected}", {"expected": expected})
+            raise PydanticCustomError("bad_time", "must be {expected}", {"expected": self.expected})
         try:
-            moment = datetime.strptime(value, time_format) if time_format else datetime.fromisoformat(value)
+            moment = self.read(value)
         except ValueError:
-            raise PydanticCustomError("bad_time", "cannot be read as {expected}", {"expected": expected}) from None
-        # the instant's distance from 1970 in one C operation (converting to UTC first took 0.6 us of 0.9)
-        micros = (moment - (_EPOCH if moment.tzinfo is None else _EPOCH_UTC)) // _MICROSECOND
-        if not _EARLIEST < micros < _LATEST:
+            raise PydanticCustomError("bad_time", "cannot be read as {expected}", {"expected": self.expected}) from None
+        nanos = _nanos(moment)
+        if not _EARLIEST < nanos < _LATEST:
             raise PydanticCustomError("bad_time", "is outside the supported years 1678-2261")
-        return micros * 1000
+        return nanos
 
-    return parse
+    def column(self, values: list[str]) -> list[int]:
+        """The times of validated strings; ValueError if any is not one `one` takes (it names the problem)."""
+        nanos = [_nanos(moment) for moment in map(self.read, values)]
+        if nanos and not (min(nanos) > _EARLIEST and max(nanos) < _LATEST):
+            raise ValueError("a time outside the supported years")
+        return nanos
+
+
+def _strptime(value: str, time_format: str) -> datetime:
+    return datetime.strptime(value, time_format)
+
+
+def _nanos(moment: datetime) -> int:
+    # the instant's distance from 1970 in one C operation (converting to UTC first took 0.6 us of 0.9)
+    return (moment - (_EPOCH if moment.tzinfo is None else _EPOCH_UTC)) // _MICROSECOND * 1000
 
 
 _Key = Annotated[StrictStr | None, BeforeValidator(key_text)]
@@ -82,9 +102,9 @@ class RowSchema:
         self.numbers = [c for c in state.numeric if c != spec.amount]
         self.keys = list(dict.fromkeys([*spec.categorical, *state.entity_columns,
                                         *([spec.id_column] if spec.id_column else [])]))
-        time_type: Any = _Number if self.seconds else Annotated[int, BeforeValidator(_time_parser(spec.time_format))]
+        self._times = None if self.seconds else _TimeReader(spec.time_format)
 
-        def adapter(key: Any) -> TypeAdapter[Any]:
+        def adapter(key: Any, time_type: Any) -> TypeAdapter[Any]:
             fields: dict[str, Any] = {name: NotRequired[key] for name in self.keys}
             fields.update({name: NotRequired[_Number | None] for name in self.numbers})
             if self.amount:
@@ -92,15 +112,17 @@ class RowSchema:
             fields.update({name: Required[time_type] for name in self.time_columns})
             return TypeAdapter(list[TypedDict("Transaction", fields)])  # type: ignore[operator]
 
-        self.adapter = adapter(_Key)
-        self._plain = adapter(_PlainKey)  # 1,000 synthetic rows: 2.3 ms, 3.0 with a Python call per key
+        self.adapter = adapter(_Key, _Number if self._times is None else
+                               Annotated[int, BeforeValidator(self._times.one)])
+        # 1,000 synthetic rows: 1.6 ms, 2.6 with a Python call per key, 2.1 with one per time
+        self._plain = adapter(_PlainKey, _Number if self._times is None else StrictStr)
 
     def validate(self, transactions: list[Any]) -> list[dict[str, Any]]:
         """Normalised rows, or `RequestError` naming every bad row, field and problem."""
         try:
-            rows = self._plain.validate_python(transactions)
-        except ValidationError:
-            try:  # other spellings of keys (or bad rows, which this names)
+            rows = self._plain_rows(transactions)
+        except (ValidationError, ValueError):
+            try:  # other spellings of keys, or bad rows, which this names
                 rows = self.adapter.validate_python(transactions)
             except ValidationError as exc:
                 raise RequestError(problems_of(exc)) from None
@@ -110,6 +132,16 @@ class RowSchema:
                     for i, row in enumerate(rows) if row[spec.signup_time] > row[spec.timestamp]]
             if late:
                 raise RequestError(late)
+        return rows
+
+    def _plain_rows(self, transactions: list[Any]) -> list[dict[str, Any]]:
+        """`validate`'s rows when keys are spelled as usual and times are read: ValidationError or ValueError
+        otherwise (the times are read column by column after pydantic's pass, not by a validator per value)."""
+        rows = self._plain.validate_python(transactions)
+        if self._times is not None:
+            for column in self.time_columns:
+                for row, nanos in zip(rows, self._times.column([row[column] for row in rows]), strict=True):
+                    row[column] = nanos
         return rows
 
     def times(self, rows: list[dict[str, Any]], column: str) -> np.ndarray:
