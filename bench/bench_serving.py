@@ -565,9 +565,10 @@ def side_by_side(env: dict[str, str], store_env: dict[str, str], work: Path,
                  in_process: Callable[[], float]) -> dict[str, Any]:
     """(b) and (b3) with ``workers`` workers, both running, measured in turns: ``rounds`` rounds of single
     transactions at `SUSTAINED_RATE` for ``seconds`` (b, then b3), then ``rounds`` rounds of batches of 1000 ((a)
-    by ``in_process``, b, b3); then each held for ``sustained_seconds`` and batches of 1. (b) is sent the run's
-    traffic (``frozen_bodies``), (b3) new transactions from ``take``. Returns per service the medians (keys as
-    `measure`'s), its rounds and peak RSS, and (a)'s rounds."""
+    by ``in_process``, b, b3, (a) again: the round's (a) is the mean of its two, so that a host whose speed drifts
+    within a round does not tilt its ratios); then each held for ``sustained_seconds`` and batches of 1. (b) is sent
+    the run's traffic (``frozen_bodies``), (b3) new transactions from ``take``. Returns per service the medians (keys
+    as `measure`'s), its rounds and peak RSS, and (a)'s rounds."""
     bodies = {"b": lambda size, count: list(itertools.islice(itertools.cycle(frozen_bodies[size]), count)),
               "b3": lambda size, count: request_bodies(take(size, count))}
     with contextlib.ExitStack() as stack:
@@ -593,14 +594,18 @@ def side_by_side(env: dict[str, str], store_env: dict[str, str], work: Path,
                 print(f"  round {r + 1}: {name} ({workers} workers): {SUSTAINED_RATE} req/s for {seconds:g} s: "
                       f"p50 {pct(latencies, 50):.2f} ms p99 {pct(latencies, 99):.2f} ms failed {failed}", flush=True)
         for r in range(rounds):
-            a_rounds.append(in_process())
-            print(f"  round {r + 1}: a: batch 1000: {a_rounds[-1]:.0f} rows/s", flush=True)
+            before = in_process()
+            print(f"  round {r + 1}: a: batch 1000: {before:.0f} rows/s", flush=True)
             for name, server in servers.items():
                 closed_loop(server.port, bodies[name](1000, 4), 4, 2, spread[name])  # warm-up
                 run = closed_loop(server.port, bodies[name](1000, calls[1000]), calls[1000], 2, spread[name])
                 rate = sum(s == 200 for s in run["statuses"]) * 1000 / run["seconds"]
                 out[name]["rounds"][r]["rows/s@1000"] = rate
                 print(f"  round {r + 1}: {name} ({workers} workers): batch 1000: {rate:.0f} rows/s", flush=True)
+            after = in_process()
+            a_rounds.append((before + after) / 2)
+            print(f"  round {r + 1}: a again: batch 1000: {after:.0f} rows/s; the round's (a): {a_rounds[-1]:.0f}",
+                  flush=True)
         for name, server in servers.items():
             result = out[name]
             latencies, failed = open_loop(server.port, bodies[name](1, int(SUSTAINED_RATE * sustained_seconds)),
@@ -949,8 +954,8 @@ def main(argv: list[str] | None = None) -> int:
                   fmt(r["rows/s@1"], 0), fmt(r["rows/s@1000"], 0), ratio, fmt(r["rss"] / MIB, 0)]
                  for name, n, r, ratio in configs]),
             f"The {args.workers}-worker rows are the first table's; the {more}-worker rows ran side by side, in "
-            f"{args.rounds} rounds (medians; … / (a): the median of each round's ratio to (a) measured in that round, "
-            "beside it):",
+            f"{args.rounds} rounds (medians; … / (a): the median of each round's ratio to its (a), the mean of (a) "
+            "measured before and after it):",
             markdown_table(
                 ["round", "(a) rows/s", f"(b) rows/s, {more} workers", f"(b3) rows/s, {more} workers", "b/a", "b3/a",
                  f"(b) p50 at {SUSTAINED_RATE} req/s (ms)", "(b) p99 (ms)", "(b3) p50 (ms)", "(b3) p99 (ms)",
