@@ -240,6 +240,23 @@ def closed_loop(port: int, bodies: list[bytes], requests: int, concurrency: int,
 
 
 # -- servers ------------------------------------------------------------------------------------------------------
+def wait_quiet(limit: float = 20.0, window: float = 0.25, busy: float = 0.1) -> float:
+    """Wait until the machine's CPUs are all but idle (under ``busy`` of one CPU over ``window`` s: the servers'
+    log writers and Redis done with the previous measurement's work, which would otherwise slow the next one), or
+    ``limit`` s have passed; the seconds waited."""
+    def used() -> float:
+        t = psutil.cpu_times()
+        return t.user + t.nice + t.system + t.irq + t.softirq
+
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        before = used()
+        time.sleep(window)
+        if used() - before < busy * window:
+            break
+    return time.monotonic() - started
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -566,8 +583,9 @@ def side_by_side(env: dict[str, str], store_env: dict[str, str], work: Path,
     """(b) and (b3) with ``workers`` workers, both running, measured in turns: ``rounds`` rounds of single
     transactions at `SUSTAINED_RATE` for ``seconds`` (b, then b3), then ``rounds`` rounds of batches of 1000 ((a)
     by ``in_process``, b, b3, (a) again: the round's (a) is the mean of its two, so that a host whose speed drifts
-    within a round does not tilt its ratios); then each held for ``sustained_seconds`` and batches of 1. (b) is sent
-    the run's traffic (``frozen_bodies``), (b3) new transactions from ``take``. Returns per service the medians (keys
+    within a round does not tilt its ratios); then each held for ``sustained_seconds`` and batches of 1. Each
+    measurement starts once the CPUs are idle (`wait_quiet`). (b) is sent the run's traffic (``frozen_bodies``), (b3)
+    new transactions from ``take``. Returns per service the medians (keys
     as `measure`'s), its rounds and peak RSS, and (a)'s rounds."""
     bodies = {"b": lambda size, count: list(itertools.islice(itertools.cycle(frozen_bodies[size]), count)),
               "b3": lambda size, count: request_bodies(take(size, count))}
@@ -586,27 +604,35 @@ def side_by_side(env: dict[str, str], store_env: dict[str, str], work: Path,
             spread[name] = server.workers(workers)
         out: dict[str, Any] = {name: {"rounds": []} for name in servers}
         a_rounds: list[float] = []
+        waits: list[float] = []
         for r in range(rounds):
             for name, server in servers.items():
+                waits.append(wait_quiet())
                 latencies, failed = open_loop(server.port, bodies[name](1, int(SUSTAINED_RATE * seconds)),
                                               SUSTAINED_RATE, seconds, spread[name])
                 out[name]["rounds"].append({"p50": pct(latencies, 50), "p99": pct(latencies, 99), "failed": failed})
                 print(f"  round {r + 1}: {name} ({workers} workers): {SUSTAINED_RATE} req/s for {seconds:g} s: "
                       f"p50 {pct(latencies, 50):.2f} ms p99 {pct(latencies, 99):.2f} ms failed {failed}", flush=True)
         for r in range(rounds):
+            waits.append(wait_quiet())
             before = in_process()
             print(f"  round {r + 1}: a: batch 1000: {before:.0f} rows/s", flush=True)
             for name, server in servers.items():
                 closed_loop(server.port, bodies[name](1000, 4), 4, 2, spread[name])  # warm-up
+                waits.append(wait_quiet())
                 run = closed_loop(server.port, bodies[name](1000, calls[1000]), calls[1000], 2, spread[name])
                 rate = sum(s == 200 for s in run["statuses"]) * 1000 / run["seconds"]
                 out[name]["rounds"][r]["rows/s@1000"] = rate
                 print(f"  round {r + 1}: {name} ({workers} workers): batch 1000: {rate:.0f} rows/s", flush=True)
+            waits.append(wait_quiet())
             after = in_process()
             a_rounds.append((before + after) / 2)
             print(f"  round {r + 1}: a again: batch 1000: {after:.0f} rows/s; the round's (a): {a_rounds[-1]:.0f}",
                   flush=True)
+        print(f"  waited for idle CPUs before each measurement: {np.median(waits):.2f} s (median), "
+              f"{max(waits):.2f} s at most", flush=True)
         for name, server in servers.items():
+            waits.append(wait_quiet())
             result = out[name]
             latencies, failed = open_loop(server.port, bodies[name](1, int(SUSTAINED_RATE * sustained_seconds)),
                                           SUSTAINED_RATE, sustained_seconds, spread[name])
