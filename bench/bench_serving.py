@@ -585,8 +585,8 @@ def side_by_side(env: dict[str, str], store_env: dict[str, str], work: Path,
     by ``in_process``, b, b3, (a) again: the round's (a) is the mean of its two, so that a host whose speed drifts
     within a round does not tilt its ratios); then each held for ``sustained_seconds`` and batches of 1. Each
     measurement starts once the CPUs are idle (`wait_quiet`). (b) is sent the run's traffic (``frozen_bodies``), (b3)
-    new transactions from ``take``. Returns per service the medians (keys
-    as `measure`'s), its rounds and peak RSS, and (a)'s rounds."""
+    new transactions from ``take``. Returns per service the medians (keys as `measure`'s), its rounds and peak RSS,
+    and (a)'s rounds."""
     bodies = {"b": lambda size, count: list(itertools.islice(itertools.cycle(frozen_bodies[size]), count)),
               "b3": lambda size, count: request_bodies(take(size, count))}
     with contextlib.ExitStack() as stack:
@@ -629,14 +629,13 @@ def side_by_side(env: dict[str, str], store_env: dict[str, str], work: Path,
             a_rounds.append((before + after) / 2)
             print(f"  round {r + 1}: a again: batch 1000: {after:.0f} rows/s; the round's (a): {a_rounds[-1]:.0f}",
                   flush=True)
-        print(f"  waited for idle CPUs before each measurement: {np.median(waits):.2f} s (median), "
-              f"{max(waits):.2f} s at most", flush=True)
         for name, server in servers.items():
             waits.append(wait_quiet())
             result = out[name]
             latencies, failed = open_loop(server.port, bodies[name](1, int(SUSTAINED_RATE * sustained_seconds)),
                                           SUSTAINED_RATE, sustained_seconds, spread[name])
             result["p99@sustained"], result["failed@sustained"] = pct(latencies, 99), failed
+            waits.append(wait_quiet())
             run = closed_loop(server.port, bodies[name](1, calls[1]), calls[1], 8, spread[name])
             result["rows/s@1"] = sum(s == 200 for s in run["statuses"]) / run["seconds"]
             print(f"  {name} ({workers} workers): {SUSTAINED_RATE} req/s for {sustained_seconds:g} s: p99 "
@@ -646,6 +645,8 @@ def side_by_side(env: dict[str, str], store_env: dict[str, str], work: Path,
             for what, field in (("p50" + key, "p50"), ("p99" + key, "p99"), ("rows/s@1000", "rows/s@1000")):
                 result[what] = float(np.median([x[field] for x in result["rounds"]]))
             result[f"failed{key}"] = sum(x["failed"] for x in result["rounds"])
+        print(f"  waited for idle CPUs before each measurement: {np.median(waits):.2f} s (median), "
+              f"{max(waits):.2f} s at most", flush=True)
     for name, server in servers.items():
         out[name]["rss"] = server.peak_rss
     out["a"] = a_rounds
